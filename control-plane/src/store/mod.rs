@@ -1,0 +1,185 @@
+//! Config stores: where the control plane keeps resources, the global revision and the history.
+//!
+//! Every backend (SQLite now; Postgres and etcd next) implements [`ConfigStore`] with the same
+//! guarantees, checked by one conformance suite (`tests.rs`):
+//! - a write is one transaction that bumps the single global revision, writes the resource,
+//!   checks references and appends to the history — all or nothing;
+//! - a rejected write (bad reference, failed precondition, resource in use) changes nothing and
+//!   leaves the revision where it was;
+//! - an acknowledged write is durable (it survives `kill -9` of the CP right after the answer);
+//! - every committed revision is announced on [`ConfigStore::subscribe`].
+
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use async_trait::async_trait;
+use postern_proto::model::ResourceKind;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use sqlite::SqliteStore;
+
+/// One resource as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredResource {
+    pub kind: ResourceKind,
+    pub id: String,
+    /// The body as accepted (Admin API shape), with `id` set to the resource's id.
+    pub value: Value,
+    /// Revision that created it.
+    pub create_revision: u64,
+    /// Revision of its latest change; `If-Match` compares against this.
+    pub mod_revision: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A reference from the resource being written to another resource (checked in the write's
+/// transaction, so a concurrent delete cannot leave it dangling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedReference {
+    /// The referencing field, for the error message (`upstream_id`).
+    pub field: &'static str,
+    pub kind: ResourceKind,
+    pub id: String,
+}
+
+/// What a write must find before it applies (`If-Match` and POST's create-only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precondition {
+    #[default]
+    None,
+    /// The resource must not exist yet (POST with a generated id).
+    MustNotExist,
+    /// The resource must exist with exactly this `mod_revision` (`If-Match: <revision>`).
+    ModRevision(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct PutRequest {
+    pub kind: ResourceKind,
+    pub id: String,
+    pub value: Value,
+    pub references: Vec<OwnedReference>,
+    pub precondition: Precondition,
+    /// Who wrote it (admin key name), recorded in the history.
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeleteRequest {
+    pub kind: ResourceKind,
+    pub id: String,
+    pub precondition: Precondition,
+    pub actor: Option<String>,
+}
+
+/// The result of an accepted write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// The global revision this write created.
+    pub revision: u64,
+    /// The resource after a put; before, for a delete.
+    pub resource: StoredResource,
+    /// A put that created the resource (201) rather than replaced it (200).
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryOp {
+    Put,
+    Delete,
+}
+
+/// One accepted write, as the history table records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub revision: u64,
+    /// Unix seconds.
+    pub at: i64,
+    pub kind: ResourceKind,
+    pub id: String,
+    pub op: HistoryOp,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub actor: Option<String>,
+}
+
+/// Everything in the store at one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSnapshot {
+    pub revision: u64,
+    /// All resources, ordered by kind (dependency order) then id.
+    pub resources: Vec<StoredResource>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind}/{id} not found")]
+    NotFound { kind: ResourceKind, id: String },
+    #[error("{kind}/{id} already exists")]
+    AlreadyExists { kind: ResourceKind, id: String },
+    #[error("{kind}/{id} has mod_revision {actual:?}, not the expected {expected}")]
+    PreconditionFailed {
+        kind: ResourceKind,
+        id: String,
+        expected: u64,
+        /// `None` when the resource does not exist.
+        actual: Option<u64>,
+    },
+    #[error("{field} references {kind} '{id}' which does not exist")]
+    DanglingReference {
+        field: &'static str,
+        kind: ResourceKind,
+        id: String,
+    },
+    #[error("{kind}/{id} is still used by {}", used_by.join(", "))]
+    InUse {
+        kind: ResourceKind,
+        id: String,
+        /// `kind/id` of (some of) the resources that reference it.
+        used_by: Vec<String>,
+    },
+    /// The backend cannot be reached or failed; the Admin API answers 503.
+    #[error("config store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that cannot be read back (corruption, manual edits).
+    #[error("config store returned bad data: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A config store backend. All methods are safe to call concurrently.
+#[async_trait]
+pub trait ConfigStore: Send + Sync + 'static {
+    /// A short name for logs and `/admin/status` (`sqlite`, `postgres`, `etcd`).
+    fn backend(&self) -> &'static str;
+
+    /// The current global revision (0 for an empty, never written store).
+    async fn revision(&self) -> StoreResult<u64>;
+
+    async fn get(&self, kind: ResourceKind, id: &str) -> StoreResult<Option<StoredResource>>;
+
+    /// All resources of one kind, ordered by id.
+    async fn list(&self, kind: ResourceKind) -> StoreResult<Vec<StoredResource>>;
+
+    /// Every resource, read in one consistent transaction, with the revision it reflects.
+    async fn snapshot(&self) -> StoreResult<StoreSnapshot>;
+
+    /// Creates or replaces a resource (see the module docs for the guarantees).
+    async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome>;
+
+    /// Deletes a resource; fails with `InUse` while others reference it.
+    async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome>;
+
+    /// History entries with `revision > after`, oldest first, at most `limit`.
+    async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>>;
+
+    /// Announces every committed revision (latest wins; a slow reader sees only the newest).
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}

@@ -1,0 +1,15 @@
+//! Compiles `proto/*.proto` with protox, a pure-Rust protobuf compiler, so that building Postern
+//! needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/postern/sync/v1/sync.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+use std::fmt;
+use std::str::FromStr;
+
+/// The resource kinds of the Admin API, named as in its paths (`/admin/<kind>/<id>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    Upstreams,
+    Services,
+    Routes,
+}
+
+impl ResourceKind {
+    /// Every kind, in dependency order: a kind only references kinds before it.
+    pub const ALL: [ResourceKind; 3] = [
+        ResourceKind::Upstreams,
+        ResourceKind::Services,
+        ResourceKind::Routes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Upstreams => "upstreams",
+            ResourceKind::Services => "services",
+            ResourceKind::Routes => "routes",
+        }
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown resource kind '{0}'")]
+pub struct UnknownKind(pub String);
+
+impl FromStr for ResourceKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ResourceKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownKind(s.to_string()))
+    }
+}
+
+/// One resource naming another by id (`route.upstream_id` → `upstreams/<id>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reference<'a> {
+    /// The field that holds the id, e.g. `upstream_id`.
+    pub field: &'static str,
+    pub kind: ResourceKind,
+    pub id: &'a str,
+}

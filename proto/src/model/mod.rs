@@ -1,0 +1,140 @@
+//! The configuration model: one serde type per resource kind, each with `validate()`, plus the
+//! checks that span resources (references between them).
+
+mod error;
+mod kind;
+pub mod plugins;
+mod route;
+mod service;
+mod upstream;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use error::{Result, ValidationError};
+pub use kind::{Reference, ResourceKind, UnknownKind};
+pub use route::RouteConfig;
+pub use service::ServiceConfig;
+pub use upstream::{
+    BalancerType, MAX_WEIGHT, Node, NodeConfig, Nodes, PassHost, Scheme, Timeout, UpstreamConfig,
+    parse_address,
+};
+
+/// One validated resource of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Upstream(UpstreamConfig),
+    Service(ServiceConfig),
+    Route(RouteConfig),
+}
+
+impl Resource {
+    /// Parses and validates a resource body. Every error names the offending field.
+    pub fn parse(kind: ResourceKind, body: &Value) -> Result<Resource> {
+        let r = match kind {
+            ResourceKind::Upstreams => Resource::Upstream(decode::<UpstreamConfig>(body)?),
+            ResourceKind::Services => Resource::Service(decode::<ServiceConfig>(body)?),
+            ResourceKind::Routes => Resource::Route(decode::<RouteConfig>(body)?),
+        };
+        match &r {
+            Resource::Upstream(u) => u.validate()?,
+            Resource::Service(s) => s.validate()?,
+            Resource::Route(rt) => rt.validate()?,
+        }
+        Ok(r)
+    }
+
+    /// The resources this one names by id, which must exist while it does.
+    pub fn references(&self) -> Vec<Reference<'_>> {
+        match self {
+            Resource::Upstream(_) => Vec::new(),
+            Resource::Service(s) => s.references().collect(),
+            Resource::Route(r) => r.references().collect(),
+        }
+    }
+}
+
+/// Deserialises with the path of the first error, so `{"upstream":{"nodes":{"x":"a"}}}` reports
+/// `upstream.nodes.x` rather than just "invalid type".
+fn decode<T: DeserializeOwned>(body: &Value) -> Result<T> {
+    if !body.is_object() {
+        return Err(ValidationError::new("", "the body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        let message = e.into_inner().to_string();
+        // serde names an unknown field only in its message; put it in the path too.
+        let field = match unknown_field_name(&message) {
+            Some(name) if field.is_empty() => name.to_string(),
+            Some(name) if !field.ends_with(name) => format!("{field}.{name}"),
+            _ => field,
+        };
+        ValidationError::new(field, message)
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// A whole configuration, as one snapshot carries it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSet {
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub services: BTreeMap<String, ServiceConfig>,
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+impl ConfigSet {
+    /// Adds one resource; `id` is the resource's key (the body's own `id`, if any, must agree).
+    pub fn insert(&mut self, id: &str, resource: Resource) {
+        let id = id.to_string();
+        match resource {
+            Resource::Upstream(u) => {
+                self.upstreams.insert(id, u);
+            }
+            Resource::Service(s) => {
+                self.services.insert(id, s);
+            }
+            Resource::Route(r) => {
+                self.routes.insert(id, r);
+            }
+        }
+    }
+
+    /// Checks that every reference points at a resource that exists (a snapshot is served only
+    /// when it is consistent as a whole).
+    pub fn check_references(&self) -> Result<()> {
+        let exists = |kind: ResourceKind, id: &str| match kind {
+            ResourceKind::Upstreams => self.upstreams.contains_key(id),
+            ResourceKind::Services => self.services.contains_key(id),
+            ResourceKind::Routes => self.routes.contains_key(id),
+        };
+        let services = self.services.iter().map(|(id, s)| {
+            (ResourceKind::Services, id, s.references().collect::<Vec<_>>())
+        });
+        let routes = self
+            .routes
+            .iter()
+            .map(|(id, r)| (ResourceKind::Routes, id, r.references().collect::<Vec<_>>()));
+        for (kind, id, refs) in services.chain(routes) {
+            for r in refs {
+                if !exists(r.kind, r.id) {
+                    return Err(ValidationError::new(
+                        format!("{kind}/{id}.{}", r.field),
+                        format!("references {} '{}' which does not exist", r.kind, r.id),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+use serde_json::json;
+
+use super::*;
+
+fn route_err(body: Value) -> ValidationError {
+    Resource::parse(ResourceKind::Routes, &body).expect_err("should be rejected")
+}
+
+#[test]
+fn guide_route_parses() {
+    let body = json!({
+        "uri": "/api/v1/products/*",
+        "methods": ["GET"],
+        "host": "a.example",
+        "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:8080": 1},
+                     "timeout": {"connect": 3, "send": 10, "read": 30}}
+    });
+    let Resource::Route(r) = Resource::parse(ResourceKind::Routes, &body).unwrap() else {
+        panic!("not a route")
+    };
+    assert_eq!(r.uri.as_deref(), Some("/api/v1/products/*"));
+    let nodes = r.upstream.unwrap().resolved_nodes().unwrap();
+    assert_eq!(
+        nodes,
+        vec![Node {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            weight: 1
+        }]
+    );
+}
+
+#[test]
+fn bad_routes_name_the_field() {
+    let up = json!({"nodes": {"127.0.0.1:80": 1}});
+    let cases = [
+        (json!({"uri": 5, "upstream": up}), "uri"),
+        (json!({"uri": "/a", "upstream": up, "bogus": 1}), "bogus"),
+        (json!({"uri": "/a", "upstream": {"nodes": {"127.0.0.1:80": 1}, "bogus": 1}}), "upstream.bogus"),
+        (json!({"uri": "/a", "upstream": {"nodes": {"nohost:99999": 1}}}), "upstream.nodes.nohost:99999"),
+        (json!({"uri": "/a", "upstream": {"nodes": {"a b:80": 1}}}), "upstream.nodes.a b:80"),
+        (json!({"uri": "/a", "upstream": {"nodes": {"h:80": "x"}}}), "upstream.nodes"),
+        (json!({"uri": "/a", "upstream": {"nodes": {}}}), "upstream.nodes"),
+        (json!({"uri": "/a", "upstream": up, "plugins": {"no-such-plugin": {}}}), "plugins.no-such-plugin"),
+        (json!({"uri": "/a", "upstream": up, "methods": ["FETCH"]}), "methods.0"),
+        (json!({"uri": "a", "upstream": up}), "uri"),
+        (json!({"upstream": up}), "uri"),
+        (json!({"uri": "/a"}), "upstream"),
+        (json!({"uri": "/a", "upstream": up, "host": "bad host"}), "host"),
+        (json!({"uri": "/a", "upstream_id": "../x"}), "upstream_id"),
+        (json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "timeout": {"connect": 0, "send": 1, "read": 1}}}), "upstream.timeout.connect"),
+        (json!({"uri": "/a", "upstream": {"type": "chash", "nodes": {"h:80": 1}}}), "upstream.type"),
+        (json!({"uri": "/a", "upstream": {"type": "nope", "nodes": {"h:80": 1}}}), "upstream.type"),
+        (json!([1, 2]), ""),
+    ];
+    for (body, field) in cases {
+        let e = route_err(body.clone());
+        assert_eq!(e.field, field, "{body} -> {e}");
+    }
+}
+
+#[test]
+fn node_addresses() {
+    let ok = [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("Svc.Default:80", ("svc.default", 80)),
+        ("example.com", ("example.com", 80)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("[::1]", ("::1", 80)),
+    ];
+    for (addr, (host, port)) in ok {
+        assert_eq!(parse_address(addr, 80), Ok((host.to_string(), port)), "{addr}");
+    }
+    for bad in ["", ":80", "h:0", "h:65536", "h:+80", "h:x", "[::1", "[zz]:80", "h:80:90", "a/b:80"] {
+        assert!(parse_address(bad, 80).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn node_list_form() {
+    let body = json!({"nodes": [{"host": "10.0.0.1", "port": 81, "weight": 3}, {"host": "b", "weight": 0}]});
+    let Resource::Upstream(u) = Resource::parse(ResourceKind::Upstreams, &body).unwrap() else {
+        panic!()
+    };
+    let nodes = u.resolved_nodes().unwrap();
+    assert_eq!(nodes[0].authority(), "10.0.0.1:81");
+    assert_eq!(nodes[1].authority(), "b:80");
+    assert_eq!(nodes[1].weight, 0);
+}
+
+#[test]
+fn references_are_checked_as_a_whole() {
+    let mut set = ConfigSet::default();
+    let route = Resource::parse(ResourceKind::Routes, &json!({"uri": "/a", "upstream_id": "u1"})).unwrap();
+    assert_eq!(
+        route.references(),
+        vec![Reference {
+            field: "upstream_id",
+            kind: ResourceKind::Upstreams,
+            id: "u1"
+        }]
+    );
+    set.insert("r1", route);
+    let e = set.check_references().unwrap_err();
+    assert_eq!(e.field, "routes/r1.upstream_id");
+    let up = Resource::parse(ResourceKind::Upstreams, &json!({"nodes": {"h:1": 1}})).unwrap();
+    set.insert("u1", up);
+    set.check_references().unwrap();
+}

@@ -1,0 +1,268 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Result, ValidationError};
+use super::validate::{check_host, check_id, check_text};
+
+/// An upstream: a set of nodes and how to pick one, in APISIX's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    /// Load-balancing algorithm. Only `roundrobin` (smooth weighted) is implemented so far.
+    #[serde(rename = "type", default)]
+    pub balancer: BalancerType,
+    pub nodes: Nodes,
+    #[serde(default)]
+    pub scheme: Scheme,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    /// How the `Host` header reaches the upstream: `pass` (client's), `node` (the node's address),
+    /// `rewrite` (`upstream_host`).
+    #[serde(default)]
+    pub pass_host: PassHost,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Accepted so that objects read back from the Admin API can be written again unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_time: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerType {
+    #[default]
+    Roundrobin,
+    Chash,
+    LeastConn,
+    Ewma,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassHost {
+    #[default]
+    Pass,
+    Node,
+    Rewrite,
+}
+
+/// Timeouts in seconds (fractions allowed), as in APISIX: `{"connect": 3, "send": 10, "read": 30}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeout {
+    pub connect: f64,
+    pub send: f64,
+    pub read: f64,
+}
+
+/// Nodes as APISIX accepts them: a map `{"host:port": weight}` or a list of objects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Nodes {
+    Map(BTreeMap<String, u32>),
+    List(Vec<NodeConfig>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+}
+
+/// A node after validation: host (name, IPv4 or bracket-less IPv6), port and weight.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+impl Node {
+    /// `host:port`, with brackets around an IPv6 host: the form used in URIs and `Host`.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Largest weight a node may have (as in APISIX).
+pub const MAX_WEIGHT: u32 = 65_535;
+/// Largest timeout accepted, in seconds: one hour.
+pub const MAX_TIMEOUT_SECS: f64 = 3600.0;
+
+impl Timeout {
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("connect", self.connect),
+            ("send", self.send),
+            ("read", self.read),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_TIMEOUT_SECS) {
+                return Err(ValidationError::new(
+                    name,
+                    format!("must be a number of seconds in (0, {MAX_TIMEOUT_SECS}]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    /// Checks everything serde cannot: supported features, node addresses, ranges.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.id {
+            check_id(id).map_err(|e| e.under("id"))?;
+        }
+        check_text("name", self.name.as_deref())?;
+        check_text("desc", self.desc.as_deref())?;
+        if self.balancer != BalancerType::Roundrobin {
+            return Err(ValidationError::new(
+                "type",
+                "only 'roundrobin' is supported by this version of Postern",
+            ));
+        }
+        if self.scheme != Scheme::Http {
+            return Err(ValidationError::new(
+                "scheme",
+                "only 'http' is supported by this version of Postern",
+            ));
+        }
+        if let Some(t) = &self.timeout {
+            t.validate().map_err(|e| e.under("timeout"))?;
+        }
+        let nodes = self.resolved_nodes().map_err(|e| e.under("nodes"))?;
+        if nodes.is_empty() {
+            return Err(ValidationError::new("nodes", "at least one node is required"));
+        }
+        match (self.pass_host, &self.upstream_host) {
+            (PassHost::Rewrite, None) => {
+                return Err(ValidationError::new(
+                    "upstream_host",
+                    "required when pass_host is 'rewrite'",
+                ));
+            }
+            (_, Some(h)) => check_host(h).map_err(|e| e.under("upstream_host"))?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The nodes in one shape, each address parsed and checked; default port by scheme.
+    pub fn resolved_nodes(&self) -> Result<Vec<Node>> {
+        let default_port = match self.scheme {
+            Scheme::Https | Scheme::Grpcs => 443,
+            Scheme::Http | Scheme::Grpc => 80,
+        };
+        let nodes: Vec<Node> = match &self.nodes {
+            Nodes::Map(map) => map
+                .iter()
+                .map(|(addr, &weight)| {
+                    let (host, port) = parse_address(addr, default_port)
+                        .map_err(|m| ValidationError::new(addr.as_str(), m))?;
+                    Ok(Node { host, port, weight })
+                })
+                .collect::<Result<_>>()?,
+            Nodes::List(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let (host, port) = parse_address(&n.host, default_port)
+                        .map_err(|m| ValidationError::new(format!("{i}.host"), m))?;
+                    let port = match (n.port, host_has_port(&n.host)) {
+                        (Some(_), true) => {
+                            return Err(ValidationError::new(
+                                format!("{i}.port"),
+                                "port given twice (in host and port)",
+                            ));
+                        }
+                        (Some(0), _) => {
+                            return Err(ValidationError::new(format!("{i}.port"), "must be 1-65535"));
+                        }
+                        (Some(p), false) => p,
+                        (None, _) => port,
+                    };
+                    Ok(Node {
+                        host,
+                        port,
+                        weight: n.weight,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        if let Some(n) = nodes.iter().find(|n| n.weight > MAX_WEIGHT) {
+            return Err(ValidationError::new(
+                n.authority(),
+                format!("weight must be 0-{MAX_WEIGHT}"),
+            ));
+        }
+        Ok(nodes)
+    }
+}
+
+fn host_has_port(addr: &str) -> bool {
+    match addr.strip_prefix('[') {
+        Some(rest) => rest.contains("]:"),
+        None => addr.matches(':').count() == 1,
+    }
+}
+
+/// Parses `host`, `host:port`, `[v6]` or `[v6]:port`. Returns the host without brackets.
+pub fn parse_address(addr: &str, default_port: u16) -> Result<(String, u16), String> {
+    let bad = || format!("'{addr}' is not a valid node address (expected host:port)");
+    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad());
+        }
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else {
+        match addr.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (addr, None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("'{addr}': port must be a number 1-65535")),
+        },
+    };
+    if !host.contains(':') {
+        check_host(host).map_err(|_| bad())?;
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
