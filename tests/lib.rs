@@ -1,1 +1,343 @@
-//! stub
+//! Harness for Postern's integration tests: starts the real `control-plane` and `data-plane`
+//! binaries on free loopback ports, plus small in-test upstream servers, and cleans up after.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which the test script
+//! does); a missing binary fails the test with that instruction.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// A test admin key (32+ characters; the CP refuses shorter ones).
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123";
+
+/// Path of a workspace binary next to the test executable's target dir.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first with `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A child process killed on drop, with its output in a log file shown on failure.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Process {
+    fn spawn(name: &str, bin: &str, args: &[String], log: PathBuf) -> Process {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(binary(bin))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("POSTERN_ADMIN_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        Process {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// A control plane with its own data dir and ports.
+pub struct ControlPlane {
+    process: Option<Process>,
+    log: PathBuf,
+    pub admin: SocketAddr,
+    pub sync: SocketAddr,
+    /// With `--dev`: the in-process data plane's proxy and status addresses.
+    pub proxy: Option<SocketAddr>,
+    pub status: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl ControlPlane {
+    pub async fn start(dir: &Path) -> ControlPlane {
+        Self::start_with(dir, false, &[]).await
+    }
+
+    pub async fn start_dev(dir: &Path) -> ControlPlane {
+        Self::start_with(dir, true, &[]).await
+    }
+
+    pub async fn start_with(dir: &Path, dev: bool, extra: &[&str]) -> ControlPlane {
+        let data_dir = dir.join("cp-data");
+        let mut cp = ControlPlane {
+            process: None,
+            log: dir.join("cp.log"),
+            admin: free_addr(),
+            sync: free_addr(),
+            proxy: dev.then(free_addr),
+            status: dev.then(free_addr),
+            data_dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        cp.restart().await;
+        cp
+    }
+
+    /// SIGKILL the control plane (its data dir and ports are kept for `restart`).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// The control plane's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// (Re)starts the process on the same data dir and ports.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let mut args = vec![
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+            "--admin-listen".into(),
+            self.admin.to_string(),
+            "--sync-listen".into(),
+            self.sync.to_string(),
+            "--admin-key".into(),
+            ADMIN_KEY.into(),
+        ];
+        if let (Some(p), Some(s)) = (self.proxy, self.status) {
+            args.extend(["--dev".into(), "--proxy-listen".into(), p.to_string(), "--status-listen".into(), s.to_string()]);
+        }
+        args.extend(self.extra.iter().cloned());
+        self.process = Some(Process::spawn("cp", "control-plane", &args, self.log.clone()));
+        let admin = self.client();
+        wait_for("the Admin API", Duration::from_secs(15), || async {
+            admin.get("/admin/routes").await.ok().filter(|(s, _)| *s == 200)
+        })
+        .await;
+    }
+
+    pub fn client(&self) -> AdminClient {
+        AdminClient {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", self.admin),
+            key: Some(ADMIN_KEY.to_string()),
+        }
+    }
+
+    pub fn sync_url(&self) -> String {
+        format!("http://{}", self.sync)
+    }
+}
+
+/// A standalone data-plane process.
+pub struct DataPlane {
+    pub process: Process,
+    pub proxy: SocketAddr,
+    pub status: SocketAddr,
+    pub node_id: String,
+}
+
+impl DataPlane {
+    pub async fn start(dir: &Path, node_id: &str, control_plane: &str) -> DataPlane {
+        let proxy = free_addr();
+        let status = free_addr();
+        let args = vec![
+            "--control-plane".to_string(),
+            control_plane.to_string(),
+            "--proxy-listen".into(),
+            proxy.to_string(),
+            "--status-listen".into(),
+            status.to_string(),
+            "--node-id".into(),
+            node_id.to_string(),
+        ];
+        let process = Process::spawn(node_id, "data-plane", &args, dir.join(format!("{node_id}.log")));
+        let dp = DataPlane {
+            process,
+            proxy,
+            status,
+            node_id: node_id.to_string(),
+        };
+        let http = reqwest::Client::new();
+        let url = format!("http://{status}/healthz");
+        wait_for("the data plane's /healthz", Duration::from_secs(15), || async {
+            http.get(&url).send().await.ok().filter(|r| r.status() == 200)
+        })
+        .await;
+        dp
+    }
+}
+
+/// The readiness and applied version a DP's `/readyz` reports.
+pub async fn readyz(status: SocketAddr) -> Option<(u16, Value)> {
+    let resp = reqwest::get(format!("http://{status}/readyz")).await.ok()?;
+    let code = resp.status().as_u16();
+    Some((code, resp.json().await.ok()?))
+}
+
+/// Waits until the DP at `status` serves `version` (or newer).
+pub async fn wait_applied(status: SocketAddr, version: u64) {
+    wait_for(&format!("version {version} applied"), Duration::from_secs(10), || async {
+        let (_, body) = readyz(status).await?;
+        (body["version"].as_u64()? >= version).then_some(())
+    })
+    .await
+}
+
+/// A minimal Admin API client for tests.
+#[derive(Clone)]
+pub struct AdminClient {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: Option<String>,
+}
+
+impl AdminClient {
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("x-api-key", k);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, json))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    /// PUT that must succeed; returns the new global revision.
+    pub async fn put_ok(&self, path: &str, body: Value) -> u64 {
+        let (status, resp) = self
+            .request(reqwest::Method::PUT, path, Some(&body.to_string()))
+            .await
+            .expect("admin request");
+        assert!(status == 200 || status == 201, "PUT {path} → {status}: {resp}");
+        resp["revision"].as_u64().expect("revision in response")
+    }
+
+    /// The store's current revision, as the last history entry says.
+    pub async fn revision(&self) -> u64 {
+        let (_, v) = self.get("/admin/history?after=0&limit=1000").await.expect("history");
+        v["list"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|e| e["revision"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// An HTTP/1.1 upstream in the test process that answers every request with `body` and echoes
+/// a few request details in headers (`x-seen-path`, `x-seen-host`, `x-seen-xff`).
+pub async fn upstream(body: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let h = |name: &str| {
+                        req.headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let resp = hyper::Response::builder()
+                        .header("x-seen-path", req.uri().to_string())
+                        .header("x-seen-host", h("host"))
+                        .header("x-seen-xff", h("x-forwarded-for"))
+                        .header("x-seen-connection", h("connection"))
+                        .body(Full::new(Bytes::from_static(body.as_bytes())))
+                        .expect("response");
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// GET through a proxy; `(status, body)`.
+pub async fn get_via(proxy: SocketAddr, path: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut req = reqwest::Client::new().get(format!("http://{proxy}{path}"));
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = req.send().await?;
+    Ok((resp.status().as_u16(), resp.text().await?))
+}

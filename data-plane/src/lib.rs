@@ -2,4 +2,46 @@
 //! `CompiledConfig` swapped in atomically, and proxies requests with it.
 
 pub mod balancer;
+pub mod compile;
+pub mod config;
+pub mod proxy;
 pub mod router;
+pub mod state;
+pub mod status;
+pub mod sync;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DpConfig;
+use crate::proxy::Proxy;
+use crate::state::DpState;
+use crate::sync::SyncClient;
+
+/// Runs a data plane until `shutdown` is cancelled.
+pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = Arc::new(DpState::new(config.node_id.clone()));
+    let proxy_listener = TcpListener::bind(config.proxy_listen)
+        .await
+        .with_context(|| format!("binding the proxy on {}", config.proxy_listen))?;
+    let status_listener = TcpListener::bind(config.status_listen)
+        .await
+        .with_context(|| format!("binding the status listener on {}", config.status_listen))?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    tracing::info!(node_id = %config.node_id, proxy = %proxy_addr, status = %status_listener.local_addr()?, "data plane starting");
+
+    let sync = SyncClient {
+        control_plane: config.control_plane.clone(),
+        proxy_address: proxy_addr.to_string(),
+        state: state.clone(),
+    };
+    let sync_task = tokio::spawn(sync.run(shutdown.clone()));
+    let status_task = tokio::spawn(status::serve(status_listener, state.clone(), shutdown.clone()));
+    Arc::new(Proxy::new(state)).serve(proxy_listener, shutdown).await;
+    let _ = tokio::join!(sync_task, status_task);
+    Ok(())
+}

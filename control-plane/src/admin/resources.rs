@@ -1,0 +1,307 @@
+//! CRUD handlers for every resource kind: validate with the model crate, write through the store.
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use postern_proto::model::validate::check_id;
+use postern_proto::model::{Resource, ResourceKind};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Actor, AdminError, AdminState};
+use crate::store::{
+    DeleteRequest, OwnedReference, Precondition, PutRequest, StoreError, StoredResource,
+    WriteOutcome,
+};
+
+fn parse_kind(kind: &str) -> Result<ResourceKind, AdminError> {
+    kind.parse()
+        .map_err(|_| AdminError::NotFound(format!("unknown resource kind '{kind}'")))
+}
+
+fn parse_id(id: &str) -> Result<(), AdminError> {
+    check_id(id).map_err(|e| AdminError::Invalid(e.under("id")))
+}
+
+/// `If-Match: 12` or `If-Match: "12"` → the resource must be at mod_revision 12.
+fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, AdminError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_matches('"'))
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|rev| Some(Precondition::ModRevision(rev)))
+        .ok_or_else(|| {
+            AdminError::invalid("If-Match", "must be a resource's mod_revision, e.g. \"12\"")
+        })
+}
+
+fn resource_json(r: &StoredResource) -> Value {
+    json!({
+        "kind": r.kind,
+        "id": r.id,
+        "value": r.value,
+        "create_revision": r.create_revision,
+        "mod_revision": r.mod_revision,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    })
+}
+
+fn etag(r: &StoredResource) -> [(header::HeaderName, HeaderValue); 1] {
+    let tag = HeaderValue::from_str(&format!("\"{}\"", r.mod_revision))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+    [(header::ETAG, tag)]
+}
+
+fn write_response(outcome: WriteOutcome) -> Response {
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = resource_json(&outcome.resource);
+    body["revision"] = json!(outcome.revision);
+    (status, etag(&outcome.resource), Json(body)).into_response()
+}
+
+/// Parses a body, checks its `id` against the path, validates it as `kind` and turns it into a
+/// store write. Nothing is written if any step fails.
+fn prepare_put(
+    kind: ResourceKind,
+    id: &str,
+    mut value: Value,
+    precondition: Precondition,
+    actor: &Actor,
+) -> Result<PutRequest, AdminError> {
+    let Some(obj) = value.as_object_mut() else {
+        return Err(AdminError::invalid("", "the body must be a JSON object"));
+    };
+    match obj.get("id") {
+        None => {}
+        Some(Value::String(s)) if s == id => {}
+        // APISIX accepts numeric ids (`"id": 1` at `/routes/1`).
+        Some(Value::Number(n)) if n.to_string() == id => {}
+        Some(other) => {
+            return Err(AdminError::invalid(
+                "id",
+                format!("the body's id {other} does not match the path's id '{id}'"),
+            ));
+        }
+    }
+    obj.insert("id".into(), Value::String(id.to_string()));
+    let resource = Resource::parse(kind, &value)?;
+    let references = resource
+        .references()
+        .into_iter()
+        .map(|r| OwnedReference {
+            field: r.field,
+            kind: r.kind,
+            id: r.id.to_string(),
+        })
+        .collect();
+    Ok(PutRequest {
+        kind,
+        id: id.to_string(),
+        value,
+        references,
+        precondition,
+        actor: Some(actor.0.clone()),
+    })
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, AdminError> {
+    serde_json::from_slice(body).map_err(|e| AdminError::invalid("", format!("invalid JSON: {e}")))
+}
+
+pub async fn list(
+    State(state): State<AdminState>,
+    Path(kind): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    let kind = parse_kind(&kind)?;
+    let items = state.store.list(kind).await?;
+    let list: Vec<Value> = items.iter().map(resource_json).collect();
+    Ok(Json(json!({"total": list.len(), "list": list})))
+}
+
+pub async fn get_one(
+    State(state): State<AdminState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response, AdminError> {
+    let kind = parse_kind(&kind)?;
+    parse_id(&id)?;
+    let r = state
+        .store
+        .get(kind, &id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("{kind}/{id} not found")))?;
+    Ok((etag(&r), Json(resource_json(&r))).into_response())
+}
+
+pub async fn put(
+    State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let kind = parse_kind(&kind)?;
+    parse_id(&id)?;
+    let precondition = if_match(&headers)?.unwrap_or_default();
+    let req = prepare_put(kind, &id, parse_json(&body)?, precondition, &actor)?;
+    Ok(write_response(state.store.put(req).await?))
+}
+
+/// `POST /admin/<kind>`: create with a generated id.
+pub async fn create(
+    State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let kind = parse_kind(&kind)?;
+    let value = parse_json(&body)?;
+    if value.get("id").is_some() {
+        return Err(AdminError::invalid(
+            "id",
+            "POST generates the id; use PUT /admin/<kind>/<id> to choose one",
+        ));
+    }
+    // Time-ordered, so generated ids list in creation order.
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let req = prepare_put(kind, &id, value, Precondition::MustNotExist, &actor)?;
+    Ok(write_response(state.store.put(req).await?))
+}
+
+/// `PATCH`: an RFC 7386 JSON merge patch applied to the stored body, then validated as a whole.
+pub async fn patch(
+    State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let kind = parse_kind(&kind)?;
+    parse_id(&id)?;
+    let explicit = if_match(&headers)?;
+    let patch = parse_json(&body)?;
+    if !patch.is_object() {
+        return Err(AdminError::invalid("", "a merge patch must be a JSON object"));
+    }
+    // Without If-Match, a concurrent write between our read and our write is retried on the new
+    // state rather than silently overwritten.
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let current = state
+            .store
+            .get(kind, &id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("{kind}/{id} not found")))?;
+        let mut merged = current.value.clone();
+        merge_patch(&mut merged, &patch);
+        let precondition = explicit.unwrap_or(Precondition::ModRevision(current.mod_revision));
+        let req = prepare_put(kind, &id, merged, precondition, &actor)?;
+        match state.store.put(req).await {
+            Err(StoreError::PreconditionFailed { .. }) if explicit.is_none() && attempt < ATTEMPTS => {}
+            r => return Ok(write_response(r?)),
+        }
+    }
+    Err(AdminError::Conflict(format!(
+        "{kind}/{id} kept changing during the patch; try again"
+    )))
+}
+
+pub async fn delete(
+    State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AdminError> {
+    let kind = parse_kind(&kind)?;
+    parse_id(&id)?;
+    let outcome = state
+        .store
+        .delete(DeleteRequest {
+            kind,
+            id: id.clone(),
+            precondition: if_match(&headers)?.unwrap_or_default(),
+            actor: Some(actor.0),
+        })
+        .await?;
+    Ok(Json(json!({
+        "deleted": true,
+        "kind": kind,
+        "id": id,
+        "revision": outcome.revision,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_history_limit")]
+    limit: u32,
+}
+
+fn default_history_limit() -> u32 {
+    100
+}
+
+/// `GET /admin/history?after=N&limit=M`: accepted writes after revision N, oldest first.
+pub async fn history(
+    State(state): State<AdminState>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, AdminError> {
+    if q.limit == 0 || q.limit > 1000 {
+        return Err(AdminError::invalid("limit", "must be 1-1000"));
+    }
+    let list = state.store.history(q.after, q.limit).await?;
+    Ok(Json(json!({"total": list.len(), "list": list})))
+}
+
+/// RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
+            (json!({"a": [1]}), json!({"a": [2, 3]}), json!({"a": [2, 3]})),
+            (json!({"a": "b"}), json!({"a": {"x": 1}}), json!({"a": {"x": 1}})),
+        ];
+        for (mut target, patch, want) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, want, "patch {patch}");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Control-plane settings: CLI flags > `POSTERN_*` env vars > TOML file (`--config`) > defaults.
+//!
+//! One struct serves both clap and serde, so a flag and its TOML key can never drift apart
+//! (`--admin-listen` ⇔ `admin-listen = "…"`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use serde::Deserialize;
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+pub const DEFAULT_SYNC_LISTEN: &str = "127.0.0.1:9280";
+pub const DEFAULT_DEV_PROXY_LISTEN: &str = "127.0.0.1:9080";
+pub const DEFAULT_DATA_DIR: &str = "./postern-data";
+
+#[derive(Debug, Parser)]
+#[command(name = "control-plane", version, about = "Postern control plane: Admin API, config store and snapshot sync")]
+pub struct Cli {
+    /// TOML file with any of the settings below (keys as the flags, without `--`).
+    #[arg(long, env = "POSTERN_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: CpOptions,
+}
+
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CpOptions {
+    /// Directory for the SQLite store and the generated admin key [default: ./postern-data]
+    #[arg(long, env = "POSTERN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Config store URL: `sqlite://PATH` [default: sqlite://<data-dir>/postern.db]
+    #[arg(long, env = "POSTERN_STORE")]
+    pub store: Option<String>,
+    /// Admin API address [default: 127.0.0.1:9180]
+    #[arg(long, env = "POSTERN_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// gRPC sync address data planes connect to [default: 127.0.0.1:9280]
+    #[arg(long, env = "POSTERN_SYNC_LISTEN")]
+    pub sync_listen: Option<SocketAddr>,
+    /// Admin API key (at least 32 characters). Without one, a random key is generated at first
+    /// start, kept in <data-dir>/admin.key (mode 0600) and printed once.
+    #[arg(long, env = "POSTERN_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Also run one data plane in this process, synced over the real gRPC path (quick start).
+    #[arg(long, env = "POSTERN_DEV", num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// With --dev: the data plane's proxy address [default: 127.0.0.1:9080]
+    #[arg(long, env = "POSTERN_PROXY_LISTEN")]
+    pub proxy_listen: Option<SocketAddr>,
+    /// With --dev: the data plane's status address (/healthz, /readyz) [default: 127.0.0.1:9091]
+    #[arg(long, env = "POSTERN_STATUS_LISTEN")]
+    pub status_listen: Option<SocketAddr>,
+    /// Log format: `text` or `json` [default: text]
+    #[arg(long, env = "POSTERN_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Settings after precedence and defaults are applied.
+#[derive(Debug, Clone)]
+pub struct CpConfig {
+    pub data_dir: PathBuf,
+    pub store: StoreUrl,
+    pub admin_listen: SocketAddr,
+    pub sync_listen: SocketAddr,
+    pub admin_key: Option<String>,
+    pub dev: bool,
+    pub proxy_listen: SocketAddr,
+    pub status_listen: SocketAddr,
+    pub json_logs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> anyhow::Result<StoreUrl> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            anyhow::ensure!(!path.is_empty(), "sqlite:// needs a file path, e.g. sqlite://./postern.db");
+            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("etcd://") {
+            anyhow::bail!("store '{}' is not supported by this version yet; use sqlite://PATH", redact(url));
+        }
+        anyhow::bail!("unknown store URL '{}': expected sqlite://PATH", redact(url))
+    }
+}
+
+/// Hides a password in `scheme://user:password@host`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl CpOptions {
+    /// Fills every unset field from `file`.
+    fn or(self, file: CpOptions) -> CpOptions {
+        CpOptions {
+            data_dir: self.data_dir.or(file.data_dir),
+            store: self.store.or(file.store),
+            admin_listen: self.admin_listen.or(file.admin_listen),
+            sync_listen: self.sync_listen.or(file.sync_listen),
+            admin_key: self.admin_key.or(file.admin_key),
+            dev: self.dev.or(file.dev),
+            proxy_listen: self.proxy_listen.or(file.proxy_listen),
+            status_listen: self.status_listen.or(file.status_listen),
+            log_format: self.log_format.or(file.log_format),
+        }
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("built-in default address")
+}
+
+impl Cli {
+    /// Applies the precedence rules; reads the TOML file when one is named.
+    pub fn resolve(self) -> anyhow::Result<CpConfig> {
+        let file = match &self.config {
+            Some(path) => read_toml(path)?,
+            None => CpOptions::default(),
+        };
+        let o = self.options.or(file);
+        let data_dir = o.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let store = match &o.store {
+            Some(url) => StoreUrl::parse(url)?,
+            None => StoreUrl::Sqlite(data_dir.join("postern.db")),
+        };
+        let json_logs = match o.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => anyhow::bail!("--log-format must be 'text' or 'json', not '{other}'"),
+        };
+        Ok(CpConfig {
+            data_dir,
+            store,
+            admin_listen: o.admin_listen.unwrap_or_else(|| addr(DEFAULT_ADMIN_LISTEN)),
+            sync_listen: o.sync_listen.unwrap_or_else(|| addr(DEFAULT_SYNC_LISTEN)),
+            admin_key: o.admin_key,
+            dev: o.dev.unwrap_or(false),
+            proxy_listen: o.proxy_listen.unwrap_or_else(|| addr(DEFAULT_DEV_PROXY_LISTEN)),
+            status_listen: o
+                .status_listen
+                .unwrap_or_else(|| addr(postern_data_plane::config::DEFAULT_STATUS_LISTEN)),
+            json_logs,
+        })
+    }
+}
+
+fn read_toml(path: &Path) -> anyhow::Result<CpOptions> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cp.toml");
+        std::fs::write(&file, "admin-listen = \"127.0.0.1:1111\"\nsync-listen = \"127.0.0.1:2222\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "control-plane",
+            "--config",
+            file.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:3333",
+        ])
+        .unwrap();
+        let c = cli.resolve().unwrap();
+        assert_eq!(c.admin_listen, addr("127.0.0.1:3333"));
+        assert_eq!(c.sync_listen, addr("127.0.0.1:2222"));
+        assert_eq!(c.store, StoreUrl::Sqlite(PathBuf::from("./postern-data/postern.db")));
+        assert!(!c.dev);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_stores_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cp.toml");
+        std::fs::write(&file, "admin-lisen = \"127.0.0.1:1\"\n").unwrap();
+        let cli = Cli::try_parse_from(["control-plane", "--config", file.to_str().unwrap()]).unwrap();
+        assert!(cli.resolve().is_err());
+        assert!(StoreUrl::parse("mysql://x").is_err());
+        let e = StoreUrl::parse("postgres://u:secret@h/db").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
+}

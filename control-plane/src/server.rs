@@ -1,0 +1,113 @@
+//! Wires the control plane together: store, admin key, snapshot builder, sync server, Admin API
+//! and (with `--dev`) an in-process data plane.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::admin_key::{self, KeySource};
+use crate::config::{CpConfig, StoreUrl};
+use crate::snapshot;
+use crate::store::{ConfigStore, SqliteStore};
+use crate::sync::{DataPlaneRegistry, SyncService};
+
+/// How often the sync server pings each DP; a DP that does not answer within the timeout is
+/// dropped, so a half-open connection is noticed in well under 30 s.
+const SYNC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const SYNC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn open_store(url: &StoreUrl) -> anyhow::Result<Arc<dyn ConfigStore>> {
+    Ok(match url {
+        StoreUrl::Sqlite(path) => Arc::new(
+            SqliteStore::open(path)
+                .await
+                .with_context(|| format!("opening the SQLite store at {}", path.display()))?,
+        ),
+    })
+}
+
+/// Runs the control plane until `shutdown` is cancelled.
+pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = open_store(&config.store).await?;
+    let (keys, source) = admin_key::load_or_generate(config.admin_key.as_deref(), &config.data_dir)?;
+    match source {
+        KeySource::Given => tracing::info!("admin key taken from --admin-key / POSTERN_ADMIN_KEY"),
+        KeySource::Stored(path) => tracing::info!(path = %path.display(), "admin key read from the data dir"),
+        KeySource::Generated(path, key) => {
+            // Printed once, on stderr, so it does not end up in JSON log pipelines by accident.
+            eprintln!(
+                "\n  Generated an admin API key (saved to {}, mode 0600):\n\n    {key}\n\n  Send it as the X-API-KEY header. It is not shown again.\n",
+                path.display()
+            );
+        }
+    }
+
+    let (snap_tx, snap_rx) = watch::channel(None);
+    let registry = Arc::new(DataPlaneRegistry::default());
+    let builder = tokio::spawn(snapshot::run_builder(store.clone(), snap_tx, shutdown.clone()));
+
+    let sync_listener = TcpListener::bind(config.sync_listen)
+        .await
+        .with_context(|| format!("binding the sync listener on {}", config.sync_listen))?;
+    let sync_addr = sync_listener.local_addr()?;
+    let sync_server = SyncService::new(snap_rx.clone(), registry.clone(), shutdown.clone()).into_server();
+    let sync = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(SYNC_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(SYNC_KEEPALIVE_TIMEOUT))
+            .tcp_nodelay(true)
+            .add_service(sync_server)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(sync_listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
+    tracing::info!(address = %sync_addr, store = store.backend(), "sync server listening");
+
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the Admin API on {}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!(address = %admin_addr, "the Admin API listens beyond loopback without TLS; restrict it to an internal network");
+    }
+    let app = admin::app(AdminState {
+        store: store.clone(),
+        keys: Arc::new(keys),
+        registry,
+        snapshots: snap_rx,
+    });
+    let admin = tokio::spawn(
+        axum::serve(admin_listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(address = %admin_addr, "Admin API listening");
+
+    let dev_dp = if config.dev {
+        let dp = postern_data_plane::config::DpConfig {
+            control_plane: format!("http://{sync_addr}"),
+            proxy_listen: config.proxy_listen,
+            status_listen: config.status_listen,
+            ..postern_data_plane::config::DpConfig::default()
+        };
+        Some(tokio::spawn(postern_data_plane::run(dp, shutdown.clone())))
+    } else {
+        None
+    };
+
+    let (sync_res, admin_res) = tokio::join!(sync, admin);
+    sync_res?.context("sync server")?;
+    admin_res?.context("Admin API")?;
+    let _ = builder.await;
+    if let Some(dp) = dev_dp {
+        dp.await??;
+    }
+    Ok(())
+}

@@ -1,0 +1,676 @@
+//! The embedded SQLite config store: one file, WAL journal, `synchronous=FULL`.
+//!
+//! Writers are serialised by a mutex in the store (SQLite has a single writer anyway) and each
+//! runs in one `BEGIN IMMEDIATE` transaction, so the revision read at its start cannot move
+//! under it. Readers use the pool's other connections and, thanks to WAL, never wait on writers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use postern_proto::model::ResourceKind;
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection};
+use tokio::sync::{Mutex, watch};
+
+use super::{
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition,
+    PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+// `migrate!` embeds the SQL at compile time but cargo does not track the folder; naming the file
+// here makes an edit to it rebuild this crate. (A new migration file still needs a touch/build.rs.)
+const _: &str = include_str!("../../../migrations/sqlite/0001_init.sql");
+
+/// How long a statement waits on a lock held by another connection (or process) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// One writer plus a few concurrent readers (snapshots, Admin API reads).
+const MAX_CONNECTIONS: u32 = 4;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many referrers an `InUse` error names.
+const IN_USE_LIMIT: i64 = 10;
+
+const RESOURCE_COLUMNS: &str =
+    "kind, id, body, create_revision, mod_revision, created_at, updated_at";
+
+/// The SQLite [`ConfigStore`]. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    /// Serialises writers so they queue here instead of spinning on `SQLITE_BUSY`.
+    write_lock: Mutex<()>,
+    revision_tx: watch::Sender<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) and migrates the store at `path`.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL fsyncs the WAL on every commit: an acknowledged write survives a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        MIGRATOR.run(&pool).await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot migrate {}: {e}", path.display()))
+        })?;
+        let revision = {
+            let mut conn = pool.acquire().await.map_err(db_err)?;
+            read_revision(&mut conn).await?
+        };
+        let (revision_tx, _) = watch::channel(revision);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                pool,
+                write_lock: Mutex::new(()),
+                revision_tx,
+            }),
+        })
+    }
+
+    /// Closes the connections (checkpointing the WAL); later calls fail with `Unavailable`.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    #[cfg(test)]
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// Runs a write on its own task: if the caller is dropped mid-way (client gone), the
+    /// transaction still either commits and is announced, or rolls back — never commits silently.
+    async fn spawn_write<F, Fut>(&self, write: F) -> StoreResult<WriteOutcome>
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = StoreResult<WriteOutcome>> + Send + 'static,
+    {
+        match tokio::spawn(write(self.inner.clone())).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
+        }
+    }
+}
+
+impl Inner {
+    async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        match put_in(&mut tx, req, unix_now()).await {
+            Ok(outcome) => {
+                tx.commit().await.map_err(db_err)?;
+                // Still under the write lock, so announcements are in revision order.
+                Ok(outcome)
+            }
+            Err(e) => {
+                rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        match delete_in(&mut tx, req, unix_now()).await {
+            Ok(outcome) => {
+                tx.commit().await.map_err(db_err)?;
+                self.revision_tx.send_replace(outcome.revision);
+                Ok(outcome)
+            }
+            Err(e) => {
+                rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Rolls back explicitly (rather than on drop) so the write lock is released only once SQLite's
+/// own lock is, and the next writer does not hit `SQLITE_BUSY`.
+async fn rollback(tx: sqlx::Transaction<'static, Sqlite>) {
+    if let Err(e) = tx.rollback().await {
+        // The connection rolls back when it is dropped or reused anyway; the caller's error is
+        // the one that matters.
+        tracing::warn!(error = %e, "config store rollback failed");
+    }
+}
+
+async fn put_in(
+    conn: &mut SqliteConnection,
+    req: PutRequest,
+    now: i64,
+) -> StoreResult<WriteOutcome> {
+    let PutRequest {
+        kind,
+        id,
+        mut value,
+        references,
+        precondition,
+        actor,
+    } = req;
+    let current = fetch_resource(conn, kind, &id).await?;
+    match (precondition, &current) {
+        (Precondition::None, _) | (Precondition::MustNotExist, None) => {}
+        (Precondition::MustNotExist, Some(_)) => {
+            return Err(StoreError::AlreadyExists { kind, id });
+        }
+        (Precondition::ModRevision(expected), _) => check_mod_revision(kind, &id, expected, &current)?,
+    }
+    for r in &references {
+        if !resource_exists(conn, r.kind, &r.id).await? {
+            return Err(StoreError::DanglingReference {
+                field: r.field,
+                kind: r.kind,
+                id: r.id.clone(),
+            });
+        }
+    }
+    let revision = bump_revision(conn).await?;
+
+    if let Value::Object(map) = &mut value {
+        map.insert("id".to_string(), Value::String(id.clone()));
+    }
+    let body = encode(&value)?;
+    let (create_revision, created_at) = match &current {
+        Some(c) => (c.create_revision, c.created_at),
+        None => (revision, now),
+    };
+    let db_revision = to_db(revision)?;
+    if current.is_some() {
+        sqlx::query(
+            "UPDATE resources SET body = ?, mod_revision = ?, updated_at = ? \
+             WHERE kind = ? AND id = ?",
+        )
+        .bind(&body)
+        .bind(db_revision)
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    } else {
+        sqlx::query(
+            "INSERT INTO resources \
+             (kind, id, body, create_revision, mod_revision, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(kind.as_str())
+        .bind(&id)
+        .bind(&body)
+        .bind(db_revision)
+        .bind(db_revision)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    }
+    replace_refs(conn, kind, &id, &references).await?;
+
+    let before = current.as_ref().map(|c| encode(&c.value)).transpose()?;
+    append_history(
+        conn,
+        HistoryRow {
+            revision: db_revision,
+            at: now,
+            kind,
+            id: &id,
+            op: HistoryOp::Put,
+            before: before.as_deref(),
+            after: Some(&body),
+            actor: actor.as_deref(),
+        },
+    )
+    .await?;
+
+    Ok(WriteOutcome {
+        revision,
+        created: current.is_none(),
+        resource: StoredResource {
+            kind,
+            id,
+            value,
+            create_revision,
+            mod_revision: revision,
+            created_at,
+            updated_at: now,
+        },
+    })
+}
+
+async fn delete_in(
+    conn: &mut SqliteConnection,
+    req: DeleteRequest,
+    now: i64,
+) -> StoreResult<WriteOutcome> {
+    let DeleteRequest {
+        kind,
+        id,
+        precondition,
+        actor,
+    } = req;
+    let current = fetch_resource(conn, kind, &id).await?;
+    if let Precondition::ModRevision(expected) = precondition {
+        check_mod_revision(kind, &id, expected, &current)?;
+    }
+    let Some(current) = current else {
+        return Err(StoreError::NotFound { kind, id });
+    };
+    if precondition == Precondition::MustNotExist {
+        return Err(StoreError::AlreadyExists { kind, id });
+    }
+
+    // A resource's references to itself go away with it, so they do not hold it.
+    let rows = sqlx::query(
+        "SELECT DISTINCT from_kind, from_id FROM refs \
+         WHERE to_kind = ? AND to_id = ? AND NOT (from_kind = ? AND from_id = ?) \
+         ORDER BY from_kind, from_id LIMIT ?",
+    )
+    .bind(kind.as_str())
+    .bind(&id)
+    .bind(kind.as_str())
+    .bind(&id)
+    .bind(IN_USE_LIMIT)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if !rows.is_empty() {
+        let used_by = rows
+            .iter()
+            .map(|row| {
+                let from_kind: String = column(row, "from_kind")?;
+                let from_id: String = column(row, "from_id")?;
+                Ok(format!("{from_kind}/{from_id}"))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        return Err(StoreError::InUse { kind, id, used_by });
+    }
+
+    let revision = bump_revision(conn).await?;
+    sqlx::query("DELETE FROM resources WHERE kind = ? AND id = ?")
+        .bind(kind.as_str())
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    replace_refs(conn, kind, &id, &[]).await?;
+    let before = encode(&current.value)?;
+    append_history(
+        conn,
+        HistoryRow {
+            revision: to_db(revision)?,
+            at: now,
+            kind,
+            id: &id,
+            op: HistoryOp::Delete,
+            before: Some(&before),
+            after: None,
+            actor: actor.as_deref(),
+        },
+    )
+    .await?;
+
+    Ok(WriteOutcome {
+        revision,
+        resource: current,
+        created: false,
+    })
+}
+
+fn check_mod_revision(
+    kind: ResourceKind,
+    id: &str,
+    expected: u64,
+    current: &Option<StoredResource>,
+) -> StoreResult<()> {
+    let actual = current.as_ref().map(|c| c.mod_revision);
+    if actual == Some(expected) {
+        Ok(())
+    } else {
+        Err(StoreError::PreconditionFailed {
+            kind,
+            id: id.to_string(),
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Increments the global revision inside the caller's write transaction and returns the new one.
+async fn bump_revision(conn: &mut SqliteConnection) -> StoreResult<u64> {
+    let next = read_revision(conn)
+        .await?
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt("revision overflow".to_string()))?;
+    sqlx::query("UPDATE meta SET revision = ? WHERE id = 1")
+        .bind(to_db(next)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(next)
+}
+
+async fn read_revision(conn: &mut SqliteConnection) -> StoreResult<u64> {
+    let row = sqlx::query("SELECT revision FROM meta WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    from_db(column(&row, "revision")?, "meta.revision")
+}
+
+async fn resource_exists(
+    conn: &mut SqliteConnection,
+    kind: ResourceKind,
+    id: &str,
+) -> StoreResult<bool> {
+    let row = sqlx::query("SELECT 1 FROM resources WHERE kind = ? AND id = ?")
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+async fn fetch_resource(
+    conn: &mut SqliteConnection,
+    kind: ResourceKind,
+    id: &str,
+) -> StoreResult<Option<StoredResource>> {
+    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE kind = ? AND id = ?");
+    let row = sqlx::query(&sql)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(decode_resource).transpose()
+}
+
+/// Makes the `refs` rows of `kind/id` exactly `references` (none for a delete).
+async fn replace_refs(
+    conn: &mut SqliteConnection,
+    kind: ResourceKind,
+    id: &str,
+    references: &[OwnedReference],
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM refs WHERE from_kind = ? AND from_id = ?")
+        .bind(kind.as_str())
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    for r in references {
+        // The same reference listed twice is one row.
+        sqlx::query(
+            "INSERT INTO refs (from_kind, from_id, from_field, to_kind, to_id) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(kind.as_str())
+        .bind(id)
+        .bind(r.field)
+        .bind(r.kind.as_str())
+        .bind(&r.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+struct HistoryRow<'a> {
+    revision: i64,
+    at: i64,
+    kind: ResourceKind,
+    id: &'a str,
+    op: HistoryOp,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+    actor: Option<&'a str>,
+}
+
+async fn append_history(conn: &mut SqliteConnection, h: HistoryRow<'_>) -> StoreResult<()> {
+    let op = match h.op {
+        HistoryOp::Put => "put",
+        HistoryOp::Delete => "delete",
+    };
+    sqlx::query(
+        "INSERT INTO history (revision, at, kind, id, op, before, after, actor) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(h.revision)
+    .bind(h.at)
+    .bind(h.kind.as_str())
+    .bind(h.id)
+    .bind(op)
+    .bind(h.before)
+    .bind(h.after)
+    .bind(h.actor)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn decode_resource(row: &SqliteRow) -> StoreResult<StoredResource> {
+    let kind = decode_kind(column(row, "kind")?)?;
+    let id: String = column(row, "id")?;
+    let body: String = column(row, "body")?;
+    let value = serde_json::from_str(&body)
+        .map_err(|e| StoreError::Corrupt(format!("{kind}/{id}: body is not JSON: {e}")))?;
+    Ok(StoredResource {
+        create_revision: from_db(column(row, "create_revision")?, "create_revision")?,
+        mod_revision: from_db(column(row, "mod_revision")?, "mod_revision")?,
+        created_at: column(row, "created_at")?,
+        updated_at: column(row, "updated_at")?,
+        kind,
+        id,
+        value,
+    })
+}
+
+fn decode_history(row: &SqliteRow) -> StoreResult<HistoryEntry> {
+    let revision = from_db(column(row, "revision")?, "history.revision")?;
+    let op = match column::<String>(row, "op")?.as_str() {
+        "put" => HistoryOp::Put,
+        "delete" => HistoryOp::Delete,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "history {revision}: unknown op '{other}'"
+            )));
+        }
+    };
+    let json = |col: &str| -> StoreResult<Option<Value>> {
+        column::<Option<String>>(row, col)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Corrupt(format!("history {revision}: {col} is not JSON: {e}"))
+                })
+            })
+            .transpose()
+    };
+    Ok(HistoryEntry {
+        revision,
+        at: column(row, "at")?,
+        kind: decode_kind(column(row, "kind")?)?,
+        id: column(row, "id")?,
+        op,
+        before: json("before")?,
+        after: json("after")?,
+        actor: column(row, "actor")?,
+    })
+}
+
+fn decode_kind(text: String) -> StoreResult<ResourceKind> {
+    ResourceKind::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn column<'r, T>(row: &'r SqliteRow, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+fn from_db(value: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {value}")))
+}
+
+fn to_db(value: u64) -> StoreResult<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("revision {value} overflows")))
+}
+
+fn encode(value: &Value) -> StoreResult<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a body: {e}")))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Bad bytes on disk are `Corrupt`; anything else (I/O, locks, pool) is `Unavailable`.
+fn db_err(e: sqlx::Error) -> StoreError {
+    const SQLITE_CORRUPT: i32 = 11;
+    const SQLITE_NOTADB: i32 = 26;
+    match &e {
+        sqlx::Error::Database(db) => {
+            // SQLite reports extended codes; the primary code is the low byte.
+            let primary = db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff);
+            if matches!(primary, Some(SQLITE_CORRUPT | SQLITE_NOTADB)) {
+                StoreError::Corrupt(e.to_string())
+            } else {
+                StoreError::Unavailable(e.to_string())
+            }
+        }
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl ConfigStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn revision(&self) -> StoreResult<u64> {
+        let mut conn = self.inner.pool.acquire().await.map_err(db_err)?;
+        read_revision(&mut conn).await
+    }
+
+    async fn get(&self, kind: ResourceKind, id: &str) -> StoreResult<Option<StoredResource>> {
+        let mut conn = self.inner.pool.acquire().await.map_err(db_err)?;
+        fetch_resource(&mut conn, kind, id).await
+    }
+
+    async fn list(&self, kind: ResourceKind) -> StoreResult<Vec<StoredResource>> {
+        let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE kind = ? ORDER BY id");
+        let rows = sqlx::query(&sql)
+            .bind(kind.as_str())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(decode_resource).collect()
+    }
+
+    async fn snapshot(&self) -> StoreResult<StoreSnapshot> {
+        // In WAL mode every statement of one transaction reads the same database state.
+        let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
+        let revision = read_revision(&mut tx).await?;
+        let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY kind, id");
+        let rows = sqlx::query(&sql)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let mut resources = rows
+            .iter()
+            .map(decode_resource)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Stable sort: ids stay in the order SQL gave them within each kind.
+        resources.sort_by_key(|r| ResourceKind::ALL.iter().position(|k| *k == r.kind));
+        Ok(StoreSnapshot {
+            revision,
+            resources,
+        })
+    }
+
+    async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
+        self.spawn_write(|inner| async move { inner.put(req).await })
+            .await
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
+        self.spawn_write(|inner| async move { inner.delete(req).await })
+            .await
+    }
+
+    async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {
+        // Revisions are stored as i64; nothing lies beyond its range.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT revision, at, kind, id, op, before, after, actor FROM history \
+             WHERE revision > ? ORDER BY revision LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(decode_history).collect()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.revision_tx.subscribe()
+    }
+}

@@ -1,0 +1,179 @@
+//! The gRPC sync server: one bidirectional stream per data plane. The DP says Hello; the CP sends
+//! the current snapshot, then each newer one; the DP ACKs or NACKs each by version and nonce.
+
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::Stream;
+use postern_proto::sync::config_sync_server::{ConfigSync, ConfigSyncServer};
+use postern_proto::sync::{
+    ControlPlaneMessage, DataPlaneMessage, Hello, Snapshot as WireSnapshot, control_plane_message,
+    data_plane_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::snapshot::SnapshotReceiver;
+pub use registry::{DataPlaneInfo, DataPlaneRegistry};
+
+/// A DP must say Hello within this time after opening a stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest sync message either side accepts (a 10,000-route snapshot is a few MiB).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct SyncService {
+    snapshots: SnapshotReceiver,
+    registry: Arc<DataPlaneRegistry>,
+    sessions: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl SyncService {
+    pub fn new(
+        snapshots: SnapshotReceiver,
+        registry: Arc<DataPlaneRegistry>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        SyncService {
+            snapshots,
+            registry,
+            sessions: AtomicU64::new(0),
+            shutdown,
+        }
+    }
+
+    pub fn into_server(self) -> ConfigSyncServer<SyncService> {
+        ConfigSyncServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<ControlPlaneMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigSync for SyncService {
+    type StreamStream = OutStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<DataPlaneMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a: SocketAddr| a.to_string())
+            .unwrap_or_default();
+        let inbound = request.into_inner();
+        // Room for one snapshot in flight: a slow DP holds back only its own stream, and newer
+        // versions coalesce in the watch channel meanwhile.
+        let (tx, rx) = mpsc::channel(1);
+        let session = Session {
+            id: self.sessions.fetch_add(1, Ordering::Relaxed) + 1,
+            peer,
+            snapshots: self.snapshots.clone(),
+            registry: self.registry.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(session.run(inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Session {
+    id: u64,
+    peer: String,
+    snapshots: SnapshotReceiver,
+    registry: Arc<DataPlaneRegistry>,
+    shutdown: CancellationToken,
+}
+
+type Outbox = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<DataPlaneMessage>, tx: Outbox) {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(DataPlaneMessage {
+                message: Some(data_plane_message::Message::Hello(h)),
+            }))) if !h.node_id.is_empty() => h,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "sync stream failed before hello");
+                return;
+            }
+            _ => {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(
+                        "the first message must be a Hello with a node_id",
+                    )))
+                    .await;
+                return;
+            }
+        };
+        self.registry.connected(self.id, &hello, self.peer.clone());
+        tracing::info!(node_id = %hello.node_id, peer = %self.peer, applied = hello.applied_version, "data plane connected");
+        let reason = self.serve(&hello, &mut inbound, &tx).await;
+        self.registry.disconnected(self.id, &hello.node_id);
+        tracing::info!(node_id = %hello.node_id, reason, "data plane disconnected");
+    }
+
+    /// Sends snapshots and records ACK/NACKs until the stream ends; returns why it ended.
+    async fn serve(
+        &mut self,
+        hello: &Hello,
+        inbound: &mut Streaming<DataPlaneMessage>,
+        tx: &Outbox,
+    ) -> &'static str {
+        let node = hello.node_id.as_str();
+        let mut sent_version = None;
+        let mut nonce = 0u64;
+        loop {
+            let latest = self.snapshots.borrow_and_update().clone();
+            if let Some(snap) = latest.filter(|s| Some(s.version) != sent_version) {
+                nonce += 1;
+                let msg = ControlPlaneMessage {
+                    message: Some(control_plane_message::Message::Snapshot(WireSnapshot {
+                        version: snap.version,
+                        nonce: format!("{}-{nonce}", self.id),
+                        resources: snap.resources.clone(),
+                    })),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return "stream closed";
+                }
+                sent_version = Some(snap.version);
+                self.registry.sent(node, snap.version);
+            }
+            tokio::select! {
+                changed = self.snapshots.changed() => if changed.is_err() { return "shutting down" },
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => self.record(node, m),
+                    Ok(None) => return "stream closed by the data plane",
+                    Err(_) => return "stream error",
+                },
+                _ = self.shutdown.cancelled() => return "shutting down",
+            }
+        }
+    }
+
+    fn record(&self, node: &str, msg: DataPlaneMessage) {
+        match msg.message {
+            Some(data_plane_message::Message::Ack(a)) => {
+                tracing::debug!(node_id = node, version = a.version, "ack");
+                self.registry.acked(node, a.version, a.nonce);
+            }
+            Some(data_plane_message::Message::Nack(n)) => {
+                tracing::warn!(node_id = node, version = n.version, error = %n.error, "data plane rejected a snapshot");
+                self.registry.nacked(node, n.version, n.nonce, n.error);
+            }
+            Some(data_plane_message::Message::Hello(_)) | None => {
+                tracing::debug!(node_id = node, "ignoring an unexpected sync message");
+            }
+        }
+    }
+}

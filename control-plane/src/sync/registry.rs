@@ -1,0 +1,149 @@
+//! The data planes this control plane has seen: who they are, what they applied, their last
+//! ACK/NACK. Shown by `GET /admin/data-planes`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postern_proto::sync::Hello;
+use serde::Serialize;
+
+/// Disconnected data planes are forgotten after this long.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataPlaneInfo {
+    pub node_id: String,
+    pub hostname: String,
+    /// The DP's address as this CP sees the sync connection.
+    pub address: String,
+    pub proxy_address: String,
+    pub build_version: String,
+    pub connected: bool,
+    /// Unix seconds.
+    pub connected_at: i64,
+    pub last_seen: i64,
+    /// The version the DP serves now (from its last ACK, or its Hello).
+    pub applied_version: u64,
+    /// The latest version sent to it.
+    pub sent_version: u64,
+    pub last_ack: Option<AckInfo>,
+    pub last_nack: Option<NackInfo>,
+    /// Which sync stream owns this entry: a DP that reconnects before its old stream is noticed
+    /// dead must not be marked disconnected when the old one ends.
+    #[serde(skip)]
+    session: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AckInfo {
+    pub version: u64,
+    pub nonce: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NackInfo {
+    pub version: u64,
+    pub nonce: String,
+    pub error: String,
+    pub at: i64,
+}
+
+/// Connected and recently seen data planes, keyed by node id. Touched once per sync message,
+/// never on the proxy path, so a plain mutex is enough.
+#[derive(Debug, Default)]
+pub struct DataPlaneRegistry {
+    nodes: Mutex<HashMap<String, DataPlaneInfo>>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl DataPlaneRegistry {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, DataPlaneInfo>) -> R) -> R {
+        // A poisoned lock only means another sync task panicked mid-update; the map is still usable.
+        let mut guard = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn connected(&self, session: u64, hello: &Hello, address: String) {
+        let t = now();
+        self.with(|nodes| {
+            nodes.retain(|_, n| n.connected || t - n.last_seen < FORGET_AFTER.as_secs() as i64);
+            let prior = nodes.remove(&hello.node_id);
+            nodes.insert(
+                hello.node_id.clone(),
+                DataPlaneInfo {
+                    node_id: hello.node_id.clone(),
+                    hostname: hello.hostname.clone(),
+                    address,
+                    proxy_address: hello.proxy_address.clone(),
+                    build_version: hello.build_version.clone(),
+                    connected: true,
+                    connected_at: t,
+                    last_seen: t,
+                    applied_version: hello.applied_version,
+                    sent_version: 0,
+                    last_ack: prior.as_ref().and_then(|p| p.last_ack.clone()),
+                    last_nack: prior.and_then(|p| p.last_nack),
+                    session,
+                },
+            );
+        });
+    }
+
+    fn update(&self, node_id: &str, f: impl FnOnce(&mut DataPlaneInfo)) {
+        self.with(|nodes| {
+            if let Some(n) = nodes.get_mut(node_id) {
+                n.last_seen = now();
+                f(n);
+            }
+        });
+    }
+
+    pub fn sent(&self, node_id: &str, version: u64) {
+        self.update(node_id, |n| n.sent_version = version);
+    }
+
+    pub fn acked(&self, node_id: &str, version: u64, nonce: String) {
+        self.update(node_id, |n| {
+            n.applied_version = version;
+            n.last_ack = Some(AckInfo {
+                version,
+                nonce,
+                at: n.last_seen,
+            });
+        });
+    }
+
+    pub fn nacked(&self, node_id: &str, version: u64, nonce: String, error: String) {
+        self.update(node_id, |n| {
+            n.last_nack = Some(NackInfo {
+                version,
+                nonce,
+                error,
+                at: n.last_seen,
+            });
+        });
+    }
+
+    pub fn disconnected(&self, session: u64, node_id: &str) {
+        self.update(node_id, |n| {
+            if n.session == session {
+                n.connected = false;
+            }
+        });
+    }
+
+    /// Every known data plane, connected first, then by node id.
+    pub fn list(&self) -> Vec<DataPlaneInfo> {
+        let mut all: Vec<_> = self.with(|nodes| nodes.values().cloned().collect());
+        all.sort_by(|a, b| b.connected.cmp(&a.connected).then(a.node_id.cmp(&b.node_id)));
+        all
+    }
+}

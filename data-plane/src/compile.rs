@@ -1,0 +1,253 @@
+//! Turns a snapshot into a `CompiledConfig`: every resource parsed and validated with the model
+//! crate, references resolved, the router built and each upstream's balancer prepared. Runs once
+//! per snapshot, off the request path; the proxy only reads the result.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use http::uri::Authority;
+use postern_proto::model::{
+    ConfigSet, PassHost, Resource, ResourceKind, RouteConfig, Timeout, UpstreamConfig,
+    ValidationError,
+};
+use postern_proto::sync::Snapshot;
+
+use crate::balancer::RoundRobin;
+use crate::router::{RouteSpec, Router};
+
+/// APISIX's default for each of connect, send and read.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("resource {kind}/{id}: {source}")]
+    Invalid {
+        kind: String,
+        id: String,
+        source: ValidationError,
+    },
+    #[error("unknown resource kind '{0}'")]
+    UnknownKind(String),
+    #[error("resource {0}/{1}: body is not valid JSON: {2}")]
+    BadJson(String, String, serde_json::Error),
+    #[error("inconsistent snapshot: {0}")]
+    Inconsistent(ValidationError),
+    #[error("router: {0}")]
+    Router(String),
+}
+
+/// Everything the proxy needs for one config version. Immutable once built.
+pub struct CompiledConfig {
+    pub version: u64,
+    pub router: Router,
+    /// Indexed by the router's match result.
+    pub routes: Vec<CompiledRoute>,
+}
+
+pub struct CompiledRoute {
+    pub id: String,
+    pub upstream: Arc<Upstream>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub send: Duration,
+    pub read: Duration,
+}
+
+impl Timeouts {
+    fn from_config(t: Option<&Timeout>) -> Option<Timeouts> {
+        t.map(|t| Timeouts {
+            connect: Duration::from_secs_f64(t.connect),
+            send: Duration::from_secs_f64(t.send),
+            read: Duration::from_secs_f64(t.read),
+        })
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_TIMEOUT,
+            send: DEFAULT_TIMEOUT,
+            read: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// A runtime upstream: its nodes, ready-made for building requests, and its balancer.
+pub struct Upstream {
+    pub nodes: Vec<UpstreamNode>,
+    pub balancer: RoundRobin,
+    pub timeouts: Timeouts,
+    pub pass_host: PassHost,
+    pub upstream_host: Option<http::HeaderValue>,
+}
+
+pub struct UpstreamNode {
+    pub authority: Authority,
+    /// The `Host` header value for `pass_host: node`.
+    pub host_header: http::HeaderValue,
+}
+
+impl Upstream {
+    fn build(cfg: &UpstreamConfig) -> Result<Upstream, ValidationError> {
+        let nodes = cfg.resolved_nodes().map_err(|e| e.under("nodes"))?;
+        let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
+        let nodes = nodes
+            .iter()
+            .map(|n| {
+                let a = n.authority();
+                let bad = |_| ValidationError::new(format!("nodes.{a}"), "not a valid authority");
+                Ok(UpstreamNode {
+                    authority: a.parse().map_err(bad)?,
+                    host_header: http::HeaderValue::from_str(&a).map_err(|_| {
+                        ValidationError::new(format!("nodes.{a}"), "not a valid Host header")
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>, ValidationError>>()?;
+        let upstream_host = cfg
+            .upstream_host
+            .as_deref()
+            .map(http::HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| ValidationError::new("upstream_host", "not a valid Host header"))?;
+        Ok(Upstream {
+            nodes,
+            balancer: RoundRobin::new(&weights),
+            timeouts: Timeouts::from_config(cfg.timeout.as_ref()).unwrap_or_default(),
+            pass_host: cfg.pass_host,
+            upstream_host,
+        })
+    }
+
+    /// The next node by weighted round robin; `None` when every node has weight 0.
+    pub fn pick(&self) -> Option<&UpstreamNode> {
+        self.balancer.pick().and_then(|i| self.nodes.get(i))
+    }
+}
+
+/// Parses every resource of a snapshot into a `ConfigSet` and checks it as a whole.
+pub fn parse_snapshot(snapshot: &Snapshot) -> Result<ConfigSet, CompileError> {
+    let mut set = ConfigSet::default();
+    for r in &snapshot.resources {
+        let kind: ResourceKind = r
+            .kind
+            .parse()
+            .map_err(|_| CompileError::UnknownKind(r.kind.clone()))?;
+        let value: serde_json::Value = serde_json::from_slice(&r.body)
+            .map_err(|e| CompileError::BadJson(r.kind.clone(), r.id.clone(), e))?;
+        let resource = Resource::parse(kind, &value).map_err(|source| CompileError::Invalid {
+            kind: r.kind.clone(),
+            id: r.id.clone(),
+            source,
+        })?;
+        set.insert(&r.id, resource);
+    }
+    set.check_references().map_err(CompileError::Inconsistent)?;
+    Ok(set)
+}
+
+pub fn compile(snapshot: &Snapshot) -> Result<CompiledConfig, CompileError> {
+    let set = parse_snapshot(snapshot)?;
+    let invalid = |kind: &str, id: &str, source: ValidationError| CompileError::Invalid {
+        kind: kind.to_string(),
+        id: id.to_string(),
+        source,
+    };
+
+    // Shared upstreams are built once, so every route using one shares its balancer.
+    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+    for (id, cfg) in &set.upstreams {
+        let u = Upstream::build(cfg).map_err(|e| invalid("upstreams", id, e))?;
+        upstreams.insert(id.as_str(), Arc::new(u));
+    }
+    let mut service_upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+    for (id, svc) in &set.services {
+        let u = match (&svc.upstream, &svc.upstream_id) {
+            (Some(cfg), _) => Some(Arc::new(
+                Upstream::build(cfg).map_err(|e| invalid("services", id, e.under("upstream")))?,
+            )),
+            (None, Some(uid)) => upstreams.get(uid.as_str()).cloned(),
+            (None, None) => None,
+        };
+        if let Some(u) = u {
+            service_upstreams.insert(id.as_str(), u);
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut specs = Vec::new();
+    for (id, route) in set.routes.iter().filter(|(_, r)| r.status == 1) {
+        let service = route.service_id.as_deref().and_then(|s| set.services.get(s));
+        let upstream = match (&route.upstream, &route.upstream_id) {
+            (Some(cfg), _) => Arc::new(
+                Upstream::build(cfg).map_err(|e| invalid("routes", id, e.under("upstream")))?,
+            ),
+            (None, Some(uid)) => upstreams.get(uid.as_str()).cloned().ok_or_else(|| {
+                invalid("routes", id, ValidationError::new("upstream_id", "no such upstream"))
+            })?,
+            (None, None) => route
+                .service_id
+                .as_deref()
+                .and_then(|s| service_upstreams.get(s))
+                .cloned()
+                .ok_or_else(|| {
+                    invalid(
+                        "routes",
+                        id,
+                        ValidationError::new("service_id", "neither the route nor its service has an upstream"),
+                    )
+                })?,
+        };
+        let timeouts = Timeouts::from_config(route.timeout.as_ref()).unwrap_or(upstream.timeouts);
+        let hosts: Vec<String> = if route.host_patterns().next().is_some() {
+            route.host_patterns().map(str::to_ascii_lowercase).collect()
+        } else {
+            service
+                .and_then(|s| s.hosts.clone())
+                .unwrap_or_default()
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect()
+        };
+        specs.push(RouteSpec {
+            id: id.clone(),
+            paths: route.paths().map(str::to_string).collect(),
+            hosts,
+            methods: methods(route).map_err(|e| invalid("routes", id, e))?,
+            priority: route.priority,
+        });
+        routes.push(CompiledRoute {
+            id: id.clone(),
+            upstream,
+            timeouts,
+        });
+    }
+    let router = Router::build(&specs).map_err(|e| CompileError::Router(e.to_string()))?;
+    Ok(CompiledConfig {
+        version: snapshot.version,
+        router,
+        routes,
+    })
+}
+
+fn methods(route: &RouteConfig) -> Result<Option<Vec<Method>>, ValidationError> {
+    route
+        .methods
+        .as_ref()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    Method::from_bytes(m.as_bytes())
+                        .map_err(|_| ValidationError::new("methods", format!("bad method '{m}'")))
+                })
+                .collect()
+        })
+        .transpose()
+}

@@ -1,0 +1,127 @@
+//! Data-plane settings: CLI flags > `POSTERN_*` env vars > TOML file (`--config`) > defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use serde::Deserialize;
+
+pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:9280";
+pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:9080";
+pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9091";
+
+#[derive(Debug, Parser)]
+#[command(name = "data-plane", version, about = "Postern data plane: syncs config from the control plane and proxies traffic")]
+pub struct Cli {
+    /// TOML file with any of the settings below (keys as the flags, without `--`).
+    #[arg(long, env = "POSTERN_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: DpOptions,
+}
+
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DpOptions {
+    /// Control plane sync URL [default: http://127.0.0.1:9280]
+    #[arg(long, env = "POSTERN_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// Proxy address [default: 0.0.0.0:9080]
+    #[arg(long, env = "POSTERN_PROXY_LISTEN")]
+    pub proxy_listen: Option<SocketAddr>,
+    /// Status address: /healthz, /readyz [default: 127.0.0.1:9091]
+    #[arg(long, env = "POSTERN_STATUS_LISTEN")]
+    pub status_listen: Option<SocketAddr>,
+    /// Name of this data plane in the control plane's registry [default: <hostname>-<random>]
+    #[arg(long, env = "POSTERN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Log format: `text` or `json` [default: text]
+    #[arg(long, env = "POSTERN_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Settings after precedence and defaults are applied.
+#[derive(Debug, Clone)]
+pub struct DpConfig {
+    pub control_plane: String,
+    pub proxy_listen: SocketAddr,
+    pub status_listen: SocketAddr,
+    pub node_id: String,
+    pub json_logs: bool,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("built-in default address")
+}
+
+impl Default for DpConfig {
+    fn default() -> Self {
+        DpConfig {
+            control_plane: DEFAULT_CONTROL_PLANE.to_string(),
+            proxy_listen: addr(DEFAULT_PROXY_LISTEN),
+            status_listen: addr(DEFAULT_STATUS_LISTEN),
+            node_id: default_node_id(),
+            json_logs: false,
+        }
+    }
+}
+
+/// `<hostname>-<6 random hex digits>`: unique across restarts, still readable.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "data-plane".to_string());
+    format!("{host}-{:06x}", fastrand::u32(..0x100_0000))
+}
+
+impl DpOptions {
+    fn or(self, file: DpOptions) -> DpOptions {
+        DpOptions {
+            control_plane: self.control_plane.or(file.control_plane),
+            proxy_listen: self.proxy_listen.or(file.proxy_listen),
+            status_listen: self.status_listen.or(file.status_listen),
+            node_id: self.node_id.or(file.node_id),
+            log_format: self.log_format.or(file.log_format),
+        }
+    }
+}
+
+impl Cli {
+    pub fn resolve(self) -> anyhow::Result<DpConfig> {
+        let file = match &self.config {
+            Some(path) => read_toml(path)?,
+            None => DpOptions::default(),
+        };
+        let o = self.options.or(file);
+        let control_plane = o.control_plane.unwrap_or_else(|| DEFAULT_CONTROL_PLANE.to_string());
+        anyhow::ensure!(
+            control_plane.starts_with("http://"),
+            "--control-plane must be an http:// URL (TLS to the control plane is not supported yet), got '{control_plane}'"
+        );
+        let node_id = o.node_id.unwrap_or_else(default_node_id);
+        anyhow::ensure!(
+            !node_id.is_empty() && node_id.len() <= 128 && !node_id.chars().any(char::is_control),
+            "--node-id must be 1-128 printable characters"
+        );
+        let json_logs = match o.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => anyhow::bail!("--log-format must be 'text' or 'json', not '{other}'"),
+        };
+        Ok(DpConfig {
+            control_plane,
+            proxy_listen: o.proxy_listen.unwrap_or_else(|| addr(DEFAULT_PROXY_LISTEN)),
+            status_listen: o.status_listen.unwrap_or_else(|| addr(DEFAULT_STATUS_LISTEN)),
+            node_id,
+            json_logs,
+        })
+    }
+}
+
+fn read_toml(path: &Path) -> anyhow::Result<DpOptions> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+}

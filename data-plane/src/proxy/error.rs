@@ -1,0 +1,58 @@
+//! Every way the proxy can fail a request, mapped to a status code and JSON body in one place.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No snapshot applied yet.
+    #[error("the gateway has no configuration yet")]
+    NotReady,
+    #[error("404 Route Not Found")]
+    NoRoute,
+    /// Every node of the upstream has weight 0 (drained).
+    #[error("no upstream node available")]
+    NoNode,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The upstream refused or reset the connection before answering.
+    #[error("upstream connection failed")]
+    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    /// The upstream answered with something that is not valid HTTP, or dropped mid-request.
+    #[error("upstream request failed")]
+    UpstreamFailed(#[source] hyper_util::client::legacy::Error),
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotReady | ProxyError::NoNode => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// `{"error_msg": "..."}`, as APISIX answers.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        if status.is_server_error() {
+            match &self {
+                ProxyError::UpstreamConnect(e) | ProxyError::UpstreamFailed(e) => {
+                    tracing::warn!(error = %self, cause = ?std::error::Error::source(e), "proxy error")
+                }
+                _ => tracing::debug!(error = %self, "proxy error"),
+            }
+        }
+        let body = serde_json::json!({ "error_msg": self.to_string() }).to_string();
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}

@@ -1,0 +1,176 @@
+//! The proxy: accepts client connections (HTTP/1.1), routes each request with the current
+//! `CompiledConfig`, forwards it to an upstream node over a pooled keepalive connection and
+//! streams both bodies.
+
+mod error;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use postern_proto::model::PassHost;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ProxyError;
+
+use crate::state::DpState;
+
+/// What the proxy answers with: an upstream's streamed body or a body of its own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Longest a client may take to send its request headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle upstream connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+/// Upper bound for any single connect attempt; per-route timeouts are usually shorter.
+const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(60);
+/// How long in-flight requests may finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// Shared by every connection of one proxy listener.
+pub struct Proxy {
+    state: Arc<DpState>,
+    client: UpstreamClient,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<DpState>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy { state, client }
+    }
+
+    /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        loop {
+            let (stream, client_addr) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let service = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(client_addr, req).await) }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, client = %client_addr, "client connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+            tracing::warn!("drain timeout: closing the remaining connections");
+        }
+    }
+
+    async fn handle(&self, client_addr: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+        match self.forward(client_addr, req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response().map(Either::Right),
+        }
+    }
+
+    async fn forward(
+        &self,
+        client_addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+
+        // Take what this request needs from the current config, then let go of the guard: the
+        // request keeps its upstream alive by Arc, so it finishes on the config it started with.
+        let (upstream, timeouts) = {
+            let guard = self.state.config.load();
+            let config = guard.as_ref().ok_or(ProxyError::NotReady)?;
+            let idx = config
+                .router
+                .find(&parts.method, host, parts.uri.path())
+                .ok_or(ProxyError::NoRoute)?;
+            let route = &config.routes[idx];
+            (route.upstream.clone(), route.timeouts)
+        };
+        let node = upstream.pick().ok_or(ProxyError::NoNode)?;
+
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let original_host = parts.headers.get(header::HOST).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_forwarded(&mut parts.headers, client_addr.ip(), "http", original_host.as_ref());
+        let host_header: Option<HeaderValue> = match upstream.pass_host {
+            PassHost::Pass => original_host,
+            PassHost::Node => Some(node.host_header.clone()),
+            PassHost::Rewrite => upstream.upstream_host.clone(),
+        };
+        match host_header {
+            Some(h) => parts.headers.insert(header::HOST, h),
+            None => parts.headers.insert(header::HOST, node.host_header.clone()),
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(node.authority.clone());
+        uri.path_and_query = Some(path_and_query);
+        parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        parts.version = Version::HTTP_11;
+
+        // Until the response headers arrive: connect, send and the upstream's think time.
+        let deadline = timeouts.connect + timeouts.read;
+        let response = tokio::time::timeout(deadline, self.client.request(Request::from_parts(parts, body)))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(|e| {
+                if e.is_connect() {
+                    ProxyError::UpstreamConnect(e)
+                } else {
+                    ProxyError::UpstreamFailed(e)
+                }
+            })?;
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}

@@ -1,0 +1,532 @@
+//! Request routing: compiled once per config snapshot, queried per request without allocating
+//! or locking.
+//!
+//! # Precedence
+//!
+//! For a request, candidate routes are tried in this order and the first one whose host and
+//! method constraints accept the request wins:
+//!
+//! 1. An exact path (`/a/b`) before any prefix path (`/a/*`, `/a*`).
+//! 2. Among prefixes, the longer prefix first (`/api/v1/*` before `/api/*` before `/*`).
+//! 3. Within one path:
+//!    1. higher `priority` first;
+//!    2. then routes matched through an exact host (`a.example.com`), then through a wildcard
+//!       host (`*.example.com`), then host-less routes (a route listing both kinds counts as
+//!       exact-host when the exact one matches);
+//!    3. then routes with `methods` before routes accepting any method;
+//!    4. then by route id, then by position in the route list (stable, independent of how the
+//!       snapshot happened to be ordered apart from duplicate ids).
+//!
+//! If the best candidate of a path rejects the request (wrong host or method), the search goes
+//! on to the next candidate, then to the next shorter prefix.
+//!
+//! # Matching rules
+//!
+//! * Paths: `/a/b` matches only `/a/b`. A path ending in `*` is a byte prefix: `/api/*` matches
+//!   `/api/` and `/api/x/y` but not `/api`; `/foo*` matches `/foo` and `/foobar`.
+//! * Hosts: compared case-insensitively after dropping a `:port` (`[v6]:port` too) and a
+//!   trailing dot. `*.example.com` matches `a.example.com` and `a.b.example.com`, not
+//!   `example.com`. A route without hosts accepts any host, and requests without a Host.
+//! * Methods: a route without methods (or with an empty list) accepts any method; otherwise the
+//!   method must be listed (no implicit HEAD for GET).
+//!
+//! # Cost
+//!
+//! `find` does one hash lookup for exact paths and one walk of a byte-level radix tree along the
+//! request path, so it does not grow with the number of routes. Within a path, candidates are
+//! scanned in order; paths shared by many routes (e.g. thousands of virtual hosts on `/*`) get a
+//! per-host index so that case stays flat too.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use http::Method;
+use postern_proto::model::validate::{check_host_pattern, check_uri};
+
+#[cfg(test)]
+mod tests;
+
+/// One route as the router sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub id: String,
+    /// Exact paths, or prefixes ending in `*`.
+    pub paths: Vec<String>,
+    /// Exact (`a.example.com`) or wildcard (`*.example.com`) hosts; empty = any host.
+    pub hosts: Vec<String>,
+    /// `None` (or empty) = any method.
+    pub methods: Option<Vec<Method>>,
+    /// Higher wins among routes sharing a path.
+    pub priority: i32,
+}
+
+/// A route that could not be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    #[error("route '{id}' (#{index}): {reason}")]
+    InvalidRoute {
+        index: usize,
+        id: String,
+        reason: String,
+    },
+    #[error("too many routes: {count} (at most {MAX_ROUTES})")]
+    TooManyRoutes { count: usize },
+}
+
+/// Route indexes are stored as `u32` to keep buckets compact.
+pub const MAX_ROUTES: usize = u32::MAX as usize / 4;
+
+/// Longer Host values cannot match any pattern (names are at most 253 bytes, a wildcard needs
+/// one more label), so they are treated as matching no host pattern.
+const MAX_HOST_LEN: usize = 256;
+
+/// Buckets with more entries than this get a host index instead of a plain scan.
+const INDEX_MIN_ENTRIES: usize = 16;
+
+/// The compiled route table. Cheap to query from many threads at once.
+pub struct Router {
+    routes: Vec<RouteData>,
+    buckets: Vec<Bucket>,
+    exact: HashMap<Box<str>, u32>,
+    /// Radix tree of prefixes; node 0 is the root (empty label).
+    nodes: Vec<Node>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.routes.len())
+            .field("exact_paths", &self.exact.len())
+            .field("prefix_nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct RouteData {
+    /// Lowercase host names.
+    exact_hosts: Box<[Box<[u8]>]>,
+    /// Lowercase suffixes including the dot: `*.example.com` → `.example.com`.
+    wildcard_suffixes: Box<[Box<[u8]>]>,
+    methods: Option<Box<[Method]>>,
+}
+
+impl RouteData {
+    fn allows(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+/// How an entry's host constraint is checked; the order is the precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum HostKind {
+    Exact,
+    Wildcard,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    route: u32,
+    kind: HostKind,
+}
+
+/// A normalised request as the matcher needs it.
+struct Request<'a> {
+    method: &'a Method,
+    /// Lowercase, port-less host; `None` if absent or unmatchable.
+    host: Option<&'a [u8]>,
+}
+
+impl Entry {
+    fn accepts(&self, routes: &[RouteData], req: &Request<'_>) -> bool {
+        let Some(r) = routes.get(self.route as usize) else {
+            return false;
+        };
+        r.allows(req.method)
+            && match self.kind {
+                HostKind::Any => true,
+                HostKind::Exact => req
+                    .host
+                    .is_some_and(|h| r.exact_hosts.iter().any(|p| **p == *h)),
+                HostKind::Wildcard => req.host.is_some_and(|h| {
+                    r.wildcard_suffixes
+                        .iter()
+                        .any(|s| h.len() > s.len() && h.ends_with(s))
+                }),
+            }
+    }
+}
+
+/// The routes sharing one path, in precedence order.
+#[derive(Debug)]
+struct Bucket {
+    entries: Box<[Entry]>,
+    index: Option<Box<HostIndex>>,
+}
+
+/// Positions into `Bucket::entries`, ascending, grouped by what host they accept.
+#[derive(Debug, Default)]
+struct HostIndex {
+    exact: HashMap<Box<[u8]>, Vec<u32>>,
+    wildcard: HashMap<Box<[u8]>, Vec<u32>>,
+    any: Vec<u32>,
+}
+
+impl Bucket {
+    fn new(mut entries: Vec<Entry>, routes: &[RouteData], specs: &[RouteSpec]) -> Bucket {
+        entries.sort_by(|a, b| {
+            let (sa, sb) = (&specs[a.route as usize], &specs[b.route as usize]);
+            let (ra, rb) = (&routes[a.route as usize], &routes[b.route as usize]);
+            sb.priority
+                .cmp(&sa.priority)
+                .then(a.kind.cmp(&b.kind))
+                .then(ra.methods.is_none().cmp(&rb.methods.is_none()))
+                .then_with(|| sa.id.cmp(&sb.id))
+                .then(a.route.cmp(&b.route))
+        });
+        let index = (entries.len() > INDEX_MIN_ENTRIES).then(|| {
+            let mut ix = HostIndex::default();
+            for (pos, e) in (0u32..).zip(&entries) {
+                let r = &routes[e.route as usize];
+                match e.kind {
+                    HostKind::Any => ix.any.push(pos),
+                    HostKind::Exact => {
+                        for h in &r.exact_hosts {
+                            ix.exact.entry(h.clone()).or_default().push(pos);
+                        }
+                    }
+                    HostKind::Wildcard => {
+                        for s in &r.wildcard_suffixes {
+                            ix.wildcard.entry(s.clone()).or_default().push(pos);
+                        }
+                    }
+                }
+            }
+            Box::new(ix)
+        });
+        Bucket {
+            entries: entries.into_boxed_slice(),
+            index,
+        }
+    }
+
+    fn find(&self, routes: &[RouteData], req: &Request<'_>) -> Option<usize> {
+        let Some(ix) = &self.index else {
+            return self
+                .entries
+                .iter()
+                .find(|e| e.accepts(routes, req))
+                .map(|e| e.route as usize);
+        };
+        // Each list already matches the host; take the earliest position whose method fits.
+        let mut best = u32::MAX;
+        let mut consider = |list: &[u32]| {
+            for &pos in list {
+                if pos >= best {
+                    break;
+                }
+                let fits = self
+                    .entries
+                    .get(pos as usize)
+                    .and_then(|e| routes.get(e.route as usize))
+                    .is_some_and(|r| r.allows(req.method));
+                if fits {
+                    best = pos;
+                    break;
+                }
+            }
+        };
+        consider(&ix.any);
+        if let Some(h) = req.host {
+            if let Some(list) = ix.exact.get(h) {
+                consider(list);
+            }
+            if !ix.wildcard.is_empty() {
+                // Every proper suffix starting at a dot, with at least one byte before it.
+                let dots = h.iter().enumerate().skip(1).filter(|&(_, &b)| b == b'.');
+                for (i, _) in dots {
+                    if let Some(list) = ix.wildcard.get(&h[i..]) {
+                        consider(list);
+                    }
+                }
+            }
+        }
+        self.entries.get(best as usize).map(|e| e.route as usize)
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    label: Box<[u8]>,
+    /// Sorted by first byte of the child's label.
+    children: Vec<(u8, u32)>,
+    bucket: Option<u32>,
+    /// Nearest proper ancestor that has a bucket: the next shorter matching prefix.
+    up: Option<u32>,
+}
+
+impl Node {
+    fn new(label: &[u8], bucket: Option<u32>) -> Node {
+        Node {
+            label: label.into(),
+            children: Vec::new(),
+            bucket,
+            up: None,
+        }
+    }
+
+    fn child(&self, b: u8) -> Option<u32> {
+        self.children
+            .binary_search_by_key(&b, |&(c, _)| c)
+            .ok()
+            .and_then(|i| self.children.get(i))
+            .map(|&(_, n)| n)
+    }
+}
+
+impl Router {
+    /// Compiles `routes`; `routes[i]` is reported by [`Router::find`] as `i`. Fails only for a
+    /// route that cannot be compiled (bad path or host pattern, no paths), naming it.
+    pub fn build(routes: &[RouteSpec]) -> Result<Router, RouterError> {
+        if routes.len() > MAX_ROUTES {
+            return Err(RouterError::TooManyRoutes {
+                count: routes.len(),
+            });
+        }
+        let mut data = Vec::with_capacity(routes.len());
+        let mut exact: HashMap<&str, Vec<Entry>> = HashMap::new();
+        let mut prefix: HashMap<&str, Vec<Entry>> = HashMap::new();
+        for (i, spec) in routes.iter().enumerate() {
+            let err = |reason: String| RouterError::InvalidRoute {
+                index: i,
+                id: spec.id.clone(),
+                reason,
+            };
+            let route = compile_route(spec).map_err(err)?;
+            if spec.paths.is_empty() {
+                return Err(err("no paths".into()));
+            }
+            let mut paths: Vec<&str> = Vec::with_capacity(spec.paths.len());
+            for p in &spec.paths {
+                check_uri(p).map_err(|e| err(format!("path {}", e.message)))?;
+                paths.push(p);
+            }
+            paths.sort_unstable();
+            paths.dedup();
+            let mut kinds = [None; 3];
+            if !route.exact_hosts.is_empty() {
+                kinds[0] = Some(HostKind::Exact);
+            }
+            if !route.wildcard_suffixes.is_empty() {
+                kinds[1] = Some(HostKind::Wildcard);
+            }
+            if route.exact_hosts.is_empty() && route.wildcard_suffixes.is_empty() {
+                kinds[2] = Some(HostKind::Any);
+            }
+            // `i` < MAX_ROUTES, checked above.
+            let index = u32::try_from(i).map_err(|_| err("index out of range".into()))?;
+            for p in paths {
+                let bucket = match p.strip_suffix('*') {
+                    Some(pre) => prefix.entry(pre).or_default(),
+                    None => exact.entry(p).or_default(),
+                };
+                bucket.extend(
+                    kinds
+                        .iter()
+                        .flatten()
+                        .map(|&kind| Entry { route: index, kind }),
+                );
+            }
+            data.push(route);
+        }
+
+        let mut buckets = Vec::with_capacity(exact.len() + prefix.len());
+        let mut add = |entries: Vec<Entry>| {
+            buckets.push(Bucket::new(entries, &data, routes));
+            (buckets.len() - 1) as u32
+        };
+        let exact: HashMap<Box<str>, u32> = exact
+            .into_iter()
+            .map(|(p, entries)| (p.into(), add(entries)))
+            .collect();
+        let mut nodes = vec![Node::new(b"", None)];
+        for (p, entries) in prefix {
+            insert(&mut nodes, p.as_bytes(), add(entries));
+        }
+        link(&mut nodes);
+        Ok(Router {
+            routes: data,
+            buckets,
+            exact,
+            nodes,
+        })
+    }
+
+    /// The index of the route that handles this request, by the precedence in the module docs.
+    /// `host` is the raw Host header (any case, optional `:port`); `path` excludes the query.
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<usize> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let req = Request {
+            method,
+            host: host.and_then(|h| normalize_host(h, &mut buf)),
+        };
+        if let Some(i) = self
+            .exact
+            .get(path)
+            .and_then(|&b| self.bucket_find(b, &req))
+        {
+            return Some(i);
+        }
+        let mut next = self.deepest_prefix(path.as_bytes());
+        while let Some(n) = next.and_then(|n| self.nodes.get(n as usize)) {
+            if let Some(i) = n.bucket.and_then(|b| self.bucket_find(b, &req)) {
+                return Some(i);
+            }
+            next = n.up;
+        }
+        None
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    fn bucket_find(&self, bucket: u32, req: &Request<'_>) -> Option<usize> {
+        self.buckets
+            .get(bucket as usize)
+            .and_then(|b| b.find(&self.routes, req))
+    }
+
+    /// The deepest tree node with a bucket whose prefix starts `path`.
+    fn deepest_prefix(&self, path: &[u8]) -> Option<u32> {
+        let mut deepest = None;
+        let mut id = 0u32;
+        let mut rest = path;
+        while let Some(node) = self.nodes.get(id as usize) {
+            if node.bucket.is_some() {
+                deepest = Some(id);
+            }
+            let Some(child) = rest.first().and_then(|&b| node.child(b)) else {
+                break;
+            };
+            let label = match self.nodes.get(child as usize) {
+                Some(c) if rest.starts_with(&c.label) => &c.label,
+                _ => break,
+            };
+            rest = &rest[label.len()..];
+            id = child;
+        }
+        deepest
+    }
+}
+
+/// Validates and normalises a route's hosts and methods.
+fn compile_route(spec: &RouteSpec) -> Result<RouteData, String> {
+    let mut exact = Vec::new();
+    let mut wildcard = Vec::new();
+    for h in &spec.hosts {
+        check_host_pattern(h).map_err(|e| format!("host {}", e.message))?;
+        let lower = h.to_ascii_lowercase().into_bytes();
+        match lower.strip_prefix(b"*") {
+            Some(suffix) => wildcard.push(Box::<[u8]>::from(suffix)),
+            None => exact.push(lower.into_boxed_slice()),
+        }
+    }
+    for v in [&mut exact, &mut wildcard] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    let methods = spec
+        .methods
+        .as_ref()
+        .filter(|m| !m.is_empty())
+        .map(|m| m.clone().into_boxed_slice());
+    Ok(RouteData {
+        exact_hosts: exact.into_boxed_slice(),
+        wildcard_suffixes: wildcard.into_boxed_slice(),
+        methods,
+    })
+}
+
+/// Inserts `key` into the radix tree rooted at `nodes[0]`, splitting edges as needed.
+fn insert(nodes: &mut Vec<Node>, key: &[u8], bucket: u32) {
+    let mut id = 0usize;
+    let mut rest = key;
+    loop {
+        let Some(&first) = rest.first() else {
+            nodes[id].bucket = Some(bucket);
+            return;
+        };
+        let Some(child) = nodes[id].child(first) else {
+            let new = nodes.len() as u32;
+            nodes.push(Node::new(rest, Some(bucket)));
+            let children = &mut nodes[id].children;
+            let at = children.partition_point(|&(c, _)| c < first);
+            children.insert(at, (first, new));
+            return;
+        };
+        let c = child as usize;
+        let common = nodes[c]
+            .label
+            .iter()
+            .zip(rest)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if common < nodes[c].label.len() {
+            // Split: `c` keeps the shared part (so its parent's link stays valid), a new node
+            // takes the tail with c's children and bucket.
+            let tail = Node {
+                label: nodes[c].label[common..].into(),
+                children: std::mem::take(&mut nodes[c].children),
+                bucket: nodes[c].bucket.take(),
+                up: None,
+            };
+            let tail_first = tail.label[0];
+            let tail_id = nodes.len() as u32;
+            nodes.push(tail);
+            nodes[c].label = nodes[c].label[..common].into();
+            nodes[c].children = vec![(tail_first, tail_id)];
+        }
+        id = c;
+        rest = &rest[common..];
+    }
+}
+
+/// Fills `up` links: each node's nearest proper ancestor with a bucket.
+fn link(nodes: &mut [Node]) {
+    let mut stack = vec![(0usize, None)];
+    while let Some((id, up)) = stack.pop() {
+        nodes[id].up = up;
+        let below = if nodes[id].bucket.is_some() {
+            Some(id as u32)
+        } else {
+            up
+        };
+        stack.extend(nodes[id].children.iter().map(|&(_, c)| (c as usize, below)));
+    }
+}
+
+/// Lowercase host without port or trailing dot, copied into `buf`; `None` if empty or longer
+/// than any pattern could match.
+fn normalize_host<'a>(raw: &str, buf: &'a mut [u8; MAX_HOST_LEN]) -> Option<&'a [u8]> {
+    let b = raw.as_bytes();
+    let name = if b.first() == Some(&b'[') {
+        // `[v6]:port`: the port follows the bracket; v6 literals never match a pattern anyway.
+        b.iter().position(|&c| c == b']').map_or(b, |i| &b[..=i])
+    } else {
+        b.iter().position(|&c| c == b':').map_or(b, |i| &b[..i])
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_HOST_LEN {
+        return None;
+    }
+    let out = &mut buf[..name.len()];
+    out.copy_from_slice(name);
+    out.make_ascii_lowercase();
+    Some(out)
+}

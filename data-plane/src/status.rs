@@ -1,0 +1,57 @@
+//! The status listener: `/healthz` (the process is up) and `/readyz` (a config is applied, so
+//! traffic can be sent here). Kept off the proxy port so probes never compete with traffic.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::DpState;
+
+pub async fn serve(listener: TcpListener, state: Arc<DpState>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(respond(&state, &req)) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(state: &DpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/readyz" => match state.applied_version() {
+            Some(v) => (StatusCode::OK, serde_json::json!({"ready": true, "version": v})),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"ready": false, "reason": "no configuration applied yet"}),
+            ),
+        },
+        _ => (StatusCode::NOT_FOUND, serde_json::json!({"error_msg": "not found"})),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}

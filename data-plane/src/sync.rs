@@ -1,0 +1,139 @@
+//! The sync client: keeps one stream open to the control plane, compiles every snapshot it
+//! receives, swaps it in and answers ACK or NACK. Reconnects with capped, jittered backoff and
+//! keeps serving the last config while the control plane is away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postern_proto::sync::config_sync_client::ConfigSyncClient;
+use postern_proto::sync::{
+    Ack, DataPlaneMessage, Hello, Nack, Snapshot, control_plane_message, data_plane_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::compile::compile;
+use crate::state::DpState;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on the sync stream: a half-open connection is noticed within
+/// interval + timeout (20 s) and the DP reconnects.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest snapshot accepted.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct SyncClient {
+    pub control_plane: String,
+    pub proxy_address: String,
+    pub state: Arc<DpState>,
+}
+
+impl SyncClient {
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match result {
+                Ok(()) => tracing::warn!(cp = %self.control_plane, "control plane closed the sync stream"),
+                Err(e) => tracing::warn!(cp = %self.control_plane, error = %e, "sync with the control plane failed"),
+            }
+            // A stream that lived a while was healthy: start the backoff over.
+            if started.elapsed() > MAX_BACKOFF {
+                backoff = MIN_BACKOFF;
+            }
+            // Full jitter, so a fleet of DPs does not reconnect in lockstep after a CP restart.
+            let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn session(&self) -> anyhow::Result<()> {
+        let channel = Endpoint::from_shared(self.control_plane.clone())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let mut client = ConfigSyncClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(message(data_plane_message::Message::Hello(Hello {
+            node_id: self.state.node_id.clone(),
+            hostname: hostname(),
+            build_version: env!("CARGO_PKG_VERSION").to_string(),
+            applied_version: self.state.applied_version().unwrap_or(0),
+            proxy_address: self.proxy_address.clone(),
+        })))
+        .await?;
+        let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        tracing::info!(cp = %self.control_plane, "connected to the control plane");
+        while let Some(msg) = inbound.message().await? {
+            let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message else {
+                continue;
+            };
+            let answer = self.apply(snapshot).await;
+            tx.send(message(answer)).await?;
+        }
+        Ok(())
+    }
+
+    /// Compiles and swaps in one snapshot; the answer to send back.
+    async fn apply(&self, snapshot: Snapshot) -> data_plane_message::Message {
+        let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
+        if self.state.applied_version() == Some(version) {
+            // Already serving it (e.g. after a reconnect): nothing to rebuild.
+            return data_plane_message::Message::Ack(Ack { version, nonce });
+        }
+        let started = Instant::now();
+        // Compiling thousands of routes is CPU work: keep it off the proxy's async threads.
+        let compiled = tokio::task::spawn_blocking(move || compile(&snapshot)).await;
+        match compiled {
+            Ok(Ok(config)) => {
+                let routes = config.routes.len();
+                self.state.apply(config);
+                tracing::info!(version, routes, compile_ms = started.elapsed().as_secs_f64() * 1e3, "config applied");
+                data_plane_message::Message::Ack(Ack { version, nonce })
+            }
+            Ok(Err(e)) => {
+                tracing::error!(version, error = %e, "rejected a snapshot; still serving the previous config");
+                data_plane_message::Message::Nack(Nack {
+                    version,
+                    nonce,
+                    error: e.to_string(),
+                })
+            }
+            Err(e) => data_plane_message::Message::Nack(Nack {
+                version,
+                nonce,
+                error: format!("compiler crashed: {e}"),
+            }),
+        }
+    }
+}
+
+fn message(m: data_plane_message::Message) -> DataPlaneMessage {
+    DataPlaneMessage { message: Some(m) }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}

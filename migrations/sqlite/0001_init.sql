@@ -1,0 +1,52 @@
+-- Config store schema. Kept to plain types (TEXT, BIGINT) and standard SQL so that
+-- migrations/postgres/ can mirror it statement by statement.
+
+-- The single global revision: bumped once by every accepted write, 0 for a new store.
+CREATE TABLE meta (
+    id       BIGINT NOT NULL PRIMARY KEY CHECK (id = 1),
+    revision BIGINT NOT NULL CHECK (revision >= 0)
+);
+
+INSERT INTO meta (id, revision) VALUES (1, 0);
+
+-- Current resources. body is the JSON as accepted, with "id" set to the resource id.
+CREATE TABLE resources (
+    kind            TEXT   NOT NULL,
+    id              TEXT   NOT NULL,
+    body            TEXT   NOT NULL,
+    create_revision BIGINT NOT NULL,
+    mod_revision    BIGINT NOT NULL,
+    -- Unix seconds.
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+
+-- One row per reference held by a resource, rewritten on every put and cleared on delete, so
+-- "is X in use?" is one indexed lookup instead of a scan of every body.
+CREATE TABLE refs (
+    from_kind  TEXT NOT NULL,
+    from_id    TEXT NOT NULL,
+    from_field TEXT NOT NULL,
+    to_kind    TEXT NOT NULL,
+    to_id      TEXT NOT NULL,
+    -- The key's prefix (from_kind, from_id) also serves "drop the refs of this resource".
+    PRIMARY KEY (from_kind, from_id, from_field, to_kind, to_id)
+);
+
+CREATE INDEX refs_to ON refs (to_kind, to_id);
+
+-- One row per accepted write, keyed by the revision it created.
+CREATE TABLE history (
+    revision BIGINT NOT NULL PRIMARY KEY,
+    -- Unix seconds.
+    at       BIGINT NOT NULL,
+    kind     TEXT   NOT NULL,
+    id       TEXT   NOT NULL,
+    op       TEXT   NOT NULL CHECK (op IN ('put', 'delete')),
+    -- The stored body before and after the write (NULL for a create's before and a delete's
+    -- after).
+    before   TEXT,
+    after    TEXT,
+    actor    TEXT
+);
