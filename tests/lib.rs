@@ -49,7 +49,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -100,7 +103,12 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -169,13 +177,28 @@ impl ControlPlane {
             ADMIN_KEY.into(),
         ];
         if let (Some(p), Some(s)) = (self.proxy, self.status) {
-            args.extend(["--dev".into(), "--proxy-listen".into(), p.to_string(), "--status-listen".into(), s.to_string()]);
+            args.extend([
+                "--dev".into(),
+                "--proxy-listen".into(),
+                p.to_string(),
+                "--status-listen".into(),
+                s.to_string(),
+            ]);
         }
         args.extend(self.extra.iter().cloned());
-        self.process = Some(Process::spawn("cp", "control-plane", &args, self.log.clone()));
+        self.process = Some(Process::spawn(
+            "cp",
+            "control-plane",
+            &args,
+            self.log.clone(),
+        ));
         let admin = self.client();
         wait_for("the Admin API", Duration::from_secs(15), || async {
-            admin.get("/admin/routes").await.ok().filter(|(s, _)| *s == 200)
+            admin
+                .get("/admin/routes")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
         })
         .await;
     }
@@ -215,7 +238,12 @@ impl DataPlane {
             "--node-id".into(),
             node_id.to_string(),
         ];
-        let process = Process::spawn(node_id, "data-plane", &args, dir.join(format!("{node_id}.log")));
+        let process = Process::spawn(
+            node_id,
+            "data-plane",
+            &args,
+            dir.join(format!("{node_id}.log")),
+        );
         let dp = DataPlane {
             process,
             proxy,
@@ -224,9 +252,17 @@ impl DataPlane {
         };
         let http = reqwest::Client::new();
         let url = format!("http://{status}/healthz");
-        wait_for("the data plane's /healthz", Duration::from_secs(15), || async {
-            http.get(&url).send().await.ok().filter(|r| r.status() == 200)
-        })
+        wait_for(
+            "the data plane's /healthz",
+            Duration::from_secs(15),
+            || async {
+                http.get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+            },
+        )
         .await;
         dp
     }
@@ -241,10 +277,14 @@ pub async fn readyz(status: SocketAddr) -> Option<(u16, Value)> {
 
 /// Waits until the DP at `status` serves `version` (or newer).
 pub async fn wait_applied(status: SocketAddr, version: u64) {
-    wait_for(&format!("version {version} applied"), Duration::from_secs(10), || async {
-        let (_, body) = readyz(status).await?;
-        (body["version"].as_u64()? >= version).then_some(())
-    })
+    wait_for(
+        &format!("version {version} applied"),
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = readyz(status).await?;
+            (body["version"].as_u64()? >= version).then_some(())
+        },
+    )
     .await
 }
 
@@ -257,13 +297,20 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(k) = &self.key {
             req = req.header("x-api-key", k);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
@@ -282,13 +329,19 @@ impl AdminClient {
             .request(reqwest::Method::PUT, path, Some(&body.to_string()))
             .await
             .expect("admin request");
-        assert!(status == 200 || status == 201, "PUT {path} → {status}: {resp}");
+        assert!(
+            status == 200 || status == 201,
+            "PUT {path} → {status}: {resp}"
+        );
         resp["revision"].as_u64().expect("revision in response")
     }
 
     /// The store's current revision, as the last history entry says.
     pub async fn revision(&self) -> u64 {
-        let (_, v) = self.get("/admin/history?after=0&limit=1000").await.expect("history");
+        let (_, v) = self
+            .get("/admin/history?after=0&limit=1000")
+            .await
+            .expect("history");
         v["list"]
             .as_array()
             .and_then(|l| l.last())
@@ -300,11 +353,15 @@ impl AdminClient {
 /// An HTTP/1.1 upstream in the test process that answers every request with `body` and echoes
 /// a few request details in headers (`x-seen-path`, `x-seen-host`, `x-seen-xff`).
 pub async fn upstream(body: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                     let h = |name: &str| {
@@ -333,7 +390,11 @@ pub async fn upstream(body: &'static str) -> SocketAddr {
 }
 
 /// GET through a proxy; `(status, body)`.
-pub async fn get_via(proxy: SocketAddr, path: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
+pub async fn get_via(
+    proxy: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut req = reqwest::Client::new().get(format!("http://{proxy}{path}"));
     if let Some(h) = host {
         req = req.header("host", h);

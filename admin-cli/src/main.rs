@@ -7,10 +7,19 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
-#[command(name = "admin-cli", version, about = "Command line for Postern's Admin API")]
+#[command(
+    name = "admin-cli",
+    version,
+    about = "Command line for Postern's Admin API"
+)]
 struct Cli {
     /// Admin API base URL
-    #[arg(long, env = "POSTERN_ADMIN_URL", default_value = "http://127.0.0.1:9180", global = true)]
+    #[arg(
+        long,
+        env = "POSTERN_ADMIN_URL",
+        default_value = "http://127.0.0.1:9180",
+        global = true
+    )]
     url: String,
     /// Admin API key (sent as X-API-KEY)
     #[arg(long, env = "POSTERN_ADMIN_KEY", hide_env_values = true, global = true)]
@@ -56,7 +65,10 @@ impl Admin {
             .await
             .with_context(|| format!("cannot reach the Admin API at {}", self.url))?;
         let status = resp.status();
-        let body: Value = resp.json().await.with_context(|| format!("bad answer from {url}"))?;
+        let body: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("bad answer from {url}"))?;
         if !status.is_success() {
             let msg = body.get("error_msg").and_then(Value::as_str).unwrap_or("");
             bail!("{url}: {status} {msg}");
@@ -124,16 +136,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     vec![
                         cell(d.get("node_id")),
                         cell(d.get("address")),
-                        if d["connected"].as_bool() == Some(true) { "yes" } else { "no" }.to_string(),
+                        if d["connected"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .to_string(),
                         cell(d.get("applied_version")),
                         cell(d.get("last_seen")),
                         cell(d.pointer("/last_nack/error")),
                     ]
                 })
                 .collect();
-            table(&["NODE", "ADDRESS", "CONNECTED", "APPLIED", "LAST SEEN", "LAST NACK"], rows);
+            table(
+                &[
+                    "NODE",
+                    "ADDRESS",
+                    "CONNECTED",
+                    "APPLIED",
+                    "LAST SEEN",
+                    "LAST NACK",
+                ],
+                rows,
+            );
         }
-        Command::Routes { action: ListAction::List } => {
+        Command::Routes {
+            action: ListAction::List,
+        } => {
             let v = admin.get("/admin/routes").await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -146,10 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|r| {
                     let val = &r["value"];
-                    let uris = val
-                        .get("uri")
-                        .cloned()
-                        .or_else(|| val.get("uris").cloned());
+                    let uris = val.get("uri").cloned().or_else(|| val.get("uris").cloned());
                     vec![
                         cell(r.get("id")),
                         cell(val.get("name")),

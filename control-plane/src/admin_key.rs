@@ -21,7 +21,10 @@ impl std::fmt::Debug for AdminKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
         f.debug_struct("AdminKeys")
-            .field("names", &self.keys.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "names",
+                &self.keys.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -74,7 +77,10 @@ pub enum KeySource {
 
 /// The configured key, else the one kept in the data dir, else a new random one written there
 /// with mode 0600.
-pub fn load_or_generate(given: Option<&str>, data_dir: &Path) -> anyhow::Result<(AdminKeys, KeySource)> {
+pub fn load_or_generate(
+    given: Option<&str>,
+    data_dir: &Path,
+) -> anyhow::Result<(AdminKeys, KeySource)> {
     if let Some(k) = given {
         return Ok((AdminKeys::single("admin", k)?, KeySource::Given));
     }
@@ -89,7 +95,10 @@ pub fn load_or_generate(given: Option<&str>, data_dir: &Path) -> anyhow::Result<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = generate_key()?;
             write_private(&path, &key)?;
-            Ok((AdminKeys::single("admin", &key)?, KeySource::Generated(path, key)))
+            Ok((
+                AdminKeys::single("admin", &key)?,
+                KeySource::Generated(path, key),
+            ))
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }

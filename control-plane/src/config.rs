@@ -16,7 +16,11 @@ pub const DEFAULT_DEV_PROXY_LISTEN: &str = "127.0.0.1:9080";
 pub const DEFAULT_DATA_DIR: &str = "./postern-data";
 
 #[derive(Debug, Parser)]
-#[command(name = "control-plane", version, about = "Postern control plane: Admin API, config store and snapshot sync")]
+#[command(
+    name = "control-plane",
+    version,
+    about = "Postern control plane: Admin API, config store and snapshot sync"
+)]
 pub struct Cli {
     /// TOML file with any of the settings below (keys as the flags, without `--`).
     #[arg(long, env = "POSTERN_CONFIG")]
@@ -80,13 +84,25 @@ pub enum StoreUrl {
 impl StoreUrl {
     pub fn parse(url: &str) -> anyhow::Result<StoreUrl> {
         if let Some(path) = url.strip_prefix("sqlite://") {
-            anyhow::ensure!(!path.is_empty(), "sqlite:// needs a file path, e.g. sqlite://./postern.db");
+            anyhow::ensure!(
+                !path.is_empty(),
+                "sqlite:// needs a file path, e.g. sqlite://./postern.db"
+            );
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("etcd://") {
-            anyhow::bail!("store '{}' is not supported by this version yet; use sqlite://PATH", redact(url));
+        if url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("etcd://")
+        {
+            anyhow::bail!(
+                "store '{}' is not supported by this version yet; use sqlite://PATH",
+                redact(url)
+            );
         }
-        anyhow::bail!("unknown store URL '{}': expected sqlite://PATH", redact(url))
+        anyhow::bail!(
+            "unknown store URL '{}': expected sqlite://PATH",
+            redact(url)
+        )
     }
 }
 
@@ -133,7 +149,9 @@ impl Cli {
             None => CpOptions::default(),
         };
         let o = self.options.or(file);
-        let data_dir = o.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = o
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let store = match &o.store {
             Some(url) => StoreUrl::parse(url)?,
             None => StoreUrl::Sqlite(data_dir.join("postern.db")),
@@ -150,7 +168,9 @@ impl Cli {
             sync_listen: o.sync_listen.unwrap_or_else(|| addr(DEFAULT_SYNC_LISTEN)),
             admin_key: o.admin_key,
             dev: o.dev.unwrap_or(false),
-            proxy_listen: o.proxy_listen.unwrap_or_else(|| addr(DEFAULT_DEV_PROXY_LISTEN)),
+            proxy_listen: o
+                .proxy_listen
+                .unwrap_or_else(|| addr(DEFAULT_DEV_PROXY_LISTEN)),
             status_listen: o
                 .status_listen
                 .unwrap_or_else(|| addr(postern_data_plane::config::DEFAULT_STATUS_LISTEN)),
@@ -160,7 +180,8 @@ impl Cli {
 }
 
 fn read_toml(path: &Path) -> anyhow::Result<CpOptions> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("in {}", path.display()))
 }
 
@@ -172,7 +193,11 @@ mod tests {
     fn flags_beat_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cp.toml");
-        std::fs::write(&file, "admin-listen = \"127.0.0.1:1111\"\nsync-listen = \"127.0.0.1:2222\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "admin-listen = \"127.0.0.1:1111\"\nsync-listen = \"127.0.0.1:2222\"\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
             "control-plane",
             "--config",
@@ -184,7 +209,10 @@ mod tests {
         let c = cli.resolve().unwrap();
         assert_eq!(c.admin_listen, addr("127.0.0.1:3333"));
         assert_eq!(c.sync_listen, addr("127.0.0.1:2222"));
-        assert_eq!(c.store, StoreUrl::Sqlite(PathBuf::from("./postern-data/postern.db")));
+        assert_eq!(
+            c.store,
+            StoreUrl::Sqlite(PathBuf::from("./postern-data/postern.db"))
+        );
         assert!(!c.dev);
     }
 
@@ -193,10 +221,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cp.toml");
         std::fs::write(&file, "admin-lisen = \"127.0.0.1:1\"\n").unwrap();
-        let cli = Cli::try_parse_from(["control-plane", "--config", file.to_str().unwrap()]).unwrap();
+        let cli =
+            Cli::try_parse_from(["control-plane", "--config", file.to_str().unwrap()]).unwrap();
         assert!(cli.resolve().is_err());
         assert!(StoreUrl::parse("mysql://x").is_err());
-        let e = StoreUrl::parse("postgres://u:secret@h/db").unwrap_err().to_string();
+        let e = StoreUrl::parse("postgres://u:secret@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
     }
 }

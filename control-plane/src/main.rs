@@ -11,7 +11,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     postern_data_plane::telemetry::init_logging(config.json_logs);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("control-plane: cannot start the runtime: {e}");
@@ -20,7 +23,9 @@ fn main() -> std::process::ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(postern_data_plane::telemetry::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(postern_data_plane::telemetry::cancel_on_signal(
+            shutdown.clone(),
+        ));
         match postern_control_plane::server::run(config, shutdown).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

@@ -35,10 +35,13 @@ pub async fn open_store(url: &StoreUrl) -> anyhow::Result<Arc<dyn ConfigStore>> 
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config.store).await?;
-    let (keys, source) = admin_key::load_or_generate(config.admin_key.as_deref(), &config.data_dir)?;
+    let (keys, source) =
+        admin_key::load_or_generate(config.admin_key.as_deref(), &config.data_dir)?;
     match source {
         KeySource::Given => tracing::info!("admin key taken from --admin-key / POSTERN_ADMIN_KEY"),
-        KeySource::Stored(path) => tracing::info!(path = %path.display(), "admin key read from the data dir"),
+        KeySource::Stored(path) => {
+            tracing::info!(path = %path.display(), "admin key read from the data dir")
+        }
         KeySource::Generated(path, key) => {
             // Printed once, on stderr, so it does not end up in JSON log pipelines by accident.
             eprintln!(
@@ -50,13 +53,18 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
 
     let (snap_tx, snap_rx) = watch::channel(None);
     let registry = Arc::new(DataPlaneRegistry::default());
-    let builder = tokio::spawn(snapshot::run_builder(store.clone(), snap_tx, shutdown.clone()));
+    let builder = tokio::spawn(snapshot::run_builder(
+        store.clone(),
+        snap_tx,
+        shutdown.clone(),
+    ));
 
     let sync_listener = TcpListener::bind(config.sync_listen)
         .await
         .with_context(|| format!("binding the sync listener on {}", config.sync_listen))?;
     let sync_addr = sync_listener.local_addr()?;
-    let sync_server = SyncService::new(snap_rx.clone(), registry.clone(), shutdown.clone()).into_server();
+    let sync_server =
+        SyncService::new(snap_rx.clone(), registry.clone(), shutdown.clone()).into_server();
     let sync = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(SYNC_KEEPALIVE_INTERVAL))

@@ -184,13 +184,20 @@ pub fn compile(snapshot: &Snapshot) -> Result<CompiledConfig, CompileError> {
     let mut routes = Vec::new();
     let mut specs = Vec::new();
     for (id, route) in set.routes.iter().filter(|(_, r)| r.status == 1) {
-        let service = route.service_id.as_deref().and_then(|s| set.services.get(s));
+        let service = route
+            .service_id
+            .as_deref()
+            .and_then(|s| set.services.get(s));
         let upstream = match (&route.upstream, &route.upstream_id) {
             (Some(cfg), _) => Arc::new(
                 Upstream::build(cfg).map_err(|e| invalid("routes", id, e.under("upstream")))?,
             ),
             (None, Some(uid)) => upstreams.get(uid.as_str()).cloned().ok_or_else(|| {
-                invalid("routes", id, ValidationError::new("upstream_id", "no such upstream"))
+                invalid(
+                    "routes",
+                    id,
+                    ValidationError::new("upstream_id", "no such upstream"),
+                )
             })?,
             (None, None) => route
                 .service_id
@@ -201,7 +208,10 @@ pub fn compile(snapshot: &Snapshot) -> Result<CompiledConfig, CompileError> {
                     invalid(
                         "routes",
                         id,
-                        ValidationError::new("service_id", "neither the route nor its service has an upstream"),
+                        ValidationError::new(
+                            "service_id",
+                            "neither the route nor its service has an upstream",
+                        ),
                     )
                 })?,
         };

@@ -12,7 +12,11 @@ pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:9080";
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9091";
 
 #[derive(Debug, Parser)]
-#[command(name = "data-plane", version, about = "Postern data plane: syncs config from the control plane and proxies traffic")]
+#[command(
+    name = "data-plane",
+    version,
+    about = "Postern data plane: syncs config from the control plane and proxies traffic"
+)]
 pub struct Cli {
     /// TOML file with any of the settings below (keys as the flags, without `--`).
     #[arg(long, env = "POSTERN_CONFIG")]
@@ -96,7 +100,9 @@ impl Cli {
             None => DpOptions::default(),
         };
         let o = self.options.or(file);
-        let control_plane = o.control_plane.unwrap_or_else(|| DEFAULT_CONTROL_PLANE.to_string());
+        let control_plane = o
+            .control_plane
+            .unwrap_or_else(|| DEFAULT_CONTROL_PLANE.to_string());
         anyhow::ensure!(
             control_plane.starts_with("http://"),
             "--control-plane must be an http:// URL (TLS to the control plane is not supported yet), got '{control_plane}'"
@@ -114,7 +120,9 @@ impl Cli {
         Ok(DpConfig {
             control_plane,
             proxy_listen: o.proxy_listen.unwrap_or_else(|| addr(DEFAULT_PROXY_LISTEN)),
-            status_listen: o.status_listen.unwrap_or_else(|| addr(DEFAULT_STATUS_LISTEN)),
+            status_listen: o
+                .status_listen
+                .unwrap_or_else(|| addr(DEFAULT_STATUS_LISTEN)),
             node_id,
             json_logs,
         })
@@ -122,6 +130,7 @@ impl Cli {
 }
 
 fn read_toml(path: &Path) -> anyhow::Result<DpOptions> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("in {}", path.display()))
 }

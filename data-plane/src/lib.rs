@@ -40,8 +40,14 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         state: state.clone(),
     };
     let sync_task = tokio::spawn(sync.run(shutdown.clone()));
-    let status_task = tokio::spawn(status::serve(status_listener, state.clone(), shutdown.clone()));
-    Arc::new(Proxy::new(state)).serve(proxy_listener, shutdown).await;
+    let status_task = tokio::spawn(status::serve(
+        status_listener,
+        state.clone(),
+        shutdown.clone(),
+    ));
+    Arc::new(Proxy::new(state))
+        .serve(proxy_listener, shutdown)
+        .await;
     let _ = tokio::join!(sync_task, status_task);
     Ok(())
 }

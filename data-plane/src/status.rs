@@ -41,17 +41,25 @@ fn respond(state: &DpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
         "/readyz" => match state.applied_version() {
-            Some(v) => (StatusCode::OK, serde_json::json!({"ready": true, "version": v})),
+            Some(v) => (
+                StatusCode::OK,
+                serde_json::json!({"ready": true, "version": v}),
+            ),
             None => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"ready": false, "reason": "no configuration applied yet"}),
             ),
         },
-        _ => (StatusCode::NOT_FOUND, serde_json::json!({"error_msg": "not found"})),
+        _ => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error_msg": "not found"}),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }

@@ -44,8 +44,12 @@ impl SyncClient {
                 _ = shutdown.cancelled() => return,
             };
             match result {
-                Ok(()) => tracing::warn!(cp = %self.control_plane, "control plane closed the sync stream"),
-                Err(e) => tracing::warn!(cp = %self.control_plane, error = %e, "sync with the control plane failed"),
+                Ok(()) => {
+                    tracing::warn!(cp = %self.control_plane, "control plane closed the sync stream")
+                }
+                Err(e) => {
+                    tracing::warn!(cp = %self.control_plane, error = %e, "sync with the control plane failed")
+                }
             }
             // A stream that lived a while was healthy: start the backoff over.
             if started.elapsed() > MAX_BACKOFF {
@@ -108,7 +112,12 @@ impl SyncClient {
             Ok(Ok(config)) => {
                 let routes = config.routes.len();
                 self.state.apply(config);
-                tracing::info!(version, routes, compile_ms = started.elapsed().as_secs_f64() * 1e3, "config applied");
+                tracing::info!(
+                    version,
+                    routes,
+                    compile_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "config applied"
+                );
                 data_plane_message::Message::Ack(Ack { version, nonce })
             }
             Ok(Err(e)) => {

@@ -19,7 +19,10 @@ async fn quick_start_proxies_to_the_upstream() {
     assert_eq!(code, 503);
 
     admin
-        .put_ok("/admin/upstreams/u1", json!({"type": "roundrobin", "nodes": {backend.to_string(): 1}}))
+        .put_ok(
+            "/admin/upstreams/u1",
+            json!({"type": "roundrobin", "nodes": {backend.to_string(): 1}}),
+        )
         .await;
     let rev = admin
         .put_ok(
@@ -29,7 +32,9 @@ async fn quick_start_proxies_to_the_upstream() {
         .await;
     wait_applied(cp.status.unwrap(), rev).await;
 
-    let (status, body) = get_via(proxy, "/api/v1/products/42?x=1", Some("a.example")).await.unwrap();
+    let (status, body) = get_via(proxy, "/api/v1/products/42?x=1", Some("a.example"))
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from the backend"));
 
     // The upstream saw the original path and query, the client's Host, and X-Forwarded-For.
@@ -84,7 +89,10 @@ async fn upstream_failures_map_to_502_and_504() {
         }
     });
     admin
-        .put_ok("/admin/routes/refused", json!({"uri": "/refused", "upstream": {"nodes": {closed.to_string(): 1}}}))
+        .put_ok(
+            "/admin/routes/refused",
+            json!({"uri": "/refused", "upstream": {"nodes": {closed.to_string(): 1}}}),
+        )
         .await;
     let rev = admin
         .put_ok(
@@ -98,7 +106,11 @@ async fn upstream_failures_map_to_502_and_504() {
     assert_eq!(get_via(proxy, "/refused", None).await.unwrap().0, 502);
     let started = Instant::now();
     assert_eq!(get_via(proxy, "/slow", None).await.unwrap().0, 504);
-    assert!(started.elapsed() < Duration::from_secs(5), "504 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "504 took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -110,26 +122,45 @@ async fn route_change_propagates_to_the_data_plane() {
     let admin = cp.client();
     let proxy = cp.proxy.unwrap();
     let rev = admin
-        .put_ok("/admin/routes/r1", json!({"uri": "/p", "upstream": {"nodes": {old.to_string(): 1}}}))
+        .put_ok(
+            "/admin/routes/r1",
+            json!({"uri": "/p", "upstream": {"nodes": {old.to_string(): 1}}}),
+        )
         .await;
     wait_applied(cp.status.unwrap(), rev).await;
     assert_eq!(get_via(proxy, "/p", None).await.unwrap().1, "old");
 
     let mut figures = Vec::new();
     for round in 0..5 {
-        let target = if round % 2 == 0 { (new, "new") } else { (old, "old") };
+        let target = if round % 2 == 0 {
+            (new, "new")
+        } else {
+            (old, "old")
+        };
         let started = Instant::now();
         admin
-            .put_ok("/admin/routes/r1", json!({"uri": "/p", "upstream": {"nodes": {target.0.to_string(): 1}}}))
+            .put_ok(
+                "/admin/routes/r1",
+                json!({"uri": "/p", "upstream": {"nodes": {target.0.to_string(): 1}}}),
+            )
             .await;
-        wait_for("the new upstream to serve", Duration::from_secs(5), || async {
-            let (_, body) = get_via(proxy, "/p", None).await.ok()?;
-            (body == target.1).then_some(())
-        })
+        wait_for(
+            "the new upstream to serve",
+            Duration::from_secs(5),
+            || async {
+                let (_, body) = get_via(proxy, "/p", None).await.ok()?;
+                (body == target.1).then_some(())
+            },
+        )
         .await;
         figures.push(started.elapsed());
     }
     let worst = figures.iter().max().unwrap();
-    println!("propagation (Admin API PUT → DP serving the new upstream): {figures:?}, worst {worst:?}");
-    assert!(*worst < Duration::from_secs(1), "propagation took {worst:?}");
+    println!(
+        "propagation (Admin API PUT → DP serving the new upstream): {figures:?}, worst {worst:?}"
+    );
+    assert!(
+        *worst < Duration::from_secs(1),
+        "propagation took {worst:?}"
+    );
 }

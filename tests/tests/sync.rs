@@ -27,19 +27,34 @@ async fn two_data_planes_ack_the_same_version() {
     let dp1 = DataPlane::start(dir.path(), "dp-one", &cp.sync_url()).await;
     let dp2 = DataPlane::start(dir.path(), "dp-two", &cp.sync_url()).await;
     let rev = admin
-        .put_ok("/admin/routes/r1", json!({"uri": "/x", "upstream": {"nodes": {backend.to_string(): 1}}}))
+        .put_ok(
+            "/admin/routes/r1",
+            json!({"uri": "/x", "upstream": {"nodes": {backend.to_string(): 1}}}),
+        )
         .await;
     for dp in [&dp1, &dp2] {
         wait_applied(dp.status, rev).await;
-        assert_eq!(get_via(dp.proxy, "/x", None).await.unwrap(), (200, "ok".to_string()));
+        assert_eq!(
+            get_via(dp.proxy, "/x", None).await.unwrap(),
+            (200, "ok".to_string())
+        );
     }
-    let v = wait_for("both DPs to report the ACK", Duration::from_secs(5), || async {
-        let v = data_planes(&admin).await;
-        (v["applied_current"] == 2).then_some(v)
-    })
+    let v = wait_for(
+        "both DPs to report the ACK",
+        Duration::from_secs(5),
+        || async {
+            let v = data_planes(&admin).await;
+            (v["applied_current"] == 2).then_some(v)
+        },
+    )
     .await;
     assert_eq!(v["version"], rev);
-    let mut nodes: Vec<&str> = v["list"].as_array().unwrap().iter().map(|d| d["node_id"].as_str().unwrap()).collect();
+    let mut nodes: Vec<&str> = v["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["node_id"].as_str().unwrap())
+        .collect();
     nodes.sort();
     assert_eq!(nodes, ["dp-one", "dp-two"]);
     for d in v["list"].as_array().unwrap() {
@@ -60,7 +75,10 @@ async fn data_planes_survive_a_control_plane_restart() {
     let dp2 = DataPlane::start(dir.path(), "dp-2", &cp.sync_url()).await;
     let rev = cp
         .client()
-        .put_ok("/admin/routes/r1", json!({"uri": "/x", "upstream": {"nodes": {a.to_string(): 1}}}))
+        .put_ok(
+            "/admin/routes/r1",
+            json!({"uri": "/x", "upstream": {"nodes": {a.to_string(): 1}}}),
+        )
         .await;
     wait_applied(dp1.status, rev).await;
     wait_applied(dp2.status, rev).await;
@@ -69,7 +87,10 @@ async fn data_planes_survive_a_control_plane_restart() {
     // With the CP gone, both DPs keep serving the last config.
     for _ in 0..20 {
         for dp in [&dp1, &dp2] {
-            assert_eq!(get_via(dp.proxy, "/x", None).await.unwrap(), (200, "a".to_string()));
+            assert_eq!(
+                get_via(dp.proxy, "/x", None).await.unwrap(),
+                (200, "a".to_string())
+            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -77,15 +98,25 @@ async fn data_planes_survive_a_control_plane_restart() {
     cp.restart().await;
     let rev2 = cp
         .client()
-        .put_ok("/admin/routes/r1", json!({"uri": "/x", "upstream": {"nodes": {b.to_string(): 1}}}))
+        .put_ok(
+            "/admin/routes/r1",
+            json!({"uri": "/x", "upstream": {"nodes": {b.to_string(): 1}}}),
+        )
         .await;
-    assert!(rev2 > rev, "the revision survives the restart ({rev} → {rev2})");
+    assert!(
+        rev2 > rev,
+        "the revision survives the restart ({rev} → {rev2})"
+    );
     for dp in [&dp1, &dp2] {
         // Reconnect backoff is capped at 10 s; allow for it.
-        wait_for("the DP to reconnect and get the change", Duration::from_secs(20), || async {
-            let (_, body) = get_via(dp.proxy, "/x", None).await.ok()?;
-            (body == "b").then_some(())
-        })
+        wait_for(
+            "the DP to reconnect and get the change",
+            Duration::from_secs(20),
+            || async {
+                let (_, body) = get_via(dp.proxy, "/x", None).await.ok()?;
+                (body == "b").then_some(())
+            },
+        )
         .await;
     }
 }
@@ -97,7 +128,9 @@ struct ScriptedCp {
     answers: mpsc::Sender<DataPlaneMessage>,
 }
 
-type Out = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ControlPlaneMessage, tonic::Status>> + Send>>;
+type Out = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<ControlPlaneMessage, tonic::Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl ConfigSync for ScriptedCp {
@@ -106,7 +139,12 @@ impl ConfigSync for ScriptedCp {
         &self,
         req: tonic::Request<tonic::Streaming<DataPlaneMessage>>,
     ) -> Result<tonic::Response<Out>, tonic::Status> {
-        let mut snapshots = self.snapshots.lock().await.take().ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
         let mut inbound = req.into_inner();
         let answers = self.answers.clone();
         tokio::spawn(async move {
@@ -117,7 +155,9 @@ impl ConfigSync for ScriptedCp {
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             while let Some(s) = snapshots.recv().await {
-                let msg = ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(s)) };
+                let msg = ControlPlaneMessage {
+                    message: Some(control_plane_message::Message::Snapshot(s)),
+                };
                 if tx.send(Ok(msg)).await.is_err() {
                     break;
                 }
@@ -133,7 +173,12 @@ fn snapshot(version: u64, resources: Vec<(&str, &str, Vec<u8>)>) -> Snapshot {
         nonce: format!("n{version}"),
         resources: resources
             .into_iter()
-            .map(|(kind, id, body)| Resource { kind: kind.into(), id: id.into(), mod_revision: version, body: body.into() })
+            .map(|(kind, id, body)| Resource {
+                kind: kind.into(),
+                id: id.into(),
+                mod_revision: version,
+                body: body.into(),
+            })
             .collect(),
     }
 }
@@ -146,7 +191,10 @@ async fn data_plane_nacks_a_bad_snapshot_and_keeps_serving() {
     let (ans_tx, mut ans_rx) = mpsc::channel(16);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cp_addr = listener.local_addr().unwrap();
-    let server = ConfigSyncServer::new(ScriptedCp { snapshots: tokio::sync::Mutex::new(Some(snap_rx)), answers: ans_tx });
+    let server = ConfigSyncServer::new(ScriptedCp {
+        snapshots: tokio::sync::Mutex::new(Some(snap_rx)),
+        answers: ans_tx,
+    });
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(server)
@@ -155,13 +203,27 @@ async fn data_plane_nacks_a_bad_snapshot_and_keeps_serving() {
     let dp = DataPlane::start(dir.path(), "dp-nack", &format!("http://{cp_addr}")).await;
 
     let hello = ans_rx.recv().await.expect("hello");
-    assert!(matches!(hello.message, Some(data_plane_message::Message::Hello(Hello { ref node_id, .. })) if node_id == "dp-nack"));
+    assert!(
+        matches!(hello.message, Some(data_plane_message::Message::Hello(Hello { ref node_id, .. })) if node_id == "dp-nack")
+    );
 
     let good = json!({"id": "r1", "uri": "/x", "upstream": {"nodes": {backend.to_string(): 1}}});
-    snap_tx.send(snapshot(1, vec![("routes", "r1", good.to_string().into_bytes())])).await.unwrap();
+    snap_tx
+        .send(snapshot(
+            1,
+            vec![("routes", "r1", good.to_string().into_bytes())],
+        ))
+        .await
+        .unwrap();
     let ack = ans_rx.recv().await.expect("ack");
-    assert!(matches!(ack.message, Some(data_plane_message::Message::Ack(ref a)) if a.version == 1 && a.nonce == "n1"), "{ack:?}");
-    assert_eq!(get_via(dp.proxy, "/x", None).await.unwrap(), (200, "still here".to_string()));
+    assert!(
+        matches!(ack.message, Some(data_plane_message::Message::Ack(ref a)) if a.version == 1 && a.nonce == "n1"),
+        "{ack:?}"
+    );
+    assert_eq!(
+        get_via(dp.proxy, "/x", None).await.unwrap(),
+        (200, "still here".to_string())
+    );
 
     // Each of these must be refused as a whole, with an error that says why.
     let bad_snapshots = [
@@ -174,15 +236,25 @@ async fn data_plane_nacks_a_bad_snapshot_and_keeps_serving() {
         snap_tx.send(snapshot(version, resources)).await.unwrap();
         let answer = ans_rx.recv().await.expect("answer");
         match answer.message {
-            Some(data_plane_message::Message::Nack(Nack { version: v, nonce, error })) => {
+            Some(data_plane_message::Message::Nack(Nack {
+                version: v,
+                nonce,
+                error,
+            })) => {
                 assert_eq!(v, version);
                 assert_eq!(nonce, format!("n{version}"));
-                assert!(error.contains(why), "NACK for v{version} says {error:?}, expected {why:?}");
+                assert!(
+                    error.contains(why),
+                    "NACK for v{version} says {error:?}, expected {why:?}"
+                );
             }
             other => panic!("expected a NACK for v{version}, got {other:?}"),
         }
         // The old config keeps serving, and /readyz still names version 1.
-        assert_eq!(get_via(dp.proxy, "/x", None).await.unwrap(), (200, "still here".to_string()));
+        assert_eq!(
+            get_via(dp.proxy, "/x", None).await.unwrap(),
+            (200, "still here".to_string())
+        );
         assert_eq!(readyz(dp.status).await.unwrap().1["version"], 1);
     }
 }
@@ -193,38 +265,66 @@ async fn control_plane_shows_a_nack() {
     let cp = ControlPlane::start(dir.path()).await;
     let admin = cp.client();
     let rev = admin
-        .put_ok("/admin/routes/r1", json!({"uri": "/x", "upstream": {"nodes": {"127.0.0.1:9": 1}}}))
+        .put_ok(
+            "/admin/routes/r1",
+            json!({"uri": "/x", "upstream": {"nodes": {"127.0.0.1:9": 1}}}),
+        )
         .await;
 
     // A data plane (scripted here) that cannot compile what it gets, e.g. an older build.
     let mut client = ConfigSyncClient::connect(cp.sync_url()).await.unwrap();
     let (tx, rx) = mpsc::channel(4);
     tx.send(DataPlaneMessage {
-        message: Some(data_plane_message::Message::Hello(Hello { node_id: "old-dp".into(), ..Default::default() })),
+        message: Some(data_plane_message::Message::Hello(Hello {
+            node_id: "old-dp".into(),
+            ..Default::default()
+        })),
     })
     .await
     .unwrap();
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     // The CP may first send the snapshot it had before the PUT was built in; the PUT's follows.
     let s = loop {
         let msg = inbound.message().await.unwrap().expect("a snapshot");
-        let Some(control_plane_message::Message::Snapshot(s)) = msg.message else { panic!("not a snapshot") };
-        assert!(s.version <= rev, "version {} is newer than the only write ({rev})", s.version);
+        let Some(control_plane_message::Message::Snapshot(s)) = msg.message else {
+            panic!("not a snapshot")
+        };
+        assert!(
+            s.version <= rev,
+            "version {} is newer than the only write ({rev})",
+            s.version
+        );
         if s.version == rev {
             break s;
         }
     };
     assert_eq!(s.resources.len(), 1);
     tx.send(DataPlaneMessage {
-        message: Some(data_plane_message::Message::Nack(Nack { version: s.version, nonce: s.nonce.clone(), error: "unknown plugin 'x'".into() })),
+        message: Some(data_plane_message::Message::Nack(Nack {
+            version: s.version,
+            nonce: s.nonce.clone(),
+            error: "unknown plugin 'x'".into(),
+        })),
     })
     .await
     .unwrap();
 
-    let dp = wait_for("the NACK in /admin/data-planes", Duration::from_secs(5), || async {
-        let v = data_planes(&admin).await;
-        v["list"].as_array()?.iter().find(|d| d["node_id"] == "old-dp" && !d["last_nack"].is_null()).cloned()
-    })
+    let dp = wait_for(
+        "the NACK in /admin/data-planes",
+        Duration::from_secs(5),
+        || async {
+            let v = data_planes(&admin).await;
+            v["list"]
+                .as_array()?
+                .iter()
+                .find(|d| d["node_id"] == "old-dp" && !d["last_nack"].is_null())
+                .cloned()
+        },
+    )
     .await;
     assert_eq!(dp["last_nack"]["version"], rev);
     assert_eq!(dp["last_nack"]["nonce"], s.nonce.as_str());

@@ -69,7 +69,10 @@ async fn authenticate(
         .get("x-api-key")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let name = state.keys.check(presented).ok_or(AdminError::Unauthorized)?;
+    let name = state
+        .keys
+        .check(presented)
+        .ok_or(AdminError::Unauthorized)?;
     let actor = Actor(name.to_string());
     request.extensions_mut().insert(actor);
     Ok(next.run(request).await)

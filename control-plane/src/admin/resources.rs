@@ -190,7 +190,10 @@ pub async fn patch(
     let explicit = if_match(&headers)?;
     let patch = parse_json(&body)?;
     if !patch.is_object() {
-        return Err(AdminError::invalid("", "a merge patch must be a JSON object"));
+        return Err(AdminError::invalid(
+            "",
+            "a merge patch must be a JSON object",
+        ));
     }
     // Without If-Match, a concurrent write between our read and our write is retried on the new
     // state rather than silently overwritten.
@@ -206,7 +209,8 @@ pub async fn patch(
         let precondition = explicit.unwrap_or(Precondition::ModRevision(current.mod_revision));
         let req = prepare_put(kind, &id, merged, precondition, &actor)?;
         match state.store.put(req).await {
-            Err(StoreError::PreconditionFailed { .. }) if explicit.is_none() && attempt < ATTEMPTS => {}
+            Err(StoreError::PreconditionFailed { .. })
+                if explicit.is_none() && attempt < ATTEMPTS => {}
             r => return Ok(write_response(r?)),
         }
     }
@@ -293,11 +297,27 @@ mod tests {
     fn merge_patch_follows_rfc7386() {
         let cases = [
             (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
-            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
             (json!({"a": "b"}), json!({"a": null}), json!({})),
-            (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
-            (json!({"a": [1]}), json!({"a": [2, 3]}), json!({"a": [2, 3]})),
-            (json!({"a": "b"}), json!({"a": {"x": 1}}), json!({"a": {"x": 1}})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [1]}),
+                json!({"a": [2, 3]}),
+                json!({"a": [2, 3]}),
+            ),
+            (
+                json!({"a": "b"}),
+                json!({"a": {"x": 1}}),
+                json!({"a": {"x": 1}}),
+            ),
         ];
         for (mut target, patch, want) in cases {
             merge_patch(&mut target, &patch);

@@ -143,7 +143,11 @@ impl DataPlaneRegistry {
     /// Every known data plane, connected first, then by node id.
     pub fn list(&self) -> Vec<DataPlaneInfo> {
         let mut all: Vec<_> = self.with(|nodes| nodes.values().cloned().collect());
-        all.sort_by(|a, b| b.connected.cmp(&a.connected).then(a.node_id.cmp(&b.node_id)));
+        all.sort_by(|a, b| {
+            b.connected
+                .cmp(&a.connected)
+                .then(a.node_id.cmp(&b.node_id))
+        });
         all
     }
 }

@@ -32,7 +32,9 @@ impl ProxyError {
             ProxyError::NotReady | ProxyError::NoNode => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -51,8 +53,10 @@ impl ProxyError {
         let body = serde_json::json!({ "error_msg": self.to_string() }).to_string();
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     }
 }

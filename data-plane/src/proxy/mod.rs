@@ -66,7 +66,8 @@ impl Proxy {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
         loop {
             let (stream, client_addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -95,7 +96,10 @@ impl Proxy {
             });
         }
         drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timeout: closing the remaining connections");
         }
     }
@@ -140,7 +144,12 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let original_host = parts.headers.get(header::HOST).cloned();
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded(&mut parts.headers, client_addr.ip(), "http", original_host.as_ref());
+        headers::add_forwarded(
+            &mut parts.headers,
+            client_addr.ip(),
+            "http",
+            original_host.as_ref(),
+        );
         let host_header: Option<HeaderValue> = match upstream.pass_host {
             PassHost::Pass => original_host,
             PassHost::Node => Some(node.host_header.clone()),
@@ -154,21 +163,25 @@ impl Proxy {
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(node.authority.clone());
         uri.path_and_query = Some(path_and_query);
-        parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        parts.uri =
+            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
         parts.version = Version::HTTP_11;
 
         // Until the response headers arrive: connect, send and the upstream's think time.
         let deadline = timeouts.connect + timeouts.read;
-        let response = tokio::time::timeout(deadline, self.client.request(Request::from_parts(parts, body)))
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout)?
-            .map_err(|e| {
-                if e.is_connect() {
-                    ProxyError::UpstreamConnect(e)
-                } else {
-                    ProxyError::UpstreamFailed(e)
-                }
-            })?;
+        let response = tokio::time::timeout(
+            deadline,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout)?
+        .map_err(|e| {
+            if e.is_connect() {
+                ProxyError::UpstreamConnect(e)
+            } else {
+                ProxyError::UpstreamFailed(e)
+            }
+        })?;
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Left(body)))

@@ -116,7 +116,11 @@ impl ConfigSet {
             ResourceKind::Routes => self.routes.contains_key(id),
         };
         let services = self.services.iter().map(|(id, s)| {
-            (ResourceKind::Services, id, s.references().collect::<Vec<_>>())
+            (
+                ResourceKind::Services,
+                id,
+                s.references().collect::<Vec<_>>(),
+            )
         });
         let routes = self
             .routes

@@ -71,7 +71,10 @@ impl RouteConfig {
             return Err(ValidationError::new("uri", "a route needs 'uri' or 'uris'"));
         }
         if self.uri.is_some() && self.uris.is_some() {
-            return Err(ValidationError::new("uris", "give either 'uri' or 'uris', not both"));
+            return Err(ValidationError::new(
+                "uris",
+                "give either 'uri' or 'uris', not both",
+            ));
         }
         if let Some(uri) = &self.uri {
             check_uri(uri).map_err(|e| e.under("uri"))?;
@@ -83,7 +86,10 @@ impl RouteConfig {
             check_method(m).map_err(|e| e.under(&format!("methods.{i}")))?;
         }
         if self.host.is_some() && self.hosts.is_some() {
-            return Err(ValidationError::new("hosts", "give either 'host' or 'hosts', not both"));
+            return Err(ValidationError::new(
+                "hosts",
+                "give either 'host' or 'hosts', not both",
+            ));
         }
         if let Some(h) = &self.host {
             check_host_pattern(h).map_err(|e| e.under("host"))?;
@@ -92,7 +98,10 @@ impl RouteConfig {
             check_host_pattern(h).map_err(|e| e.under(&format!("hosts.{i}")))?;
         }
         if self.status > 1 {
-            return Err(ValidationError::new("status", "must be 0 (disabled) or 1 (enabled)"));
+            return Err(ValidationError::new(
+                "status",
+                "must be 0 (disabled) or 1 (enabled)",
+            ));
         }
         if let Some(t) = &self.timeout {
             t.validate().map_err(|e| e.under("timeout"))?;
@@ -106,7 +115,10 @@ impl RouteConfig {
             }
             u.validate().map_err(|e| e.under("upstream"))?;
         }
-        for (field, id) in [("upstream_id", &self.upstream_id), ("service_id", &self.service_id)] {
+        for (field, id) in [
+            ("upstream_id", &self.upstream_id),
+            ("service_id", &self.service_id),
+        ] {
             if let Some(id) = id {
                 check_id(id).map_err(|e| e.under(field))?;
             }
@@ -137,11 +149,17 @@ impl RouteConfig {
 
     /// Every path this route matches on (`uri` or `uris`).
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.uri.iter().chain(self.uris.iter().flatten()).map(String::as_str)
+        self.uri
+            .iter()
+            .chain(self.uris.iter().flatten())
+            .map(String::as_str)
     }
 
     /// Every host pattern this route is limited to (`host` or `hosts`); empty = any host.
     pub fn host_patterns(&self) -> impl Iterator<Item = &str> {
-        self.host.iter().chain(self.hosts.iter().flatten()).map(String::as_str)
+        self.host
+            .iter()
+            .chain(self.hosts.iter().flatten())
+            .map(String::as_str)
     }
 }

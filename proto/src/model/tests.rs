@@ -36,21 +36,54 @@ fn bad_routes_name_the_field() {
     let cases = [
         (json!({"uri": 5, "upstream": up}), "uri"),
         (json!({"uri": "/a", "upstream": up, "bogus": 1}), "bogus"),
-        (json!({"uri": "/a", "upstream": {"nodes": {"127.0.0.1:80": 1}, "bogus": 1}}), "upstream.bogus"),
-        (json!({"uri": "/a", "upstream": {"nodes": {"nohost:99999": 1}}}), "upstream.nodes.nohost:99999"),
-        (json!({"uri": "/a", "upstream": {"nodes": {"a b:80": 1}}}), "upstream.nodes.a b:80"),
-        (json!({"uri": "/a", "upstream": {"nodes": {"h:80": "x"}}}), "upstream.nodes"),
-        (json!({"uri": "/a", "upstream": {"nodes": {}}}), "upstream.nodes"),
-        (json!({"uri": "/a", "upstream": up, "plugins": {"no-such-plugin": {}}}), "plugins.no-such-plugin"),
-        (json!({"uri": "/a", "upstream": up, "methods": ["FETCH"]}), "methods.0"),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"127.0.0.1:80": 1}, "bogus": 1}}),
+            "upstream.bogus",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"nohost:99999": 1}}}),
+            "upstream.nodes.nohost:99999",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"a b:80": 1}}}),
+            "upstream.nodes.a b:80",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": "x"}}}),
+            "upstream.nodes",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {}}}),
+            "upstream.nodes",
+        ),
+        (
+            json!({"uri": "/a", "upstream": up, "plugins": {"no-such-plugin": {}}}),
+            "plugins.no-such-plugin",
+        ),
+        (
+            json!({"uri": "/a", "upstream": up, "methods": ["FETCH"]}),
+            "methods.0",
+        ),
         (json!({"uri": "a", "upstream": up}), "uri"),
         (json!({"upstream": up}), "uri"),
         (json!({"uri": "/a"}), "upstream"),
-        (json!({"uri": "/a", "upstream": up, "host": "bad host"}), "host"),
+        (
+            json!({"uri": "/a", "upstream": up, "host": "bad host"}),
+            "host",
+        ),
         (json!({"uri": "/a", "upstream_id": "../x"}), "upstream_id"),
-        (json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "timeout": {"connect": 0, "send": 1, "read": 1}}}), "upstream.timeout.connect"),
-        (json!({"uri": "/a", "upstream": {"type": "chash", "nodes": {"h:80": 1}}}), "upstream.type"),
-        (json!({"uri": "/a", "upstream": {"type": "nope", "nodes": {"h:80": 1}}}), "upstream.type"),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "timeout": {"connect": 0, "send": 1, "read": 1}}}),
+            "upstream.timeout.connect",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"type": "chash", "nodes": {"h:80": 1}}}),
+            "upstream.type",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"type": "nope", "nodes": {"h:80": 1}}}),
+            "upstream.type",
+        ),
         (json!([1, 2]), ""),
     ];
     for (body, field) in cases {
@@ -69,9 +102,15 @@ fn node_addresses() {
         ("[::1]", ("::1", 80)),
     ];
     for (addr, (host, port)) in ok {
-        assert_eq!(parse_address(addr, 80), Ok((host.to_string(), port)), "{addr}");
+        assert_eq!(
+            parse_address(addr, 80),
+            Ok((host.to_string(), port)),
+            "{addr}"
+        );
     }
-    for bad in ["", ":80", "h:0", "h:65536", "h:+80", "h:x", "[::1", "[zz]:80", "h:80:90", "a/b:80"] {
+    for bad in [
+        "", ":80", "h:0", "h:65536", "h:+80", "h:x", "[::1", "[zz]:80", "h:80:90", "a/b:80",
+    ] {
         assert!(parse_address(bad, 80).is_err(), "{bad}");
     }
 }
@@ -91,7 +130,11 @@ fn node_list_form() {
 #[test]
 fn references_are_checked_as_a_whole() {
     let mut set = ConfigSet::default();
-    let route = Resource::parse(ResourceKind::Routes, &json!({"uri": "/a", "upstream_id": "u1"})).unwrap();
+    let route = Resource::parse(
+        ResourceKind::Routes,
+        &json!({"uri": "/a", "upstream_id": "u1"}),
+    )
+    .unwrap();
     assert_eq!(
         route.references(),
         vec![Reference {

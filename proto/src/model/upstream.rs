@@ -162,7 +162,10 @@ impl UpstreamConfig {
         }
         let nodes = self.resolved_nodes().map_err(|e| e.under("nodes"))?;
         if nodes.is_empty() {
-            return Err(ValidationError::new("nodes", "at least one node is required"));
+            return Err(ValidationError::new(
+                "nodes",
+                "at least one node is required",
+            ));
         }
         match (self.pass_host, &self.upstream_host) {
             (PassHost::Rewrite, None) => {
@@ -206,7 +209,10 @@ impl UpstreamConfig {
                             ));
                         }
                         (Some(0), _) => {
-                            return Err(ValidationError::new(format!("{i}.port"), "must be 1-65535"));
+                            return Err(ValidationError::new(
+                                format!("{i}.port"),
+                                "must be 1-65535",
+                            ));
                         }
                         (Some(p), false) => p,
                         (None, _) => port,

@@ -51,7 +51,10 @@ pub fn check_host(host: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(ValidationError::new("", format!("'{host}' is not a valid host name")))
+        Err(ValidationError::new(
+            "",
+            format!("'{host}' is not a valid host name"),
+        ))
     }
 }
 
@@ -71,7 +74,10 @@ pub fn check_method(m: &str) -> Result<()> {
     } else {
         Err(ValidationError::new(
             "",
-            format!("'{m}' is not a supported method (one of {})", METHODS.join(", ")),
+            format!(
+                "'{m}' is not a supported method (one of {})",
+                METHODS.join(", ")
+            ),
         ))
     }
 }
@@ -86,7 +92,10 @@ pub fn check_uri(uri: &str) -> Result<()> {
     if uri.len() > 4096 {
         return err("longer than 4096 bytes");
     }
-    if uri.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if uri
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return err("must not contain whitespace or control characters");
     }
     if uri.trim_end_matches('*').contains('*') || uri.ends_with("**") {
@@ -111,7 +120,12 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in ["a.example", "localhost", "127.0.0.1", "user_service.default.svc"] {
+        for ok in [
+            "a.example",
+            "localhost",
+            "127.0.0.1",
+            "user_service.default.svc",
+        ] {
             assert!(check_host(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a..b", "a b", "a/b", ".a", "a:80"] {
