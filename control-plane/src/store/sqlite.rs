@@ -21,15 +21,11 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
 use super::{
-    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition,
-    PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
+    StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
-
-// `migrate!` embeds the SQL at compile time but cargo does not track the folder; naming the file
-// here makes an edit to it rebuild this crate. (A new migration file still needs a touch/build.rs.)
-const _: &str = include_str!("../../../migrations/sqlite/0001_init.sql");
 
 /// How long a statement waits on a lock held by another connection (or process) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -129,6 +125,7 @@ impl Inner {
             Ok(outcome) => {
                 tx.commit().await.map_err(db_err)?;
                 // Still under the write lock, so announcements are in revision order.
+                self.revision_tx.send_replace(outcome.revision);
                 Ok(outcome)
             }
             Err(e) => {
@@ -188,7 +185,9 @@ async fn put_in(
         (Precondition::MustNotExist, Some(_)) => {
             return Err(StoreError::AlreadyExists { kind, id });
         }
-        (Precondition::ModRevision(expected), _) => check_mod_revision(kind, &id, expected, &current)?,
+        (Precondition::ModRevision(expected), _) => {
+            check_mod_revision(kind, &id, expected, &current)?
+        }
     }
     for r in &references {
         if !resource_exists(conn, r.kind, &r.id).await? {

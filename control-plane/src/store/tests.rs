@@ -12,8 +12,8 @@ use postern_proto::model::ResourceKind;
 use serde_json::{Value, json};
 
 use super::{
-    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition,
-    PutRequest, StoreError, StoreSnapshot, StoredResource, WriteOutcome,
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
+    StoreError, StoreSnapshot, StoredResource, WriteOutcome,
 };
 
 const UP: ResourceKind = ResourceKind::Upstreams;
@@ -152,7 +152,11 @@ pub(super) async fn crud_and_ordering(store: Arc<dyn ConfigStore>) {
 
     let b = s.get(UP, "b").await.expect("get").expect("b exists");
     assert_eq!(b, ups[1]);
-    assert_eq!(s.get(SVC, "b").await.expect("get"), None, "kinds are separate");
+    assert_eq!(
+        s.get(SVC, "b").await.expect("get"),
+        None,
+        "kinds are separate"
+    );
 
     let replaced = put_ok(s, put_req(UP, "b", json!({"name": "new"}))).await;
     assert_eq!(replaced.resource.value, json!({"name": "new", "id": "b"}));
@@ -162,7 +166,10 @@ pub(super) async fn crud_and_ordering(store: Arc<dyn ConfigStore>) {
     );
 
     let deleted = delete_ok(s, del_req(UP, "b")).await;
-    assert_eq!(deleted.resource, replaced.resource, "a delete returns the old resource");
+    assert_eq!(
+        deleted.resource, replaced.resource,
+        "a delete returns the old resource"
+    );
     assert!(!deleted.created);
     assert_eq!(s.get(UP, "b").await.expect("get"), None);
     assert_eq!(
@@ -184,14 +191,23 @@ pub(super) async fn revision_moves_only_on_accepted_writes(store: Arc<dyn Config
     let mut expected = 0;
     let accepted = |outcome: WriteOutcome, expected: &mut u64| {
         *expected += 1;
-        assert_eq!(outcome.revision, *expected, "one bump per write: {outcome:?}");
+        assert_eq!(
+            outcome.revision, *expected,
+            "one bump per write: {outcome:?}"
+        );
     };
     accepted(put_ok(s, put_req(UP, "u", json!({}))).await, &mut expected);
-    accepted(put_ok(s, put_req(UP, "u", json!({"v": 2}))).await, &mut expected);
+    accepted(
+        put_ok(s, put_req(UP, "u", json!({"v": 2}))).await,
+        &mut expected,
+    );
     let mut route = put_req(ROUTE, "r", json!({}));
     route.references = vec![reference("upstream_id", UP, "u")];
     accepted(put_ok(s, route).await, &mut expected);
-    accepted(put_ok(s, put_req(UP, "gone", json!({}))).await, &mut expected);
+    accepted(
+        put_ok(s, put_req(UP, "gone", json!({}))).await,
+        &mut expected,
+    );
     accepted(delete_ok(s, del_req(UP, "gone")).await, &mut expected);
     assert_eq!(revision(s).await, expected);
 
@@ -215,7 +231,11 @@ pub(super) async fn revision_moves_only_on_accepted_writes(store: Arc<dyn Config
     let mut stale_delete = del_req(ROUTE, "r");
     stale_delete.precondition = Precondition::ModRevision(1);
     delete_err(s, stale_delete).await;
-    assert_eq!(observe(s).await, before, "rejected writes changed the store");
+    assert_eq!(
+        observe(s).await,
+        before,
+        "rejected writes changed the store"
+    );
 
     // The failed re-point above must not have cleared r's reference to u either.
     delete_err(s, del_req(UP, "u")).await;
@@ -542,13 +562,7 @@ pub(super) async fn snapshot_consistency(store: Arc<dyn ConfigStore>) {
     assert_eq!(snap.revision, revision(s).await);
     assert_eq!(
         ids(&snap.resources),
-        vec![
-            (UP, "x"),
-            (UP, "y"),
-            (SVC, "z"),
-            (ROUTE, "a"),
-            (ROUTE, "b")
-        ]
+        vec![(UP, "x"), (UP, "y"), (SVC, "z"), (ROUTE, "a"), (ROUTE, "b")]
     );
     let mut listed = Vec::new();
     for kind in ResourceKind::ALL {
@@ -639,7 +653,8 @@ pub(super) async fn concurrent_writers(store: Arc<dyn ConfigStore>) {
                 let s = store.as_ref();
                 let mut accepted = Vec::new();
                 for i in 0..PUTS {
-                    let own = put_ok(s, put_req(UP, &format!("w{t:02}-{i}"), json!({"t": t}))).await;
+                    let own =
+                        put_ok(s, put_req(UP, &format!("w{t:02}-{i}"), json!({"t": t}))).await;
                     accepted.push((own.revision, own.resource.id));
                     // Everyone races for the same create-only id.
                     let mut shared = put_req(SVC, &format!("shared-{i}"), json!({"t": t}));
@@ -843,7 +858,10 @@ mod sqlite {
             .execute(store.pool())
             .await
             .expect("update");
-        let err = store.revision().await.expect_err("revision is not a number");
+        let err = store
+            .revision()
+            .await
+            .expect_err("revision is not a number");
         assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
         // A write must not build on a bad revision either.
         let err = store
