@@ -2,12 +2,15 @@
 -- migrations/postgres/ can mirror it statement by statement.
 
 -- The single global revision: bumped once by every accepted write, 0 for a new store.
+-- store_id is random per store: a control plane that sees it change knows the store was
+-- replaced or wiped, and does not mirror that into data planes on its own.
 CREATE TABLE meta (
     id       BIGINT NOT NULL PRIMARY KEY CHECK (id = 1),
-    revision BIGINT NOT NULL CHECK (revision >= 0)
+    revision BIGINT NOT NULL CHECK (revision >= 0),
+    store_id TEXT   NOT NULL
 );
 
-INSERT INTO meta (id, revision) VALUES (1, 0);
+INSERT INTO meta (id, revision, store_id) VALUES (1, 0, lower(hex(randomblob(16))));
 
 -- Current resources. body is the JSON as accepted, with "id" set to the resource id.
 CREATE TABLE resources (

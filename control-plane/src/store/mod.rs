@@ -112,6 +112,8 @@ pub struct HistoryEntry {
 /// Everything in the store at one revision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreSnapshot {
+    /// Random per store, fixed at its creation (see `ConfigStore::store_id`).
+    pub store_id: String,
     pub revision: u64,
     /// All resources, ordered by kind (dependency order) then id.
     pub resources: Vec<StoredResource>,
@@ -162,6 +164,11 @@ pub trait ConfigStore: Send + Sync + 'static {
 
     /// The current global revision (0 for an empty, never written store).
     async fn revision(&self) -> StoreResult<u64>;
+
+    /// A random id fixed when the store was created. If it changes under a running control plane,
+    /// the store was wiped or replaced (revisions may have gone back), which the CP reports
+    /// instead of pushing "everything deleted" to data planes.
+    async fn store_id(&self) -> StoreResult<String>;
 
     async fn get(&self, kind: ResourceKind, id: &str) -> StoreResult<Option<StoredResource>>;
 

@@ -384,6 +384,15 @@ async fn bump_revision(conn: &mut SqliteConnection) -> StoreResult<u64> {
     Ok(next)
 }
 
+async fn read_store_id(conn: &mut SqliteConnection) -> StoreResult<String> {
+    let row = sqlx::query("SELECT store_id FROM meta WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    column(&row, "store_id")
+}
+
 async fn read_revision(conn: &mut SqliteConnection) -> StoreResult<u64> {
     let row = sqlx::query("SELECT revision FROM meta WHERE id = 1")
         .fetch_optional(&mut *conn)
@@ -605,6 +614,11 @@ impl ConfigStore for SqliteStore {
         read_revision(&mut conn).await
     }
 
+    async fn store_id(&self) -> StoreResult<String> {
+        let mut conn = self.inner.pool.acquire().await.map_err(db_err)?;
+        read_store_id(&mut conn).await
+    }
+
     async fn get(&self, kind: ResourceKind, id: &str) -> StoreResult<Option<StoredResource>> {
         let mut conn = self.inner.pool.acquire().await.map_err(db_err)?;
         fetch_resource(&mut conn, kind, id).await
@@ -624,6 +638,7 @@ impl ConfigStore for SqliteStore {
         // In WAL mode every statement of one transaction reads the same database state.
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
         let revision = read_revision(&mut tx).await?;
+        let store_id = read_store_id(&mut tx).await?;
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY kind, id");
         let rows = sqlx::query(&sql)
             .fetch_all(&mut *tx)
@@ -637,6 +652,7 @@ impl ConfigStore for SqliteStore {
         // Stable sort: ids stay in the order SQL gave them within each kind.
         resources.sort_by_key(|r| ResourceKind::ALL.iter().position(|k| *k == r.kind));
         Ok(StoreSnapshot {
+            store_id,
             revision,
             resources,
         })

@@ -721,11 +721,19 @@ where
     put_ok(s, put_req(SVC, "gone", json!({}))).await;
     delete_ok(s, del_req(SVC, "gone")).await;
     let before = observe(s).await;
+    let id = s.store_id().await.expect("store_id");
+    assert!(id.len() >= 16, "store ids are random and long: {id:?}");
+    assert_eq!(before.1.store_id, id, "the snapshot carries the store id");
     drop(store);
 
     let store = open().await;
     let s = store.as_ref();
     assert_eq!(observe(s).await, before);
+    assert_eq!(
+        s.store_id().await.expect("store_id"),
+        id,
+        "the id survives a reopen"
+    );
     assert_eq!(*s.subscribe().borrow(), before.0);
     // The refs survived too.
     let err = delete_err(s, del_req(UP, "u")).await;
@@ -788,6 +796,13 @@ mod sqlite {
             Arc::new(store) as Arc<dyn ConfigStore>
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn each_store_has_its_own_id() {
+        let (_a, a) = fresh().await;
+        let (_b, b) = fresh().await;
+        assert_ne!(a.store_id().await.unwrap(), b.store_id().await.unwrap());
     }
 
     #[tokio::test]
