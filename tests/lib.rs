@@ -222,13 +222,25 @@ pub struct DataPlane {
     pub proxy: SocketAddr,
     pub status: SocketAddr,
     pub node_id: String,
+    pub cache_dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl DataPlane {
     pub async fn start(dir: &Path, node_id: &str, control_plane: &str) -> DataPlane {
+        Self::start_with(dir, node_id, control_plane, &[]).await
+    }
+
+    /// Starts a DP whose snapshot cache is `<dir>/<node_id>-cache`, with extra flags.
+    pub async fn start_with(
+        dir: &Path,
+        node_id: &str,
+        control_plane: &str,
+        extra: &[&str],
+    ) -> DataPlane {
         let proxy = free_addr();
         let status = free_addr();
-        let args = vec![
+        let mut args = vec![
             "--control-plane".to_string(),
             control_plane.to_string(),
             "--proxy-listen".into(),
@@ -237,7 +249,10 @@ impl DataPlane {
             status.to_string(),
             "--node-id".into(),
             node_id.to_string(),
+            "--cache-dir".into(),
+            dir.join(format!("{node_id}-cache")).display().to_string(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let process = Process::spawn(
             node_id,
             "data-plane",
@@ -249,9 +264,16 @@ impl DataPlane {
             proxy,
             status,
             node_id: node_id.to_string(),
+            cache_dir: dir.join(format!("{node_id}-cache")),
+            args,
         };
+        dp.wait_healthy().await;
+        dp
+    }
+
+    async fn wait_healthy(&self) {
         let http = reqwest::Client::new();
-        let url = format!("http://{status}/healthz");
+        let url = format!("http://{}/healthz", self.status);
         wait_for(
             "the data plane's /healthz",
             Duration::from_secs(15),
@@ -264,7 +286,14 @@ impl DataPlane {
             },
         )
         .await;
-        dp
+    }
+
+    /// SIGKILL and start again with the same flags, ports and cache.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        let log = self.process.log.clone();
+        self.process = Process::spawn(&self.node_id, "data-plane", &self.args, log);
+        self.wait_healthy().await;
     }
 }
 

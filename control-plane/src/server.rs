@@ -103,6 +103,7 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
             control_plane: format!("http://{sync_addr}"),
             proxy_listen: config.proxy_listen,
             status_listen: config.status_listen,
+            cache_dir: config.data_dir.join("dp-cache"),
             ..postern_data_plane::config::DpConfig::default()
         };
         Some(tokio::spawn(postern_data_plane::run(dp, shutdown.clone())))

@@ -44,6 +44,59 @@ pub struct CompiledConfig {
     pub router: Router,
     /// Indexed by the router's match result.
     pub routes: Vec<CompiledRoute>,
+    /// Every runtime upstream, by what defines it, so the next compile can reuse the unchanged
+    /// ones (and with them their balancer position and, later, health and breaker state).
+    upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+}
+
+/// Which resource defines an upstream (an upstream, or a route/service with an inline one) and
+/// a hash of its config: equal keys mean an identical upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct UpstreamKey {
+    owner: ResourceKind,
+    id: String,
+    config_hash: u64,
+}
+
+impl UpstreamKey {
+    fn new(owner: ResourceKind, id: &str, cfg: &UpstreamConfig) -> UpstreamKey {
+        use std::hash::{Hash, Hasher};
+        // The typed config serialises canonically (fixed field order, sorted maps).
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(cfg).unwrap_or_default().hash(&mut h);
+        UpstreamKey {
+            owner,
+            id: id.to_string(),
+            config_hash: h.finish(),
+        }
+    }
+}
+
+/// Builds runtime upstreams, reusing the previous config's where nothing changed.
+struct UpstreamBuilder<'a> {
+    previous: Option<&'a CompiledConfig>,
+    built: HashMap<UpstreamKey, Arc<Upstream>>,
+}
+
+impl UpstreamBuilder<'_> {
+    fn get(
+        &mut self,
+        owner: ResourceKind,
+        id: &str,
+        cfg: &UpstreamConfig,
+    ) -> Result<Arc<Upstream>, ValidationError> {
+        let key = UpstreamKey::new(owner, id, cfg);
+        if let Some(u) = self.built.get(&key) {
+            return Ok(u.clone());
+        }
+        let reused = self.previous.and_then(|p| p.upstreams.get(&key)).cloned();
+        let upstream = match reused {
+            Some(u) => u,
+            None => Arc::new(Upstream::build(cfg)?),
+        };
+        self.built.insert(key, upstream.clone());
+        Ok(upstream)
+    }
 }
 
 pub struct CompiledRoute {
@@ -153,8 +206,16 @@ pub fn parse_snapshot(snapshot: &Snapshot) -> Result<ConfigSet, CompileError> {
     Ok(set)
 }
 
-pub fn compile(snapshot: &Snapshot) -> Result<CompiledConfig, CompileError> {
+/// Compiles a snapshot; upstreams identical to ones in `previous` are shared with it.
+pub fn compile(
+    snapshot: &Snapshot,
+    previous: Option<&CompiledConfig>,
+) -> Result<CompiledConfig, CompileError> {
     let set = parse_snapshot(snapshot)?;
+    let mut builder = UpstreamBuilder {
+        previous,
+        built: HashMap::new(),
+    };
     let invalid = |kind: &str, id: &str, source: ValidationError| CompileError::Invalid {
         kind: kind.to_string(),
         id: id.to_string(),
@@ -164,15 +225,19 @@ pub fn compile(snapshot: &Snapshot) -> Result<CompiledConfig, CompileError> {
     // Shared upstreams are built once, so every route using one shares its balancer.
     let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (id, cfg) in &set.upstreams {
-        let u = Upstream::build(cfg).map_err(|e| invalid("upstreams", id, e))?;
-        upstreams.insert(id.as_str(), Arc::new(u));
+        let u = builder
+            .get(ResourceKind::Upstreams, id, cfg)
+            .map_err(|e| invalid("upstreams", id, e))?;
+        upstreams.insert(id.as_str(), u);
     }
     let mut service_upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (id, svc) in &set.services {
         let u = match (&svc.upstream, &svc.upstream_id) {
-            (Some(cfg), _) => Some(Arc::new(
-                Upstream::build(cfg).map_err(|e| invalid("services", id, e.under("upstream")))?,
-            )),
+            (Some(cfg), _) => Some(
+                builder
+                    .get(ResourceKind::Services, id, cfg)
+                    .map_err(|e| invalid("services", id, e.under("upstream")))?,
+            ),
             (None, Some(uid)) => upstreams.get(uid.as_str()).cloned(),
             (None, None) => None,
         };
@@ -189,9 +254,9 @@ pub fn compile(snapshot: &Snapshot) -> Result<CompiledConfig, CompileError> {
             .as_deref()
             .and_then(|s| set.services.get(s));
         let upstream = match (&route.upstream, &route.upstream_id) {
-            (Some(cfg), _) => Arc::new(
-                Upstream::build(cfg).map_err(|e| invalid("routes", id, e.under("upstream")))?,
-            ),
+            (Some(cfg), _) => builder
+                .get(ResourceKind::Routes, id, cfg)
+                .map_err(|e| invalid("routes", id, e.under("upstream")))?,
             (None, Some(uid)) => upstreams.get(uid.as_str()).cloned().ok_or_else(|| {
                 invalid(
                     "routes",
@@ -244,6 +309,7 @@ pub fn compile(snapshot: &Snapshot) -> Result<CompiledConfig, CompileError> {
         version: snapshot.version,
         router,
         routes,
+        upstreams: builder.built,
     })
 }
 
@@ -260,4 +326,119 @@ fn methods(route: &RouteConfig) -> Result<Option<Vec<Method>>, ValidationError> 
                 .collect()
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use postern_proto::sync::Resource;
+    use serde_json::json;
+
+    use super::*;
+
+    fn snapshot(version: u64, resources: &[(&str, &str, serde_json::Value)]) -> Snapshot {
+        Snapshot {
+            version,
+            nonce: String::new(),
+            resources: resources
+                .iter()
+                .map(|(kind, id, body)| Resource {
+                    kind: kind.to_string(),
+                    id: id.to_string(),
+                    mod_revision: version,
+                    body: body.to_string().into_bytes().into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn unchanged_upstreams_are_reused_changed_ones_rebuilt() {
+        let u1 = json!({"nodes": {"127.0.0.1:1": 1}});
+        let r1 = json!({"uri": "/a", "upstream_id": "u1"});
+        let r2 = json!({"uri": "/b", "upstream": {"nodes": {"127.0.0.1:2": 1}}});
+        let first = compile(
+            &snapshot(
+                1,
+                &[
+                    ("upstreams", "u1", u1.clone()),
+                    ("routes", "r1", r1.clone()),
+                    ("routes", "r2", r2.clone()),
+                ],
+            ),
+            None,
+        )
+        .unwrap();
+        // An unrelated route is added; u1 and r2's inline upstream are unchanged.
+        let r3 = json!({"uri": "/c", "upstream_id": "u1"});
+        let second = compile(
+            &snapshot(
+                2,
+                &[
+                    ("upstreams", "u1", u1),
+                    ("routes", "r1", r1.clone()),
+                    ("routes", "r2", r2),
+                    ("routes", "r3", r3),
+                ],
+            ),
+            Some(&first),
+        )
+        .unwrap();
+        let by_id = |c: &CompiledConfig, id: &str| {
+            c.routes
+                .iter()
+                .find(|r| r.id == id)
+                .unwrap()
+                .upstream
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&by_id(&first, "r1"), &by_id(&second, "r1")));
+        assert!(Arc::ptr_eq(&by_id(&first, "r2"), &by_id(&second, "r2")));
+        assert!(
+            Arc::ptr_eq(&by_id(&second, "r1"), &by_id(&second, "r3")),
+            "one upstream, one balancer"
+        );
+        // u1 changes: rebuilt, for every route that uses it.
+        let third = compile(
+            &snapshot(
+                3,
+                &[
+                    ("upstreams", "u1", json!({"nodes": {"127.0.0.1:9": 1}})),
+                    ("routes", "r1", r1),
+                ],
+            ),
+            Some(&second),
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(&by_id(&second, "r1"), &by_id(&third, "r1")));
+        assert_eq!(third.upstreams.len(), 1, "no stale upstream carried over");
+    }
+
+    #[test]
+    fn routes_inherit_from_services_and_disabled_routes_are_left_out() {
+        let c = compile(
+            &snapshot(
+                1,
+                &[
+                    ("services", "s1", json!({"upstream": {"nodes": {"127.0.0.1:3": 1}}, "hosts": ["svc.example"]})),
+                    ("routes", "r1", json!({"uri": "/a", "service_id": "s1"})),
+                    ("routes", "off", json!({"uri": "/b", "service_id": "s1", "status": 0})),
+                ],
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.routes.len(), 1);
+        let m = Method::GET;
+        assert_eq!(c.router.find(&m, Some("svc.example"), "/a"), Some(0));
+        assert_eq!(
+            c.router.find(&m, Some("other.example"), "/a"),
+            None,
+            "the service's hosts apply"
+        );
+        assert_eq!(c.router.find(&m, Some("svc.example"), "/b"), None);
+        assert_eq!(
+            c.routes[0].upstream.pick().unwrap().authority.as_str(),
+            "127.0.0.1:3"
+        );
+    }
 }

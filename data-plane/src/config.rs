@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:9280";
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:9080";
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9091";
+pub const DEFAULT_CACHE_DIR: &str = "./postern-cache";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +38,10 @@ pub struct DpOptions {
     /// Status address: /healthz, /readyz [default: 127.0.0.1:9091]
     #[arg(long, env = "POSTERN_STATUS_LISTEN")]
     pub status_listen: Option<SocketAddr>,
+    /// Where the last applied snapshot is kept, to serve it after a restart while the control
+    /// plane is unreachable [default: ./postern-cache]
+    #[arg(long, env = "POSTERN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Name of this data plane in the control plane's registry [default: <hostname>-<random>]
     #[arg(long, env = "POSTERN_NODE_ID")]
     pub node_id: Option<String>,
@@ -52,6 +57,7 @@ pub struct DpConfig {
     pub proxy_listen: SocketAddr,
     pub status_listen: SocketAddr,
     pub node_id: String,
+    pub cache_dir: PathBuf,
     pub json_logs: bool,
 }
 
@@ -66,6 +72,7 @@ impl Default for DpConfig {
             proxy_listen: addr(DEFAULT_PROXY_LISTEN),
             status_listen: addr(DEFAULT_STATUS_LISTEN),
             node_id: default_node_id(),
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             json_logs: false,
         }
     }
@@ -88,6 +95,7 @@ impl DpOptions {
             proxy_listen: self.proxy_listen.or(file.proxy_listen),
             status_listen: self.status_listen.or(file.status_listen),
             node_id: self.node_id.or(file.node_id),
+            cache_dir: self.cache_dir.or(file.cache_dir),
             log_format: self.log_format.or(file.log_format),
         }
     }
@@ -124,6 +132,9 @@ impl Cli {
                 .status_listen
                 .unwrap_or_else(|| addr(DEFAULT_STATUS_LISTEN)),
             node_id,
+            cache_dir: o
+                .cache_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR)),
             json_logs,
         })
     }

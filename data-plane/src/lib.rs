@@ -2,6 +2,7 @@
 //! `CompiledConfig` swapped in atomically, and proxies requests with it.
 
 pub mod balancer;
+pub mod cache;
 pub mod compile;
 pub mod config;
 pub mod proxy;
@@ -15,8 +16,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::SnapshotCache;
 use crate::config::DpConfig;
 use crate::proxy::Proxy;
 use crate::state::DpState;
@@ -34,10 +37,16 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
     let proxy_addr = proxy_listener.local_addr()?;
     tracing::info!(node_id = %config.node_id, proxy = %proxy_addr, status = %status_listener.local_addr()?, "data plane starting");
 
+    let cache = Arc::new(SnapshotCache::new(&config.cache_dir));
+    start_from_cache(&cache, &state);
+    let (cache_tx, cache_rx) = watch::channel(None);
+    tokio::spawn(sync::run_cache_writer(cache, cache_rx));
+
     let sync = SyncClient {
         control_plane: config.control_plane.clone(),
         proxy_address: proxy_addr.to_string(),
         state: state.clone(),
+        cache: Some(cache_tx),
     };
     let sync_task = tokio::spawn(sync.run(shutdown.clone()));
     let status_task = tokio::spawn(status::serve(
@@ -50,4 +59,22 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         .await;
     let _ = tokio::join!(sync_task, status_task);
     Ok(())
+}
+
+/// Serves the cached snapshot, if there is a usable one, until a control plane answers. A missing
+/// or damaged cache is logged and skipped: the DP then waits for the control plane as usual.
+fn start_from_cache(cache: &SnapshotCache, state: &DpState) {
+    match cache.load() {
+        Ok(None) => tracing::info!(path = %cache.path().display(), "no snapshot cache yet"),
+        Ok(Some(snapshot)) => match compile::compile(&snapshot, None) {
+            Ok(config) => {
+                tracing::info!(version = snapshot.version, path = %cache.path().display(), "serving the cached snapshot until the control plane answers");
+                state.apply_cached(config);
+            }
+            Err(e) => {
+                tracing::error!(path = %cache.path().display(), error = %e, "ignoring the snapshot cache: it does not compile")
+            }
+        },
+        Err(e) => tracing::error!(error = %e, "ignoring the snapshot cache"),
+    }
 }

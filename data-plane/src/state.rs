@@ -1,6 +1,7 @@
 //! The data plane's shared state: the config it serves, swapped atomically per snapshot.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 
@@ -10,6 +11,10 @@ pub struct DpState {
     pub node_id: String,
     /// `None` until the first snapshot is applied. Readers `load()` it once per request.
     pub config: ArcSwapOption<CompiledConfig>,
+    /// The config came from the disk cache and no control plane has confirmed it since.
+    stale: AtomicBool,
+    /// A sync stream to a control plane is open.
+    connected: AtomicBool,
 }
 
 impl DpState {
@@ -17,6 +22,8 @@ impl DpState {
         DpState {
             node_id,
             config: ArcSwapOption::empty(),
+            stale: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
         }
     }
 
@@ -25,7 +32,37 @@ impl DpState {
         self.config.load().as_ref().map(|c| c.version)
     }
 
+    /// The config being served, to compile the next one against (unchanged parts are reused).
+    pub fn current(&self) -> Option<Arc<CompiledConfig>> {
+        self.config.load_full()
+    }
+
+    /// Swaps in a config received from a control plane.
     pub fn apply(&self, config: CompiledConfig) {
         self.config.store(Some(Arc::new(config)));
+        self.stale.store(false, Ordering::Release);
+    }
+
+    /// Swaps in a config read from the disk cache at start.
+    pub fn apply_cached(&self, config: CompiledConfig) {
+        self.config.store(Some(Arc::new(config)));
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// A control plane confirmed the version being served (it sent that same version).
+    pub fn confirm(&self) {
+        self.stale.store(false, Ordering::Release);
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
     }
 }

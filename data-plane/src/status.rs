@@ -43,11 +43,21 @@ fn respond(state: &DpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" => match state.applied_version() {
             Some(v) => (
                 StatusCode::OK,
-                serde_json::json!({"ready": true, "version": v}),
+                serde_json::json!({
+                    "ready": true,
+                    "version": v,
+                    // Served from the disk cache, not yet confirmed by a control plane.
+                    "stale": state.is_stale(),
+                    "control_plane_connected": state.is_connected(),
+                }),
             ),
             None => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"ready": false, "reason": "no configuration applied yet"}),
+                serde_json::json!({
+                    "ready": false,
+                    "reason": "no configuration applied yet",
+                    "control_plane_connected": state.is_connected(),
+                }),
             ),
         },
         _ => (

@@ -9,11 +9,12 @@ use postern_proto::sync::config_sync_client::ConfigSyncClient;
 use postern_proto::sync::{
     Ack, DataPlaneMessage, Hello, Nack, Snapshot, control_plane_message, data_plane_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
+use crate::cache::SnapshotCache;
 use crate::compile::compile;
 use crate::state::DpState;
 
@@ -31,6 +32,8 @@ pub struct SyncClient {
     pub control_plane: String,
     pub proxy_address: String,
     pub state: Arc<DpState>,
+    /// Where each applied snapshot is written (latest wins), if anywhere.
+    pub cache: Option<watch::Sender<Option<Arc<Snapshot>>>>,
 }
 
 impl SyncClient {
@@ -88,30 +91,44 @@ impl SyncClient {
         .await?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         tracing::info!(cp = %self.control_plane, "connected to the control plane");
-        while let Some(msg) = inbound.message().await? {
-            let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message else {
-                continue;
-            };
-            let answer = self.apply(snapshot).await;
-            tx.send(message(answer)).await?;
+        self.state.set_connected(true);
+        let result = async {
+            while let Some(msg) = inbound.message().await? {
+                let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message else {
+                    continue;
+                };
+                let answer = self.apply(snapshot).await;
+                tx.send(message(answer)).await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.state.set_connected(false);
+        result
     }
 
     /// Compiles and swaps in one snapshot; the answer to send back.
     async fn apply(&self, snapshot: Snapshot) -> data_plane_message::Message {
         let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
         if self.state.applied_version() == Some(version) {
-            // Already serving it (e.g. after a reconnect): nothing to rebuild.
+            // Already serving it (after a reconnect, or from the disk cache): nothing to rebuild.
+            self.state.confirm();
             return data_plane_message::Message::Ack(Ack { version, nonce });
         }
         let started = Instant::now();
+        let previous = self.state.current();
+        let snapshot = Arc::new(snapshot);
+        let input = snapshot.clone();
         // Compiling thousands of routes is CPU work: keep it off the proxy's async threads.
-        let compiled = tokio::task::spawn_blocking(move || compile(&snapshot)).await;
+        let compiled =
+            tokio::task::spawn_blocking(move || compile(&input, previous.as_deref())).await;
         match compiled {
             Ok(Ok(config)) => {
                 let routes = config.routes.len();
                 self.state.apply(config);
+                if let Some(cache) = &self.cache {
+                    cache.send_replace(Some(snapshot));
+                }
                 tracing::info!(
                     version,
                     routes,
@@ -133,6 +150,26 @@ impl SyncClient {
                 nonce,
                 error: format!("compiler crashed: {e}"),
             }),
+        }
+    }
+}
+
+/// Writes each snapshot sent on `rx` to the disk cache, newest only, one write at a time, off the
+/// sync path (an fsync must not delay the ACK).
+pub async fn run_cache_writer(
+    cache: Arc<SnapshotCache>,
+    mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
+) {
+    while rx.changed().await.is_ok() {
+        let Some(snapshot) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let cache = cache.clone();
+        let version = snapshot.version;
+        match tokio::task::spawn_blocking(move || cache.store(&snapshot)).await {
+            Ok(Ok(())) => tracing::debug!(version, "snapshot cached"),
+            Ok(Err(e)) => tracing::warn!(version, error = %e, "cannot write the snapshot cache"),
+            Err(e) => tracing::warn!(version, error = %e, "snapshot cache writer failed"),
         }
     }
 }
