@@ -60,6 +60,15 @@ pub struct CpOptions {
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "POSTERN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// PEM certificate for the sync listener (enables TLS; needs --tls-key)
+    #[arg(long, env = "POSTERN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, env = "POSTERN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: data planes must present a client certificate it signed (mutual TLS)
+    #[arg(long, env = "POSTERN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Settings after precedence and defaults are applied.
@@ -74,6 +83,16 @@ pub struct CpConfig {
     pub proxy_listen: SocketAddr,
     pub status_listen: SocketAddr,
     pub json_logs: bool,
+    /// TLS on the sync listener.
+    pub sync_tls: Option<SyncTls>,
+}
+
+/// PEM files for TLS on the sync listener; with `client_ca`, mutual TLS.
+#[derive(Debug, Clone)]
+pub struct SyncTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +152,9 @@ impl CpOptions {
             proxy_listen: self.proxy_listen.or(file.proxy_listen),
             status_listen: self.status_listen.or(file.status_listen),
             log_format: self.log_format.or(file.log_format),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_ca: self.tls_ca.or(file.tls_ca),
         }
     }
 }
@@ -175,6 +197,16 @@ impl Cli {
                 .status_listen
                 .unwrap_or_else(|| addr(postern_data_plane::config::DEFAULT_STATUS_LISTEN)),
             json_logs,
+            sync_tls: match (o.tls_cert, o.tls_key, o.tls_ca) {
+                (Some(cert), Some(key), client_ca) => Some(SyncTls {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                (None, None, None) => None,
+                (None, None, Some(_)) => anyhow::bail!("--tls-ca needs --tls-cert and --tls-key"),
+                _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::admin_key::{self, KeySource};
-use crate::config::{CpConfig, StoreUrl};
+use crate::config::{CpConfig, StoreUrl, SyncTls};
 use crate::snapshot;
 use crate::store::{ConfigStore, SqliteStore};
 use crate::sync::{DataPlaneRegistry, SyncService};
@@ -30,6 +30,21 @@ pub async fn open_store(url: &StoreUrl) -> anyhow::Result<Arc<dyn ConfigStore>> 
                 .with_context(|| format!("opening the SQLite store at {}", path.display()))?,
         ),
     })
+}
+
+fn read_pem(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn server_tls(tls: &SyncTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let identity = Identity::from_pem(read_pem(&tls.cert)?, read_pem(&tls.key)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        // A client CA makes client certificates mandatory: an unknown DP cannot even connect.
+        config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+    }
+    Ok(config)
 }
 
 /// Runs the control plane until `shutdown` is cancelled.
@@ -65,8 +80,14 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
     let sync_addr = sync_listener.local_addr()?;
     let sync_server =
         SyncService::new(snap_rx.clone(), registry.clone(), shutdown.clone()).into_server();
+    let mut sync_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.sync_tls {
+        sync_builder = sync_builder
+            .tls_config(server_tls(tls)?)
+            .context("TLS for the sync listener")?;
+    }
     let sync = tokio::spawn(
-        tonic::transport::Server::builder()
+        sync_builder
             .http2_keepalive_interval(Some(SYNC_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(SYNC_KEEPALIVE_TIMEOUT))
             .tcp_nodelay(true)
@@ -76,7 +97,13 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
                 shutdown.clone().cancelled_owned(),
             ),
     );
-    tracing::info!(address = %sync_addr, store = store.backend(), "sync server listening");
+    tracing::info!(
+        address = %sync_addr,
+        store = store.backend(),
+        tls = config.sync_tls.is_some(),
+        mutual_tls = config.sync_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "sync server listening"
+    );
 
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
@@ -99,8 +126,24 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(address = %admin_addr, "Admin API listening");
 
     let dev_dp = if config.dev {
+        // With TLS, the in-process DP connects like any other: the CP's certificate doubles as
+        // its client identity, verified against --tls-ca.
+        let dp_tls = match &config.sync_tls {
+            None => None,
+            Some(t) => Some(postern_data_plane::config::ClientTls {
+                ca: t
+                    .client_ca
+                    .clone()
+                    .context("--dev with TLS needs --tls-ca")?,
+                cert: Some(t.cert.clone()),
+                key: Some(t.key.clone()),
+                server_name: Some(sync_addr.ip().to_string()),
+            }),
+        };
+        let scheme = if dp_tls.is_some() { "https" } else { "http" };
         let dp = postern_data_plane::config::DpConfig {
-            control_plane: format!("http://{sync_addr}"),
+            control_plane: format!("{scheme}://{sync_addr}"),
+            tls: dp_tls,
             proxy_listen: config.proxy_listen,
             status_listen: config.status_listen,
             cache_dir: config.data_dir.join("dp-cache"),

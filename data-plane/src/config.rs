@@ -48,6 +48,18 @@ pub struct DpOptions {
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "POSTERN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// PEM CA bundle that signed the control plane's certificate (needed for an https:// URL)
+    #[arg(long, env = "POSTERN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate presented to the control plane (mutual TLS; needs --tls-key)
+    #[arg(long, env = "POSTERN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, env = "POSTERN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Name to verify in the control plane's certificate [default: the URL's host]
+    #[arg(long, env = "POSTERN_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 /// Settings after precedence and defaults are applied.
@@ -59,6 +71,17 @@ pub struct DpConfig {
     pub node_id: String,
     pub cache_dir: PathBuf,
     pub json_logs: bool,
+    /// TLS to the control plane (`https://` URL).
+    pub tls: Option<ClientTls>,
+}
+
+/// PEM files for TLS to the control plane.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -74,6 +97,7 @@ impl Default for DpConfig {
             node_id: default_node_id(),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             json_logs: false,
+            tls: None,
         }
     }
 }
@@ -97,6 +121,10 @@ impl DpOptions {
             node_id: self.node_id.or(file.node_id),
             cache_dir: self.cache_dir.or(file.cache_dir),
             log_format: self.log_format.or(file.log_format),
+            tls_ca: self.tls_ca.or(file.tls_ca),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_server_name: self.tls_server_name.or(file.tls_server_name),
         }
     }
 }
@@ -111,10 +139,28 @@ impl Cli {
         let control_plane = o
             .control_plane
             .unwrap_or_else(|| DEFAULT_CONTROL_PLANE.to_string());
-        anyhow::ensure!(
-            control_plane.starts_with("http://"),
-            "--control-plane must be an http:// URL (TLS to the control plane is not supported yet), got '{control_plane}'"
-        );
+        let tls = match (control_plane.split_once("://").map(|(s, _)| s), o.tls_ca) {
+            (Some("http"), None) => None,
+            (Some("https"), Some(ca)) => Some(ClientTls {
+                ca,
+                cert: o.tls_cert,
+                key: o.tls_key,
+                server_name: o.tls_server_name,
+            }),
+            (Some("https"), None) => anyhow::bail!("an https:// control plane needs --tls-ca"),
+            (Some("http"), Some(_)) => {
+                anyhow::bail!("--tls-ca is set but --control-plane is http://; use https://")
+            }
+            _ => anyhow::bail!(
+                "--control-plane must be an http:// or https:// URL, got '{control_plane}'"
+            ),
+        };
+        if let Some(t) = &tls {
+            anyhow::ensure!(
+                t.cert.is_some() == t.key.is_some(),
+                "--tls-cert and --tls-key go together"
+            );
+        }
         let node_id = o.node_id.unwrap_or_else(default_node_id);
         anyhow::ensure!(
             !node_id.is_empty() && node_id.len() <= 128 && !node_id.chars().any(char::is_control),
@@ -136,6 +182,7 @@ impl Cli {
                 .cache_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR)),
             json_logs,
+            tls,
         })
     }
 }

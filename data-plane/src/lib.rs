@@ -46,6 +46,7 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         control_plane: config.control_plane.clone(),
         proxy_address: proxy_addr.to_string(),
         state: state.clone(),
+        tls: config.tls.as_ref().map(sync::client_tls).transpose()?,
         cache: Some(cache_tx),
     };
     let sync_task = tokio::spawn(sync.run(shutdown.clone()));

@@ -12,7 +12,9 @@ use postern_proto::sync::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::ClientTls;
 
 use crate::cache::SnapshotCache;
 use crate::compile::compile;
@@ -32,6 +34,8 @@ pub struct SyncClient {
     pub control_plane: String,
     pub proxy_address: String,
     pub state: Arc<DpState>,
+    /// TLS to the control plane, for an `https://` URL.
+    pub tls: Option<ClientTlsConfig>,
     /// Where each applied snapshot is written (latest wins), if anywhere.
     pub cache: Option<watch::Sender<Option<Arc<Snapshot>>>>,
 }
@@ -51,7 +55,7 @@ impl SyncClient {
                     tracing::warn!(cp = %self.control_plane, "control plane closed the sync stream")
                 }
                 Err(e) => {
-                    tracing::warn!(cp = %self.control_plane, error = %e, "sync with the control plane failed")
+                    tracing::warn!(cp = %self.control_plane, error = format!("{e:#}"), "sync with the control plane failed")
                 }
             }
             // A stream that lived a while was healthy: start the backoff over.
@@ -69,7 +73,11 @@ impl SyncClient {
     }
 
     async fn session(&self) -> anyhow::Result<()> {
-        let channel = Endpoint::from_shared(self.control_plane.clone())?
+        let mut endpoint = Endpoint::from_shared(self.control_plane.clone())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -172,6 +180,21 @@ pub async fn run_cache_writer(
             Err(e) => tracing::warn!(version, error = %e, "snapshot cache writer failed"),
         }
     }
+}
+
+/// Reads the PEM files of `tls` into tonic's client TLS config.
+pub fn client_tls(tls: &ClientTls) -> anyhow::Result<ClientTlsConfig> {
+    use anyhow::Context;
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
 }
 
 fn message(m: data_plane_message::Message) -> DataPlaneMessage {
