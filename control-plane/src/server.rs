@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::admin_key::{self, KeySource};
 use crate::config::{CpConfig, StoreUrl, SyncTls};
-use crate::snapshot;
+use crate::snapshot::{self, SnapshotHub};
 use crate::store::{ConfigStore, SqliteStore};
 use crate::sync::{DataPlaneRegistry, SyncService};
 
@@ -66,11 +65,11 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
         }
     }
 
-    let (snap_tx, snap_rx) = watch::channel(None);
+    let hub = SnapshotHub::new();
     let registry = Arc::new(DataPlaneRegistry::default());
     let builder = tokio::spawn(snapshot::run_builder(
         store.clone(),
-        snap_tx,
+        hub.clone(),
         shutdown.clone(),
     ));
 
@@ -79,7 +78,7 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("binding the sync listener on {}", config.sync_listen))?;
     let sync_addr = sync_listener.local_addr()?;
     let sync_server =
-        SyncService::new(snap_rx.clone(), registry.clone(), shutdown.clone()).into_server();
+        SyncService::new(hub.subscribe(), registry.clone(), shutdown.clone()).into_server();
     let mut sync_builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.sync_tls {
         sync_builder = sync_builder
@@ -116,7 +115,7 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
         store: store.clone(),
         keys: Arc::new(keys),
         registry,
-        snapshots: snap_rx,
+        hub,
     });
     let admin = tokio::spawn(
         axum::serve(admin_listener, app)

@@ -1,36 +1,59 @@
 //! The snapshot builder: follows the store's revision and keeps the latest consistent snapshot
 //! ready for every sync stream. Bursts of writes coalesce: a stream only ever sends the newest.
+//!
+//! The builder is also where store trouble is absorbed: while the store is unreachable the last
+//! snapshot keeps being served; and if the store comes back wiped or replaced (its `store_id`
+//! changed, or its revision went back), the builder keeps serving the last snapshot and reports
+//! the reset instead of telling every data plane to delete everything. The operator accepts the
+//! new store explicitly (`POST /admin/store/adopt`).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postern_proto::model::{ConfigSet, Resource, ValidationError};
 use postern_proto::sync;
-use tokio::sync::watch;
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ConfigStore, StoreSnapshot};
+use crate::store::{ConfigStore, StoreSnapshot, StoredResource};
 
 /// How often the builder re-reads the store even without a notification (a safety net for a
-/// missed notification).
-const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// missed notification, and how a store outage is noticed when nothing is being written).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How many (version, published at) pairs are kept to compute data-plane lag.
+const VERSION_LOG_LEN: usize = 1024;
 
 /// One built snapshot, shared by every sync stream.
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
+    pub store_id: String,
+    /// Encoded for the wire.
     pub resources: Vec<sync::Resource>,
+    /// As stored, for Admin API reads while the store is unreachable.
+    pub stored: Vec<StoredResource>,
     pub build_time: Duration,
+    /// Unix seconds.
+    pub published_at: i64,
 }
 
 /// Receives the latest snapshot (`None` until the first one is built).
 pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Validates a store snapshot as a whole (every resource parses, every reference resolves) and
 /// encodes it for the wire. The DP runs the same checks; doing them here too means a bad store
 /// row is caught before it reaches any DP.
-pub fn build(store: &StoreSnapshot) -> Result<Snapshot, ValidationError> {
+pub fn build(store: StoreSnapshot) -> Result<Snapshot, ValidationError> {
     let started = Instant::now();
     let mut set = ConfigSet::default();
     let mut resources = Vec::with_capacity(store.resources.len());
@@ -48,16 +71,164 @@ pub fn build(store: &StoreSnapshot) -> Result<Snapshot, ValidationError> {
     set.check_references()?;
     Ok(Snapshot {
         version: store.revision,
+        store_id: store.store_id,
         resources,
+        stored: store.resources,
         build_time: started.elapsed(),
+        published_at: unix_now(),
     })
+}
+
+/// A store that came back different from the one the served snapshot was built from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoreReset {
+    pub serving_store_id: String,
+    pub serving_version: u64,
+    pub found_store_id: String,
+    pub found_revision: u64,
+    pub found_resources: usize,
+    /// Unix seconds.
+    pub detected_at: i64,
+}
+
+/// What `GET /admin/status` shows about the store and the snapshot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HubStatus {
+    pub store_reachable: bool,
+    pub store_error: Option<String>,
+    /// Unix seconds of the last successful read of the store.
+    pub store_last_ok: Option<i64>,
+    pub store_reset: Option<StoreReset>,
+}
+
+/// The latest snapshot plus what is known about how it came to be. One per control plane.
+pub struct SnapshotHub {
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    status: Mutex<HubStatus>,
+    /// Oldest first: when each version was published.
+    versions: Mutex<VecDeque<(u64, i64)>>,
+    /// A store id the operator accepted after a reset.
+    adopted: Mutex<Option<String>>,
+    wake: Notify,
+}
+
+impl SnapshotHub {
+    pub fn new() -> Arc<SnapshotHub> {
+        Arc::new(SnapshotHub {
+            tx: watch::channel(None).0,
+            status: Mutex::new(HubStatus::default()),
+            versions: Mutex::new(VecDeque::new()),
+            adopted: Mutex::new(None),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn subscribe(&self) -> SnapshotReceiver {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn status(&self) -> HubStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Seconds since the first version newer than `applied` was published (0 when `applied` is
+    /// current): how far behind a data plane is.
+    pub fn lag_seconds(&self, applied: u64) -> i64 {
+        let versions = lock(&self.versions);
+        versions
+            .iter()
+            .find(|(v, _)| *v > applied)
+            .map(|(_, at)| (unix_now() - at).max(0))
+            .unwrap_or(0)
+    }
+
+    /// The operator accepts the store with `store_id` as the new source of truth after a reset.
+    /// Fails unless that is the reset store now found.
+    pub fn adopt(&self, store_id: &str) -> Result<(), String> {
+        let status = lock(&self.status);
+        match &status.store_reset {
+            Some(r) if r.found_store_id == store_id => {
+                *lock(&self.adopted) = Some(store_id.to_string());
+                self.wake.notify_one();
+                Ok(())
+            }
+            Some(r) => Err(format!(
+                "the store found now has id '{}', not '{store_id}'",
+                r.found_store_id
+            )),
+            None => Err("no store reset is pending".to_string()),
+        }
+    }
+
+    fn store_ok(&self) {
+        let mut status = lock(&self.status);
+        if status.store_error.is_some() {
+            tracing::info!("the config store is reachable again");
+        }
+        status.store_reachable = true;
+        status.store_error = None;
+        status.store_last_ok = Some(unix_now());
+    }
+
+    fn store_failed(&self, e: &crate::store::StoreError) {
+        let mut status = lock(&self.status);
+        if status.store_error.is_none() {
+            // Logged once per outage, not once per retry.
+            tracing::error!(error = %e, "cannot read the config store; still serving the last snapshot");
+        }
+        status.store_reachable = false;
+        status.store_error = Some(e.to_string());
+    }
+
+    fn publish(&self, snap: Snapshot) {
+        {
+            let mut versions = lock(&self.versions);
+            versions.push_back((snap.version, snap.published_at));
+            while versions.len() > VERSION_LOG_LEN {
+                versions.pop_front();
+            }
+        }
+        lock(&self.status).store_reset = None;
+        self.tx.send_replace(Some(Arc::new(snap)));
+    }
+
+    /// Whether `found` may replace what is served, or is a reset to report.
+    fn check_reset(&self, found: &StoreSnapshot) -> Result<(), StoreReset> {
+        let Some(serving) = self.current() else {
+            return Ok(());
+        };
+        let same_store = serving.store_id == found.store_id;
+        if same_store && found.revision >= serving.version {
+            return Ok(());
+        }
+        if lock(&self.adopted).as_deref() == Some(found.store_id.as_str()) {
+            return Ok(());
+        }
+        Err(StoreReset {
+            serving_store_id: serving.store_id.clone(),
+            serving_version: serving.version,
+            found_store_id: found.store_id.clone(),
+            found_revision: found.revision,
+            found_resources: found.resources.len(),
+            detected_at: unix_now(),
+        })
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere mid-update of plain data; keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs until `shutdown`: rebuilds the snapshot whenever the store's revision moves. Store errors
 /// are retried with backoff while the last snapshot keeps being served.
 pub async fn run_builder(
     store: Arc<dyn ConfigStore>,
-    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    hub: Arc<SnapshotHub>,
     shutdown: CancellationToken,
 ) {
     let mut changes = store.subscribe();
@@ -65,30 +236,19 @@ pub async fn run_builder(
     loop {
         changes.borrow_and_update();
         match store.snapshot().await {
-            Ok(s) => {
+            Ok(found) => {
                 delay = Duration::from_millis(100);
-                let current = tx.borrow().as_ref().map(|s| s.version);
-                if current != Some(s.revision) {
-                    match build(&s) {
-                        Ok(snap) => {
-                            tracing::info!(
-                                version = snap.version,
-                                resources = snap.resources.len(),
-                                build_ms = snap.build_time.as_secs_f64() * 1e3,
-                                "snapshot built"
-                            );
-                            tx.send_replace(Some(Arc::new(snap)));
-                        }
-                        Err(e) => tracing::error!(
-                            revision = s.revision,
-                            error = %e,
-                            "the store holds an inconsistent config; keeping the previous snapshot"
-                        ),
-                    }
+                hub.store_ok();
+                let current = hub.current();
+                let unchanged = current
+                    .as_ref()
+                    .is_some_and(|c| c.version == found.revision && c.store_id == found.store_id);
+                if !unchanged {
+                    apply(&hub, found);
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read the config store");
+                hub.store_failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return,
@@ -100,7 +260,123 @@ pub async fn run_builder(
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+            _ = hub.wake.notified() => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+fn apply(hub: &SnapshotHub, found: StoreSnapshot) {
+    if let Err(reset) = hub.check_reset(&found) {
+        let mut status = lock(&hub.status);
+        if status
+            .store_reset
+            .as_ref()
+            .map(|r| (&r.found_store_id, r.found_revision))
+            != Some((&reset.found_store_id, reset.found_revision))
+        {
+            tracing::error!(
+                serving_store_id = %reset.serving_store_id,
+                serving_version = reset.serving_version,
+                found_store_id = %reset.found_store_id,
+                found_revision = reset.found_revision,
+                found_resources = reset.found_resources,
+                "the config store was wiped or replaced; still serving the last snapshot. \
+                 Restore it, or accept it with POST /admin/store/adopt"
+            );
+            status.store_reset = Some(reset);
+        }
+        return;
+    }
+    let revision = found.revision;
+    match build(found) {
+        Ok(snap) => {
+            tracing::info!(
+                version = snap.version,
+                resources = snap.resources.len(),
+                build_ms = snap.build_time.as_secs_f64() * 1e3,
+                "snapshot built"
+            );
+            hub.publish(snap);
+        }
+        Err(e) => tracing::error!(
+            revision,
+            error = %e,
+            "the store holds an inconsistent config; keeping the previous snapshot"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use postern_proto::model::ResourceKind;
+    use serde_json::json;
+
+    use super::*;
+
+    fn store_snapshot(store_id: &str, revision: u64, routes: usize) -> StoreSnapshot {
+        StoreSnapshot {
+            store_id: store_id.to_string(),
+            revision,
+            resources: (0..routes)
+                .map(|i| StoredResource {
+                    kind: ResourceKind::Routes,
+                    id: format!("r{i}"),
+                    value: json!({"id": format!("r{i}"), "uri": "/", "upstream": {"nodes": {"127.0.0.1:1": 1}}}),
+                    create_revision: 1,
+                    mod_revision: 1,
+                    created_at: 0,
+                    updated_at: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_wiped_or_replaced_store_is_reported_not_served_until_adopted() {
+        let hub = SnapshotHub::new();
+        apply(&hub, store_snapshot("a", 5, 3));
+        assert_eq!(hub.current().unwrap().version, 5);
+
+        // Same store, revision went back (restored from an old backup or wiped): reported.
+        apply(&hub, store_snapshot("a", 0, 0));
+        assert_eq!(hub.current().unwrap().resources.len(), 3, "still serving");
+        let reset = hub.status().store_reset.expect("reported");
+        assert_eq!(
+            (reset.found_store_id.as_str(), reset.found_revision),
+            ("a", 0)
+        );
+
+        // A different store: reported too; adopting the wrong id is refused.
+        apply(&hub, store_snapshot("b", 2, 1));
+        assert_eq!(hub.current().unwrap().version, 5);
+        assert_eq!(hub.status().store_reset.unwrap().found_store_id, "b");
+        assert!(hub.adopt("a").is_err());
+        hub.adopt("b").unwrap();
+        apply(&hub, store_snapshot("b", 2, 1));
+        let current = hub.current().unwrap();
+        assert_eq!((current.store_id.as_str(), current.version), ("b", 2));
+        assert!(hub.status().store_reset.is_none());
+        assert!(hub.adopt("b").is_err(), "nothing pending any more");
+
+        // Forward progress on the adopted store needs nothing special.
+        apply(&hub, store_snapshot("b", 3, 2));
+        assert_eq!(hub.current().unwrap().version, 3);
+    }
+
+    #[test]
+    fn lag_counts_from_the_first_newer_version() {
+        let hub = SnapshotHub::new();
+        let mut s = build(store_snapshot("a", 1, 0)).unwrap();
+        s.published_at = unix_now() - 30;
+        hub.publish(s);
+        let mut s = build(store_snapshot("a", 2, 0)).unwrap();
+        s.published_at = unix_now() - 10;
+        hub.publish(s);
+        assert_eq!(hub.lag_seconds(2), 0);
+        let lag = hub.lag_seconds(1);
+        assert!((10..=11).contains(&lag), "{lag}");
+        let lag = hub.lag_seconds(0);
+        assert!((30..=31).contains(&lag), "{lag}");
     }
 }

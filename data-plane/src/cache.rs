@@ -134,6 +134,7 @@ mod tests {
                 mod_revision: 41,
                 body: br#"{"uri":"/"}"#.to_vec().into(),
             }],
+            store_id: "s1".into(),
         }
     }
 

@@ -41,6 +41,8 @@ pub enum CompileError {
 /// Everything the proxy needs for one config version. Immutable once built.
 pub struct CompiledConfig {
     pub version: u64,
+    /// The config store the snapshot came from; with `version`, names the config exactly.
+    pub store_id: String,
     pub router: Router,
     /// Indexed by the router's match result.
     pub routes: Vec<CompiledRoute>,
@@ -307,6 +309,7 @@ pub fn compile(
     let router = Router::build(&specs).map_err(|e| CompileError::Router(e.to_string()))?;
     Ok(CompiledConfig {
         version: snapshot.version,
+        store_id: snapshot.store_id.clone(),
         router,
         routes,
         upstreams: builder.built,
@@ -348,6 +351,7 @@ mod tests {
                     body: body.to_string().into_bytes().into(),
                 })
                 .collect(),
+            store_id: "test".to_string(),
         }
     }
 

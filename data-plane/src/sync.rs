@@ -118,7 +118,8 @@ impl SyncClient {
     /// Compiles and swaps in one snapshot; the answer to send back.
     async fn apply(&self, snapshot: Snapshot) -> data_plane_message::Message {
         let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
-        if self.state.applied_version() == Some(version) {
+        let serving = self.state.current();
+        if serving.is_some_and(|c| c.version == version && c.store_id == snapshot.store_id) {
             // Already serving it (after a reconnect, or from the disk cache): nothing to rebuild.
             self.state.confirm();
             return data_plane_message::Message::Ack(Ack { version, nonce });

@@ -180,6 +180,7 @@ fn snapshot(version: u64, resources: Vec<(&str, &str, Vec<u8>)>) -> Snapshot {
                 body: body.into(),
             })
             .collect(),
+        store_id: "scripted".into(),
     }
 }
 

@@ -6,6 +6,7 @@
 mod data_planes;
 mod error;
 mod resources;
+mod status;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use axum::routing::get;
 pub use error::AdminError;
 
 use crate::admin_key::AdminKeys;
-use crate::snapshot::SnapshotReceiver;
+use crate::snapshot::SnapshotHub;
 use crate::store::ConfigStore;
 use crate::sync::DataPlaneRegistry;
 
@@ -28,7 +29,7 @@ pub struct AdminState {
     pub store: Arc<dyn ConfigStore>,
     pub keys: Arc<AdminKeys>,
     pub registry: Arc<DataPlaneRegistry>,
-    pub snapshots: SnapshotReceiver,
+    pub hub: Arc<SnapshotHub>,
 }
 
 /// The name of the admin key that authenticated a request, for the history's `actor`.
@@ -42,6 +43,8 @@ pub fn app(state: AdminState) -> Router {
     let api = Router::new()
         .route("/data-planes", get(data_planes::list))
         .route("/history", get(resources::history))
+        .route("/status", get(status::status))
+        .route("/store/adopt", axum::routing::post(status::adopt))
         .route("/{kind}", get(resources::list).post(resources::create))
         .route(
             "/{kind}/{id}",

@@ -118,14 +118,45 @@ fn parse_json(body: &Bytes) -> Result<Value, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::invalid("", format!("invalid JSON: {e}")))
 }
 
+/// Marks a read answered from the last snapshot because the store is unreachable.
+const STALE_HEADER: &str = "x-postern-stale";
+
+/// While the store is unreachable, reads are answered from the snapshot being served (what the
+/// data planes run), flagged stale; `None` when there is no snapshot either.
+fn from_snapshot(state: &AdminState, kind: ResourceKind) -> Option<(u64, Vec<StoredResource>)> {
+    let snap = state.hub.current()?;
+    let items = snap
+        .stored
+        .iter()
+        .filter(|r| r.kind == kind)
+        .cloned()
+        .collect();
+    Some((snap.version, items))
+}
+
 pub async fn list(
     State(state): State<AdminState>,
     Path(kind): Path<String>,
-) -> Result<Json<Value>, AdminError> {
+) -> Result<Response, AdminError> {
     let kind = parse_kind(&kind)?;
-    let items = state.store.list(kind).await?;
+    let (items, stale_version) = match state.store.list(kind).await {
+        Ok(items) => (items, None),
+        Err(e @ StoreError::Unavailable(_)) => match from_snapshot(&state, kind) {
+            Some((version, items)) => (items, Some(version)),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     let list: Vec<Value> = items.iter().map(resource_json).collect();
-    Ok(Json(json!({"total": list.len(), "list": list})))
+    let mut body = json!({"total": list.len(), "list": list});
+    Ok(match stale_version {
+        None => Json(body).into_response(),
+        Some(v) => {
+            body["stale"] = json!(true);
+            body["version"] = json!(v);
+            ([(STALE_HEADER, "true")], Json(body)).into_response()
+        }
+    })
 }
 
 pub async fn get_one(
@@ -134,12 +165,22 @@ pub async fn get_one(
 ) -> Result<Response, AdminError> {
     let kind = parse_kind(&kind)?;
     parse_id(&id)?;
-    let r = state
-        .store
-        .get(kind, &id)
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("{kind}/{id} not found")))?;
-    Ok((etag(&r), Json(resource_json(&r))).into_response())
+    let not_found = || AdminError::NotFound(format!("{kind}/{id} not found"));
+    match state.store.get(kind, &id).await {
+        Ok(r) => {
+            let r = r.ok_or_else(not_found)?;
+            Ok((etag(&r), Json(resource_json(&r))).into_response())
+        }
+        Err(e @ StoreError::Unavailable(_)) => {
+            let (_, items) = from_snapshot(&state, kind).ok_or(AdminError::from(e))?;
+            let r = items
+                .into_iter()
+                .find(|r| r.id == id)
+                .ok_or_else(not_found)?;
+            Ok(([(STALE_HEADER, "true")], etag(&r), Json(resource_json(&r))).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn put(

@@ -141,6 +141,7 @@ impl Session {
                         version: snap.version,
                         nonce: format!("{}-{nonce}", self.id),
                         resources: snap.resources.clone(),
+                        store_id: snap.store_id.clone(),
                     })),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
