@@ -9,6 +9,8 @@
 //! - an acknowledged write is durable (it survives `kill -9` of the CP right after the answer);
 //! - every committed revision is announced on [`ConfigStore::subscribe`].
 
+mod etcd;
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -19,6 +21,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
+pub use etcd::EtcdStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// One resource as stored.

@@ -746,11 +746,6 @@ where
 // The suite against SQLite
 
 mod sqlite {
-    use std::io::{BufRead, BufReader};
-    use std::path::Path;
-    use std::process::{Command, Stdio};
-
-    use sqlx::Row;
 
     use super::*;
     use crate::store::SqliteStore;
@@ -885,78 +880,1039 @@ mod sqlite {
             .expect_err("bad revision");
         assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     }
+}
 
-    /// The durability promise itself: writes acknowledged by a process that then gets SIGKILLed
-    /// are all there on reopen. The writer is this test binary, re-run as a child on
-    /// [`kill9_child_writer`].
-    #[test]
-    fn acked_writes_survive_kill9() {
-        const ACKS: usize = 40;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("config.db");
-        let (_, this_module) = module_path!().split_once("::").expect("crate::path");
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                &format!("{this_module}::kill9_child_writer"),
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DB_ENV, &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("child stdout");
-        let mut acked = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("child output");
-            if let Some(id) = line.strip_prefix("acked ") {
-                acked.push(id.to_string());
-                if acked.len() == ACKS {
-                    break;
+// ---------------------------------------------------------------------------------------------
+// The suite against PostgreSQL
+
+/// Every test gets a database of its own (`postern_test_<hex>`) on the server at
+/// `POSTERN_TEST_PG_URL` (default: the local one, trust auth), dropped when the test ends, so the
+/// tests run in parallel.
+mod postgres {
+    use std::time::Instant;
+
+    use sqlx::{Connection, PgConnection};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::store::PostgresStore;
+
+    const SERVER_ENV: &str = "POSTERN_TEST_PG_URL";
+    const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+    const START_HINT: &str =
+        "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+    /// How fast another replica must see a write through LISTEN/NOTIFY.
+    const NOTIFY_WITHIN: Duration = Duration::from_secs(1);
+    /// The store's revision poll (2 s) plus slack.
+    const POLL_WITHIN: Duration = Duration::from_secs(6);
+
+    fn server_url() -> String {
+        std::env::var(SERVER_ENV).unwrap_or_else(|_| DEFAULT_SERVER.to_string())
+    }
+
+    /// `server` with its database replaced by `database`.
+    fn database_url(server: &str, database: &str) -> String {
+        let (base, query) = match server.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (server, String::new()),
+        };
+        let authority = base.find("://").map_or(0, |i| i + 3);
+        let end = base[authority..]
+            .find('/')
+            .map_or(base.len(), |i| authority + i);
+        format!("{}/{database}{query}", &base[..end])
+    }
+
+    async fn connect_admin(url: &str) -> PgConnection {
+        match tokio::time::timeout(WAIT, PgConnection::connect(url)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => panic!(
+                "cannot reach PostgreSQL at {url} ({e}); these tests need a server: {START_HINT} \
+                 (or point {SERVER_ENV} at another one)"
+            ),
+            Err(_) => panic!(
+                "PostgreSQL at {url} did not answer within {WAIT:?}; {START_HINT} \
+                 (or point {SERVER_ENV} at another one)"
+            ),
+        }
+    }
+
+    /// A fresh database, dropped (sessions included) when this is dropped — also when the test
+    /// fails.
+    struct TestDb {
+        server: String,
+        name: String,
+        url: String,
+    }
+
+    impl TestDb {
+        async fn create() -> TestDb {
+            let server = server_url();
+            let name = format!("postern_test_{:016x}", fastrand::u64(..));
+            let mut admin = connect_admin(&server).await;
+            sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+            admin.close().await.expect("close the admin connection");
+            let url = database_url(&server, &name);
+            TestDb { server, name, url }
+        }
+
+        async fn store(&self) -> PostgresStore {
+            PostgresStore::connect(&self.url)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {}: {e:?}", self.url))
+        }
+
+        async fn shared(&self) -> Arc<dyn ConfigStore> {
+            Arc::new(self.store().await)
+        }
+
+        /// The number of sessions the stores hold on this database.
+        async fn store_sessions(&self) -> i64 {
+            let mut admin = connect_admin(&self.server).await;
+            let n = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = $1 AND application_name = 'postern-control-plane'",
+            )
+            .bind(&self.name)
+            .fetch_one(&mut admin)
+            .await
+            .expect("count sessions");
+            admin.close().await.expect("close the admin connection");
+            n
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let server = self.server.clone();
+            let name = self.name.clone();
+            // Drop cannot await, and may run on a runtime thread: use a thread of its own.
+            let dropped = std::thread::spawn(move || -> Result<(), String> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let drop_once = || async {
+                    let mut admin = PgConnection::connect(&server).await?;
+                    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                        .execute(&mut admin)
+                        .await?;
+                    admin.close().await
+                };
+                runtime.block_on(async {
+                    // A busy server may not end the sessions in time: try again.
+                    let mut attempt = 1;
+                    loop {
+                        match drop_once().await {
+                            Ok(()) => return Ok(()),
+                            Err(e) if attempt == 3 => return Err(e.to_string()),
+                            Err(_) => {
+                                attempt += 1;
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the drop thread panicked".to_string()));
+            if let Err(e) = dropped {
+                let message = format!(
+                    "cannot drop test database {} ({e}); drop it by hand: \
+                     psql {} -c 'DROP DATABASE \"{}\" WITH (FORCE)'",
+                    self.name, self.server, self.name
+                );
+                if std::thread::panicking() {
+                    eprintln!("{message}");
+                } else {
+                    panic!("{message}");
                 }
             }
         }
-        child.kill().expect("SIGKILL the child");
-        child.wait().expect("reap the child");
-        assert_eq!(acked.len(), ACKS, "the child stopped early");
-
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        runtime.block_on(async {
-            let store = SqliteStore::open(&path).await.expect("reopen");
-            for id in &acked {
-                assert!(
-                    store.get(UP, id).await.expect("get").is_some(),
-                    "acknowledged write {id} was lost"
-                );
-            }
-            assert!(revision(&store).await >= ACKS as u64);
-            let check: String = sqlx::query("PRAGMA integrity_check")
-                .fetch_one(store.pool())
-                .await
-                .expect("integrity_check")
-                .try_get(0)
-                .expect("text");
-            assert_eq!(check, "ok");
-        });
     }
 
-    const CHILD_DB_ENV: &str = "POSTERN_TEST_KILL9_DB";
+    /// Waits until `rx` shows `wanted`; returns how long that took.
+    async fn wait_for_revision(
+        rx: &mut watch::Receiver<u64>,
+        wanted: u64,
+        within: Duration,
+    ) -> Result<Duration, u64> {
+        let started = Instant::now();
+        let reached = tokio::time::timeout(within, rx.wait_for(|r| *r == wanted))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(started.elapsed())
+        } else {
+            Err(*rx.borrow())
+        }
+    }
+
+    macro_rules! conformance {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let db = TestDb::create().await;
+                super::$name(db.shared().await).await;
+            }
+        )*};
+    }
+
+    conformance!(
+        crud_and_ordering,
+        revision_moves_only_on_accepted_writes,
+        create_versus_replace,
+        preconditions,
+        dangling_reference_rejected,
+        delete_in_use,
+        history_entries,
+        snapshot_consistency,
+        snapshot_under_concurrent_writes,
+        subscribe_sees_revisions,
+        concurrent_writers,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durability_across_reopen() {
+        let db = TestDb::create().await;
+        super::durability_across_reopen(|| db.shared()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_store_has_its_own_id() {
+        let (a, b) = (TestDb::create().await, TestDb::create().await);
+        let a = a.store().await.store_id().await.expect("store_id");
+        let b = b.store().await.store_id().await.expect("store_id");
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert!(
+                id.len() == 32 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "32 lowercase hex digits, like SQLite's: {id:?}"
+            );
+        }
+    }
+
+    /// Two control planes starting at once on a fresh database: the migrator's advisory lock
+    /// lets one migrate while the other waits, and both come up on the same store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_stores_migrate_one_fresh_database_concurrently() {
+        let db = TestDb::create().await;
+        let (a, b) = tokio::join!(
+            PostgresStore::connect(&db.url),
+            PostgresStore::connect(&db.url)
+        );
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => panic!("both stores must start: {:?} / {:?}", a.err(), b.err()),
+        };
+        assert_eq!(
+            a.store_id().await.expect("store_id"),
+            b.store_id().await.expect("store_id")
+        );
+        let migrations: Vec<(i64, bool)> =
+            sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(a.pool())
+                .await
+                .expect("migrations");
+        assert_eq!(migrations, vec![(1, true)], "each migration applied once");
+        let meta_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM meta")
+            .fetch_one(a.pool())
+            .await
+            .expect("meta");
+        assert_eq!(meta_rows, 1);
+        let written = put_ok(&a, put_req(UP, "u", json!({}))).await;
+        assert_eq!(written.revision, 1);
+        assert_eq!(
+            b.get(UP, "u").await.expect("get"),
+            Some(written.resource),
+            "one store, two handles"
+        );
+    }
+
+    /// Another replica's writes reach `subscribe()` through LISTEN/NOTIFY alone (the watcher
+    /// does not poll) well within a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notify_reaches_another_store_within_a_second() {
+        let db = TestDb::create().await;
+        let writer = db.store().await;
+        let watcher = PostgresStore::connect_polling(&db.url, None)
+            .await
+            .expect("connect");
+        let mut rx = watcher.subscribe();
+        assert_eq!(*rx.borrow_and_update(), 0);
+        // From the writer's acknowledgement, and from the start of the write.
+        let (mut after_ack, mut end_to_end) = (Vec::new(), Vec::new());
+        for i in 0..10 {
+            let started = Instant::now();
+            let written = put_ok(&writer, put_req(UP, &format!("u{i}"), json!({}))).await;
+            match wait_for_revision(&mut rx, written.revision, NOTIFY_WITHIN).await {
+                Ok(delay) => {
+                    after_ack.push(delay);
+                    end_to_end.push(started.elapsed());
+                }
+                Err(seen) => panic!(
+                    "revision {} not seen by the other store within {NOTIFY_WITHIN:?} \
+                     (it shows {seen})",
+                    written.revision
+                ),
+            }
+        }
+        let summary = |delays: &[Duration]| {
+            let mean = delays.iter().sum::<Duration>() / delays.len() as u32;
+            let max = delays.iter().max().copied().unwrap_or_default();
+            format!("mean {mean:?}, max {max:?}")
+        };
+        println!(
+            "NOTIFY delay to another store: after the writer's ack {}; from the start of the \
+             write {}",
+            summary(&after_ack),
+            summary(&end_to_end)
+        );
+        assert_eq!(watcher.revision().await.expect("revision"), 10);
+    }
+
+    /// Changes that come with no notification (lost while the listener reconnected) are found by
+    /// the poll, and a revision that went back (restore, wipe) is announced too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poll_catches_silent_changes_and_revisions_going_back() {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        // The control: without the poll, nothing announces a silent change.
+        let listener_only = PostgresStore::connect_polling(&db.url, None)
+            .await
+            .expect("connect");
+        let mut rx = store.subscribe();
+        let silent = |sql: &'static str| sqlx::query(sql).execute(store.pool());
+
+        silent("UPDATE meta SET revision = revision + 3")
+            .await
+            .expect("update");
+        let took = wait_for_revision(&mut rx, 3, POLL_WITHIN)
+            .await
+            .unwrap_or_else(|seen| panic!("the poll missed revision 3 (shows {seen})"));
+        println!("silent change seen by the poll after {took:?}");
+        assert_eq!(
+            *listener_only.subscribe().borrow(),
+            0,
+            "nothing but the poll can have announced it"
+        );
+
+        // Restored from a backup taken at revision 1.
+        silent("UPDATE meta SET revision = 1")
+            .await
+            .expect("update");
+        wait_for_revision(&mut rx, 1, POLL_WITHIN)
+            .await
+            .unwrap_or_else(|seen| panic!("a revision going back was not announced ({seen})"));
+        let next = put_ok(&store, put_req(UP, "u", json!({}))).await;
+        assert_eq!(next.revision, 2);
+        assert_eq!(*rx.borrow_and_update(), 2, "and it moves on from there");
+    }
+
+    /// Writers on two stores (two replicas) share one gapless sequence of revisions, and each
+    /// store's `subscribe()` only moves forward, to the last one — even with its revision poll
+    /// racing the writes (a poll that read the revision just before a commit must not announce
+    /// it as the revision going back).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_on_two_stores() {
+        const TASKS: usize = 8;
+        const PUTS: usize = 10;
+        let db = TestDb::create().await;
+        let busy_poll = || async {
+            let store = PostgresStore::connect_polling(&db.url, Some(Duration::from_millis(1)))
+                .await
+                .expect("connect");
+            Arc::new(store) as Arc<dyn ConfigStore>
+        };
+        let stores = [busy_poll().await, busy_poll().await];
+        let total = (TASKS * PUTS + PUTS) as u64;
+        let watchers: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                let mut rx = s.subscribe();
+                tokio::spawn(async move {
+                    let mut seen = vec![*rx.borrow_and_update()];
+                    while seen.last() != Some(&total) {
+                        match tokio::time::timeout(WAIT, rx.changed()).await {
+                            Ok(Ok(())) => seen.push(*rx.borrow_and_update()),
+                            _ => break,
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let store = stores[t % 2].clone();
+                tokio::spawn(async move {
+                    let s = store.as_ref();
+                    let mut accepted = Vec::new();
+                    for i in 0..PUTS {
+                        let own =
+                            put_ok(s, put_req(UP, &format!("w{t:02}-{i}"), json!({"t": t}))).await;
+                        accepted.push((own.revision, own.resource.id));
+                        let mut shared = put_req(SVC, &format!("shared-{i}"), json!({"t": t}));
+                        shared.precondition = Precondition::MustNotExist;
+                        match s.put(shared).await {
+                            Ok(o) => accepted.push((o.revision, o.resource.id)),
+                            Err(StoreError::AlreadyExists { .. }) => {}
+                            Err(e) => panic!("unexpected error: {e:?}"),
+                        }
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        let mut accepted = Vec::new();
+        for task in tasks {
+            accepted.extend(task.await.expect("writer task"));
+        }
+        accepted.sort();
+        assert_eq!(
+            accepted.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            (1..=total).collect::<Vec<_>>(),
+            "revisions must be unique and gapless across stores"
+        );
+        let history = all_history(stores[1].as_ref()).await;
+        assert_eq!(
+            history
+                .iter()
+                .map(|h| (h.revision, h.id.clone()))
+                .collect::<Vec<_>>(),
+            accepted
+        );
+        for s in &stores {
+            assert_eq!(revision(s.as_ref()).await, total);
+            assert_eq!(s.list(SVC).await.expect("list").len(), PUTS);
+        }
+        for watcher in watchers {
+            let seen = watcher.await.expect("watcher");
+            assert_eq!(seen.last(), Some(&total), "{seen:?}");
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "announced revisions went backwards: {seen:?}"
+            );
+        }
+    }
+
+    /// When the server drops every session, the pool reconnects on the next call and the
+    /// listener re-listens by itself (and catches up on what it missed meanwhile).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listener_and_pool_recover_from_dropped_connections() {
+        let db = TestDb::create().await;
+        let writer = db.store().await;
+        let watcher = PostgresStore::connect_polling(&db.url, None)
+            .await
+            .expect("connect");
+        let mut rx = watcher.subscribe();
+        put_ok(&writer, put_req(UP, "before", json!({}))).await;
+        wait_for_revision(&mut rx, 1, NOTIFY_WITHIN)
+            .await
+            .expect("seen before the cut");
+
+        let mut admin = connect_admin(&db.server).await;
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()) AS t",
+        )
+        .bind(&db.name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate");
+        assert!(killed >= 3, "the pools and both listeners: {killed}");
+
+        // Written at once: probably before the watcher listens again, so only its catch-up read
+        // can find it.
+        let written = put_ok(&writer, put_req(UP, "during", json!({}))).await;
+        assert_eq!(written.revision, 2);
+        wait_for_revision(&mut rx, 2, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|seen| panic!("missed the write made during the cut ({seen})"));
+        // And notifications flow again.
+        let after = put_ok(&writer, put_req(UP, "after", json!({}))).await;
+        wait_for_revision(&mut rx, after.revision, NOTIFY_WITHIN)
+            .await
+            .unwrap_or_else(|seen| panic!("no notification after re-listening ({seen})"));
+        assert_eq!(
+            watcher.get(UP, "during").await.expect("get").map(|r| r.id),
+            Some("during".to_string())
+        );
+        admin.close().await.expect("close");
+    }
+
+    /// A server that is not there is `Unavailable` within a few seconds, and the error does not
+    /// carry the password.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_server_is_unavailable_quickly() {
+        // Bind then free a port, so nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let started = Instant::now();
+        let result =
+            PostgresStore::connect(&format!("postgres://postern:s3cret@127.0.0.1:{port}/db")).await;
+        let took = started.elapsed();
+        match result {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(!message.contains("s3cret"), "{message}");
+                assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+            }
+            Err(e) => panic!("expected Unavailable, got {e:?}"),
+            Ok(_) => panic!("connected to a closed port"),
+        }
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+    }
+
+    /// Calls on a store whose database went away fail with `Unavailable`, promptly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_fail_unavailable_when_the_database_is_gone() {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        put_ok(&store, put_req(UP, "u", json!({}))).await;
+        let mut admin = connect_admin(&db.server).await;
+        sqlx::query(&format!(r#"DROP DATABASE "{}" WITH (FORCE)"#, db.name))
+            .execute(&mut admin)
+            .await
+            .expect("drop database");
+        admin.close().await.expect("close");
+
+        let started = Instant::now();
+        let err = store.revision().await.expect_err("no database");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let err = put_err(&store, put_req(UP, "v", json!({}))).await;
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let err = store.snapshot().await.expect_err("no database");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Dropping the store ends its background tasks: its sessions close and subscribers see
+    /// the sender gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_store_ends_its_tasks_and_sessions() {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        let mut rx = store.subscribe();
+        put_ok(&store, put_req(UP, "u", json!({}))).await;
+        let open = db.store_sessions().await;
+        assert!(open >= 2, "the pool and the listener: {open}");
+
+        drop(store);
+        let closed =
+            tokio::time::timeout(WAIT, async { while rx.changed().await.is_ok() {} }).await;
+        assert!(closed.is_ok(), "the revision sender outlived the store");
+        let started = Instant::now();
+        loop {
+            let open = db.store_sessions().await;
+            if open == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{open} sessions still open after the store was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn undecodable_rows_are_corrupt() {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        let insert = |kind: &'static str, id: &'static str, body: &'static str| {
+            sqlx::query(
+                "INSERT INTO resources \
+                 (kind, id, body, create_revision, mod_revision, created_at, updated_at) \
+                 VALUES ($1, $2, $3, 1, 1, 0, 0)",
+            )
+            .bind(kind)
+            .bind(id)
+            .bind(body)
+        };
+        insert("upstreams", "bad-json", "{not json")
+            .execute(store.pool())
+            .await
+            .expect("insert");
+        let err = store.get(UP, "bad-json").await.expect_err("corrupt body");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        let err = store.list(UP).await.expect_err("corrupt body");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+
+        sqlx::query("DELETE FROM resources")
+            .execute(store.pool())
+            .await
+            .expect("delete");
+        insert("gadgets", "g", "{}")
+            .execute(store.pool())
+            .await
+            .expect("insert");
+        let err = store.snapshot().await.expect_err("unknown kind");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+
+        // Postgres types hold no 'seven'; a negative revision is the bad number it can hold.
+        sqlx::query("ALTER TABLE meta DROP CONSTRAINT meta_revision_check")
+            .execute(store.pool())
+            .await
+            .expect("alter");
+        sqlx::query("UPDATE meta SET revision = -7")
+            .execute(store.pool())
+            .await
+            .expect("update");
+        let err = store.revision().await.expect_err("negative revision");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        // A write must not build on a bad revision either, and leaves nothing behind.
+        let err = put_err(&store, put_req(UP, "u", json!({}))).await;
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        let left: i64 = sqlx::query_scalar("SELECT revision FROM meta")
+            .fetch_one(store.pool())
+            .await
+            .expect("meta");
+        assert_eq!(left, -7);
+    }
+
+    #[test]
+    fn database_url_replaces_the_database() {
+        assert_eq!(
+            database_url("postgres://postgres@127.0.0.1:5432/postgres", "t"),
+            "postgres://postgres@127.0.0.1:5432/t"
+        );
+        assert_eq!(
+            database_url("postgres://u:p@h/db?sslmode=disable", "t"),
+            "postgres://u:p@h/t?sslmode=disable"
+        );
+        assert_eq!(database_url("postgres://h:1", "t"), "postgres://h:1/t");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite against etcd
+
+mod etcd {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{ChildStdin, Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::store::EtcdStore;
+
+    const NOT_INSTALLED: &str =
+        "etcd not installed: apt-get install -y etcd-server (scripts/test.sh does this)";
+    /// How long a fresh etcd may take to answer its health check.
+    const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The etcd process shared by the tests of this binary; each test keeps to its own prefix.
+    struct Etcd {
+        endpoint: String,
+        /// Never closed by hand: when this process exits (however it dies), the wrapper shell
+        /// reads EOF on its stdin, stops etcd and removes its data dir.
+        _lifeline: ChildStdin,
+    }
+
+    static ETCD: OnceLock<Result<Etcd, String>> = OnceLock::new();
+
+    /// Starts etcd on first use (blocking; a second or so).
+    fn etcd() -> &'static Etcd {
+        match ETCD.get_or_init(start_etcd) {
+            Ok(etcd) => etcd,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn endpoints() -> Vec<String> {
+        vec![etcd().endpoint.clone()]
+    }
+
+    fn start_etcd() -> Result<Etcd, String> {
+        match Command::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NOT_INSTALLED.to_string());
+            }
+            Err(e) => return Err(format!("cannot run etcd: {e}")),
+            Ok(_) => {}
+        }
+        // A port taken between choosing and binding it makes etcd exit: choose again.
+        let mut error = String::new();
+        for _ in 0..3 {
+            match try_start_etcd() {
+                Ok(etcd) => return Ok(etcd),
+                Err(e) => error = e,
+            }
+        }
+        Err(error)
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port()
+    }
+
+    /// Runs etcd under `sh`, which waits for EOF on its stdin (this process's end of the pipe
+    /// closes only when this process exits), then kills etcd and deletes the data dir.
+    const WRAPPER: &str = r#"dir=$1; shift
+etcd "$@" </dev/null >"$dir/etcd.log" 2>&1 &
+pid=$!
+echo "$pid"
+cat >/dev/null
+kill "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$dir""#;
+
+    fn try_start_etcd() -> Result<Etcd, String> {
+        // tmpfs when there is one: etcd fsyncs every write.
+        let shm = Path::new("/dev/shm");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("postern-etcd-");
+        let dir = if shm.is_dir() {
+            builder.tempdir_in(shm)
+        } else {
+            builder.tempdir()
+        }
+        .map_err(|e| format!("cannot create a data dir for etcd: {e}"))?
+        // From here on the wrapper removes it.
+        .keep();
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let data_dir = dir.join("data");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg("sh")
+            .arg(&dir)
+            .args(["--name", "postern-test", "--data-dir"])
+            .arg(&data_dir)
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("postern-test={peer_url}"),
+                "--initial-cluster-state",
+                "new",
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // etcd logs to its data dir; the shell would only report "Terminated".
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start sh for etcd: {e}"))?;
+        let lifeline = child.stdin.take().expect("piped stdin");
+        let mut pid = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut pid)
+            .map_err(|e| format!("no pid from the etcd wrapper: {e}"))?;
+        let pid = pid.trim().to_string();
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if healthy(client) {
+                return Ok(Etcd {
+                    endpoint: client_url,
+                    _lifeline: lifeline,
+                });
+            }
+            if !alive(&pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+        // Dropping `lifeline` makes the wrapper clean up.
+        Err(format!(
+            "etcd did not become healthy on {client_url}; its log:\n{}",
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        ))
+    }
+
+    /// Whether the process exists and is not a zombie.
+    fn alive(pid: &str) -> bool {
+        let stat: PathBuf = ["/proc", pid, "stat"].iter().collect();
+        std::fs::read_to_string(stat).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    fn healthy(port: u16) -> bool {
+        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = String::new();
+        conn.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .and_then(|()| conn.read_to_string(&mut answer))
+            .is_ok()
+            && answer.contains(r#""health":"true""#)
+    }
+
+    fn prefix(test: &str) -> String {
+        format!("/postern-test/{test}-{:016x}", fastrand::u64(..))
+    }
+
+    async fn connect(prefix: &str) -> EtcdStore {
+        EtcdStore::connect(&endpoints(), prefix)
+            .await
+            .expect("connect to etcd")
+    }
+
+    macro_rules! conformance {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = connect(&prefix(stringify!($name))).await;
+                super::$name(Arc::new(store)).await;
+            }
+        )*};
+    }
+
+    conformance!(
+        crud_and_ordering,
+        revision_moves_only_on_accepted_writes,
+        create_versus_replace,
+        preconditions,
+        dangling_reference_rejected,
+        delete_in_use,
+        history_entries,
+        snapshot_consistency,
+        snapshot_under_concurrent_writes,
+        subscribe_sees_revisions,
+        concurrent_writers,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durability_across_reopen() {
+        let prefix = prefix("durability_across_reopen");
+        super::durability_across_reopen(|| async {
+            Arc::new(connect(&prefix).await) as Arc<dyn ConfigStore>
+        })
+        .await;
+    }
 
     #[tokio::test]
-    #[ignore = "child process of acked_writes_survive_kill9"]
-    async fn kill9_child_writer() {
-        let Some(path) = std::env::var_os(CHILD_DB_ENV) else {
-            return;
-        };
-        let store = SqliteStore::open(Path::new(&path)).await.expect("open");
-        // Writes until killed; the parent stops reading after enough acks.
-        for i in 0..100_000 {
-            let id = format!("u{i:05}");
-            put_ok(&store, put_req(UP, &id, json!({"i": i}))).await;
-            println!("acked {id}");
+    async fn store_ids_are_per_prefix() {
+        let (p, q) = (prefix("ids"), prefix("ids"));
+        let a = connect(&p).await;
+        let b = connect(&q).await;
+        assert_eq!(a.backend(), "etcd");
+        let id = a.store_id().await.expect("store_id");
+        assert!(id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, b.store_id().await.expect("store_id"));
+        // A second connection to the same prefix finds the id the first one created.
+        let again = connect(&p).await;
+        assert_eq!(again.store_id().await.expect("store_id"), id);
+    }
+
+    /// Waits until `rx` shows `revision`.
+    async fn seen_within(rx: &mut watch::Receiver<u64>, revision: u64, limit: Duration) {
+        tokio::time::timeout(limit, rx.wait_for(|r| *r >= revision))
+            .await
+            .unwrap_or_else(|_| panic!("revision {revision} not announced within {limit:?}"))
+            .expect("sender alive");
+        assert_eq!(*rx.borrow(), revision, "announced past the write");
+    }
+
+    /// Two control planes on one prefix: each one's `subscribe()` announces the other's writes,
+    /// through the etcd watch, well within a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_see_each_others_writes() {
+        let prefix = prefix("instances_see");
+        let a = connect(&prefix).await;
+        let b = connect(&prefix).await;
+        let (mut rx_a, mut rx_b) = (a.subscribe(), b.subscribe());
+        let (mut slowest_write, mut slowest_seen) = (Duration::ZERO, Duration::ZERO);
+        for i in 0..5 {
+            let (writer, other_rx) = if i % 2 == 0 {
+                (&a, &mut rx_b)
+            } else {
+                (&b, &mut rx_a)
+            };
+            // Timed from before the write: the other instance has 1 s to announce it.
+            let start = Instant::now();
+            let outcome = put_ok(writer, put_req(UP, &format!("u{i}"), json!({"i": i}))).await;
+            slowest_write = slowest_write.max(start.elapsed());
+            assert_eq!(outcome.revision, i + 1);
+            seen_within(other_rx, outcome.revision, Duration::from_secs(1)).await;
+            slowest_seen = slowest_seen.max(start.elapsed());
+            // The write is readable through the other instance too.
+            let other: &EtcdStore = if i % 2 == 0 { &b } else { &a };
+            assert_eq!(
+                other.get(UP, &format!("u{i}")).await.expect("get"),
+                Some(outcome.resource)
+            );
         }
+        println!(
+            "etcd: slowest of 5 writes acknowledged after {slowest_write:?}, \
+             announced by the other instance {slowest_seen:?} after the write began"
+        );
+        assert_eq!(*rx_a.borrow(), 5);
+        assert_eq!(*rx_b.borrow(), 5);
+    }
+
+    /// Writers on two instances (so two etcd clients racing on the counter) still get unique,
+    /// gapless revisions, and each instance ends up announcing the last one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_across_instances() {
+        const TASKS_PER_INSTANCE: usize = 4;
+        const PUTS: usize = 15;
+        let prefix = prefix("cross_writers");
+        let stores: Vec<Arc<EtcdStore>> = vec![
+            Arc::new(connect(&prefix).await),
+            Arc::new(connect(&prefix).await),
+        ];
+        let mut tasks = Vec::new();
+        for (s, store) in stores.iter().enumerate() {
+            for t in 0..TASKS_PER_INSTANCE {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut accepted = Vec::new();
+                    for i in 0..PUTS {
+                        let id = format!("s{s}-t{t}-{i:02}");
+                        let outcome = put_ok(store.as_ref(), put_req(UP, &id, json!({}))).await;
+                        accepted.push((outcome.revision, id));
+                    }
+                    accepted
+                }));
+            }
+        }
+        let mut accepted = Vec::new();
+        for task in tasks {
+            accepted.extend(task.await.expect("writer task"));
+        }
+        accepted.sort();
+        let n = (2 * TASKS_PER_INSTANCE * PUTS) as u64;
+        assert_eq!(
+            accepted.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "revisions must be unique and gapless"
+        );
+        for store in &stores {
+            assert_eq!(revision(store.as_ref()).await, n);
+            seen_within(&mut store.subscribe(), n, WAIT).await;
+            let history = all_history(store.as_ref()).await;
+            assert_eq!(
+                history
+                    .iter()
+                    .map(|h| (h.revision, h.id.clone()))
+                    .collect::<Vec<_>>(),
+                accepted
+            );
+        }
+    }
+
+    /// Wiping the prefix under a running store is announced (the revision goes back, not
+    /// silently) and gives the store a new id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wiped_prefix_is_announced() {
+        let prefix = prefix("wiped");
+        let store = connect(&prefix).await;
+        put_ok(&store, put_req(UP, "a", json!({}))).await;
+        put_ok(&store, put_req(UP, "b", json!({}))).await;
+        let old_id = store.store_id().await.expect("store_id");
+        let mut rx = store.subscribe();
+        assert_eq!(*rx.borrow_and_update(), 2);
+
+        let mut raw = etcd_client::Client::connect(endpoints(), None)
+            .await
+            .expect("raw client");
+        let wiped = raw
+            .delete(
+                format!("{prefix}/"),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .expect("wipe");
+        assert!(wiped.deleted() > 0);
+
+        tokio::time::timeout(WAIT, rx.wait_for(|r| *r == 0))
+            .await
+            .expect("the wipe is announced")
+            .expect("sender alive");
+        assert_eq!(revision(&store).await, 0);
+        let new_id = store.store_id().await.expect("store_id");
+        assert_ne!(new_id, old_id);
+        let snap = store.snapshot().await.expect("snapshot");
+        assert_eq!(
+            (snap.revision, snap.store_id.as_str()),
+            (0, new_id.as_str())
+        );
+        assert!(snap.resources.is_empty());
+        let first = put_ok(&store, put_req(UP, "a", json!({}))).await;
+        assert_eq!(first.revision, 1);
+        assert!(first.created);
+    }
+
+    /// Dropping the store stops its background watch, which holds the revision sender.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_store_stops_its_watch() {
+        let store = connect(&prefix("dropped")).await;
+        put_ok(&store, put_req(UP, "u", json!({}))).await;
+        let mut rx = store.subscribe();
+        drop(store);
+        let closed =
+            tokio::time::timeout(WAIT, async { while rx.changed().await.is_ok() {} }).await;
+        assert!(closed.is_ok(), "the watch task outlived the store");
+    }
+
+    /// Nothing listening: `connect` answers `Unavailable` after the request timeout, not never.
+    #[tokio::test]
+    async fn unreachable_etcd_is_unavailable() {
+        let dead = format!("http://127.0.0.1:{}", free_port());
+        let start = Instant::now();
+        let result = EtcdStore::connect(&[dead], &prefix("unreachable")).await;
+        let elapsed = start.elapsed();
+        match result {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains("etcd"), "{message}")
+            }
+            Err(e) => panic!("expected Unavailable, got {e:?}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    }
+
+    /// All endpoints are handed to the client: a dead one in the list does not stop the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_endpoint_among_live_ones() {
+        let dead = format!("http://127.0.0.1:{}", free_port());
+        let list = vec![dead, etcd().endpoint.clone()];
+        let store = EtcdStore::connect(&list, &prefix("endpoints"))
+            .await
+            .expect("connect with one live endpoint");
+        for i in 0..5 {
+            let outcome = put_ok(&store, put_req(UP, &format!("u{i}"), json!({}))).await;
+            assert_eq!(outcome.revision, i + 1);
+        }
+        assert_eq!(store.list(UP).await.expect("list").len(), 5);
     }
 }

@@ -1,0 +1,988 @@
+//! The PostgreSQL config store, for control planes run as several replicas on one database.
+//!
+//! Every write is one `READ COMMITTED` transaction that starts with
+//! `UPDATE meta SET revision = revision + 1 ... RETURNING revision`: the row lock it takes
+//! serialises writers across all replicas, and every later statement of the transaction sees
+//! everything committed before it, so the checks (precondition, references, in-use) cannot race
+//! another replica's write. Inside one process writers also queue on a mutex first, so they hold
+//! one pooled connection between them and leave the rest to readers. Snapshots read in one
+//! `REPEATABLE READ READ ONLY` transaction.
+//!
+//! Change notification: each write sends `NOTIFY postern_revision, '<revision>'` in its
+//! transaction (delivered on commit). [`ConfigStore::subscribe`] is fed by this process's own
+//! commits, by a `LISTEN` on that channel (re-established with backoff when its connection
+//! drops, then followed by a read of the revision to catch up) and by a poll of the revision
+//! every [`POLL_INTERVAL`], as notifications sent while nobody listened are lost. Announced
+//! revisions only move forward, except that a poll finding the revision *lower* than announced
+//! (the database was wiped or restored) announces it too, so the control plane notices.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use postern_proto::model::ResourceKind;
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Postgres, Row};
+use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
+    StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The `NOTIFY` channel; the payload is the committed revision in decimal.
+const CHANNEL: &str = "postern_revision";
+/// One writer plus concurrent readers (snapshots, Admin API reads, the revision poll).
+const MAX_CONNECTIONS: u32 = 8;
+/// Bounds getting a connection, connecting included: a dead server answers `Unavailable` after
+/// this long instead of hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits behind this process's other writes before giving up.
+const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server side: a statement waiting on a lock (the `meta` row held by another replica's write,
+/// the migrator's advisory lock) fails after this long instead of queueing forever.
+const LOCK_TIMEOUT: &str = "10s";
+/// Server side: a session left idle inside a transaction (a replica cut off mid-write) is ended
+/// after this long, releasing the `meta` row lock it holds.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+/// The safety net under `LISTEN`: notifications sent while the listener reconnects are lost.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Backoff between attempts to re-establish the listener.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(100);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How many referrers an `InUse` error names.
+const IN_USE_LIMIT: i64 = 10;
+
+const RESOURCE_COLUMNS: &str =
+    "kind, id, body, create_revision, mod_revision, created_at, updated_at";
+
+/// The PostgreSQL [`ConfigStore`]. Cheap to share behind an `Arc`; all methods take `&self`.
+/// Dropping it stops its background tasks (listener and poll) and closes its connections.
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    /// Stops the background tasks.
+    stop: CancellationToken,
+}
+
+struct Inner {
+    pool: PgPool,
+    /// Serialises this process's writers (replicas are serialised by the `meta` row lock).
+    write_lock: Mutex<()>,
+    revision_tx: watch::Sender<u64>,
+    /// Bumped on every change of the announced revision, under the watch's lock: a poll that
+    /// saw none during its query knows its result is not older than the announced value.
+    announcements: AtomicU64,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`), applies the
+    /// migrations (under the migrator's advisory lock, so replicas starting together are safe)
+    /// and starts listening for other replicas' writes.
+    pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
+        PostgresStore::open(url, Some(POLL_INTERVAL)).await
+    }
+
+    /// [`connect`](Self::connect) with another revision poll interval, or none (then only
+    /// `LISTEN` and this store's own writes move `subscribe()`, so tests can tell them apart).
+    #[cfg(test)]
+    pub(super) async fn connect_polling(
+        url: &str,
+        poll_interval: Option<Duration>,
+    ) -> StoreResult<PostgresStore> {
+        PostgresStore::open(url, poll_interval).await
+    }
+
+    async fn open(url: &str, poll_interval: Option<Duration>) -> StoreResult<PostgresStore> {
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid postgres URL: {e}")))?;
+        for (setting, value) in [
+            ("lock_timeout", LOCK_TIMEOUT),
+            (
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            ),
+        ] {
+            // A value given in the URL (`?options=-c lock_timeout=...`) wins.
+            if !options.get_options().is_some_and(|o| o.contains(setting)) {
+                options = options.options([(setting, value)]);
+            }
+        }
+        if options.get_application_name().is_none() {
+            options = options.application_name("postern-control-plane");
+        }
+        // Never the password: it may end up in logs and /admin/status.
+        let target = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or(options.get_username())
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {target}: {e}")))?;
+        if let Err(e) = MIGRATOR.run(&pool).await {
+            // Closing (rather than dropping) the pool ends the sessions right away, releasing
+            // the migrator's advisory lock should it still be held by one of them.
+            pool.close().await;
+            return Err(StoreError::Unavailable(format!(
+                "cannot migrate {target}: {e}"
+            )));
+        }
+
+        // The listener gets its own connection, so a pool busy with writers cannot starve it.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options);
+        // LISTEN before reading the revision: every commit after that read is notified.
+        let listener = match listen(&listen_pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                pool.close().await;
+                return Err(StoreError::Unavailable(format!(
+                    "cannot listen on {target}: {e}"
+                )));
+            }
+        };
+        let revision = match read_revision(&pool).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        };
+        let (revision_tx, _) = watch::channel(revision);
+        let inner = Arc::new(Inner {
+            pool,
+            write_lock: Mutex::new(()),
+            revision_tx,
+            announcements: AtomicU64::new(0),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(run_listener(
+            inner.clone(),
+            listen_pool,
+            listener,
+            stop.clone(),
+        ));
+        if let Some(every) = poll_interval {
+            tokio::spawn(run_poll(inner.clone(), every, stop.clone()));
+        }
+        Ok(PostgresStore { inner, stop })
+    }
+
+    /// Stops the background tasks and closes the connections; later calls fail with
+    /// `Unavailable`.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        self.inner.pool.close().await;
+    }
+
+    #[cfg(test)]
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Runs a write on its own task: if the caller is dropped mid-way (client gone), the
+    /// transaction still either commits and is announced, or rolls back — never commits silently.
+    async fn spawn_write<F, Fut>(&self, write: F) -> StoreResult<WriteOutcome>
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = StoreResult<WriteOutcome>> + Send + 'static,
+    {
+        match tokio::spawn(write(self.inner.clone())).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // The tasks hold the last other references to `Inner`; once they end, the pool and the
+        // watch sender go (subscribers then see the sender closed).
+        self.stop.cancel();
+    }
+}
+
+impl Inner {
+    async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
+        let _writer = self.queue_for_write().await?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(db_err)?;
+        match put_in(&mut tx, req).await {
+            Ok(outcome) => {
+                tx.commit().await.map_err(db_err)?;
+                self.announce(outcome.revision);
+                Ok(outcome)
+            }
+            Err(e) => {
+                rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
+        let _writer = self.queue_for_write().await?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(db_err)?;
+        match delete_in(&mut tx, req).await {
+            Ok(outcome) => {
+                tx.commit().await.map_err(db_err)?;
+                self.announce(outcome.revision);
+                Ok(outcome)
+            }
+            Err(e) => {
+                rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn queue_for_write(&self) -> StoreResult<MutexGuard<'_, ()>> {
+        tokio::time::timeout(WRITE_QUEUE_TIMEOUT, self.write_lock.lock())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "timed out after {WRITE_QUEUE_TIMEOUT:?} behind other writes"
+                ))
+            })
+    }
+
+    /// Announces `revision` if it is newer than the announced one (commits, notifications).
+    fn announce(&self, revision: u64) {
+        self.revision_tx.send_if_modified(|seen| {
+            if revision > *seen {
+                *seen = revision;
+                self.announcements.fetch_add(1, Ordering::Relaxed);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Reads the revision and announces it: if newer, like [`announce`](Self::announce); if
+    /// older than the announced one, the database went back (wiped or restored) and that is
+    /// announced too — unless something was announced during the read, which it may predate.
+    async fn poll(&self) -> StoreResult<()> {
+        let before = self.announcements.load(Ordering::Relaxed);
+        let current = read_revision(&self.pool).await?;
+        self.revision_tx.send_if_modified(|seen| {
+            let went_back = current < *seen && self.announcements.load(Ordering::Relaxed) == before;
+            if went_back {
+                tracing::warn!(
+                    announced = *seen,
+                    current,
+                    "the config store's revision went back: it was wiped or restored"
+                );
+            }
+            if current > *seen || went_back {
+                *seen = current;
+                self.announcements.fetch_add(1, Ordering::Relaxed);
+                true
+            } else {
+                false
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    // A lost connection ends the session here (Ok(None)); we reconnect with our own backoff.
+    listener.eager_reconnect(false);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Receives other replicas' (and our own) notifications until `stop`; re-listens with backoff
+/// when the connection drops, and catches up with a read of the revision after each re-listen.
+async fn run_listener(
+    inner: Arc<Inner>,
+    listen_pool: PgPool,
+    first: PgListener,
+    stop: CancellationToken,
+) {
+    let mut next = Some(first);
+    let mut delay = LISTEN_RETRY_MIN;
+    loop {
+        let mut listener = match next.take() {
+            Some(listener) => listener,
+            None => {
+                let attempt = tokio::select! {
+                    r = listen(&listen_pool) => r,
+                    () = stop.cancelled() => break,
+                };
+                match attempt {
+                    Ok(listener) => {
+                        tracing::info!("listening for config store changes again");
+                        // Whatever was committed while nobody listened.
+                        let caught_up = tokio::select! {
+                            r = inner.poll() => r,
+                            () = stop.cancelled() => break,
+                        };
+                        if let Err(e) = caught_up {
+                            tracing::warn!(error = %e, "cannot read the config store revision");
+                        }
+                        listener
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "cannot listen for config store changes"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = stop.cancelled() => break,
+                        }
+                        delay = (delay * 2).min(LISTEN_RETRY_MAX);
+                        continue;
+                    }
+                }
+            }
+        };
+        let since = Instant::now();
+        let ended = loop {
+            let received = tokio::select! {
+                r = listener.try_recv() => r,
+                () = stop.cancelled() => break None,
+            };
+            match received {
+                Ok(Some(notification)) => match notification.payload().parse::<u64>() {
+                    Ok(revision) => inner.announce(revision),
+                    Err(_) => {
+                        tracing::warn!(
+                            payload = notification.payload(),
+                            "unexpected payload on {CHANNEL}; reading the revision instead"
+                        );
+                        let caught_up = tokio::select! {
+                            r = inner.poll() => r,
+                            () = stop.cancelled() => break None,
+                        };
+                        if let Err(e) = caught_up {
+                            tracing::warn!(error = %e, "cannot read the config store revision");
+                        }
+                    }
+                },
+                Ok(None) => break Some("connection lost".to_string()),
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        drop(listener);
+        let Some(reason) = ended else { break };
+        // A session that lasted resets the backoff; one that keeps dropping at once does not.
+        if since.elapsed() > LISTEN_RETRY_MAX {
+            delay = LISTEN_RETRY_MIN;
+        }
+        tracing::warn!(
+            error = %reason,
+            retry_in_ms = delay.as_millis() as u64,
+            "lost the config store change listener"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => break,
+        }
+        delay = (delay * 2).min(LISTEN_RETRY_MAX);
+    }
+    listen_pool.close().await;
+}
+
+/// Reads the revision every `every` until `stop`: catches what the listener missed, and a
+/// revision that went back.
+async fn run_poll(inner: Arc<Inner>, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the revision was just read at connect.
+    ticks.tick().await;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let result = tokio::select! {
+            r = inner.poll() => r,
+            () = stop.cancelled() => break,
+        };
+        match result {
+            Ok(()) if failing => {
+                tracing::info!("the config store answers again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot poll the config store revision");
+                failing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot poll the config store revision"),
+        }
+    }
+}
+
+/// Rolls back explicitly (rather than on drop) so the `meta` row lock is released before the
+/// next writer in this process starts.
+async fn rollback(tx: sqlx::Transaction<'static, Postgres>) {
+    if let Err(e) = tx.rollback().await {
+        // The connection rolls back when it is dropped or reused anyway; the caller's error is
+        // the one that matters.
+        tracing::warn!(error = %e, "config store rollback failed");
+    }
+}
+
+async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOutcome> {
+    let PutRequest {
+        kind,
+        id,
+        mut value,
+        references,
+        precondition,
+        actor,
+    } = req;
+    // First, so that everything below sees every write committed before this one.
+    let (revision, now) = bump_revision(conn).await?;
+    let current = fetch_resource(&mut *conn, kind, &id).await?;
+    match (precondition, &current) {
+        (Precondition::None, _) | (Precondition::MustNotExist, None) => {}
+        (Precondition::MustNotExist, Some(_)) => {
+            return Err(StoreError::AlreadyExists { kind, id });
+        }
+        (Precondition::ModRevision(expected), _) => {
+            check_mod_revision(kind, &id, expected, &current)?
+        }
+    }
+    for r in &references {
+        if !resource_exists(conn, r.kind, &r.id).await? {
+            return Err(StoreError::DanglingReference {
+                field: r.field,
+                kind: r.kind,
+                id: r.id.clone(),
+            });
+        }
+    }
+
+    if let Value::Object(map) = &mut value {
+        map.insert("id".to_string(), Value::String(id.clone()));
+    }
+    let body = encode(&value)?;
+    let (create_revision, created_at) = match &current {
+        Some(c) => (c.create_revision, c.created_at),
+        None => (revision, now),
+    };
+    let db_revision = to_db(revision)?;
+    if current.is_some() {
+        sqlx::query(
+            "UPDATE resources SET body = $1, mod_revision = $2, updated_at = $3 \
+             WHERE kind = $4 AND id = $5",
+        )
+        .bind(&body)
+        .bind(db_revision)
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    } else {
+        sqlx::query(
+            "INSERT INTO resources \
+             (kind, id, body, create_revision, mod_revision, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(kind.as_str())
+        .bind(&id)
+        .bind(&body)
+        .bind(db_revision)
+        .bind(db_revision)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    }
+    replace_refs(conn, kind, &id, &references).await?;
+
+    let before = current.as_ref().map(|c| encode(&c.value)).transpose()?;
+    append_history(
+        conn,
+        HistoryRow {
+            revision: db_revision,
+            at: now,
+            kind,
+            id: &id,
+            op: HistoryOp::Put,
+            before: before.as_deref(),
+            after: Some(&body),
+            actor: actor.as_deref(),
+        },
+    )
+    .await?;
+    notify(conn, revision).await?;
+
+    Ok(WriteOutcome {
+        revision,
+        created: current.is_none(),
+        resource: StoredResource {
+            kind,
+            id,
+            value,
+            create_revision,
+            mod_revision: revision,
+            created_at,
+            updated_at: now,
+        },
+    })
+}
+
+async fn delete_in(conn: &mut PgConnection, req: DeleteRequest) -> StoreResult<WriteOutcome> {
+    let DeleteRequest {
+        kind,
+        id,
+        precondition,
+        actor,
+    } = req;
+    let (revision, now) = bump_revision(conn).await?;
+    let current = fetch_resource(&mut *conn, kind, &id).await?;
+    if let Precondition::ModRevision(expected) = precondition {
+        check_mod_revision(kind, &id, expected, &current)?;
+    }
+    let Some(current) = current else {
+        return Err(StoreError::NotFound { kind, id });
+    };
+    if precondition == Precondition::MustNotExist {
+        return Err(StoreError::AlreadyExists { kind, id });
+    }
+
+    // A resource's references to itself go away with it, so they do not hold it.
+    let rows = sqlx::query(
+        "SELECT DISTINCT from_kind, from_id FROM refs \
+         WHERE to_kind = $1 AND to_id = $2 AND NOT (from_kind = $3 AND from_id = $4) \
+         ORDER BY from_kind, from_id LIMIT $5",
+    )
+    .bind(kind.as_str())
+    .bind(&id)
+    .bind(kind.as_str())
+    .bind(&id)
+    .bind(IN_USE_LIMIT)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if !rows.is_empty() {
+        let used_by = rows
+            .iter()
+            .map(|row| {
+                let from_kind: String = column(row, "from_kind")?;
+                let from_id: String = column(row, "from_id")?;
+                Ok(format!("{from_kind}/{from_id}"))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        return Err(StoreError::InUse { kind, id, used_by });
+    }
+
+    sqlx::query("DELETE FROM resources WHERE kind = $1 AND id = $2")
+        .bind(kind.as_str())
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    replace_refs(conn, kind, &id, &[]).await?;
+    let before = encode(&current.value)?;
+    append_history(
+        conn,
+        HistoryRow {
+            revision: to_db(revision)?,
+            at: now,
+            kind,
+            id: &id,
+            op: HistoryOp::Delete,
+            before: Some(&before),
+            after: None,
+            actor: actor.as_deref(),
+        },
+    )
+    .await?;
+    notify(conn, revision).await?;
+
+    Ok(WriteOutcome {
+        revision,
+        resource: current,
+        created: false,
+    })
+}
+
+fn check_mod_revision(
+    kind: ResourceKind,
+    id: &str,
+    expected: u64,
+    current: &Option<StoredResource>,
+) -> StoreResult<()> {
+    let actual = current.as_ref().map(|c| c.mod_revision);
+    if actual == Some(expected) {
+        Ok(())
+    } else {
+        Err(StoreError::PreconditionFailed {
+            kind,
+            id: id.to_string(),
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Increments the global revision as the first statement of a write transaction, taking the
+/// `meta` row lock that serialises writers across replicas until commit or rollback. Returns the
+/// new revision and the database's clock in Unix seconds (one clock for every replica).
+async fn bump_revision(conn: &mut PgConnection) -> StoreResult<(u64, i64)> {
+    let row = sqlx::query(
+        "UPDATE meta SET revision = revision + 1 WHERE id = 1 \
+         RETURNING revision, floor(extract(epoch FROM clock_timestamp()))::bigint AS now",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?
+    .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    let revision = from_db(column(&row, "revision")?, "meta.revision")?;
+    Ok((revision, column(&row, "now")?))
+}
+
+/// Queues the announcement of `revision`; Postgres delivers it only if the transaction commits.
+async fn notify(conn: &mut PgConnection, revision: u64) -> StoreResult<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(revision.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+async fn read_store_id<'e, E>(executor: E) -> StoreResult<String>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let row = sqlx::query("SELECT store_id FROM meta WHERE id = 1")
+        .fetch_optional(executor)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    column(&row, "store_id")
+}
+
+async fn read_revision<'e, E>(executor: E) -> StoreResult<u64>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let row = sqlx::query("SELECT revision FROM meta WHERE id = 1")
+        .fetch_optional(executor)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    from_db(column(&row, "revision")?, "meta.revision")
+}
+
+async fn resource_exists(
+    conn: &mut PgConnection,
+    kind: ResourceKind,
+    id: &str,
+) -> StoreResult<bool> {
+    let row = sqlx::query("SELECT 1 FROM resources WHERE kind = $1 AND id = $2")
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+async fn fetch_resource<'e, E>(
+    executor: E,
+    kind: ResourceKind,
+    id: &str,
+) -> StoreResult<Option<StoredResource>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE kind = $1 AND id = $2");
+    let row = sqlx::query(&sql)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(decode_resource).transpose()
+}
+
+/// Makes the `refs` rows of `kind/id` exactly `references` (none for a delete).
+async fn replace_refs(
+    conn: &mut PgConnection,
+    kind: ResourceKind,
+    id: &str,
+    references: &[OwnedReference],
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM refs WHERE from_kind = $1 AND from_id = $2")
+        .bind(kind.as_str())
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    for r in references {
+        // The same reference listed twice is one row.
+        sqlx::query(
+            "INSERT INTO refs (from_kind, from_id, from_field, to_kind, to_id) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(kind.as_str())
+        .bind(id)
+        .bind(r.field)
+        .bind(r.kind.as_str())
+        .bind(&r.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+struct HistoryRow<'a> {
+    revision: i64,
+    at: i64,
+    kind: ResourceKind,
+    id: &'a str,
+    op: HistoryOp,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+    actor: Option<&'a str>,
+}
+
+async fn append_history(conn: &mut PgConnection, h: HistoryRow<'_>) -> StoreResult<()> {
+    let op = match h.op {
+        HistoryOp::Put => "put",
+        HistoryOp::Delete => "delete",
+    };
+    sqlx::query(
+        "INSERT INTO history (revision, at, kind, id, op, before, after, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(h.revision)
+    .bind(h.at)
+    .bind(h.kind.as_str())
+    .bind(h.id)
+    .bind(op)
+    .bind(h.before)
+    .bind(h.after)
+    .bind(h.actor)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn decode_resource(row: &PgRow) -> StoreResult<StoredResource> {
+    let kind = decode_kind(column(row, "kind")?)?;
+    let id: String = column(row, "id")?;
+    let body: String = column(row, "body")?;
+    let value = serde_json::from_str(&body)
+        .map_err(|e| StoreError::Corrupt(format!("{kind}/{id}: body is not JSON: {e}")))?;
+    Ok(StoredResource {
+        create_revision: from_db(column(row, "create_revision")?, "create_revision")?,
+        mod_revision: from_db(column(row, "mod_revision")?, "mod_revision")?,
+        created_at: column(row, "created_at")?,
+        updated_at: column(row, "updated_at")?,
+        kind,
+        id,
+        value,
+    })
+}
+
+fn decode_history(row: &PgRow) -> StoreResult<HistoryEntry> {
+    let revision = from_db(column(row, "revision")?, "history.revision")?;
+    let op = match column::<String>(row, "op")?.as_str() {
+        "put" => HistoryOp::Put,
+        "delete" => HistoryOp::Delete,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "history {revision}: unknown op '{other}'"
+            )));
+        }
+    };
+    let json = |col: &str| -> StoreResult<Option<Value>> {
+        column::<Option<String>>(row, col)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Corrupt(format!("history {revision}: {col} is not JSON: {e}"))
+                })
+            })
+            .transpose()
+    };
+    Ok(HistoryEntry {
+        revision,
+        at: column(row, "at")?,
+        kind: decode_kind(column(row, "kind")?)?,
+        id: column(row, "id")?,
+        op,
+        before: json("before")?,
+        after: json("after")?,
+        actor: column(row, "actor")?,
+    })
+}
+
+fn decode_kind(text: String) -> StoreResult<ResourceKind> {
+    ResourceKind::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn column<'r, T>(row: &'r PgRow, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+fn from_db(value: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {value}")))
+}
+
+fn to_db(value: u64) -> StoreResult<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("revision {value} overflows")))
+}
+
+fn encode(value: &Value) -> StoreResult<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a body: {e}")))
+}
+
+/// Bad stored data is `Corrupt`; anything else (connection refused or lost, pool timeout, I/O,
+/// lock timeouts, server shutting down) is `Unavailable`.
+fn db_err(e: sqlx::Error) -> StoreError {
+    /// SQLSTATEs that mean the data itself is bad: `numeric_value_out_of_range` (the revision
+    /// cannot be incremented), `data_corrupted`, `index_corrupted`.
+    const CORRUPT: [&str; 3] = ["22003", "XX001", "XX002"];
+    match &e {
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| CORRUPT.contains(&c.as_ref())) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl ConfigStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn revision(&self) -> StoreResult<u64> {
+        read_revision(&self.inner.pool).await
+    }
+
+    async fn store_id(&self) -> StoreResult<String> {
+        read_store_id(&self.inner.pool).await
+    }
+
+    async fn get(&self, kind: ResourceKind, id: &str) -> StoreResult<Option<StoredResource>> {
+        if id.contains('\0') {
+            // Postgres text cannot hold NUL, so no stored id has one (and binding it would fail).
+            return Ok(None);
+        }
+        fetch_resource(&self.inner.pool, kind, id).await
+    }
+
+    async fn list(&self, kind: ResourceKind) -> StoreResult<Vec<StoredResource>> {
+        let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE kind = $1 ORDER BY id");
+        let rows = sqlx::query(&sql)
+            .bind(kind.as_str())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(decode_resource).collect()
+    }
+
+    async fn snapshot(&self) -> StoreResult<StoreSnapshot> {
+        // Every statement of a REPEATABLE READ transaction reads the same snapshot.
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err)?;
+        let revision = read_revision(&mut *tx).await?;
+        let store_id = read_store_id(&mut *tx).await?;
+        let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY kind, id");
+        let rows = sqlx::query(&sql)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let mut resources = rows
+            .iter()
+            .map(decode_resource)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Stable sort: ids stay in the order SQL gave them within each kind.
+        resources.sort_by_key(|r| ResourceKind::ALL.iter().position(|k| *k == r.kind));
+        Ok(StoreSnapshot {
+            store_id,
+            revision,
+            resources,
+        })
+    }
+
+    async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
+        self.spawn_write(|inner| async move { inner.put(req).await })
+            .await
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
+        self.spawn_write(|inner| async move { inner.delete(req).await })
+            .await
+    }
+
+    async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {
+        // Revisions are stored as i64; nothing lies beyond its range.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT revision, at, kind, id, op, before, after, actor FROM history \
+             WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(decode_history).collect()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.revision_tx.subscribe()
+    }
+}
