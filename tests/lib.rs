@@ -66,13 +66,23 @@ pub struct Process {
 
 impl Process {
     fn spawn(name: &str, bin: &str, args: &[String], log: PathBuf) -> Process {
+        Self::spawn_program(name, binary(bin), args, log)
+    }
+
+    /// Any program (a path or a name on PATH), with output to `log`.
+    pub fn spawn_program(
+        name: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[String],
+        log: PathBuf,
+    ) -> Process {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(binary(bin))
+        let child = Command::new(program.as_ref())
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("POSTERN_ADMIN_KEY")
@@ -80,7 +90,7 @@ impl Process {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Process {
             child,
             log,
@@ -136,6 +146,7 @@ impl ControlPlane {
     }
 
     pub async fn start_with(dir: &Path, dev: bool, extra: &[&str]) -> ControlPlane {
+        std::fs::create_dir_all(dir).expect("test dir");
         let data_dir = dir.join("cp-data");
         let mut cp = ControlPlane {
             process: None,
@@ -430,4 +441,278 @@ pub async fn get_via(
     }
     let resp = req.send().await?;
     Ok((resp.status().as_u16(), resp.text().await?))
+}
+
+/// Where the tests find PostgreSQL (trust auth); `POSTERN_TEST_PG_URL` overrides.
+pub fn pg_server_url() -> String {
+    std::env::var("POSTERN_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// A fresh database on the shared PostgreSQL server, dropped when this is dropped.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        use sqlx::Connection;
+        let server = pg_server_url();
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is not reachable at {server} ({e}). Start it with: \
+                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+                )
+            });
+        let name = format!("postern_it_{:016x}", rand_u64());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        PgDatabase {
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any runtime guarantee; use a small one of our own.
+        let url = format!("{}/postgres", pg_server_url());
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::query(&sql).execute(&mut c).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    h.finish()
+}
+
+/// An etcd server of the test's own, on free loopback ports, with its data in `dir`.
+pub struct EtcdServer {
+    process: Option<Process>,
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl EtcdServer {
+    pub async fn start(dir: &Path, name: &str) -> EtcdServer {
+        assert!(
+            Command::new("etcd").arg("--version").output().is_ok(),
+            "etcd not installed: apt-get install -y etcd-server (scripts/test.sh does this)"
+        );
+        let mut etcd = EtcdServer {
+            process: None,
+            client: free_addr(),
+            peer: free_addr(),
+            data_dir: dir.join(format!("{name}-data")),
+            log: dir.join(format!("{name}.log")),
+        };
+        etcd.restart().await;
+        etcd
+    }
+
+    /// `etcd://host:port/prefix` for the control plane.
+    pub fn store_url(&self, prefix: &str) -> String {
+        format!("etcd://{}/{prefix}", self.client)
+    }
+
+    /// SIGKILL (data kept for `restart`).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        let client = format!("http://{}", self.client);
+        let peer = format!("http://{}", self.peer);
+        let args: Vec<String> = vec![
+            "--name".into(),
+            "test".into(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client.clone(),
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("test={peer}"),
+        ];
+        self.process = Some(Process::spawn_program(
+            "etcd",
+            "etcd",
+            &args,
+            self.log.clone(),
+        ));
+        let health = format!("{client}/health");
+        wait_for("etcd to answer", Duration::from_secs(20), || async {
+            reqwest::get(&health)
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        })
+        .await;
+    }
+}
+
+/// A PostgreSQL server of the test's own (initdb in `dir`, run as the `postgres` user), for
+/// tests that stop and start the database.
+pub struct PgServer {
+    pub port: u16,
+    data_dir: PathBuf,
+    bin: PathBuf,
+    log: PathBuf,
+}
+
+impl PgServer {
+    pub async fn start(dir: &Path) -> PgServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path().join("bin"))
+                    .find(|p| p.join("initdb").exists())
+            })
+            .expect("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin");
+        let root = dir.join("pg");
+        std::fs::create_dir_all(&root).unwrap();
+        // The server refuses to run as root: hand the folder to the postgres user.
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let perm = Command::new("chmod")
+            .args(["755"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(perm.success());
+        let data_dir = root.join("data");
+        let out = as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &data_dir.display().to_string(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = PgServer {
+            port: free_addr().port(),
+            data_dir,
+            bin,
+            log: root.join("server.log"),
+        };
+        server.resume().await;
+        server
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// `pg_ctl stop -m immediate`: the server is gone at once, as if it crashed.
+    pub fn stop(&self) {
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.data_dir.display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub async fn resume(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.data_dir.display()
+        );
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.data_dir.display().to_string(),
+                "-l",
+                &self.log.display().to_string(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.data_dir.display().to_string(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
+    }
+}
+
+fn as_postgres(program: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("runuser")
 }

@@ -35,7 +35,8 @@ pub struct CpOptions {
     /// Directory for the SQLite store and the generated admin key [default: ./postern-data]
     #[arg(long, env = "POSTERN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Config store URL: `sqlite://PATH` [default: sqlite://<data-dir>/postern.db]
+    /// Config store URL: `sqlite://PATH`, `postgres://USER@HOST/DB` or
+    /// `etcd://HOST:PORT[,HOST:PORT…]/PREFIX` [default: sqlite://<data-dir>/postern.db]
     #[arg(long, env = "POSTERN_STORE")]
     pub store: Option<String>,
     /// Admin API address [default: 127.0.0.1:9180]
@@ -98,7 +99,18 @@ pub struct SyncTls {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
+    /// The URL as given (sqlx parses it).
+    Postgres(String),
+    Etcd {
+        /// `http://host:port` for each host in the URL; all are used.
+        endpoints: Vec<String>,
+        /// Key prefix, e.g. `/postern`.
+        prefix: String,
+    },
 }
+
+/// Key prefix when an etcd URL names none.
+pub const DEFAULT_ETCD_PREFIX: &str = "/postern";
 
 impl StoreUrl {
     pub fn parse(url: &str) -> anyhow::Result<StoreUrl> {
@@ -109,17 +121,30 @@ impl StoreUrl {
             );
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
-        if url.starts_with("postgres://")
-            || url.starts_with("postgresql://")
-            || url.starts_with("etcd://")
-        {
-            anyhow::bail!(
-                "store '{}' is not supported by this version yet; use sqlite://PATH",
-                redact(url)
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(url.to_string()));
+        }
+        if let Some(rest) = url.strip_prefix("etcd://") {
+            let (hosts, prefix) = match rest.split_once('/') {
+                Some((h, p)) if !p.trim_matches('/').is_empty() => {
+                    (h, format!("/{}", p.trim_matches('/')))
+                }
+                Some((h, _)) => (h, DEFAULT_ETCD_PREFIX.to_string()),
+                None => (rest, DEFAULT_ETCD_PREFIX.to_string()),
+            };
+            let endpoints: Vec<String> = hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("http://{h}"))
+                .collect();
+            anyhow::ensure!(
+                !endpoints.is_empty(),
+                "etcd:// needs at least one host:port, e.g. etcd://127.0.0.1:2379/postern"
             );
+            return Ok(StoreUrl::Etcd { endpoints, prefix });
         }
         anyhow::bail!(
-            "unknown store URL '{}': expected sqlite://PATH",
+            "unknown store URL '{}': expected sqlite://PATH, postgres://… or etcd://HOST:PORT[,HOST:PORT]/PREFIX",
             redact(url)
         )
     }
@@ -257,7 +282,26 @@ mod tests {
             Cli::try_parse_from(["control-plane", "--config", file.to_str().unwrap()]).unwrap();
         assert!(cli.resolve().is_err());
         assert!(StoreUrl::parse("mysql://x").is_err());
-        let e = StoreUrl::parse("postgres://u:secret@h/db")
+        assert!(StoreUrl::parse("etcd://").is_err());
+        assert_eq!(
+            StoreUrl::parse("etcd://a:2379,b:2379/gw/").unwrap(),
+            StoreUrl::Etcd {
+                endpoints: vec!["http://a:2379".into(), "http://b:2379".into()],
+                prefix: "/gw".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("etcd://a:2379").unwrap(),
+            StoreUrl::Etcd {
+                endpoints: vec!["http://a:2379".into()],
+                prefix: DEFAULT_ETCD_PREFIX.into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("postgres://u@h/db").unwrap(),
+            StoreUrl::Postgres("postgres://u@h/db".into())
+        );
+        let e = StoreUrl::parse("mysql://u:secret@h/db")
             .unwrap_err()
             .to_string();
         assert!(!e.contains("secret"), "{e}");

@@ -13,7 +13,7 @@ use crate::admin::{self, AdminState};
 use crate::admin_key::{self, KeySource};
 use crate::config::{CpConfig, StoreUrl, SyncTls};
 use crate::snapshot::{self, SnapshotHub};
-use crate::store::{ConfigStore, SqliteStore};
+use crate::store::{ConfigStore, EtcdStore, PostgresStore, SqliteStore};
 use crate::sync::{DataPlaneRegistry, SyncService};
 
 /// How often the sync server pings each DP; a DP that does not answer within the timeout is
@@ -23,6 +23,18 @@ const SYNC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn open_store(url: &StoreUrl) -> anyhow::Result<Arc<dyn ConfigStore>> {
     Ok(match url {
+        StoreUrl::Postgres(url) => Arc::new(
+            PostgresStore::connect(url)
+                .await
+                .context("connecting to the Postgres store")?,
+        ),
+        StoreUrl::Etcd { endpoints, prefix } => Arc::new(
+            EtcdStore::connect(endpoints, prefix)
+                .await
+                .with_context(|| {
+                    format!("connecting to the etcd store at {}", endpoints.join(","))
+                })?,
+        ),
         StoreUrl::Sqlite(path) => Arc::new(
             SqliteStore::open(path)
                 .await

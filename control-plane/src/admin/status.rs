@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 
 use super::{AdminError, AdminState};
 
+/// How long `GET /admin/status` waits for the store to answer.
+const STORE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn status(State(state): State<AdminState>) -> Json<Value> {
     let snapshot = state.hub.current().map(|s| {
         json!({
@@ -19,12 +22,22 @@ pub async fn status(State(state): State<AdminState>) -> Json<Value> {
         })
     });
     let store = state.hub.status();
+    // Asked now rather than taken from the builder's last read, which may be seconds old.
+    let probe = tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.revision()).await;
+    let (reachable, error) = match probe {
+        Ok(Ok(_)) => (true, None),
+        Ok(Err(e)) => (false, Some(e.to_string())),
+        Err(_) => (
+            false,
+            Some(format!("no answer within {STORE_PROBE_TIMEOUT:?}")),
+        ),
+    };
     Json(json!({
         "store": {
             "backend": state.store.backend(),
-            "reachable": store.store_reachable,
-            "error": store.store_error,
-            "last_ok": store.store_last_ok,
+            "reachable": reachable,
+            "error": error,
+            "last_snapshot_read": store.store_last_ok,
         },
         "snapshot": snapshot,
         "store_reset": store.store_reset,
