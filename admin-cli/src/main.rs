@@ -143,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                         .to_string(),
                         cell(d.get("applied_version")),
+                        format!("{}s", cell(d.get("lag_seconds"))),
                         cell(d.get("last_seen")),
                         cell(d.pointer("/last_nack/error")),
                     ]
@@ -154,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "ADDRESS",
                     "CONNECTED",
                     "APPLIED",
+                    "LAG",
                     "LAST SEEN",
                     "LAST NACK",
                 ],
