@@ -169,6 +169,17 @@ impl ControlPlane {
         }
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to the control plane process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.process.as_ref().expect("running").child.id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// The control plane's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -333,3 +333,53 @@ async fn control_plane_shows_a_nack() {
     assert_eq!(dp["applied_version"], 0, "a NACKed version is not applied");
     assert_eq!(data_planes(&admin).await["applied_current"], 0);
 }
+
+/// A CP that stops answering without closing the connection (SIGSTOP: the socket stays open, the
+/// process is frozen) is noticed by the DP's HTTP/2 keepalive within 30 s; the DP keeps serving,
+/// and reconnects once the CP answers again.
+#[tokio::test]
+async fn half_open_sync_connection_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = upstream("ok").await;
+    let cp = ControlPlane::start(dir.path()).await;
+    let dp = DataPlane::start(dir.path(), "dp-ka", &cp.sync_url()).await;
+    let rev = cp
+        .client()
+        .put_ok(
+            "/admin/routes/r1",
+            json!({"uri": "/x", "upstream": {"nodes": {backend.to_string(): 1}}}),
+        )
+        .await;
+    wait_applied(dp.status, rev).await;
+    assert_eq!(
+        readyz(dp.status).await.unwrap().1["control_plane_connected"],
+        true
+    );
+
+    cp.signal("STOP");
+    let frozen = std::time::Instant::now();
+    wait_for(
+        "the DP to notice the frozen CP",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = readyz(dp.status).await?;
+            (body["control_plane_connected"] == false).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "half-open sync connection noticed after {:?}",
+        frozen.elapsed()
+    );
+    assert_eq!(
+        get_via(dp.proxy, "/x", None).await.unwrap(),
+        (200, "ok".to_string())
+    );
+
+    cp.signal("CONT");
+    wait_for("the DP to reconnect", Duration::from_secs(20), || async {
+        let (_, body) = readyz(dp.status).await?;
+        (body["control_plane_connected"] == true).then_some(())
+    })
+    .await;
+}
