@@ -3,8 +3,9 @@
 # binaries the integration tests start, then runs every test of the workspace.
 #
 # Needs: the Rust toolchain; PostgreSQL on 127.0.0.1:5432 (trust auth) for the tests that use it
-# (they fail with instructions when it is absent). Debian packages the tests need (etcd-server,
-# protobuf-compiler) are installed when missing, as root or with sudo.
+# (they fail with instructions when it is absent). Debian's etcd-server is installed when
+# missing, as root or with sudo. (protoc, for etcd-client's build script, comes from
+# scripts/protoc: see .cargo/config.toml.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -22,8 +23,6 @@ ensure() {
 
 # The etcd store's tests start their own etcd processes (on free loopback ports).
 ensure etcd etcd-server
-# etcd-client's build script runs protoc (scripts/protoc would install it too, mid-build).
-ensure protoc protobuf-compiler libprotobuf-dev
 
 cargo build --workspace --bins --locked
 
