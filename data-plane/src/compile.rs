@@ -2,7 +2,7 @@
 //! crate, references resolved, the router built and each upstream's balancer prepared. Runs once
 //! per snapshot, off the request path; the proxy only reads the result.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use postern_proto::model::{
 use postern_proto::sync::Snapshot;
 
 use crate::balancer::RoundRobin;
+use crate::plugins::PluginChain;
 use crate::router::{RouteSpec, Router};
 
 /// APISIX's default for each of connect, send and read.
@@ -102,8 +103,10 @@ impl UpstreamBuilder<'_> {
 }
 
 pub struct CompiledRoute {
-    pub id: String,
-    pub upstream: Arc<Upstream>,
+    pub id: Arc<str>,
+    /// `None` when only plugins answer on this route.
+    pub upstream: Option<Arc<Upstream>>,
+    pub plugins: Arc<PluginChain>,
     pub timeouts: Timeouts,
 }
 
@@ -256,33 +259,33 @@ pub fn compile(
             .as_deref()
             .and_then(|s| set.services.get(s));
         let upstream = match (&route.upstream, &route.upstream_id) {
-            (Some(cfg), _) => builder
-                .get(ResourceKind::Routes, id, cfg)
-                .map_err(|e| invalid("routes", id, e.under("upstream")))?,
-            (None, Some(uid)) => upstreams.get(uid.as_str()).cloned().ok_or_else(|| {
+            (Some(cfg), _) => Some(
+                builder
+                    .get(ResourceKind::Routes, id, cfg)
+                    .map_err(|e| invalid("routes", id, e.under("upstream")))?,
+            ),
+            (None, Some(uid)) => Some(upstreams.get(uid.as_str()).cloned().ok_or_else(|| {
                 invalid(
                     "routes",
                     id,
                     ValidationError::new("upstream_id", "no such upstream"),
                 )
-            })?,
+            })?),
+            // None: only plugins answer on this route (request-termination, redirect…); the
+            // model crate refuses a route with neither an upstream nor plugins.
             (None, None) => route
                 .service_id
                 .as_deref()
                 .and_then(|s| service_upstreams.get(s))
-                .cloned()
-                .ok_or_else(|| {
-                    invalid(
-                        "routes",
-                        id,
-                        ValidationError::new(
-                            "service_id",
-                            "neither the route nor its service has an upstream",
-                        ),
-                    )
-                })?,
+                .cloned(),
         };
-        let timeouts = Timeouts::from_config(route.timeout.as_ref()).unwrap_or(upstream.timeouts);
+        let timeouts = Timeouts::from_config(route.timeout.as_ref())
+            .or(upstream.as_ref().map(|u| u.timeouts))
+            .unwrap_or_default();
+        let no_plugins = BTreeMap::new();
+        let service_plugins = service.map(|s| &s.plugins).unwrap_or(&no_plugins);
+        let plugins = PluginChain::build([service_plugins, &route.plugins])
+            .map_err(|e| invalid("routes", id, ValidationError::new("plugins", e.to_string())))?;
         let hosts: Vec<String> = if route.host_patterns().next().is_some() {
             route.host_patterns().map(str::to_ascii_lowercase).collect()
         } else {
@@ -301,9 +304,10 @@ pub fn compile(
             priority: route.priority,
         });
         routes.push(CompiledRoute {
-            id: id.clone(),
+            id: id.as_str().into(),
             upstream,
             timeouts,
+            plugins: Arc::new(plugins),
         });
     }
     let router = Router::build(&specs).map_err(|e| CompileError::Router(e.to_string()))?;
@@ -390,10 +394,11 @@ mod tests {
         let by_id = |c: &CompiledConfig, id: &str| {
             c.routes
                 .iter()
-                .find(|r| r.id == id)
+                .find(|r| &*r.id == id)
                 .unwrap()
                 .upstream
                 .clone()
+                .unwrap()
         };
         assert!(Arc::ptr_eq(&by_id(&first, "r1"), &by_id(&second, "r1")));
         assert!(Arc::ptr_eq(&by_id(&first, "r2"), &by_id(&second, "r2")));
@@ -441,7 +446,14 @@ mod tests {
         );
         assert_eq!(c.router.find(&m, Some("svc.example"), "/b"), None);
         assert_eq!(
-            c.routes[0].upstream.pick().unwrap().authority.as_str(),
+            c.routes[0]
+                .upstream
+                .as_ref()
+                .unwrap()
+                .pick()
+                .unwrap()
+                .authority
+                .as_str(),
             "127.0.0.1:3"
         );
     }

@@ -5,6 +5,7 @@ pub mod balancer;
 pub mod cache;
 pub mod compile;
 pub mod config;
+pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod state;

@@ -11,6 +11,9 @@ pub enum ProxyError {
     NotReady,
     #[error("404 Route Not Found")]
     NoRoute,
+    /// The route has no upstream and none of its plugins answered.
+    #[error("the route has no upstream")]
+    NoUpstream,
     /// Every node of the upstream has weight 0 (drained).
     #[error("no upstream node available")]
     NoNode,
@@ -29,7 +32,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NotReady | ProxyError::NoNode => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotReady | ProxyError::NoNode | ProxyError::NoUpstream => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {

@@ -26,6 +26,23 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
 
+/// What one request takes from the config it was matched with.
+struct MatchedRoute {
+    id: Arc<str>,
+    upstream: Option<Arc<Upstream>>,
+    timeouts: Timeouts,
+    plugins: Arc<PluginChain>,
+}
+
+fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(answer.body)));
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = answer.headers;
+    resp
+}
+
+use crate::compile::{Timeouts, Upstream};
+use crate::plugins::{PluginChain, PluginResponse, RequestCtx};
 use crate::state::DpState;
 
 /// What the proxy answers with: an upstream's streamed body or a body of its own.
@@ -105,36 +122,72 @@ impl Proxy {
     }
 
     async fn handle(&self, client_addr: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
-        match self.forward(client_addr, req).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response().map(Either::Right),
+        let (mut parts, body) = req.into_parts();
+        let route = match self.match_route(&parts) {
+            Ok(r) => r,
+            Err(e) => return e.into_response().map(Either::Right),
+        };
+        if route.plugins.is_empty() {
+            return self
+                .forward(client_addr, parts, body, &route)
+                .await
+                .unwrap_or_else(|e| e.into_response().map(Either::Right));
         }
+        let mut ctx = RequestCtx::new(client_addr, route.id.clone());
+        let result = match route.plugins.request(&mut parts, &mut ctx).await {
+            Some(answer) => Ok(plugin_response(answer)),
+            None => self.forward(client_addr, parts, body, &route).await,
+        };
+        let (mut head, body) = result
+            .unwrap_or_else(|e| e.into_response().map(Either::Right))
+            .into_parts();
+        route.plugins.response(&mut head, &mut ctx);
+        let body = match ctx.replace_body.take() {
+            Some(replacement) => {
+                head.headers.remove(header::TRANSFER_ENCODING);
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(replacement.len()));
+                Either::Right(Full::new(replacement))
+            }
+            None => body,
+        };
+        route.plugins.log(&ctx, head.status);
+        Response::from_parts(head, body)
     }
 
-    async fn forward(
-        &self,
-        client_addr: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
+    /// Takes what this request needs from the current config and lets go of it: the request
+    /// keeps its upstream and plugins alive by `Arc`, so it finishes on the config it started
+    /// with even if a new one is swapped in meanwhile.
+    fn match_route(&self, parts: &http::request::Parts) -> Result<MatchedRoute, ProxyError> {
         let host = parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let guard = self.state.config.load();
+        let config = guard.as_ref().ok_or(ProxyError::NotReady)?;
+        let idx = config
+            .router
+            .find(&parts.method, host, parts.uri.path())
+            .ok_or(ProxyError::NoRoute)?;
+        let route = &config.routes[idx];
+        Ok(MatchedRoute {
+            id: route.id.clone(),
+            upstream: route.upstream.clone(),
+            timeouts: route.timeouts,
+            plugins: route.plugins.clone(),
+        })
+    }
 
-        // Take what this request needs from the current config, then let go of the guard: the
-        // request keeps its upstream alive by Arc, so it finishes on the config it started with.
-        let (upstream, timeouts) = {
-            let guard = self.state.config.load();
-            let config = guard.as_ref().ok_or(ProxyError::NotReady)?;
-            let idx = config
-                .router
-                .find(&parts.method, host, parts.uri.path())
-                .ok_or(ProxyError::NoRoute)?;
-            let route = &config.routes[idx];
-            (route.upstream.clone(), route.timeouts)
-        };
+    async fn forward(
+        &self,
+        client_addr: SocketAddr,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        route: &MatchedRoute,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upstream = route.upstream.as_ref().ok_or(ProxyError::NoUpstream)?;
+        let timeouts = route.timeouts;
         let node = upstream.pick().ok_or(ProxyError::NoNode)?;
 
         let path_and_query = parts

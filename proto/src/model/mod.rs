@@ -59,7 +59,7 @@ impl Resource {
 
 /// Deserialises with the path of the first error, so `{"upstream":{"nodes":{"x":"a"}}}` reports
 /// `upstream.nodes.x` rather than just "invalid type".
-fn decode<T: DeserializeOwned>(body: &Value) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(body: &Value) -> Result<T> {
     if !body.is_object() {
         return Err(ValidationError::new("", "the body must be a JSON object"));
     }

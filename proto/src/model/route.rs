@@ -123,10 +123,14 @@ impl RouteConfig {
                 check_id(id).map_err(|e| e.under(field))?;
             }
         }
-        if self.upstream.is_none() && self.upstream_id.is_none() && self.service_id.is_none() {
+        if self.upstream.is_none()
+            && self.upstream_id.is_none()
+            && self.service_id.is_none()
+            && self.plugins.is_empty()
+        {
             return Err(ValidationError::new(
                 "upstream",
-                "a route needs 'upstream', 'upstream_id' or 'service_id'",
+                "a route needs 'upstream', 'upstream_id' or 'service_id' (or plugins that answer it)",
             ));
         }
         validate_plugins(&self.plugins).map_err(|e| e.under("plugins"))

@@ -61,6 +61,18 @@ fn bad_routes_name_the_field() {
             "plugins.no-such-plugin",
         ),
         (
+            json!({"uri": "/a", "upstream": up, "plugins": {"request-termination": {"status_code": 42}}}),
+            "plugins.request-termination.status_code",
+        ),
+        (
+            json!({"uri": "/a", "upstream": up, "plugins": {"request-termination": {"colour": 1}}}),
+            "plugins.request-termination.colour",
+        ),
+        (
+            json!({"uri": "/a", "upstream": up, "plugins": {"request-termination": []}}),
+            "plugins.request-termination",
+        ),
+        (
             json!({"uri": "/a", "upstream": up, "methods": ["FETCH"]}),
             "methods.0",
         ),

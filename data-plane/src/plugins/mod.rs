@@ -1,0 +1,224 @@
+//! Plugins: one file per plugin, each implementing [`Plugin`] for the phases it needs. A route's
+//! plugins are compiled once per snapshot into a [`PluginChain`] ordered by the priority table
+//! of the model crate (`postern_proto::model::plugins::PLUGINS`); the proxy runs the chain's
+//! phases in order for every request of the route.
+//!
+//! Phases, in the order they run:
+//! 1. `rewrite` — change the request (path, headers) before anything judges it;
+//! 2. `access` — authenticate, authorise, limit: continue or answer early (401, 403, 429…);
+//! 3. the upstream call (skipped when a plugin answered);
+//! 4. `response` — change the response head (status, headers) or replace its body;
+//! 5. `log` — after the response is sent.
+
+mod request_termination;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use postern_proto::model::plugins::find_plugin;
+use serde_json::Value;
+
+/// Per-request state shared by the plugins of one request.
+pub struct RequestCtx {
+    pub client_addr: SocketAddr,
+    /// The matched route's id.
+    pub route_id: Arc<str>,
+    /// Headers to add to the response to the client, whatever produced it (upstream or plugin).
+    pub response_headers: HeaderMap,
+    /// Set by a `response` phase to replace the upstream's body.
+    pub replace_body: Option<Bytes>,
+}
+
+impl RequestCtx {
+    pub fn new(client_addr: SocketAddr, route_id: Arc<str>) -> RequestCtx {
+        RequestCtx {
+            client_addr,
+            route_id,
+            response_headers: HeaderMap::new(),
+            replace_body: None,
+        }
+    }
+}
+
+/// A response a plugin gives instead of the upstream's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl PluginResponse {
+    /// `{"error_msg": message}` with `status`.
+    pub fn error(status: StatusCode, message: &str) -> PluginResponse {
+        let body = serde_json::json!({ "error_msg": message }).to_string();
+        PluginResponse::json(status, Bytes::from(body))
+    }
+
+    pub fn json(status: StatusCode, body: Bytes) -> PluginResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        PluginResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// What a `rewrite` or `access` phase decided.
+pub enum Flow {
+    Continue,
+    /// Answer now; later phases and the upstream are skipped (the `response` and `log` phases
+    /// still run).
+    Respond(PluginResponse),
+}
+
+/// A phase that may have to wait (a Redis round trip, a JWKS fetch). Plugins that never wait
+/// return `Ready` and cost no allocation.
+pub enum Step<'a> {
+    Ready(Flow),
+    Pending(Pin<Box<dyn Future<Output = Flow> + Send + 'a>>),
+}
+
+impl Step<'_> {
+    pub async fn resolve(self) -> Flow {
+        match self {
+            Step::Ready(f) => f,
+            Step::Pending(f) => f.await,
+        }
+    }
+}
+
+/// One compiled plugin instance: its config parsed and checked once, shared by every request.
+/// Every method has a default that does nothing, so a plugin implements only its phases.
+pub trait Plugin: Send + Sync + 'static {
+    /// The name users write (`request-termination`).
+    fn name(&self) -> &'static str;
+
+    /// Runs first, before any access check: may change the request or answer it.
+    fn rewrite(&self, _req: &mut http::request::Parts, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Runs after every `rewrite`: authentication, authorisation, limits.
+    fn access<'a>(
+        &'a self,
+        _req: &'a mut http::request::Parts,
+        _ctx: &'a mut RequestCtx,
+    ) -> Step<'a> {
+        Step::Ready(Flow::Continue)
+    }
+
+    /// Runs on the response head (the upstream's, or a plugin's answer) before it is sent.
+    fn response(&self, _resp: &mut http::response::Parts, _ctx: &mut RequestCtx) {}
+
+    /// Runs after the response was handed to the client.
+    fn log(&self, _ctx: &RequestCtx, _status: StatusCode) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("unknown plugin '{0}'")]
+    Unknown(String),
+    #[error("plugin '{0}': {1}")]
+    Invalid(String, String),
+}
+
+/// Builds one plugin from its config. The model crate has already validated the config; this
+/// parses it into the runtime type.
+fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, PluginError> {
+    let invalid = |e: postern_proto::model::ValidationError| {
+        PluginError::Invalid(name.to_string(), e.to_string())
+    };
+    Ok(match name {
+        "request-termination" => {
+            Arc::new(request_termination::RequestTermination::new(config).map_err(invalid)?)
+        }
+        other => return Err(PluginError::Unknown(other.to_string())),
+    })
+}
+
+/// A route's plugins, highest priority first.
+#[derive(Default)]
+pub struct PluginChain {
+    plugins: Vec<Arc<dyn Plugin>>,
+}
+
+impl PluginChain {
+    /// Merges plugin maps, later maps overriding earlier ones by name (service, then route), and
+    /// orders the result by priority.
+    pub fn build<'a>(
+        layers: impl IntoIterator<Item = &'a BTreeMap<String, Value>>,
+    ) -> Result<PluginChain, PluginError> {
+        let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
+        for layer in layers {
+            for (name, config) in layer {
+                merged.insert(name, config);
+            }
+        }
+        let mut plugins = Vec::with_capacity(merged.len());
+        for (name, config) in merged {
+            let spec = find_plugin(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
+            plugins.push((spec.priority, build(name, config)?));
+        }
+        plugins.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+        Ok(PluginChain {
+            plugins: plugins.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.iter().map(|p| p.name())
+    }
+
+    /// The `rewrite` then `access` phases; `Some` when a plugin answered.
+    pub async fn request(
+        &self,
+        req: &mut http::request::Parts,
+        ctx: &mut RequestCtx,
+    ) -> Option<PluginResponse> {
+        for p in &self.plugins {
+            if let Flow::Respond(r) = p.rewrite(req, ctx) {
+                return Some(r);
+            }
+        }
+        for p in &self.plugins {
+            if let Flow::Respond(r) = p.access(req, ctx).resolve().await {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    pub fn response(&self, resp: &mut http::response::Parts, ctx: &mut RequestCtx) {
+        for p in &self.plugins {
+            p.response(resp, ctx);
+        }
+        for (name, value) in ctx
+            .response_headers
+            .drain()
+            .filter_map(|(n, v)| n.map(|n| (n, v)))
+        {
+            resp.headers.insert::<HeaderName>(name, value);
+        }
+    }
+
+    pub fn log(&self, ctx: &RequestCtx, status: StatusCode) {
+        for p in &self.plugins {
+            p.log(ctx, status);
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The plugin registry of the config model: which plugin names exist, the order they run in, and
+//! how each one's config is parsed and checked. One file per plugin holds its config type; its
+//! behaviour lives in the data plane (`data-plane/src/plugins/<name>.rs`).
+
+pub mod request_termination;
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::{Result, ValidationError};
+
+/// One known plugin: its name as users write it, its priority and its config check.
+pub struct PluginSpec {
+    pub name: &'static str,
+    /// Higher runs first within a phase, as in APISIX (whose numbers are kept where a plugin has
+    /// an APISIX twin, so mixed configs order the same way).
+    pub priority: i32,
+    pub validate: fn(&Value) -> Result<()>,
+}
+
+/// A plugin config type: serde shape plus the checks serde cannot express.
+pub trait PluginConfig: DeserializeOwned {
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Parses and checks one plugin's config; errors name the field inside it.
+pub fn parse<T: PluginConfig>(config: &Value) -> Result<T> {
+    let parsed: T = super::decode(config)?;
+    parsed.validate()?;
+    Ok(parsed)
+}
+
+fn check<T: PluginConfig>(config: &Value) -> Result<()> {
+    parse::<T>(config).map(|_| ())
+}
+
+/// Every plugin this version of Postern can run, highest priority first. The data plane has one
+/// implementation per entry; a name missing here is rejected at the Admin API, never ignored.
+pub const PLUGINS: &[PluginSpec] = &[PluginSpec {
+    name: "request-termination",
+    priority: 2990,
+    validate: check::<request_termination::RequestTerminationConfig>,
+}];
+
+pub fn find_plugin(name: &str) -> Option<&'static PluginSpec> {
+    PLUGINS.iter().find(|p| p.name == name)
+}
+
+pub fn validate_plugins(plugins: &BTreeMap<String, Value>) -> Result<()> {
+    for (name, config) in plugins {
+        let spec = find_plugin(name).ok_or_else(|| {
+            let known: Vec<_> = PLUGINS.iter().map(|p| p.name).collect();
+            ValidationError::new(
+                name.as_str(),
+                format!("unknown plugin '{name}' (known: {})", known.join(", ")),
+            )
+        })?;
+        (spec.validate)(config).map_err(|e| e.under(name))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_and_unique() {
+        for pair in PLUGINS.windows(2) {
+            assert!(
+                pair[0].priority > pair[1].priority,
+                "{} / {}",
+                pair[0].name,
+                pair[1].name
+            );
+        }
+    }
+}
