@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
+use crate::proxy::normalize::EncodedSlash;
+
 pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:9280";
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:9080";
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9091";
@@ -48,6 +50,10 @@ pub struct DpOptions {
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "POSTERN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// What to do with `%2F` in request paths: `keep` it as data (not a separator) or `reject`
+    /// the request with 400 [default: keep]
+    #[arg(long, env = "POSTERN_ENCODED_SLASH")]
+    pub encoded_slash: Option<String>,
     /// PEM CA bundle that signed the control plane's certificate (needed for an https:// URL)
     #[arg(long, env = "POSTERN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -73,6 +79,7 @@ pub struct DpConfig {
     pub json_logs: bool,
     /// TLS to the control plane (`https://` URL).
     pub tls: Option<ClientTls>,
+    pub encoded_slash: EncodedSlash,
 }
 
 /// PEM files for TLS to the control plane.
@@ -98,6 +105,7 @@ impl Default for DpConfig {
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             json_logs: false,
             tls: None,
+            encoded_slash: EncodedSlash::Keep,
         }
     }
 }
@@ -121,6 +129,7 @@ impl DpOptions {
             node_id: self.node_id.or(file.node_id),
             cache_dir: self.cache_dir.or(file.cache_dir),
             log_format: self.log_format.or(file.log_format),
+            encoded_slash: self.encoded_slash.or(file.encoded_slash),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
@@ -183,6 +192,13 @@ impl Cli {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR)),
             json_logs,
             tls,
+            encoded_slash: match o.encoded_slash.as_deref() {
+                None | Some("keep") => EncodedSlash::Keep,
+                Some("reject") => EncodedSlash::Reject,
+                Some(other) => {
+                    anyhow::bail!("--encoded-slash must be 'keep' or 'reject', not '{other}'")
+                }
+            },
         })
     }
 }

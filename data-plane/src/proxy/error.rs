@@ -19,6 +19,8 @@ pub enum ProxyError {
     NoNode,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad request: {0}")]
+    BadPath(#[from] super::normalize::PathError),
     /// The upstream refused or reset the connection before answering.
     #[error("upstream connection failed")]
     UpstreamConnect(#[source] hyper_util::client::legacy::Error),
@@ -36,7 +38,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
                 StatusCode::BAD_GATEWAY
             }

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod headers;
+pub mod normalize;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -64,10 +65,11 @@ type UpstreamClient = Client<HttpConnector, Incoming>;
 pub struct Proxy {
     state: Arc<DpState>,
     client: UpstreamClient,
+    encoded_slash: normalize::EncodedSlash,
 }
 
 impl Proxy {
-    pub fn new(state: Arc<DpState>) -> Proxy {
+    pub fn new(state: Arc<DpState>, encoded_slash: normalize::EncodedSlash) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
@@ -76,7 +78,11 @@ impl Proxy {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Proxy { state, client }
+        Proxy {
+            state,
+            client,
+            encoded_slash,
+        }
     }
 
     /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
@@ -123,6 +129,9 @@ impl Proxy {
 
     async fn handle(&self, client_addr: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
+        if let Err(e) = self.normalize(&mut parts) {
+            return e.into_response().map(Either::Right);
+        }
         let route = match self.match_route(&parts) {
             Ok(r) => r,
             Err(e) => return e.into_response().map(Either::Right),
@@ -153,6 +162,29 @@ impl Proxy {
         };
         route.plugins.log(&ctx, head.status);
         Response::from_parts(head, body)
+    }
+
+    /// Replaces the request path with its normal form (see `normalize`), once, before routing:
+    /// the router, every plugin and the upstream then see the same path.
+    fn normalize(&self, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+        let path = parts.uri.path();
+        let normal = match normalize::normalize_path(path, self.encoded_slash) {
+            Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+            Ok(std::borrow::Cow::Owned(p)) => p,
+            Err(e) => return Err(ProxyError::BadPath(e)),
+        };
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| ProxyError::BadRequest("unusable request target"))?,
+        );
+        parts.uri =
+            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        Ok(())
     }
 
     /// Takes what this request needs from the current config and lets go of it: the request
