@@ -402,7 +402,8 @@ impl AdminClient {
 }
 
 /// An HTTP/1.1 upstream in the test process that answers every request with `body` and echoes
-/// a few request details in headers (`x-seen-path`, `x-seen-host`, `x-seen-xff`).
+/// a few request details in headers (`x-seen-path`, `x-seen-host`, `x-seen-xff`,
+/// `x-seen-method`, `x-seen-request-id`, and `x-seen-custom`: every `x-custom` value, joined).
 pub async fn upstream(body: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -427,6 +428,17 @@ pub async fn upstream(body: &'static str) -> SocketAddr {
                         .header("x-seen-host", h("host"))
                         .header("x-seen-xff", h("x-forwarded-for"))
                         .header("x-seen-connection", h("connection"))
+                        .header("x-seen-method", req.method().as_str())
+                        .header("x-seen-request-id", h("x-request-id"))
+                        .header("x-seen-custom", {
+                            let all: Vec<&str> = req
+                                .headers()
+                                .get_all("x-custom")
+                                .iter()
+                                .filter_map(|v| v.to_str().ok())
+                                .collect();
+                            all.join(",")
+                        })
                         .body(Full::new(Bytes::from_static(body.as_bytes())))
                         .expect("response");
                     Ok::<_, std::convert::Infallible>(resp)

@@ -10,7 +10,14 @@
 //! 4. `response` — change the response head (status, headers) or replace its body;
 //! 5. `log` — after the response is sent.
 
+mod client_control;
+mod cors;
+mod header_ops;
+mod proxy_rewrite;
+mod redirect;
+mod request_id;
 mod request_termination;
+mod response_rewrite;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,6 +39,14 @@ pub struct RequestCtx {
     pub response_headers: HeaderMap,
     /// Set by a `response` phase to replace the upstream's body.
     pub replace_body: Option<Bytes>,
+    /// This request's id, once `request-id` gave it one (for later plugins and logs).
+    pub request_id: Option<HeaderValue>,
+    /// `Host` for the upstream request, set by `proxy-rewrite`; wins over the upstream's
+    /// `pass_host`, which the proxy applies after the plugins ran.
+    pub upstream_host: Option<HeaderValue>,
+    /// Largest request body the upstream may receive, set by `client-control`: the proxy cuts
+    /// off a body that outgrows it (one without `Content-Length`) and answers 413.
+    pub max_body_size: Option<u64>,
 }
 
 impl RequestCtx {
@@ -41,6 +56,9 @@ impl RequestCtx {
             route_id,
             response_headers: HeaderMap::new(),
             replace_body: None,
+            request_id: None,
+            upstream_host: None,
+            max_body_size: None,
         }
     }
 }
@@ -143,6 +161,14 @@ fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, PluginError> {
         "request-termination" => {
             Arc::new(request_termination::RequestTermination::new(config).map_err(invalid)?)
         }
+        "proxy-rewrite" => Arc::new(proxy_rewrite::ProxyRewrite::new(config).map_err(invalid)?),
+        "request-id" => Arc::new(request_id::RequestId::new(config).map_err(invalid)?),
+        "response-rewrite" => {
+            Arc::new(response_rewrite::ResponseRewrite::new(config).map_err(invalid)?)
+        }
+        "client-control" => Arc::new(client_control::ClientControl::new(config).map_err(invalid)?),
+        "cors" => Arc::new(cors::Cors::new(config).map_err(invalid)?),
+        "redirect" => Arc::new(redirect::Redirect::new(config).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
     })
 }

@@ -21,6 +21,11 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("bad request: {0}")]
     BadPath(#[from] super::normalize::PathError),
+    #[error("request URI too long")]
+    UriTooLong,
+    /// The request body passed client-control's `max_body_size` while being sent upstream.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// The upstream refused or reset the connection before answering.
     #[error("upstream connection failed")]
     UpstreamConnect(#[source] hyper_util::client::legacy::Error),
@@ -39,6 +44,8 @@ impl ProxyError {
             }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
                 StatusCode::BAD_GATEWAY
             }

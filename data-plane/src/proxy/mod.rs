@@ -4,6 +4,7 @@
 
 mod error;
 pub mod headers;
+mod limited_body;
 pub mod normalize;
 
 use std::convert::Infallible;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
+use limited_body::LimitedBody;
 
 /// What one request takes from the config it was matched with.
 struct MatchedRoute {
@@ -51,6 +53,12 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Longest a client may take to send its request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers) accepted; larger → 431.
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+/// Most request headers accepted; more → 431.
+const MAX_REQUEST_HEADERS: usize = 100;
+/// Longest request target accepted; longer → 414.
+const MAX_URI_BYTES: usize = 8 * 1024;
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
@@ -59,7 +67,9 @@ const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(60);
 /// How long in-flight requests may finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-type UpstreamClient = Client<HttpConnector, Incoming>;
+/// Request bodies go out wrapped in `LimitedBody`, which enforces `client-control`'s
+/// `max_body_size` on bodies without a `Content-Length` (and passes bodies through otherwise).
+type UpstreamClient = Client<HttpConnector, LimitedBody<Incoming>>;
 
 /// Shared by every connection of one proxy listener.
 pub struct Proxy {
@@ -90,7 +100,10 @@ impl Proxy {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            // A larger request head, or more headers, gets 431 from hyper.
+            .max_header_size(MAX_REQUEST_HEAD_BYTES)
+            .max_headers(MAX_REQUEST_HEADERS);
         loop {
             let (stream, client_addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -129,6 +142,9 @@ impl Proxy {
 
     async fn handle(&self, client_addr: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
+        if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES {
+            return ProxyError::UriTooLong.into_response().map(Either::Right);
+        }
         if let Err(e) = self.normalize(&mut parts) {
             return e.into_response().map(Either::Right);
         }
@@ -138,14 +154,25 @@ impl Proxy {
         };
         if route.plugins.is_empty() {
             return self
-                .forward(client_addr, parts, body, &route)
+                .forward(
+                    client_addr,
+                    parts,
+                    LimitedBody::new(body, None),
+                    &route,
+                    None,
+                )
                 .await
                 .unwrap_or_else(|e| e.into_response().map(Either::Right));
         }
         let mut ctx = RequestCtx::new(client_addr, route.id.clone());
         let result = match route.plugins.request(&mut parts, &mut ctx).await {
             Some(answer) => Ok(plugin_response(answer)),
-            None => self.forward(client_addr, parts, body, &route).await,
+            None => {
+                let upstream_host = ctx.upstream_host.take();
+                let body = LimitedBody::new(body, ctx.max_body_size);
+                self.forward(client_addr, parts, body, &route, upstream_host)
+                    .await
+            }
         };
         let (mut head, body) = result
             .unwrap_or_else(|e| e.into_response().map(Either::Right))
@@ -215,8 +242,10 @@ impl Proxy {
         &self,
         client_addr: SocketAddr,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: LimitedBody<Incoming>,
         route: &MatchedRoute,
+        // A plugin's choice of upstream `Host` (proxy-rewrite's `host`): wins over `pass_host`.
+        upstream_host: Option<HeaderValue>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = route.upstream.as_ref().ok_or(ProxyError::NoUpstream)?;
         let timeouts = route.timeouts;
@@ -236,6 +265,7 @@ impl Proxy {
             original_host.as_ref(),
         );
         let host_header: Option<HeaderValue> = match upstream.pass_host {
+            _ if upstream_host.is_some() => upstream_host,
             PassHost::Pass => original_host,
             PassHost::Node => Some(node.host_header.clone()),
             PassHost::Rewrite => upstream.upstream_host.clone(),
@@ -254,6 +284,7 @@ impl Proxy {
 
         // Until the response headers arrive: connect, send and the upstream's think time.
         let deadline = timeouts.connect + timeouts.read;
+        let body_too_large = body.tripped();
         let response = tokio::time::timeout(
             deadline,
             self.client.request(Request::from_parts(parts, body)),
@@ -261,7 +292,11 @@ impl Proxy {
         .await
         .map_err(|_| ProxyError::UpstreamTimeout)?
         .map_err(|e| {
-            if e.is_connect() {
+            // A body cut off at client-control's limit fails the upstream request before it
+            // answered: that is the client's doing, so 413 rather than 502.
+            if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
+                ProxyError::BodyTooLarge
+            } else if e.is_connect() {
                 ProxyError::UpstreamConnect(e)
             } else {
                 ProxyError::UpstreamFailed(e)

@@ -162,3 +162,72 @@ fn references_are_checked_as_a_whole() {
     set.insert("u1", up);
     set.check_references().unwrap();
 }
+
+/// The BFF routes of the guide, plugins as written (less the auth and limit plugins).
+#[test]
+fn guide_rewrite_plugins_parse() {
+    let up = json!({"nodes": {"127.0.0.1:3000": 1}});
+    let plugin_sets = [
+        json!({"proxy-rewrite": {"regex_uri": ["^/api/web/(.*)", "/$1"]},
+               "request-id": {"header_name": "X-Request-ID"}}),
+        json!({"proxy-rewrite": {"regex_uri": ["^/api/mobile/(.*)", "/$1"]},
+               "response-rewrite": {"headers": {"set": {"X-Content-Optimized": "mobile"}}}}),
+        json!({"proxy-rewrite": {"regex_uri": ["^/api/iot/(.*)", "/$1"]}}),
+    ];
+    for plugins in plugin_sets {
+        let body = json!({"uri": "/api/x/*", "upstream": up, "plugins": plugins});
+        Resource::parse(ResourceKind::Routes, &body).unwrap_or_else(|e| panic!("{plugins}: {e}"));
+    }
+}
+
+#[test]
+fn bad_rewrite_plugins_name_the_field() {
+    let up = json!({"nodes": {"127.0.0.1:80": 1}});
+    let cases = [
+        (
+            json!({"proxy-rewrite": {"regex_uri": ["^/api/(.*", "/$1"]}}),
+            "plugins.proxy-rewrite.regex_uri.0",
+        ),
+        (
+            json!({"proxy-rewrite": {"regex_uri": ["^/api/(.*)", "/$2"]}}),
+            "plugins.proxy-rewrite.regex_uri.1",
+        ),
+        (
+            json!({"proxy-rewrite": {"regex_uri": ["^/api/(.*)"]}}),
+            "plugins.proxy-rewrite.regex_uri",
+        ),
+        (
+            json!({"proxy-rewrite": {"uri": "v2"}}),
+            "plugins.proxy-rewrite.uri",
+        ),
+        (
+            json!({"proxy-rewrite": {"headers": {"set": {"X Bad": "1"}}}}),
+            "plugins.proxy-rewrite.headers.set.X Bad",
+        ),
+        (json!({"proxy-rewrite": {}}), "plugins.proxy-rewrite"),
+        (
+            json!({"response-rewrite": {"status_code": 42}}),
+            "plugins.response-rewrite.status_code",
+        ),
+        (
+            json!({"response-rewrite": {"body": "%%", "body_base64": true}}),
+            "plugins.response-rewrite.body",
+        ),
+        (
+            json!({"response-rewrite": {"headers": {"X-A": "a\r\nb"}}}),
+            "plugins.response-rewrite.headers.X-A",
+        ),
+        (
+            json!({"request-id": {"header_name": "X Request"}}),
+            "plugins.request-id.header_name",
+        ),
+        (
+            json!({"request-id": {"algorithm": "snowflake"}}),
+            "plugins.request-id.algorithm",
+        ),
+    ];
+    for (plugins, field) in cases {
+        let e = route_err(json!({"uri": "/a", "upstream": up, "plugins": plugins}));
+        assert_eq!(e.field, field, "{plugins} -> {e}");
+    }
+}

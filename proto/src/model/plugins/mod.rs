@@ -2,7 +2,14 @@
 //! how each one's config is parsed and checked. One file per plugin holds its config type; its
 //! behaviour lives in the data plane (`data-plane/src/plugins/<name>.rs`).
 
+pub mod client_control;
+pub mod cors;
+pub mod header_ops;
+pub mod proxy_rewrite;
+pub mod redirect;
+pub mod request_id;
 pub mod request_termination;
+pub mod response_rewrite;
 
 use std::collections::BTreeMap;
 
@@ -40,11 +47,43 @@ fn check<T: PluginConfig>(config: &Value) -> Result<()> {
 
 /// Every plugin this version of Postern can run, highest priority first. The data plane has one
 /// implementation per entry; a name missing here is rejected at the Admin API, never ignored.
-pub const PLUGINS: &[PluginSpec] = &[PluginSpec {
-    name: "request-termination",
-    priority: 2990,
-    validate: check::<request_termination::RequestTerminationConfig>,
-}];
+pub const PLUGINS: &[PluginSpec] = &[
+    PluginSpec {
+        name: "client-control",
+        priority: 22000,
+        validate: check::<client_control::ClientControlConfig>,
+    },
+    PluginSpec {
+        name: "request-id",
+        priority: 12015,
+        validate: check::<request_id::RequestIdConfig>,
+    },
+    PluginSpec {
+        name: "cors",
+        priority: 4000,
+        validate: check::<cors::CorsConfig>,
+    },
+    PluginSpec {
+        name: "request-termination",
+        priority: 2990,
+        validate: check::<request_termination::RequestTerminationConfig>,
+    },
+    PluginSpec {
+        name: "proxy-rewrite",
+        priority: 1008,
+        validate: check::<proxy_rewrite::ProxyRewriteConfig>,
+    },
+    PluginSpec {
+        name: "redirect",
+        priority: 900,
+        validate: check::<redirect::RedirectConfig>,
+    },
+    PluginSpec {
+        name: "response-rewrite",
+        priority: 899,
+        validate: check::<response_rewrite::ResponseRewriteConfig>,
+    },
+];
 
 pub fn find_plugin(name: &str) -> Option<&'static PluginSpec> {
     PLUGINS.iter().find(|p| p.name == name)

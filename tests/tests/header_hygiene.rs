@@ -1,0 +1,123 @@
+//! Header hygiene and request limits, each case as raw bytes through a real data plane.
+
+use postern_tests::*;
+use serde_json::json;
+
+async fn gateway() -> (tempfile::TempDir, ControlPlane, std::net::SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = upstream("backend").await;
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let rev = cp
+        .client()
+        .put_ok(
+            "/admin/routes/all",
+            json!({"uri": "/*", "upstream": {"nodes": {backend.to_string(): 1}}}),
+        )
+        .await;
+    wait_applied(cp.status.unwrap(), rev).await;
+    let proxy = cp.proxy.unwrap();
+    (dir, cp, proxy)
+}
+
+fn request(head_lines: &[&str]) -> Vec<u8> {
+    let mut s = String::new();
+    for l in head_lines {
+        s.push_str(l);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+#[tokio::test]
+async fn limits_and_malformed_requests() {
+    let (_dir, _cp, proxy) = gateway().await;
+    let big_header = format!("X-Big: {}", "a".repeat(70 * 1024));
+    let many: Vec<String> = (0..150).map(|i| format!("X-H{i}: v")).collect();
+    let long_uri = format!("GET /{} HTTP/1.1", "a".repeat(9000));
+    let mut many_headers = vec!["GET / HTTP/1.1", "Host: a"];
+    many_headers.extend(many.iter().map(String::as_str));
+    many_headers.push("Connection: close");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "ok",
+            request(&["GET /x HTTP/1.1", "Host: a", "Connection: close"]),
+            200,
+        ),
+        (
+            "header too large",
+            request(&[
+                "GET / HTTP/1.1",
+                "Host: a",
+                &big_header,
+                "Connection: close",
+            ]),
+            431,
+        ),
+        ("too many headers", request(&many_headers), 431),
+        (
+            "uri too long",
+            request(&[&long_uri, "Host: a", "Connection: close"]),
+            414,
+        ),
+        (
+            "two content-lengths",
+            request(&[
+                "POST / HTTP/1.1",
+                "Host: a",
+                "Content-Length: 1",
+                "Content-Length: 2",
+                "Connection: close",
+            ]),
+            400,
+        ),
+        (
+            "NUL in a header",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bare CR in a header",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let resp = raw_request(proxy, &bytes).await;
+        assert_eq!(raw_status(&resp), want, "{name}: {resp:.300}");
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_identity_headers() {
+    let (_dir, _cp, proxy) = gateway().await;
+    let resp = raw_request(
+        proxy,
+        &request(&[
+            "GET /x HTTP/1.1",
+            "Host: a.example",
+            "X-Forwarded-For: 6.6.6.6",
+            "X-Forwarded-Proto: https",
+            "Connection: close, X-Forwarded-For, X-Forwarded-Proto",
+        ]),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    // The client's own XFF went with the Connection header; the gateway's is added after.
+    assert!(lower.contains("x-seen-xff: 127.0.0.1\r\n"), "{resp}");
+    assert!(
+        lower.contains("x-seen-connection: \r\n"),
+        "no Connection header reaches the upstream: {resp}"
+    );
+}
