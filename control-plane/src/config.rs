@@ -274,6 +274,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/control-plane.toml"
+        );
+        let from_file = Cli::try_parse_from(["control-plane", "--config", example])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let defaults = Cli::try_parse_from(["control-plane"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn unknown_file_keys_and_stores_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cp.toml");

@@ -208,3 +208,38 @@ fn read_toml(path: &Path) -> anyhow::Result<DpOptions> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("in {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/data-plane.toml"
+        );
+        let args = ["data-plane", "--config", example, "--node-id", "n"];
+        let from_file = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        let defaults = Cli::try_parse_from(["data-plane", "--node-id", "n"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        for args in [
+            vec!["data-plane", "--control-plane", "ftp://x"],
+            vec!["data-plane", "--control-plane", "https://x:1"],
+            vec!["data-plane", "--tls-ca", "/ca.pem"],
+            vec!["data-plane", "--encoded-slash", "maybe"],
+            vec!["data-plane", "--log-format", "xml"],
+            vec!["data-plane", "--node-id", ""],
+        ] {
+            let r = Cli::try_parse_from(&args).unwrap().resolve();
+            assert!(r.is_err(), "{args:?} was accepted");
+        }
+    }
+}

@@ -11,6 +11,7 @@
 
 mod etcd;
 mod postgres;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;

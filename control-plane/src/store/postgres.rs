@@ -30,6 +30,10 @@ use sqlx::{PgConnection, Postgres, Row};
 use tokio::sync::{Mutex, MutexGuard, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::sql::{
+    HistoryRow, RowAccess, check_mod_revision, decode_history, decode_resource, encode, from_db,
+    op_text, to_db,
+};
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
     StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
@@ -633,25 +637,6 @@ async fn delete_in(conn: &mut PgConnection, req: DeleteRequest) -> StoreResult<W
     })
 }
 
-fn check_mod_revision(
-    kind: ResourceKind,
-    id: &str,
-    expected: u64,
-    current: &Option<StoredResource>,
-) -> StoreResult<()> {
-    let actual = current.as_ref().map(|c| c.mod_revision);
-    if actual == Some(expected) {
-        Ok(())
-    } else {
-        Err(StoreError::PreconditionFailed {
-            kind,
-            id: id.to_string(),
-            expected,
-            actual,
-        })
-    }
-}
-
 /// Increments the global revision as the first statement of a write transaction, taking the
 /// `meta` row lock that serialises writers across replicas until commit or rollback. Returns the
 /// new revision and the database's clock in Unix seconds (one clock for every replica).
@@ -766,22 +751,8 @@ async fn replace_refs(
     Ok(())
 }
 
-struct HistoryRow<'a> {
-    revision: i64,
-    at: i64,
-    kind: ResourceKind,
-    id: &'a str,
-    op: HistoryOp,
-    before: Option<&'a str>,
-    after: Option<&'a str>,
-    actor: Option<&'a str>,
-}
-
 async fn append_history(conn: &mut PgConnection, h: HistoryRow<'_>) -> StoreResult<()> {
-    let op = match h.op {
-        HistoryOp::Put => "put",
-        HistoryOp::Delete => "delete",
-    };
+    let op = op_text(h.op);
     sqlx::query(
         "INSERT INTO history (revision, at, kind, id, op, before, after, actor) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -800,57 +771,18 @@ async fn append_history(conn: &mut PgConnection, h: HistoryRow<'_>) -> StoreResu
     Ok(())
 }
 
-fn decode_resource(row: &PgRow) -> StoreResult<StoredResource> {
-    let kind = decode_kind(column(row, "kind")?)?;
-    let id: String = column(row, "id")?;
-    let body: String = column(row, "body")?;
-    let value = serde_json::from_str(&body)
-        .map_err(|e| StoreError::Corrupt(format!("{kind}/{id}: body is not JSON: {e}")))?;
-    Ok(StoredResource {
-        create_revision: from_db(column(row, "create_revision")?, "create_revision")?,
-        mod_revision: from_db(column(row, "mod_revision")?, "mod_revision")?,
-        created_at: column(row, "created_at")?,
-        updated_at: column(row, "updated_at")?,
-        kind,
-        id,
-        value,
-    })
-}
+impl RowAccess for PgRow {
+    fn text(&self, name: &str) -> StoreResult<String> {
+        column(self, name)
+    }
 
-fn decode_history(row: &PgRow) -> StoreResult<HistoryEntry> {
-    let revision = from_db(column(row, "revision")?, "history.revision")?;
-    let op = match column::<String>(row, "op")?.as_str() {
-        "put" => HistoryOp::Put,
-        "delete" => HistoryOp::Delete,
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "history {revision}: unknown op '{other}'"
-            )));
-        }
-    };
-    let json = |col: &str| -> StoreResult<Option<Value>> {
-        column::<Option<String>>(row, col)?
-            .map(|text| {
-                serde_json::from_str(&text).map_err(|e| {
-                    StoreError::Corrupt(format!("history {revision}: {col} is not JSON: {e}"))
-                })
-            })
-            .transpose()
-    };
-    Ok(HistoryEntry {
-        revision,
-        at: column(row, "at")?,
-        kind: decode_kind(column(row, "kind")?)?,
-        id: column(row, "id")?,
-        op,
-        before: json("before")?,
-        after: json("after")?,
-        actor: column(row, "actor")?,
-    })
-}
+    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
+        column(self, name)
+    }
 
-fn decode_kind(text: String) -> StoreResult<ResourceKind> {
-    ResourceKind::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        column(self, name)
+    }
 }
 
 fn column<'r, T>(row: &'r PgRow, name: &str) -> StoreResult<T>
@@ -859,19 +791,6 @@ where
 {
     row.try_get(name)
         .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
-}
-
-fn from_db(value: i64, what: &str) -> StoreResult<u64> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {value}")))
-}
-
-fn to_db(value: u64) -> StoreResult<i64> {
-    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("revision {value} overflows")))
-}
-
-fn encode(value: &Value) -> StoreResult<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode a body: {e}")))
 }
 
 /// Bad stored data is `Corrupt`; anything else (connection refused or lost, pool timeout, I/O,
