@@ -33,3 +33,49 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     }
     token.cancel();
 }
+
+/// The `main` of every Postern binary: settings that do not resolve exit with status 2 and the
+/// reason; otherwise logging is set up and `run` runs on a multi-threaded runtime until SIGINT
+/// or SIGTERM cancels its token. An error from `run` exits with status 1.
+pub fn run_binary<C, F, Fut>(
+    name: &str,
+    config: anyhow::Result<C>,
+    json_logs: impl FnOnce(&C) -> bool,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(json_logs(&config));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{name}: {e:#}");
+                eprintln!("{name}: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
