@@ -16,6 +16,7 @@ use postern_proto::sync::Snapshot;
 
 use crate::balancer::RoundRobin;
 use crate::plugins::PluginChain;
+use crate::router::vars::Conditions;
 use crate::router::{RouteSpec, Router};
 
 /// APISIX's default for each of connect, send and read.
@@ -47,6 +48,8 @@ pub struct CompiledConfig {
     pub router: Router,
     /// Indexed by the router's match result.
     pub routes: Vec<CompiledRoute>,
+    /// Whether any route has `vars` (when none has, the proxy skips the predicate).
+    pub any_vars: bool,
     /// Every runtime upstream, by what defines it, so the next compile can reuse the unchanged
     /// ones (and with them their balancer position and, later, health and breaker state).
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
@@ -108,6 +111,8 @@ pub struct CompiledRoute {
     pub upstream: Option<Arc<Upstream>>,
     pub plugins: Arc<PluginChain>,
     pub timeouts: Timeouts,
+    /// The route's `vars`; empty when it has none.
+    pub vars: Conditions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -251,6 +256,20 @@ pub fn compile(
         }
     }
 
+    // Each global rule's plugins are built on their own first, so a bad one is reported
+    // against the rule rather than against every route.
+    for (id, rule) in &set.global_rules {
+        PluginChain::build([&rule.plugins]).map_err(|e| {
+            invalid(
+                "global_rules",
+                id,
+                ValidationError::new("plugins", e.to_string()),
+            )
+        })?;
+    }
+    let global_plugins: Vec<&BTreeMap<String, serde_json::Value>> =
+        set.global_rules.values().map(|g| &g.plugins).collect();
+
     let mut routes = Vec::new();
     let mut specs = Vec::new();
     for (id, route) in set.routes.iter().filter(|(_, r)| r.status == 1) {
@@ -284,7 +303,13 @@ pub fn compile(
             .unwrap_or_default();
         let no_plugins = BTreeMap::new();
         let service_plugins = service.map(|s| &s.plugins).unwrap_or(&no_plugins);
-        let plugins = PluginChain::build([service_plugins, &route.plugins])
+        // Layers: global rules (by id), the service, the route; a later layer's plugin of the
+        // same name replaces an earlier one's.
+        let layers = global_plugins
+            .iter()
+            .copied()
+            .chain([service_plugins, &route.plugins]);
+        let plugins = PluginChain::build(layers)
             .map_err(|e| invalid("routes", id, ValidationError::new("plugins", e.to_string())))?;
         let hosts: Vec<String> = if route.host_patterns().next().is_some() {
             route.host_patterns().map(str::to_ascii_lowercase).collect()
@@ -303,19 +328,24 @@ pub fn compile(
             methods: methods(route).map_err(|e| invalid("routes", id, e))?,
             priority: route.priority,
         });
+        let vars = Conditions::compile(route.vars.as_deref().unwrap_or_default())
+            .map_err(|e| invalid("routes", id, e.under("vars")))?;
         routes.push(CompiledRoute {
             id: id.as_str().into(),
             upstream,
             timeouts,
             plugins: Arc::new(plugins),
+            vars,
         });
     }
     let router = Router::build(&specs).map_err(|e| CompileError::Router(e.to_string()))?;
+    let any_vars = routes.iter().any(|r| !r.vars.is_empty());
     Ok(CompiledConfig {
         version: snapshot.version,
         store_id: snapshot.store_id.clone(),
         router,
         routes,
+        any_vars,
         upstreams: builder.built,
     })
 }
@@ -455,6 +485,66 @@ mod tests {
                 .authority
                 .as_str(),
             "127.0.0.1:3"
+        );
+    }
+
+    /// The response headers a route's plugin chain leaves on an empty 200.
+    fn response_headers(c: &CompiledConfig, route: &str) -> http::HeaderMap {
+        let r = c.routes.iter().find(|r| &*r.id == route).unwrap();
+        let (mut resp, _) = http::Response::new(()).into_parts();
+        let mut ctx = crate::plugins::RequestCtx::new("127.0.0.1:1".parse().unwrap(), r.id.clone());
+        r.plugins.response(&mut resp, &mut ctx);
+        resp.headers
+    }
+
+    #[test]
+    fn global_rules_reach_every_route_and_route_config_wins() {
+        let up = json!({"nodes": {"127.0.0.1:1": 1}});
+        let c = compile(
+            &snapshot(
+                1,
+                &[
+                    ("services", "s1", json!({"upstream": up})),
+                    ("routes", "plain", json!({"uri": "/a", "upstream": up})),
+                    ("routes", "in-svc", json!({"uri": "/b", "service_id": "s1"})),
+                    (
+                        "routes",
+                        "own",
+                        json!({"uri": "/c", "upstream": up, "plugins": {"response-rewrite":
+                            {"headers": {"set": {"X-Route": "own"}}}}}),
+                    ),
+                    (
+                        "global_rules",
+                        "g1",
+                        json!({"plugins": {"response-rewrite":
+                            {"headers": {"set": {"X-Global": "g1"}}}}}),
+                    ),
+                    ("global_rules", "g2", json!({"plugins": {"request-id": {}}})),
+                ],
+            ),
+            None,
+        )
+        .unwrap();
+        for route in ["plain", "in-svc"] {
+            let h = response_headers(&c, route);
+            assert_eq!(h.get("x-global").unwrap(), "g1", "{route}");
+            let r = c.routes.iter().find(|r| &*r.id == route).unwrap();
+            assert!(
+                r.plugins.names().any(|n| n == "request-id"),
+                "{route}: g2 too"
+            );
+        }
+        // The route's own response-rewrite replaces the global rule's (one instance, not both).
+        let h = response_headers(&c, "own");
+        assert_eq!(h.get("x-route").unwrap(), "own");
+        assert_eq!(h.get("x-global"), None);
+        let own = c.routes.iter().find(|r| &*r.id == "own").unwrap();
+        assert_eq!(
+            own.plugins
+                .names()
+                .filter(|n| *n == "response-rewrite")
+                .count(),
+            1
         );
     }
 }

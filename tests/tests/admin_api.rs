@@ -326,3 +326,70 @@ async fn bad_input_is_rejected_naming_the_field_and_changes_nothing() {
     assert_eq!(admin.get("/admin/routes/r2").await.unwrap().0, 404);
     assert_eq!(admin.get("/admin/routes").await.unwrap().1["total"], 1);
 }
+
+#[tokio::test]
+async fn global_rules_crud_on_both_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.client();
+    let rule = json!({"plugins": {"response-rewrite": {"headers": {"set": {"X-Gw": "postern"}}}}});
+
+    let (status, created) = admin
+        .request(
+            Method::PUT,
+            "/admin/global_rules/g1",
+            Some(&rule.to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["value"]["id"], "g1");
+    let (status, got) = admin.get("/apisix/admin/global_rules/g1").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(got["value"]["plugins"], rule["plugins"]);
+    let (_, list) = admin.get("/apisix/admin/global_rules").await.unwrap();
+    assert_eq!(list["total"], 1);
+
+    // Replaced through the APISIX path, seen on the native one.
+    let (status, _) = admin
+        .request(
+            Method::PUT,
+            "/apisix/admin/global_rules/g1",
+            Some(&json!({"plugins": {"request-id": {}}}).to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, got) = admin.get("/admin/global_rules/g1").await.unwrap();
+    assert_eq!(got["value"]["plugins"], json!({"request-id": {}}));
+
+    // Bad rules: a 400 naming the field, nothing written.
+    let before = admin.revision().await;
+    for (body, field) in [
+        (json!({}), "plugins"),
+        (json!({"plugins": {}}), "plugins"),
+        (
+            json!({"plugins": {"no-such-plugin": {}}}),
+            "plugins.no-such-plugin",
+        ),
+    ] {
+        let (status, err) = admin
+            .request(
+                Method::PUT,
+                "/admin/global_rules/g2",
+                Some(&body.to_string()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}: {err}");
+        assert_eq!(err["field"], field, "{body}: {err}");
+    }
+    assert_eq!(admin.revision().await, before);
+
+    let (status, _) = admin
+        .request(Method::DELETE, "/apisix/admin/global_rules/g1", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(admin.get("/admin/global_rules/g1").await.unwrap().0, 404);
+}

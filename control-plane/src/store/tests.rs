@@ -19,6 +19,7 @@ use super::{
 const UP: ResourceKind = ResourceKind::Upstreams;
 const SVC: ResourceKind = ResourceKind::Services;
 const ROUTE: ResourceKind = ResourceKind::Routes;
+const GLOBAL: ResourceKind = ResourceKind::GlobalRules;
 
 /// How long a test waits for something that should be immediate.
 const WAIT: Duration = Duration::from_secs(5);
@@ -550,6 +551,8 @@ pub(super) async fn snapshot_consistency(store: Arc<dyn ConfigStore>) {
 
     // Written out of order, and ids that sort differently across kinds.
     put_ok(s, put_req(ROUTE, "b", json!({}))).await;
+    // `global_rules` sorts first by name but comes last in dependency order.
+    put_ok(s, put_req(GLOBAL, "g", json!({}))).await;
     put_ok(s, put_req(ROUTE, "a", json!({}))).await;
     put_ok(s, put_req(SVC, "z", json!({}))).await;
     put_ok(s, put_req(UP, "y", json!({}))).await;
@@ -558,11 +561,18 @@ pub(super) async fn snapshot_consistency(store: Arc<dyn ConfigStore>) {
     delete_ok(s, del_req(SVC, "a")).await;
 
     let snap = s.snapshot().await.expect("snapshot");
-    assert_eq!(snap.revision, 7);
+    assert_eq!(snap.revision, 8);
     assert_eq!(snap.revision, revision(s).await);
     assert_eq!(
         ids(&snap.resources),
-        vec![(UP, "x"), (UP, "y"), (SVC, "z"), (ROUTE, "a"), (ROUTE, "b")]
+        vec![
+            (UP, "x"),
+            (UP, "y"),
+            (SVC, "z"),
+            (ROUTE, "a"),
+            (ROUTE, "b"),
+            (GLOBAL, "g")
+        ]
     );
     let mut listed = Vec::new();
     for kind in ResourceKind::ALL {

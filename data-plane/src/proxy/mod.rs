@@ -46,6 +46,7 @@ fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
 
 use crate::compile::{Timeouts, Upstream};
 use crate::plugins::{PluginChain, PluginResponse, RequestCtx};
+use crate::router::vars::RequestVars;
 use crate::state::DpState;
 
 /// What the proxy answers with: an upstream's streamed body or a body of its own.
@@ -148,7 +149,7 @@ impl Proxy {
         if let Err(e) = self.normalize(&mut parts) {
             return e.into_response().map(Either::Right);
         }
-        let route = match self.match_route(&parts) {
+        let route = match self.match_route(client_addr, &parts) {
             Ok(r) => r,
             Err(e) => return e.into_response().map(Either::Right),
         };
@@ -217,7 +218,11 @@ impl Proxy {
     /// Takes what this request needs from the current config and lets go of it: the request
     /// keeps its upstream and plugins alive by `Arc`, so it finishes on the config it started
     /// with even if a new one is swapped in meanwhile.
-    fn match_route(&self, parts: &http::request::Parts) -> Result<MatchedRoute, ProxyError> {
+    fn match_route(
+        &self,
+        client_addr: SocketAddr,
+        parts: &http::request::Parts,
+    ) -> Result<MatchedRoute, ProxyError> {
         let host = parts
             .headers
             .get(header::HOST)
@@ -225,10 +230,20 @@ impl Proxy {
             .or_else(|| parts.uri.authority().map(|a| a.as_str()));
         let guard = self.state.config.load();
         let config = guard.as_ref().ok_or(ProxyError::NotReady)?;
-        let idx = config
-            .router
-            .find(&parts.method, host, parts.uri.path())
-            .ok_or(ProxyError::NoRoute)?;
+        let idx = if config.any_vars {
+            let req = RequestVars {
+                parts,
+                client: client_addr.ip(),
+            };
+            config
+                .router
+                .find_with(&parts.method, host, parts.uri.path(), |i| {
+                    config.routes.get(i).is_some_and(|r| r.vars.matches(&req))
+                })
+        } else {
+            config.router.find(&parts.method, host, parts.uri.path())
+        }
+        .ok_or(ProxyError::NoRoute)?;
         let route = &config.routes[idx];
         Ok(MatchedRoute {
             id: route.id.clone(),

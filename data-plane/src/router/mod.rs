@@ -4,11 +4,16 @@
 //! # Precedence
 //!
 //! For a request, candidate routes are tried in this order and the first one whose host and
-//! method constraints accept the request wins:
+//! method constraints (and, with [`Router::find_with`], the caller's predicate) accept the
+//! request wins:
 //!
-//! 1. An exact path (`/a/b`) before any prefix path (`/a/*`, `/a*`).
-//! 2. Among prefixes, the longer prefix first (`/api/v1/*` before `/api/*` before `/*`).
-//! 3. Within one path:
+//! 1. An exact path (`/a/b`), then parameterised paths (`/a/:id`), then prefix paths (`/a/*`,
+//!    `/a*`).
+//! 2. Among parameterised paths matching the request, the more literal one first, compared
+//!    segment by segment from the left (`/users/me/:x` before `/users/:id/posts` before
+//!    `/:kind/1/posts`), then by the path text.
+//! 3. Among prefixes, the longer prefix first (`/api/v1/*` before `/api/*` before `/*`).
+//! 4. Within one path:
 //!    1. higher `priority` first;
 //!    2. then routes matched through an exact host (`a.example.com`), then through a wildcard
 //!       host (`*.example.com`), then host-less routes (a route listing both kinds counts as
@@ -17,13 +22,17 @@
 //!    4. then by route id, then by position in the route list (stable, independent of how the
 //!       snapshot happened to be ordered apart from duplicate ids).
 //!
-//! If the best candidate of a path rejects the request (wrong host or method), the search goes
-//! on to the next candidate, then to the next shorter prefix.
+//! If the best candidate of a path rejects the request (wrong host or method, or the caller's
+//! `accept` predicate — the route's `vars` — says no), the search goes on to the next candidate
+//! of that path, then to the next path in the order above (next parameterised path, next
+//! shorter prefix).
 //!
 //! # Matching rules
 //!
 //! * Paths: `/a/b` matches only `/a/b`. A path ending in `*` is a byte prefix: `/api/*` matches
-//!   `/api/` and `/api/x/y` but not `/api`; `/foo*` matches `/foo` and `/foobar`.
+//!   `/api/` and `/api/x/y` but not `/api`; `/foo*` matches `/foo` and `/foobar`. A `:name`
+//!   segment matches exactly one non-empty segment: `/users/:id` matches `/users/42`, not
+//!   `/users`, `/users/` or `/users/42/x` (nor `/users/42/`, which has an empty third segment).
 //! * Hosts: compared case-insensitively after dropping a `:port` (`[v6]:port` too) and a
 //!   trailing dot. `*.example.com` matches `a.example.com` and `a.b.example.com`, not
 //!   `example.com`. A route without hosts accepts any host, and requests without a Host.
@@ -33,24 +42,28 @@
 //! # Cost
 //!
 //! `find` does one hash lookup for exact paths and one walk of a byte-level radix tree along the
-//! request path, so it does not grow with the number of routes. Within a path, candidates are
-//! scanned in order; paths shared by many routes (e.g. thousands of virtual hosts on `/*`) get a
-//! per-host index so that case stays flat too.
+//! request path, so it does not grow with the number of routes. Parameterised paths are grouped
+//! by segment count, then by their literal first segment (or "first segment is a parameter"):
+//! a request looks at one group (a hash lookup on its segment count and one on its first
+//! segment) and scans only the patterns in it, never all parameterised routes. Within a path,
+//! candidates are scanned in order; paths shared by many routes (e.g. thousands of virtual hosts
+//! on `/*`) get a per-host index so that case stays flat too.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use http::Method;
-use postern_proto::model::validate::{check_host_pattern, check_uri};
+use postern_proto::model::validate::{check_host_pattern, check_uri, uri_has_params};
 
 #[cfg(test)]
 mod tests;
+pub mod vars;
 
 /// One route as the router sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSpec {
     pub id: String,
-    /// Exact paths, or prefixes ending in `*`.
+    /// Exact paths, parameterised paths (`/users/:id`), or prefixes ending in `*`.
     pub paths: Vec<String>,
     /// Exact (`a.example.com`) or wildcard (`*.example.com`) hosts; empty = any host.
     pub hosts: Vec<String>,
@@ -90,6 +103,8 @@ pub struct Router {
     exact: HashMap<Box<str>, u32>,
     /// Radix tree of prefixes; node 0 is the root (empty label).
     nodes: Vec<Node>,
+    /// Parameterised paths.
+    params: ParamIndex,
 }
 
 impl fmt::Debug for Router {
@@ -98,6 +113,7 @@ impl fmt::Debug for Router {
             .field("routes", &self.routes.len())
             .field("exact_paths", &self.exact.len())
             .field("prefix_nodes", &self.nodes.len())
+            .field("param_paths", &self.params.patterns.len())
             .finish()
     }
 }
@@ -211,12 +227,17 @@ impl Bucket {
         }
     }
 
-    fn find(&self, routes: &[RouteData], req: &Request<'_>) -> Option<usize> {
+    fn find(
+        &self,
+        routes: &[RouteData],
+        req: &Request<'_>,
+        accept: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let Some(ix) = &self.index else {
             return self
                 .entries
                 .iter()
-                .find(|e| e.accepts(routes, req))
+                .find(|e| e.accepts(routes, req) && accept(e.route as usize))
                 .map(|e| e.route as usize);
         };
         // Each list already matches the host; take the earliest position whose method fits.
@@ -226,11 +247,12 @@ impl Bucket {
                 if pos >= best {
                     break;
                 }
-                let fits = self
-                    .entries
-                    .get(pos as usize)
-                    .and_then(|e| routes.get(e.route as usize))
-                    .is_some_and(|r| r.allows(req.method));
+                let fits = self.entries.get(pos as usize).is_some_and(|e| {
+                    routes
+                        .get(e.route as usize)
+                        .is_some_and(|r| r.allows(req.method))
+                        && accept(e.route as usize)
+                });
                 if fits {
                     best = pos;
                     break;
@@ -297,6 +319,7 @@ impl Router {
         let mut data = Vec::with_capacity(routes.len());
         let mut exact: HashMap<&str, Vec<Entry>> = HashMap::new();
         let mut prefix: HashMap<&str, Vec<Entry>> = HashMap::new();
+        let mut param: HashMap<&str, Vec<Entry>> = HashMap::new();
         for (i, spec) in routes.iter().enumerate() {
             let err = |reason: String| RouterError::InvalidRoute {
                 index: i,
@@ -329,6 +352,7 @@ impl Router {
             for p in paths {
                 let bucket = match p.strip_suffix('*') {
                     Some(pre) => prefix.entry(pre).or_default(),
+                    None if uri_has_params(p) => param.entry(p).or_default(),
                     None => exact.entry(p).or_default(),
                 };
                 bucket.extend(
@@ -341,7 +365,7 @@ impl Router {
             data.push(route);
         }
 
-        let mut buckets = Vec::with_capacity(exact.len() + prefix.len());
+        let mut buckets = Vec::with_capacity(exact.len() + prefix.len() + param.len());
         let mut add = |entries: Vec<Entry>| {
             buckets.push(Bucket::new(entries, &data, routes));
             (buckets.len() - 1) as u32
@@ -355,17 +379,34 @@ impl Router {
             insert(&mut nodes, p.as_bytes(), add(entries));
         }
         link(&mut nodes);
+        let params = ParamIndex::build(param.into_iter().map(|(p, entries)| (p, add(entries))));
         Ok(Router {
             routes: data,
             buckets,
             exact,
             nodes,
+            params,
         })
     }
 
     /// The index of the route that handles this request, by the precedence in the module docs.
     /// `host` is the raw Host header (any case, optional `:port`); `path` excludes the query.
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<usize> {
+        self.find_with(method, host, path, |_| true)
+    }
+
+    /// Like [`Router::find`], but a candidate route also needs `accept(index)` to hold (the
+    /// route's `vars`); when it does not, the search goes on as if the route's host or method
+    /// had not matched. `accept` is only asked about routes whose path, host and method match,
+    /// in precedence order, and may be asked about the same route more than once.
+    pub fn find_with(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        accept: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let accept: &dyn Fn(usize) -> bool = &accept;
         let mut buf = [0u8; MAX_HOST_LEN];
         let req = Request {
             method,
@@ -374,13 +415,20 @@ impl Router {
         if let Some(i) = self
             .exact
             .get(path)
-            .and_then(|&b| self.bucket_find(b, &req))
+            .and_then(|&b| self.bucket_find(b, &req, accept))
+        {
+            return Some(i);
+        }
+        if let Some(i) = self
+            .params
+            .candidates(path)
+            .find_map(|b| self.bucket_find(b, &req, accept))
         {
             return Some(i);
         }
         let mut next = self.deepest_prefix(path.as_bytes());
         while let Some(n) = next.and_then(|n| self.nodes.get(n as usize)) {
-            if let Some(i) = n.bucket.and_then(|b| self.bucket_find(b, &req)) {
+            if let Some(i) = n.bucket.and_then(|b| self.bucket_find(b, &req, accept)) {
                 return Some(i);
             }
             next = n.up;
@@ -396,10 +444,15 @@ impl Router {
         self.routes.is_empty()
     }
 
-    fn bucket_find(&self, bucket: u32, req: &Request<'_>) -> Option<usize> {
+    fn bucket_find(
+        &self,
+        bucket: u32,
+        req: &Request<'_>,
+        accept: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         self.buckets
             .get(bucket as usize)
-            .and_then(|b| b.find(&self.routes, req))
+            .and_then(|b| b.find(&self.routes, req, accept))
     }
 
     /// The deepest tree node with a bucket whose prefix starts `path`.
@@ -422,6 +475,128 @@ impl Router {
             id = child;
         }
         deepest
+    }
+}
+
+/// One segment of a parameterised path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Param,
+}
+
+#[derive(Debug)]
+struct ParamPattern {
+    /// The segments after the leading `/`.
+    segments: Box<[Segment]>,
+    bucket: u32,
+}
+
+impl ParamPattern {
+    /// `rest` is the request path without its leading `/`, with as many segments as `self`.
+    fn matches(&self, rest: &str) -> bool {
+        self.segments
+            .iter()
+            .zip(rest.split('/'))
+            .all(|(s, r)| match s {
+                Segment::Literal(l) => **l == *r,
+                Segment::Param => !r.is_empty(),
+            })
+    }
+}
+
+/// Patterns with the same number of segments, in precedence order.
+#[derive(Debug, Default)]
+struct ParamGroup {
+    /// Patterns whose first segment is this literal.
+    by_first: HashMap<Box<str>, Box<[u32]>>,
+    /// Patterns whose first segment is a parameter (all less specific than `by_first`'s).
+    any_first: Box<[u32]>,
+}
+
+/// Parameterised paths, grouped by segment count, then by literal first segment.
+#[derive(Debug, Default)]
+struct ParamIndex {
+    patterns: Vec<ParamPattern>,
+    groups: HashMap<usize, ParamGroup>,
+}
+
+impl ParamIndex {
+    fn build<'a>(paths: impl Iterator<Item = (&'a str, u32)>) -> ParamIndex {
+        let mut sorted: Vec<(Box<[Segment]>, &str, u32)> = paths
+            .map(|(p, bucket)| {
+                let segments = p
+                    .strip_prefix('/')
+                    .unwrap_or(p)
+                    .split('/')
+                    .map(|s| match s.starts_with(':') {
+                        true => Segment::Param,
+                        false => Segment::Literal(s.into()),
+                    })
+                    .collect();
+                (segments, p, bucket)
+            })
+            .collect();
+        // Specificity: a literal before a parameter at the first position they differ, then
+        // the path text (different texts can share segments only through parameter names).
+        let kind = |s: &Segment| matches!(s, Segment::Param);
+        sorted.sort_by(|a, b| {
+            a.0.iter()
+                .map(kind)
+                .cmp(b.0.iter().map(kind))
+                .then_with(|| a.1.cmp(b.1))
+        });
+        /// A `ParamGroup` being filled: `(by_first, any_first)`.
+        type Draft = (HashMap<Box<str>, Vec<u32>>, Vec<u32>);
+        let mut groups: HashMap<usize, Draft> = HashMap::new();
+        let mut patterns = Vec::with_capacity(sorted.len());
+        for (segments, _, bucket) in sorted {
+            let at = patterns.len() as u32;
+            let group = groups.entry(segments.len()).or_default();
+            match segments.first() {
+                Some(Segment::Literal(l)) => group.0.entry(l.clone()).or_default().push(at),
+                _ => group.1.push(at),
+            }
+            patterns.push(ParamPattern { segments, bucket });
+        }
+        let groups = groups
+            .into_iter()
+            .map(|(n, (by_first, any_first))| {
+                let by_first = by_first
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_boxed_slice()))
+                    .collect();
+                let group = ParamGroup {
+                    by_first,
+                    any_first: any_first.into_boxed_slice(),
+                };
+                (n, group)
+            })
+            .collect();
+        ParamIndex { patterns, groups }
+    }
+
+    /// Buckets of the patterns matching `path`, in precedence order.
+    fn candidates<'a>(&'a self, path: &'a str) -> impl Iterator<Item = u32> + 'a {
+        let rest = path.strip_prefix('/').filter(|_| !self.groups.is_empty());
+        let group = rest.and_then(|r| {
+            let count = r.bytes().filter(|&b| b == b'/').count() + 1;
+            self.groups.get(&count)
+        });
+        let (literal, any): (&[u32], &[u32]) = match (group, rest) {
+            (Some(g), Some(r)) => {
+                let first = r.split('/').next().unwrap_or("");
+                (g.by_first.get(first).map_or(&[], |v| v), &g.any_first)
+            }
+            _ => (&[], &[]),
+        };
+        let rest = rest.unwrap_or("");
+        literal
+            .iter()
+            .chain(any)
+            .filter_map(move |&i| self.patterns.get(i as usize))
+            .filter(move |p| p.matches(rest))
+            .map(|p| p.bucket)
     }
 }
 

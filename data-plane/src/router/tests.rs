@@ -409,7 +409,13 @@ fn many_virtual_hosts_on_one_path() {
 }
 
 /// The precedence rules written out naively: rank every route, take the smallest.
-fn reference(routes: &[RouteSpec], m: &Method, host: Option<&str>, p: &str) -> Option<usize> {
+fn reference(
+    routes: &[RouteSpec],
+    m: &Method,
+    host: Option<&str>,
+    p: &str,
+    accept: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
     let host = host.and_then(|h| {
         let h = match h.strip_prefix('[') {
             Some(rest) => match rest.find(']') {
@@ -423,12 +429,29 @@ fn reference(routes: &[RouteSpec], m: &Method, host: Option<&str>, p: &str) -> O
     });
     let mut best = None;
     for (i, r) in routes.iter().enumerate() {
+        if !accept(i) {
+            continue;
+        }
+        // (kind: exact < param < prefix, param specificity, param text, prefix length rank)
         let path_rank = r
             .paths
             .iter()
             .filter_map(|rp| match rp.strip_suffix('*') {
-                Some(pre) => p.starts_with(pre).then(|| (1, usize::MAX - pre.len())),
-                None => (rp == p).then_some((0, 0)),
+                Some(pre) => p
+                    .starts_with(pre)
+                    .then(|| (2, vec![], String::new(), usize::MAX - pre.len())),
+                None if rp.contains("/:") => {
+                    let pat: Vec<&str> = rp[1..].split('/').collect();
+                    let req: Vec<&str> = p.strip_prefix('/')?.split('/').collect();
+                    let ok = pat.len() == req.len()
+                        && pat.iter().zip(&req).all(|(a, b)| match a.starts_with(':') {
+                            true => !b.is_empty(),
+                            false => a == b,
+                        });
+                    let spec: Vec<bool> = pat.iter().map(|s| s.starts_with(':')).collect();
+                    ok.then(|| (1, spec, rp.clone(), 0))
+                }
+                None => (rp == p).then(|| (0, vec![], String::new(), 0)),
             })
             .min();
         let Some(path_rank) = path_rank else { continue };
@@ -471,13 +494,13 @@ fn reference(routes: &[RouteSpec], m: &Method, host: Option<&str>, p: &str) -> O
 
 #[test]
 fn matches_the_reference_model() {
-    const ROUTE_PATHS: [&str; 14] = [
+    const ROUTE_PATHS: [&str; 21] = [
         "/", "/*", "/a", "/a*", "/a/*", "/a/b", "/a/b*", "/a/b/*", "/ab", "/ab*", "/b/*", "/a/b/c",
-        "/abc*", "/c",
+        "/abc*", "/c", "/a/:x", "/:k", "/:k/b", "/a/:x/c", "/:k/:y/c", "/a/:y", "/b/:x/",
     ];
-    const REQUEST_PATHS: [&str; 14] = [
+    const REQUEST_PATHS: [&str; 18] = [
         "/", "/a", "/a/", "/a/b", "/a/b/", "/a/b/c", "/ab", "/abc", "/abcd", "/b", "/b/x", "",
-        "/c", "/d",
+        "/c", "/d", "/x/b", "/a/z/c", "/b/x/", "/a//c",
     ];
     const HOSTS: [&str; 8] = [
         "a.example.com",
@@ -529,12 +552,15 @@ fn matches_the_reference_model() {
             .collect();
         let router = Router::build(&routes).expect("compiles");
         indexed += router.buckets.iter().filter(|b| b.index.is_some()).count();
+        // Every other round, a `vars`-like predicate turns some routes down.
+        let rejected: Vec<bool> = (0..n).map(|_| round % 2 == 1 && rng.bool()).collect();
+        let accept = |i: usize| !rejected[i];
         for m in METHODS {
             let m = method(m);
             for h in REQUEST_HOSTS {
                 for p in REQUEST_PATHS {
-                    let got = router.find(&m, h, p);
-                    let want = reference(&routes, &m, h, p);
+                    let got = router.find_with(&m, h, p, accept);
+                    let want = reference(&routes, &m, h, p, &accept);
                     assert_eq!(got, want, "round {round}: {m} {h:?} {p:?}\n{routes:#?}");
                 }
             }
@@ -598,7 +624,7 @@ fn ten_thousand_routes() {
         let got = router.find(&Method::GET, host, &p);
         assert_eq!(
             got,
-            reference(&routes, &Method::GET, host, &p),
+            reference(&routes, &Method::GET, host, &p, &|_| true),
             "{host:?} {p}"
         );
     }
@@ -627,4 +653,135 @@ fn ten_thousand_routes() {
         time(&router),
         router.len()
     );
+}
+
+#[test]
+fn param_paths() {
+    let routes = [
+        path("user", &["/users/:id"]),
+        path("me", &["/users/me"]),
+        path("posts", &["/users/:id/posts"]),
+        path("post", &["/users/:id/posts/:post_id"]),
+        path("kind", &["/:kind/:id"]),
+        path("users-prefix", &["/users/*"]),
+        path("root", &["/:top"]),
+    ];
+    check(
+        &routes,
+        &[
+            ("GET", None, "/users/42", Some("user")),
+            // Exact before parameterised.
+            ("GET", None, "/users/me", Some("me")),
+            ("GET", None, "/users/42/posts", Some("posts")),
+            ("GET", None, "/users/42/posts/7", Some("post")),
+            // A literal first segment beats a parameter there.
+            ("GET", None, "/items/3", Some("kind")),
+            // A parameter never matches an empty segment or several: prefixes take over.
+            ("GET", None, "/users/", Some("users-prefix")),
+            ("GET", None, "/users//posts", Some("users-prefix")),
+            ("GET", None, "/users/42/", Some("users-prefix")),
+            ("GET", None, "/users/42/comments", Some("users-prefix")),
+            ("GET", None, "/users", Some("root")),
+            ("GET", None, "/", None),
+            ("GET", None, "/a/b/c/d", None),
+        ],
+    );
+}
+
+#[test]
+fn param_precedence_is_by_literal_segments_from_the_left() {
+    let routes = [
+        route("any", &["/:a/:b/:c"], &[], &[], 100),
+        path("mid", &["/:a/x/:c"]),
+        path("left", &["/v/:b/:c"]),
+        path("left-mid", &["/v/x/:c"]),
+        route("post-only", &["/v/x/:id"], &[], &["POST"], 0),
+    ];
+    check(
+        &routes,
+        &[
+            ("GET", None, "/v/x/1", Some("left-mid")),
+            // `/v/x/:c` and `/v/x/:id` are different paths of equal specificity: text order.
+            ("POST", None, "/v/x/1", Some("left-mid")),
+            ("GET", None, "/v/y/1", Some("left")),
+            ("GET", None, "/w/x/1", Some("mid")),
+            // Priority only orders routes within one path.
+            ("GET", None, "/w/y/1", Some("any")),
+        ],
+    );
+}
+
+#[test]
+fn exact_then_param_then_prefix_with_fallback() {
+    let routes = [
+        route("exact", &["/api/users/list"], &[], &["GET"], 0),
+        route("param", &["/api/users/:id"], &["a.example.com"], &[], 0),
+        route("prefix", &["/api/*"], &[], &[], 0),
+    ];
+    check(
+        &routes,
+        &[
+            (
+                "GET",
+                Some("a.example.com"),
+                "/api/users/list",
+                Some("exact"),
+            ),
+            // The exact route rejects POST: the parameterised one is next.
+            (
+                "POST",
+                Some("a.example.com"),
+                "/api/users/list",
+                Some("param"),
+            ),
+            (
+                "POST",
+                Some("b.example.com"),
+                "/api/users/list",
+                Some("prefix"),
+            ),
+            ("GET", Some("a.example.com"), "/api/users/9", Some("param")),
+            ("GET", None, "/api/users/9", Some("prefix")),
+        ],
+    );
+}
+
+#[test]
+fn accept_predicate_moves_to_the_next_candidate() {
+    let routes = [
+        route("mobile", &["/app"], &[], &[], 10),
+        path("web", &["/app"]),
+        path("user", &["/u/:id"]),
+        path("prefix", &["/*"]),
+    ];
+    let router = Router::build(&routes).expect("compiles");
+    let find = |p: &str, rejected: &[&str]| {
+        router
+            .find_with(&Method::GET, None, p, |i| {
+                !rejected.contains(&routes[i].id.as_str())
+            })
+            .map(|i| routes[i].id.as_str())
+    };
+    assert_eq!(find("/app", &[]), Some("mobile"));
+    assert_eq!(find("/app", &["mobile"]), Some("web"));
+    assert_eq!(find("/app", &["mobile", "web"]), Some("prefix"));
+    assert_eq!(find("/u/1", &["user"]), Some("prefix"));
+    assert_eq!(find("/u/1", &["user", "prefix"]), None);
+}
+
+#[test]
+fn many_param_routes_are_grouped() {
+    const N: usize = 5_000;
+    let routes: Vec<RouteSpec> = (0..N)
+        .map(|i| path(&format!("r{i}"), &[&format!("/svc{i}/:id/items/:item")]))
+        .collect();
+    let router = Router::build(&routes).expect("compiles");
+    assert_eq!(router.params.groups.len(), 1);
+    let group = router.params.groups.values().next().expect("one group");
+    assert_eq!(group.by_first.len(), N);
+    for i in [0, 17, N - 1] {
+        let got = router.find(&Method::GET, None, &format!("/svc{i}/7/items/9"));
+        assert_eq!(got, Some(i));
+    }
+    assert_eq!(router.find(&Method::GET, None, "/svc1/7/items"), None);
 }

@@ -7,14 +7,17 @@ pub enum ResourceKind {
     Upstreams,
     Services,
     Routes,
+    /// Plugins run on every route; named `global_rules` as in APISIX. References nothing.
+    GlobalRules,
 }
 
 impl ResourceKind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [ResourceKind; 3] = [
+    pub const ALL: [ResourceKind; 4] = [
         ResourceKind::Upstreams,
         ResourceKind::Services,
         ResourceKind::Routes,
+        ResourceKind::GlobalRules,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -22,6 +25,7 @@ impl ResourceKind {
             ResourceKind::Upstreams => "upstreams",
             ResourceKind::Services => "services",
             ResourceKind::Routes => "routes",
+            ResourceKind::GlobalRules => "global_rules",
         }
     }
 }

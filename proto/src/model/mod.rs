@@ -2,12 +2,14 @@
 //! checks that span resources (references between them).
 
 mod error;
+mod global_rule;
 mod kind;
 pub mod plugins;
 mod route;
 mod service;
 mod upstream;
 pub mod validate;
+pub mod vars;
 
 use std::collections::BTreeMap;
 
@@ -15,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use error::{Result, ValidationError};
+pub use global_rule::GlobalRuleConfig;
 pub use kind::{Reference, ResourceKind, UnknownKind};
 pub use route::RouteConfig;
 pub use service::ServiceConfig;
@@ -29,6 +32,7 @@ pub enum Resource {
     Upstream(UpstreamConfig),
     Service(ServiceConfig),
     Route(RouteConfig),
+    GlobalRule(GlobalRuleConfig),
 }
 
 impl Resource {
@@ -38,11 +42,13 @@ impl Resource {
             ResourceKind::Upstreams => Resource::Upstream(decode::<UpstreamConfig>(body)?),
             ResourceKind::Services => Resource::Service(decode::<ServiceConfig>(body)?),
             ResourceKind::Routes => Resource::Route(decode::<RouteConfig>(body)?),
+            ResourceKind::GlobalRules => Resource::GlobalRule(decode::<GlobalRuleConfig>(body)?),
         };
         match &r {
             Resource::Upstream(u) => u.validate()?,
             Resource::Service(s) => s.validate()?,
             Resource::Route(rt) => rt.validate()?,
+            Resource::GlobalRule(g) => g.validate()?,
         }
         Ok(r)
     }
@@ -50,7 +56,7 @@ impl Resource {
     /// The resources this one names by id, which must exist while it does.
     pub fn references(&self) -> Vec<Reference<'_>> {
         match self {
-            Resource::Upstream(_) => Vec::new(),
+            Resource::Upstream(_) | Resource::GlobalRule(_) => Vec::new(),
             Resource::Service(s) => s.references().collect(),
             Resource::Route(r) => r.references().collect(),
         }
@@ -88,6 +94,8 @@ pub struct ConfigSet {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub services: BTreeMap<String, ServiceConfig>,
     pub routes: BTreeMap<String, RouteConfig>,
+    /// By id: their plugins are merged in this order, before a route's service's and its own.
+    pub global_rules: BTreeMap<String, GlobalRuleConfig>,
 }
 
 impl ConfigSet {
@@ -104,6 +112,9 @@ impl ConfigSet {
             Resource::Route(r) => {
                 self.routes.insert(id, r);
             }
+            Resource::GlobalRule(g) => {
+                self.global_rules.insert(id, g);
+            }
         }
     }
 
@@ -114,6 +125,7 @@ impl ConfigSet {
             ResourceKind::Upstreams => self.upstreams.contains_key(id),
             ResourceKind::Services => self.services.contains_key(id),
             ResourceKind::Routes => self.routes.contains_key(id),
+            ResourceKind::GlobalRules => self.global_rules.contains_key(id),
         };
         let services = self.services.iter().map(|(id, s)| {
             (

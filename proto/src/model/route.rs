@@ -8,6 +8,7 @@ use super::kind::{Reference, ResourceKind};
 use super::plugins::validate_plugins;
 use super::upstream::{Timeout, UpstreamConfig};
 use super::validate::{check_host_pattern, check_id, check_method, check_text, check_uri};
+use super::vars::parse_vars;
 
 /// A route: what requests it matches and where they go, in APISIX's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +35,9 @@ pub struct RouteConfig {
     /// Higher wins among routes that match the same path.
     #[serde(default)]
     pub priority: i32,
+    /// Request conditions, all of which must hold (APISIX `vars`; see [`super::vars`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<Vec<Value>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugins: BTreeMap<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +100,9 @@ impl RouteConfig {
         }
         for (i, h) in self.hosts.iter().flatten().enumerate() {
             check_host_pattern(h).map_err(|e| e.under(&format!("hosts.{i}")))?;
+        }
+        if let Some(vars) = &self.vars {
+            parse_vars(vars).map_err(|e| e.under("vars"))?;
         }
         if self.status > 1 {
             return Err(ValidationError::new(
@@ -165,5 +172,72 @@ impl RouteConfig {
             .iter()
             .chain(self.hosts.iter().flatten())
             .map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use crate::model::{Resource, ResourceKind, Result};
+
+    fn parse(body: Value) -> Result<Resource> {
+        Resource::parse(ResourceKind::Routes, &body)
+    }
+
+    #[test]
+    fn vars_and_param_uris_parse() {
+        let body = json!({
+            "uri": "/users/:id",
+            "vars": [
+                ["http_x_client", "==", "mobile"],
+                ["arg_page", ">", "1"],
+                ["cookie_session", "~~", "^a"],
+                ["remote_addr", "in", ["127.0.0.1"]],
+                ["http_x", "!", "==", "a"]
+            ],
+            "upstream": {"nodes": {"127.0.0.1:80": 1}}
+        });
+        let Ok(Resource::Route(r)) = parse(body.clone()) else {
+            panic!("route should parse")
+        };
+        assert_eq!(r.vars.as_ref().map(Vec::len), Some(5));
+        // Round-trips in the same shape.
+        assert_eq!(serde_json::to_value(&r).unwrap()["vars"], body["vars"]);
+    }
+
+    #[test]
+    fn bad_vars_and_params_name_the_field() {
+        let up = json!({"nodes": {"127.0.0.1:80": 1}});
+        let cases = [
+            (
+                json!({"uri": "/a", "upstream": up, "vars": [["http_x", "=", "a"]]}),
+                "vars.0.1",
+            ),
+            (
+                json!({"uri": "/a", "upstream": up,
+                       "vars": [["http_x", "==", "a"], ["uri", "~~", "(unclosed"]]}),
+                "vars.1.2",
+            ),
+            (
+                json!({"uri": "/a", "upstream": up, "vars": [["bogus", "==", "a"]]}),
+                "vars.0.0",
+            ),
+            (
+                json!({"uri": "/a", "upstream": up, "vars": ["http_x"]}),
+                "vars.0",
+            ),
+            (
+                json!({"uri": "/a", "upstream": up, "vars": {"a": 1}}),
+                "vars",
+            ),
+            (json!({"uri": "/users/:", "upstream": up}), "uri"),
+            (json!({"uri": "/users/a:b", "upstream": up}), "uri"),
+            (json!({"uris": ["/a", "/u/:1"], "upstream": up}), "uris.1"),
+        ];
+        for (body, field) in cases {
+            let e = parse(body.clone()).expect_err("should be rejected");
+            assert_eq!(e.field, field, "{body} -> {e}");
+        }
     }
 }

@@ -231,3 +231,42 @@ fn bad_rewrite_plugins_name_the_field() {
         assert_eq!(e.field, field, "{plugins} -> {e}");
     }
 }
+
+#[test]
+fn global_rules_parse_and_bad_ones_name_the_field() {
+    assert_eq!(
+        "global_rules".parse::<ResourceKind>(),
+        Ok(ResourceKind::GlobalRules)
+    );
+    let body = json!({"id": "g1", "name": "all", "labels": {"team": "edge"},
+        "plugins": {"response-rewrite": {"headers": {"set": {"X-Gw": "postern"}}}}});
+    let r = Resource::parse(ResourceKind::GlobalRules, &body).unwrap();
+    let Resource::GlobalRule(g) = &r else {
+        panic!("not a global rule")
+    };
+    assert_eq!(g.plugins.len(), 1);
+    assert!(r.references().is_empty());
+    let mut set = ConfigSet::default();
+    set.insert("g1", r);
+    set.check_references().unwrap();
+    assert_eq!(set.global_rules.len(), 1);
+
+    let cases = [
+        (json!({}), "plugins"),
+        (json!({"plugins": {}}), "plugins"),
+        (json!({"name": "x"}), "plugins"),
+        (
+            json!({"plugins": {"no-such-plugin": {}}}),
+            "plugins.no-such-plugin",
+        ),
+        (
+            json!({"plugins": {"response-rewrite": {"status_code": "x"}}}),
+            "plugins.response-rewrite.status_code",
+        ),
+        (json!({"plugins": {"request-id": {}}, "uri": "/a"}), "uri"),
+    ];
+    for (body, field) in cases {
+        let e = Resource::parse(ResourceKind::GlobalRules, &body).expect_err("rejected");
+        assert_eq!(e.field, field, "{body}: {e}");
+    }
+}

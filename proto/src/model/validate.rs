@@ -83,7 +83,9 @@ pub fn check_method(m: &str) -> Result<()> {
 }
 
 /// A route uri: starts with `/`, may end with `*` (prefix match), no `*` elsewhere, no
-/// whitespace or control characters.
+/// whitespace or control characters. A whole segment `:name` (name = `[A-Za-z_][A-Za-z0-9_]*`)
+/// matches any one non-empty request segment; such a parameterised uri cannot also be a prefix,
+/// and `:` is not allowed anywhere else.
 pub fn check_uri(uri: &str) -> Result<()> {
     let err = |m: &str| Err(ValidationError::new("", format!("'{uri}': {m}")));
     if !uri.starts_with('/') {
@@ -101,7 +103,41 @@ pub fn check_uri(uri: &str) -> Result<()> {
     if uri.trim_end_matches('*').contains('*') || uri.ends_with("**") {
         return err("'*' is only allowed once, at the end (prefix match)");
     }
+    let mut params = false;
+    for seg in uri.split('/') {
+        match seg.strip_prefix(':') {
+            Some(name) => {
+                if !is_param_name(name) {
+                    return err(
+                        "a ':' segment needs a parameter name of [A-Za-z_][A-Za-z0-9_]* \
+                         filling the segment",
+                    );
+                }
+                params = true;
+            }
+            None if seg.contains(':') => {
+                return err("':' is only allowed at the start of a segment (':name' parameter)");
+            }
+            None => {}
+        }
+    }
+    if params && uri.ends_with('*') {
+        return err("a uri with ':name' parameters cannot also be a prefix ('*')");
+    }
     Ok(())
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_param_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Whether a (valid) route uri has `:name` segments.
+pub fn uri_has_params(uri: &str) -> bool {
+    uri.split('/').any(|seg| seg.starts_with(':'))
 }
 
 #[cfg(test)]
@@ -143,5 +179,35 @@ mod tests {
         for bad in ["", "api", "/a*b", "/a**", "/a b", "/a\n"] {
             assert!(check_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn param_uris() {
+        for ok in [
+            "/users/:id",
+            "/:kind",
+            "/users/:id/posts/:post_id",
+            "/a/:_x9/b",
+            "/users/:id/",
+        ] {
+            assert!(check_uri(ok).is_ok(), "{ok}");
+            assert!(uri_has_params(ok), "{ok}");
+        }
+        for bad in [
+            "/users/:",
+            "/users/:/x",
+            "/users/:1d",
+            "/users/:id-x",
+            "/users/:id:x",
+            "/users/a:b",
+            "/a:",
+            "/users/x:id",
+            "/users/::id",
+            "/users/:id/*",
+            "/users/:id*",
+        ] {
+            assert!(check_uri(bad).is_err(), "{bad}");
+        }
+        assert!(!uri_has_params("/users/*"));
     }
 }
