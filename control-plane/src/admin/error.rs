@@ -70,7 +70,11 @@ impl From<StoreError> for AdminError {
             StoreError::NotFound { .. } => AdminError::NotFound(msg),
             StoreError::AlreadyExists { .. } => AdminError::Conflict(msg),
             StoreError::PreconditionFailed { .. } => AdminError::PreconditionFailed(msg),
-            StoreError::DanglingReference { field, .. } => AdminError::invalid(field, msg),
+            // The field goes in `field` (and in front of the message, once).
+            StoreError::DanglingReference { field, kind, id } => AdminError::invalid(
+                field,
+                format!("references {kind} '{id}' which does not exist"),
+            ),
             // APISIX answers 400 here too: the request conflicts with the config, not the server.
             StoreError::InUse { .. } => AdminError::invalid("id", msg),
             StoreError::Unavailable(_) => AdminError::Unavailable(msg),
