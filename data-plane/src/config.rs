@@ -8,6 +8,7 @@ use clap::{Args, Parser};
 use serde::Deserialize;
 
 use crate::proxy::normalize::EncodedSlash;
+use crate::proxy::real_ip::{self, Cidr};
 
 pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:9280";
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:9080";
@@ -54,6 +55,10 @@ pub struct DpOptions {
     /// the request with 400 [default: keep]
     #[arg(long, env = "POSTERN_ENCODED_SLASH")]
     pub encoded_slash: Option<String>,
+    /// Networks of proxies in front of this DP (comma-separated CIDRs, e.g. `10.0.0.0/8`): from
+    /// their connections the client address is taken from `X-Forwarded-For` [default: none]
+    #[arg(long, env = "POSTERN_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// PEM CA bundle that signed the control plane's certificate (needed for an https:// URL)
     #[arg(long, env = "POSTERN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -80,6 +85,8 @@ pub struct DpConfig {
     /// TLS to the control plane (`https://` URL).
     pub tls: Option<ClientTls>,
     pub encoded_slash: EncodedSlash,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// PEM files for TLS to the control plane.
@@ -106,6 +113,7 @@ impl Default for DpConfig {
             json_logs: false,
             tls: None,
             encoded_slash: EncodedSlash::Keep,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -130,6 +138,7 @@ impl DpOptions {
             cache_dir: self.cache_dir.or(file.cache_dir),
             log_format: self.log_format.or(file.log_format),
             encoded_slash: self.encoded_slash.or(file.encoded_slash),
+            trusted_proxies: self.trusted_proxies.or(file.trusted_proxies),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
@@ -192,6 +201,8 @@ impl Cli {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR)),
             json_logs,
             tls,
+            trusted_proxies: real_ip::parse_list(o.trusted_proxies.as_deref().unwrap_or(""))
+                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
             encoded_slash: match o.encoded_slash.as_deref() {
                 None | Some("keep") => EncodedSlash::Keep,
                 Some("reject") => EncodedSlash::Reject,
@@ -237,6 +248,7 @@ mod tests {
             vec!["data-plane", "--encoded-slash", "maybe"],
             vec!["data-plane", "--log-format", "xml"],
             vec!["data-plane", "--node-id", ""],
+            vec!["data-plane", "--trusted-proxies", "10.0.0.0/33"],
         ] {
             let r = Cli::try_parse_from(&args).unwrap().resolve();
             assert!(r.is_err(), "{args:?} was accepted");

@@ -56,9 +56,13 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         state.clone(),
         shutdown.clone(),
     ));
-    Arc::new(Proxy::new(state, config.encoded_slash))
-        .serve(proxy_listener, shutdown)
-        .await;
+    Arc::new(Proxy::new(
+        state,
+        config.encoded_slash,
+        config.trusted_proxies,
+    ))
+    .serve(proxy_listener, shutdown)
+    .await;
     let _ = tokio::join!(sync_task, status_task);
     Ok(())
 }

@@ -6,6 +6,7 @@ mod error;
 pub mod headers;
 mod limited_body;
 pub mod normalize;
+pub mod real_ip;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -77,10 +78,15 @@ pub struct Proxy {
     state: Arc<DpState>,
     client: UpstreamClient,
     encoded_slash: normalize::EncodedSlash,
+    trusted_proxies: Vec<real_ip::Cidr>,
 }
 
 impl Proxy {
-    pub fn new(state: Arc<DpState>, encoded_slash: normalize::EncodedSlash) -> Proxy {
+    pub fn new(
+        state: Arc<DpState>,
+        encoded_slash: normalize::EncodedSlash,
+        trusted_proxies: Vec<real_ip::Cidr>,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
@@ -93,6 +99,7 @@ impl Proxy {
             state,
             client,
             encoded_slash,
+            trusted_proxies,
         }
     }
 
@@ -141,8 +148,15 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, client_addr: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
+        // Routing conditions and plugins see the client; X-Forwarded-For gets the peer appended.
+        let client_addr = if self.trusted_proxies.is_empty() {
+            peer
+        } else {
+            let ip = real_ip::client_ip(peer.ip(), &parts.headers, &self.trusted_proxies);
+            SocketAddr::new(ip, peer.port())
+        };
         if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES {
             return ProxyError::UriTooLong.into_response().map(Either::Right);
         }
@@ -155,13 +169,7 @@ impl Proxy {
         };
         if route.plugins.is_empty() {
             return self
-                .forward(
-                    client_addr,
-                    parts,
-                    LimitedBody::new(body, None),
-                    &route,
-                    None,
-                )
+                .forward(peer, parts, LimitedBody::new(body, None), &route, None)
                 .await
                 .unwrap_or_else(|e| e.into_response().map(Either::Right));
         }
@@ -171,8 +179,7 @@ impl Proxy {
             None => {
                 let upstream_host = ctx.upstream_host.take();
                 let body = LimitedBody::new(body, ctx.max_body_size);
-                self.forward(client_addr, parts, body, &route, upstream_host)
-                    .await
+                self.forward(peer, parts, body, &route, upstream_host).await
             }
         };
         let (mut head, body) = result
