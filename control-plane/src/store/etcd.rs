@@ -32,6 +32,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
+use super::run_detached;
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
     StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
@@ -115,20 +116,6 @@ impl EtcdStore {
         let seen = inner.resync().await?;
         let follower = tokio::spawn(inner.clone().follow(seen));
         Ok(EtcdStore { inner, follower })
-    }
-
-    /// Runs a write on its own task: if the caller is dropped mid-way (client gone), the
-    /// transaction still either commits and is announced, or does not happen.
-    async fn spawn_write<F, Fut>(&self, write: F) -> StoreResult<WriteOutcome>
-    where
-        F: FnOnce(Arc<Inner>) -> Fut,
-        Fut: Future<Output = StoreResult<WriteOutcome>> + Send + 'static,
-    {
-        match tokio::spawn(write(self.inner.clone())).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
-        }
     }
 }
 
@@ -1018,13 +1005,19 @@ impl ConfigStore for EtcdStore {
     }
 
     async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
-        self.spawn_write(|inner| async move { inner.put(req).await })
-            .await
+        run_detached({
+            let inner = self.inner.clone();
+            async move { inner.put(req).await }
+        })
+        .await
     }
 
     async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
-        self.spawn_write(|inner| async move { inner.delete(req).await })
-            .await
+        run_detached({
+            let inner = self.inner.clone();
+            async move { inner.delete(req).await }
+        })
+        .await
     }
 
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {

@@ -161,6 +161,25 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One write, for backends that run puts and deletes through the same transaction wrapper.
+pub(super) enum Write {
+    Put(PutRequest),
+    Delete(DeleteRequest),
+}
+
+/// Runs a write on its own task: if the caller is dropped mid-way (client gone), the write still
+/// either commits and is announced, or does not happen — it never commits unannounced.
+pub(super) async fn run_detached<Fut>(write: Fut) -> StoreResult<WriteOutcome>
+where
+    Fut: std::future::Future<Output = StoreResult<WriteOutcome>> + Send + 'static,
+{
+    match tokio::spawn(write).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
+    }
+}
+
 /// A config store backend. All methods are safe to call concurrently.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + 'static {

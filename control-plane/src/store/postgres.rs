@@ -38,6 +38,7 @@ use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
     StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
+use super::{Write, run_detached};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -198,20 +199,6 @@ impl PostgresStore {
     pub(super) fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
-
-    /// Runs a write on its own task: if the caller is dropped mid-way (client gone), the
-    /// transaction still either commits and is announced, or rolls back — never commits silently.
-    async fn spawn_write<F, Fut>(&self, write: F) -> StoreResult<WriteOutcome>
-    where
-        F: FnOnce(Arc<Inner>) -> Fut,
-        Fut: Future<Output = StoreResult<WriteOutcome>> + Send + 'static,
-    {
-        match tokio::spawn(write(self.inner.clone())).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
-        }
-    }
 }
 
 impl Drop for PostgresStore {
@@ -223,34 +210,19 @@ impl Drop for PostgresStore {
 }
 
 impl Inner {
-    async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
+    /// One write in one transaction; announced after commit.
+    async fn write(&self, write: Write) -> StoreResult<WriteOutcome> {
         let _writer = self.queue_for_write().await?;
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await
             .map_err(db_err)?;
-        match put_in(&mut tx, req).await {
-            Ok(outcome) => {
-                tx.commit().await.map_err(db_err)?;
-                self.announce(outcome.revision);
-                Ok(outcome)
-            }
-            Err(e) => {
-                rollback(tx).await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
-        let _writer = self.queue_for_write().await?;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await
-            .map_err(db_err)?;
-        match delete_in(&mut tx, req).await {
+        let result = match write {
+            Write::Put(req) => put_in(&mut tx, req).await,
+            Write::Delete(req) => delete_in(&mut tx, req).await,
+        };
+        match result {
             Ok(outcome) => {
                 tx.commit().await.map_err(db_err)?;
                 self.announce(outcome.revision);
@@ -875,13 +847,19 @@ impl ConfigStore for PostgresStore {
     }
 
     async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
-        self.spawn_write(|inner| async move { inner.put(req).await })
-            .await
+        run_detached({
+            let inner = self.inner.clone();
+            async move { inner.write(Write::Put(req)).await }
+        })
+        .await
     }
 
     async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
-        self.spawn_write(|inner| async move { inner.delete(req).await })
-            .await
+        run_detached({
+            let inner = self.inner.clone();
+            async move { inner.write(Write::Delete(req)).await }
+        })
+        .await
     }
 
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {

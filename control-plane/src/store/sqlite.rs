@@ -27,6 +27,7 @@ use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
     StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
+use super::{Write, run_detached};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -100,54 +101,25 @@ impl SqliteStore {
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.inner.pool
     }
-
-    /// Runs a write on its own task: if the caller is dropped mid-way (client gone), the
-    /// transaction still either commits and is announced, or rolls back — never commits silently.
-    async fn spawn_write<F, Fut>(&self, write: F) -> StoreResult<WriteOutcome>
-    where
-        F: FnOnce(Arc<Inner>) -> Fut,
-        Fut: Future<Output = StoreResult<WriteOutcome>> + Send + 'static,
-    {
-        match tokio::spawn(write(self.inner.clone())).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
-        }
-    }
 }
 
 impl Inner {
-    async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
+    /// One write in one transaction; announced after commit.
+    async fn write(&self, write: Write) -> StoreResult<WriteOutcome> {
         let _writer = self.write_lock.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
-        match put_in(&mut tx, req, unix_now()).await {
+        let result = match write {
+            Write::Put(req) => put_in(&mut tx, req, unix_now()).await,
+            Write::Delete(req) => delete_in(&mut tx, req, unix_now()).await,
+        };
+        match result {
             Ok(outcome) => {
                 tx.commit().await.map_err(db_err)?;
                 // Still under the write lock, so announcements are in revision order.
-                self.revision_tx.send_replace(outcome.revision);
-                Ok(outcome)
-            }
-            Err(e) => {
-                rollback(tx).await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
-        match delete_in(&mut tx, req, unix_now()).await {
-            Ok(outcome) => {
-                tx.commit().await.map_err(db_err)?;
                 self.revision_tx.send_replace(outcome.revision);
                 Ok(outcome)
             }
@@ -577,13 +549,19 @@ impl ConfigStore for SqliteStore {
     }
 
     async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {
-        self.spawn_write(|inner| async move { inner.put(req).await })
-            .await
+        run_detached({
+            let inner = self.inner.clone();
+            async move { inner.write(Write::Put(req)).await }
+        })
+        .await
     }
 
     async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome> {
-        self.spawn_write(|inner| async move { inner.delete(req).await })
-            .await
+        run_detached({
+            let inner = self.inner.clone();
+            async move { inner.write(Write::Delete(req)).await }
+        })
+        .await
     }
 
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {
