@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admin_key;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -175,6 +175,10 @@ impl SnapshotHub {
     }
 
     fn store_failed(&self, e: &crate::store::StoreError) {
+        crate::metrics::METRICS
+            .store_errors
+            .with_label_values(&["builder"])
+            .inc();
         let mut status = lock(&self.status);
         if status.store_error.is_none() {
             // Logged once per outage, not once per retry.
@@ -297,6 +301,10 @@ fn apply(hub: &SnapshotHub, found: StoreSnapshot) {
                 build_ms = snap.build_time.as_secs_f64() * 1e3,
                 "snapshot built"
             );
+            let m = &crate::metrics::METRICS;
+            m.snapshot_build.observe(snap.build_time.as_secs_f64());
+            m.snapshot_version
+                .set(i64::try_from(snap.version).unwrap_or(i64::MAX));
             hub.publish(snap);
         }
         Err(e) => tracing::error!(

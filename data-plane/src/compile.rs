@@ -15,6 +15,7 @@ use postern_proto::model::{
 use postern_proto::sync::Snapshot;
 
 use crate::balancer::RoundRobin;
+use crate::observability::metrics::RouteMetrics;
 use crate::plugins::PluginChain;
 use crate::router::vars::Conditions;
 use crate::router::{RouteSpec, Router};
@@ -113,6 +114,7 @@ pub struct CompiledRoute {
     pub timeouts: Timeouts,
     /// The route's `vars`; empty when it has none.
     pub vars: Conditions,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -330,8 +332,13 @@ pub fn compile(
         });
         let vars = Conditions::compile(route.vars.as_deref().unwrap_or_default())
             .map_err(|e| invalid("routes", id, e.under("vars")))?;
+        let route_id: Arc<str> = id.as_str().into();
         routes.push(CompiledRoute {
-            id: id.as_str().into(),
+            metrics: Arc::new(RouteMetrics::new(
+                route_id.clone(),
+                route.service_id.as_deref(),
+            )),
+            id: route_id,
             upstream,
             timeouts,
             plugins: Arc::new(plugins),

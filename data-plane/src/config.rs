@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
+use crate::observability::access_log;
 use crate::proxy::normalize::EncodedSlash;
 use crate::proxy::real_ip::{self, Cidr};
 
@@ -14,6 +16,7 @@ pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:9280";
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:9080";
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9091";
 pub const DEFAULT_CACHE_DIR: &str = "./postern-cache";
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,7 +41,7 @@ pub struct DpOptions {
     /// Proxy address [default: 0.0.0.0:9080]
     #[arg(long, env = "POSTERN_PROXY_LISTEN")]
     pub proxy_listen: Option<SocketAddr>,
-    /// Status address: /healthz, /readyz [default: 127.0.0.1:9091]
+    /// Status address: /healthz, /readyz, /metrics [default: 127.0.0.1:9091]
     #[arg(long, env = "POSTERN_STATUS_LISTEN")]
     pub status_listen: Option<SocketAddr>,
     /// Where the last applied snapshot is kept, to serve it after a restart while the control
@@ -71,6 +74,22 @@ pub struct DpOptions {
     /// Name to verify in the control plane's certificate [default: the URL's host]
     #[arg(long, env = "POSTERN_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
+    /// Access log: `off`, `stdout`, or a file path (appended to), one JSON object a line
+    /// [default: off]
+    #[arg(long, env = "POSTERN_ACCESS_LOG")]
+    pub access_log: Option<String>,
+    /// Access-log fields, comma-separated, in order [default: time, client, method, host, path,
+    /// protocol, status, route, upstream, upstream_ms, duration_ms, bytes_out, request_id,
+    /// user_agent]
+    #[arg(long, env = "POSTERN_ACCESS_LOG_FIELDS")]
+    pub access_log_fields: Option<String>,
+    /// On SIGTERM, seconds to keep serving with /readyz answering 503 before the proxy stops
+    /// accepting connections, so load balancers take this DP out first [default: 0]
+    #[arg(long, env = "POSTERN_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Option<f64>,
+    /// Seconds in-flight requests get to finish once the proxy stopped accepting [default: 10]
+    #[arg(long, env = "POSTERN_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<f64>,
 }
 
 /// Settings after precedence and defaults are applied.
@@ -87,6 +106,10 @@ pub struct DpConfig {
     pub encoded_slash: EncodedSlash,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    pub access_log: Option<access_log::Target>,
+    pub access_log_fields: Vec<access_log::Field>,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
 }
 
 /// PEM files for TLS to the control plane.
@@ -114,6 +137,10 @@ impl Default for DpConfig {
             tls: None,
             encoded_slash: EncodedSlash::Keep,
             trusted_proxies: Vec::new(),
+            access_log: None,
+            access_log_fields: access_log::Field::ALL.to_vec(),
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -143,6 +170,10 @@ impl DpOptions {
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_server_name: self.tls_server_name.or(file.tls_server_name),
+            access_log: self.access_log.or(file.access_log),
+            access_log_fields: self.access_log_fields.or(file.access_log_fields),
+            shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
+            drain_timeout: self.drain_timeout.or(file.drain_timeout),
         }
     }
 }
@@ -203,6 +234,26 @@ impl Cli {
             tls,
             trusted_proxies: real_ip::parse_list(o.trusted_proxies.as_deref().unwrap_or(""))
                 .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
+            access_log: match o.access_log.as_deref() {
+                None | Some("off") => None,
+                Some("stdout") => Some(access_log::Target::Stdout),
+                Some("") => anyhow::bail!("--access-log: give 'off', 'stdout' or a file path"),
+                Some(path) => Some(access_log::Target::File(PathBuf::from(path))),
+            },
+            access_log_fields: match o.access_log_fields.as_deref() {
+                None => access_log::Field::ALL.to_vec(),
+                Some(list) => {
+                    let fields = access_log::Field::parse_list(list)
+                        .map_err(|e| anyhow::anyhow!("--access-log-fields: {e}"))?;
+                    anyhow::ensure!(
+                        !fields.is_empty(),
+                        "--access-log-fields: name at least one field"
+                    );
+                    fields
+                }
+            },
+            shutdown_delay: seconds("--shutdown-delay", o.shutdown_delay, Duration::ZERO)?,
+            drain_timeout: seconds("--drain-timeout", o.drain_timeout, DEFAULT_DRAIN_TIMEOUT)?,
             encoded_slash: match o.encoded_slash.as_deref() {
                 None | Some("keep") => EncodedSlash::Keep,
                 Some("reject") => EncodedSlash::Reject,
@@ -211,6 +262,15 @@ impl Cli {
                 }
             },
         })
+    }
+}
+
+/// A duration flag given in seconds: finite, not negative, at most a day.
+fn seconds(flag: &str, value: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("{flag} must be between 0 and 86400 seconds, not {s}"),
     }
 }
 
@@ -249,6 +309,10 @@ mod tests {
             vec!["data-plane", "--log-format", "xml"],
             vec!["data-plane", "--node-id", ""],
             vec!["data-plane", "--trusted-proxies", "10.0.0.0/33"],
+            vec!["data-plane", "--access-log-fields", "time,query"],
+            vec!["data-plane", "--access-log-fields", ","],
+            vec!["data-plane", "--drain-timeout=-1"],
+            vec!["data-plane", "--shutdown-delay", "NaN"],
         ] {
             let r = Cli::try_parse_from(&args).unwrap().resolve();
             assert!(r.is_err(), "{args:?} was accepted");

@@ -5,6 +5,7 @@ pub mod balancer;
 pub mod cache;
 pub mod compile;
 pub mod config;
+pub mod observability;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
@@ -22,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::SnapshotCache;
 use crate::config::DpConfig;
-use crate::proxy::Proxy;
+use crate::observability::access_log::AccessLog;
+use crate::proxy::{Proxy, ProxySettings};
 use crate::state::DpState;
 use crate::sync::SyncClient;
 
@@ -50,20 +52,49 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         tls: config.tls.as_ref().map(sync::client_tls).transpose()?,
         cache: Some(cache_tx),
     };
-    let sync_task = tokio::spawn(sync.run(shutdown.clone()));
+    let access_log = match config.access_log.clone() {
+        Some(target) => Some(
+            AccessLog::start(target.clone(), config.access_log_fields.clone())
+                .await
+                .with_context(|| format!("opening the access log {target:?}"))?,
+        ),
+        None => None,
+    };
+
+    // Shutdown in steps: `/readyz` turns 503 at once, traffic is still served for the shutdown
+    // delay (load balancers take the DP out meanwhile), then the proxy stops accepting and
+    // drains; sync and status stop last.
+    let stop_accepting = CancellationToken::new();
+    let stop_rest = CancellationToken::new();
+    tokio::spawn({
+        let (state, stop_accepting, delay) =
+            (state.clone(), stop_accepting.clone(), config.shutdown_delay);
+        async move {
+            shutdown.cancelled().await;
+            state.set_draining();
+            tracing::info!(shutdown_delay = ?delay, "shutting down: /readyz now answers 503");
+            tokio::time::sleep(delay).await;
+            stop_accepting.cancel();
+        }
+    });
+    let sync_task = tokio::spawn(sync.run(stop_rest.clone()));
     let status_task = tokio::spawn(status::serve(
         status_listener,
         state.clone(),
-        shutdown.clone(),
+        stop_rest.clone(),
     ));
-    Arc::new(Proxy::new(
-        state,
-        config.encoded_slash,
-        config.trusted_proxies,
-    ))
-    .serve(proxy_listener, shutdown)
-    .await;
+    let settings = ProxySettings {
+        encoded_slash: config.encoded_slash,
+        trusted_proxies: config.trusted_proxies,
+        access_log,
+        drain_timeout: config.drain_timeout,
+    };
+    Arc::new(Proxy::new(state, settings))
+        .serve(proxy_listener, stop_accepting)
+        .await;
+    stop_rest.cancel();
     let _ = tokio::join!(sync_task, status_task);
+    tracing::info!("data plane stopped");
     Ok(())
 }
 

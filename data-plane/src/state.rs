@@ -6,6 +6,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwapOption;
 
 use crate::compile::CompiledConfig;
+use crate::observability::metrics::METRICS;
+
+fn applied_metrics(config: &CompiledConfig) {
+    METRICS
+        .config_version
+        .set(i64::try_from(config.version).unwrap_or(i64::MAX));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    METRICS
+        .config_applied_timestamp
+        .set(i64::try_from(now).unwrap_or(i64::MAX));
+}
 
 pub struct DpState {
     pub node_id: String,
@@ -15,6 +28,8 @@ pub struct DpState {
     stale: AtomicBool,
     /// A sync stream to a control plane is open.
     connected: AtomicBool,
+    /// Shutting down: `/readyz` says not ready so load balancers stop sending traffic here.
+    draining: AtomicBool,
 }
 
 impl DpState {
@@ -24,6 +39,7 @@ impl DpState {
             config: ArcSwapOption::empty(),
             stale: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -39,19 +55,32 @@ impl DpState {
 
     /// Swaps in a config received from a control plane.
     pub fn apply(&self, config: CompiledConfig) {
+        applied_metrics(&config);
         self.config.store(Some(Arc::new(config)));
         self.stale.store(false, Ordering::Release);
+        METRICS.config_stale.set(0);
     }
 
     /// Swaps in a config read from the disk cache at start.
     pub fn apply_cached(&self, config: CompiledConfig) {
+        applied_metrics(&config);
         self.config.store(Some(Arc::new(config)));
         self.stale.store(true, Ordering::Release);
+        METRICS.config_stale.set(1);
     }
 
     /// A control plane confirmed the version being served (it sent that same version).
     pub fn confirm(&self) {
         self.stale.store(false, Ordering::Release);
+        METRICS.config_stale.set(0);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn is_stale(&self) -> bool {
@@ -60,6 +89,7 @@ impl DpState {
 
     pub fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Release);
+        METRICS.sync_connected.set(i64::from(connected));
     }
 
     pub fn is_connected(&self) -> bool {

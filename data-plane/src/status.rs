@@ -1,5 +1,7 @@
-//! The status listener: `/healthz` (the process is up) and `/readyz` (a config is applied, so
-//! traffic can be sent here). Kept off the proxy port so probes never compete with traffic.
+//! The status listener: `/healthz` (the process is up), `/readyz` (a config is applied and the
+//! DP is not shutting down, so traffic can be sent here) and `/metrics` (Prometheus). Kept off
+//! the proxy port so probes and scrapes never compete with traffic, and so the proxy port can
+//! never expose them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::observability::metrics::METRICS;
 use crate::state::DpState;
 
 pub async fn serve(listener: TcpListener, state: Arc<DpState>, shutdown: CancellationToken) {
@@ -38,8 +41,24 @@ pub async fn serve(listener: TcpListener, state: Arc<DpState>, shutdown: Cancell
 }
 
 fn respond(state: &DpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/metrics" {
+        let mut resp = Response::new(Full::new(Bytes::from(METRICS.render())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return resp;
+    }
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/readyz" if state.is_draining() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "ready": false,
+                "reason": "shutting down",
+                "version": state.applied_version(),
+            }),
+        ),
         "/readyz" => match state.applied_version() {
             Some(v) => (
                 StatusCode::OK,

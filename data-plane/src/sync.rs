@@ -147,6 +147,7 @@ impl SyncClient {
                 data_plane_message::Message::Ack(Ack { version, nonce })
             }
             Ok(Err(e)) => {
+                crate::observability::metrics::METRICS.config_rejected.inc();
                 tracing::error!(version, error = %e, "rejected a snapshot; still serving the previous config");
                 data_plane_message::Message::Nack(Nack {
                     version,
@@ -154,11 +155,14 @@ impl SyncClient {
                     error: e.to_string(),
                 })
             }
-            Err(e) => data_plane_message::Message::Nack(Nack {
-                version,
-                nonce,
-                error: format!("compiler crashed: {e}"),
-            }),
+            Err(e) => {
+                crate::observability::metrics::METRICS.config_rejected.inc();
+                data_plane_message::Message::Nack(Nack {
+                    version,
+                    nonce,
+                    error: format!("compiler crashed: {e}"),
+                })
+            }
         }
     }
 }

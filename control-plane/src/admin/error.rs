@@ -77,8 +77,20 @@ impl From<StoreError> for AdminError {
             ),
             // APISIX answers 400 here too: the request conflicts with the config, not the server.
             StoreError::InUse { .. } => AdminError::invalid("id", msg),
-            StoreError::Unavailable(_) => AdminError::Unavailable(msg),
-            StoreError::Corrupt(_) => AdminError::Internal(msg),
+            StoreError::Unavailable(_) => {
+                crate::metrics::METRICS
+                    .store_errors
+                    .with_label_values(&["admin"])
+                    .inc();
+                AdminError::Unavailable(msg)
+            }
+            StoreError::Corrupt(_) => {
+                crate::metrics::METRICS
+                    .store_errors
+                    .with_label_values(&["admin"])
+                    .inc();
+                AdminError::Internal(msg)
+            }
         }
     }
 }

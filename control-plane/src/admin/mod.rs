@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 pub use error::AdminError;
@@ -54,11 +54,50 @@ pub fn app(state: AdminState) -> Router {
                 .delete(resources::delete),
         )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .with_state(state);
+        .layer(middleware::from_fn(count_writes))
+        .with_state(state.clone());
     Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
         .nest("/admin", api.clone())
         .nest("/apisix/admin", api)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// `GET /metrics`: Prometheus text, no key needed (no configuration in it).
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = crate::metrics::METRICS.render(&state.registry);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Counts every write (refused ones included) by resource kind, method and status code.
+async fn count_writes(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    if matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        return next.run(request).await;
+    }
+    // The path inside the nest: `/<kind>[/<id>]`. Unknown kinds share one label value.
+    let kind = request
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .and_then(|k| k.parse::<postern_proto::model::ResourceKind>().ok())
+        .map_or("other", |k| k.as_str());
+    let response = next.run(request).await;
+    crate::metrics::METRICS
+        .admin_writes
+        .with_label_values(&[kind, method.as_str(), response.status().as_str()])
+        .inc();
+    response
 }
 
 /// Rejects requests without a valid `X-API-KEY` before any handler runs.

@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::observability::metrics::RouteMetrics;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ pub struct LimitedBody<B> {
     /// `(limit, bytes seen so far, set once the limit was passed)`; `None`: no limit, and no
     /// allocation for the flag.
     limit: Option<(u64, u64, Arc<AtomicBool>)>,
+    /// The route whose ingress bandwidth the body's bytes count into, and the count so far.
+    metered: Option<(Arc<RouteMetrics>, u64)>,
 }
 
 impl<B> LimitedBody<B> {
@@ -31,7 +35,14 @@ impl<B> LimitedBody<B> {
         LimitedBody {
             inner,
             limit: limit.map(|l| (l, 0, Arc::new(AtomicBool::new(false)))),
+            metered: None,
         }
+    }
+
+    /// Counts the bytes that pass into `route`'s ingress bandwidth (when the body is dropped).
+    pub fn metered(mut self, route: Arc<RouteMetrics>) -> LimitedBody<B> {
+        self.metered = Some((route, 0));
+        self
     }
 
     /// A flag set when the body passed its limit; `None` without a limit.
@@ -64,6 +75,9 @@ where
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(Some(Ok(frame))) => frame,
         };
+        if let (Some((_, counted)), Some(data)) = (&mut this.metered, frame.data_ref()) {
+            *counted += data.len() as u64;
+        }
         if let (Some((limit, seen, tripped)), Some(data)) = (&mut this.limit, frame.data_ref()) {
             *seen = seen.saturating_add(data.len() as u64);
             if *seen > *limit {
@@ -80,6 +94,14 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for LimitedBody<B> {
+    fn drop(&mut self) {
+        if let Some((route, counted)) = &self.metered {
+            route.request_body(*counted);
+        }
     }
 }
 

@@ -11,10 +11,10 @@ pub mod real_ip;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -36,6 +36,17 @@ struct MatchedRoute {
     upstream: Option<Arc<Upstream>>,
     timeouts: Timeouts,
     plugins: Arc<PluginChain>,
+    metrics: Arc<RouteMetrics>,
+}
+
+/// What the metrics and the access log learn about a request while it is handled.
+struct Exchange {
+    /// The matched route's series (the unmatched series until a route matched).
+    metrics: Arc<RouteMetrics>,
+    upstream: Option<Authority>,
+    /// Until the upstream's response head arrived.
+    upstream_time: Option<Duration>,
+    request_id: Option<HeaderValue>,
 }
 
 fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
@@ -46,12 +57,17 @@ fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
 }
 
 use crate::compile::{Timeouts, Upstream};
+use crate::observability::MeteredBody;
+use crate::observability::access_log::{AccessLog, Record};
+use crate::observability::metrics::{METRICS, RouteMetrics};
 use crate::plugins::{PluginChain, PluginResponse, RequestCtx};
 use crate::router::vars::RequestVars;
 use crate::state::DpState;
 
 /// What the proxy answers with: an upstream's streamed body or a body of its own.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// The body as sent to the client: counted for metrics and the access log as it goes.
+pub type ClientBody = MeteredBody<ProxyBody>;
 
 /// Longest a client may take to send its request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,8 +82,6 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// Upper bound for any single connect attempt; per-route timeouts are usually shorter.
 const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(60);
-/// How long in-flight requests may finish after shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Request bodies go out wrapped in `LimitedBody`, which enforces `client-control`'s
 /// `max_body_size` on bodies without a `Content-Length` (and passes bodies through otherwise).
@@ -79,14 +93,21 @@ pub struct Proxy {
     client: UpstreamClient,
     encoded_slash: normalize::EncodedSlash,
     trusted_proxies: Vec<real_ip::Cidr>,
+    access_log: Option<Arc<AccessLog>>,
+    /// How long in-flight requests may finish once the listener stopped accepting.
+    drain_timeout: Duration,
+}
+
+/// The proxy's settings that do not come from the config snapshots.
+pub struct ProxySettings {
+    pub encoded_slash: normalize::EncodedSlash,
+    pub trusted_proxies: Vec<real_ip::Cidr>,
+    pub access_log: Option<Arc<AccessLog>>,
+    pub drain_timeout: Duration,
 }
 
 impl Proxy {
-    pub fn new(
-        state: Arc<DpState>,
-        encoded_slash: normalize::EncodedSlash,
-        trusted_proxies: Vec<real_ip::Cidr>,
-    ) -> Proxy {
+    pub fn new(state: Arc<DpState>, settings: ProxySettings) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
@@ -98,8 +119,10 @@ impl Proxy {
         Proxy {
             state,
             client,
-            encoded_slash,
-            trusted_proxies,
+            encoded_slash: settings.encoded_slash,
+            trusted_proxies: settings.trusted_proxies,
+            access_log: settings.access_log,
+            drain_timeout: settings.drain_timeout,
         }
     }
 
@@ -133,14 +156,18 @@ impl Proxy {
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
+            METRICS.connections_accepted.inc();
+            METRICS.connections_open.inc();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, client = %client_addr, "client connection ended with an error");
                 }
+                METRICS.connections_open.dec();
             });
         }
         drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        tracing::info!(drain_timeout = ?self.drain_timeout, "proxy listener closed; draining connections");
+        if tokio::time::timeout(self.drain_timeout, graceful.shutdown())
             .await
             .is_err()
         {
@@ -148,15 +175,67 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
-        let (mut parts, body) = req.into_parts();
+    /// Handles one request and wraps the response so that metrics and the access log see it
+    /// finish.
+    async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ClientBody> {
+        let start = Instant::now();
         // Routing conditions and plugins see the client; X-Forwarded-For gets the peer appended.
         let client_addr = if self.trusted_proxies.is_empty() {
             peer
         } else {
-            let ip = real_ip::client_ip(peer.ip(), &parts.headers, &self.trusted_proxies);
+            let ip = real_ip::client_ip(peer.ip(), req.headers(), &self.trusted_proxies);
             SocketAddr::new(ip, peer.port())
         };
+        let record = self.access_log.as_ref().map(|_| {
+            Box::new(Record {
+                time: SystemTime::now(),
+                client: client_addr.ip(),
+                method: req.method().clone(),
+                host: req.headers().get(header::HOST).cloned(),
+                path: req.uri().path().to_string(),
+                protocol: req.version(),
+                status: 0,
+                route: Arc::from(""),
+                upstream: None,
+                upstream_time: None,
+                duration: Duration::ZERO,
+                bytes_out: 0,
+                request_id: None,
+                user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            })
+        });
+        let mut exchange = Exchange {
+            metrics: RouteMetrics::unmatched(),
+            upstream: None,
+            upstream_time: None,
+            request_id: None,
+        };
+        let response = self
+            .route_and_forward(peer, client_addr, req, &mut exchange)
+            .await;
+        let status = response.status().as_u16();
+        let log = match (&self.access_log, record) {
+            (Some(log), Some(mut record)) => {
+                record.status = status;
+                record.route = exchange.metrics.route().clone();
+                record.upstream = exchange.upstream;
+                record.upstream_time = exchange.upstream_time;
+                record.request_id = exchange.request_id;
+                Some((log.clone(), record))
+            }
+            _ => None,
+        };
+        response.map(|body| MeteredBody::new(body, exchange.metrics, start, status, log))
+    }
+
+    async fn route_and_forward(
+        &self,
+        peer: SocketAddr,
+        client_addr: SocketAddr,
+        req: Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
         if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES {
             return ProxyError::UriTooLong.into_response().map(Either::Right);
         }
@@ -167,9 +246,11 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return e.into_response().map(Either::Right),
         };
+        exchange.metrics = route.metrics.clone();
         if route.plugins.is_empty() {
+            let body = LimitedBody::new(body, None).metered(route.metrics.clone());
             return self
-                .forward(peer, parts, LimitedBody::new(body, None), &route, None)
+                .forward(peer, parts, body, &route, None, exchange)
                 .await
                 .unwrap_or_else(|e| e.into_response().map(Either::Right));
         }
@@ -178,8 +259,9 @@ impl Proxy {
             Some(answer) => Ok(plugin_response(answer)),
             None => {
                 let upstream_host = ctx.upstream_host.take();
-                let body = LimitedBody::new(body, ctx.max_body_size);
-                self.forward(peer, parts, body, &route, upstream_host).await
+                let body = LimitedBody::new(body, ctx.max_body_size).metered(route.metrics.clone());
+                self.forward(peer, parts, body, &route, upstream_host, exchange)
+                    .await
             }
         };
         let (mut head, body) = result
@@ -196,6 +278,7 @@ impl Proxy {
             None => body,
         };
         route.plugins.log(&ctx, head.status);
+        exchange.request_id = ctx.request_id.take();
         Response::from_parts(head, body)
     }
 
@@ -257,6 +340,7 @@ impl Proxy {
             upstream: route.upstream.clone(),
             timeouts: route.timeouts,
             plugins: route.plugins.clone(),
+            metrics: route.metrics.clone(),
         })
     }
 
@@ -268,6 +352,7 @@ impl Proxy {
         route: &MatchedRoute,
         // A plugin's choice of upstream `Host` (proxy-rewrite's `host`): wins over `pass_host`.
         upstream_host: Option<HeaderValue>,
+        exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = route.upstream.as_ref().ok_or(ProxyError::NoUpstream)?;
         let timeouts = route.timeouts;
@@ -307,6 +392,8 @@ impl Proxy {
         // Until the response headers arrive: connect, send and the upstream's think time.
         let deadline = timeouts.connect + timeouts.read;
         let body_too_large = body.tripped();
+        exchange.upstream = Some(node.authority.clone());
+        let sent = Instant::now();
         let response = tokio::time::timeout(
             deadline,
             self.client.request(Request::from_parts(parts, body)),
@@ -324,6 +411,9 @@ impl Proxy {
                 ProxyError::UpstreamFailed(e)
             }
         })?;
+        let upstream_time = sent.elapsed();
+        route.metrics.upstream_responded(upstream_time);
+        exchange.upstream_time = Some(upstream_time);
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Left(body)))
