@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::Method;
 use http::uri::Authority;
+use postern_proto::model::plugins::{self, prometheus::PrometheusConfig};
 use postern_proto::model::{
     ConfigSet, PassHost, Resource, ResourceKind, RouteConfig, Timeout, UpstreamConfig,
     ValidationError,
@@ -333,11 +334,21 @@ pub fn compile(
         let vars = Conditions::compile(route.vars.as_deref().unwrap_or_default())
             .map_err(|e| invalid("routes", id, e.under("vars")))?;
         let route_id: Arc<str> = id.as_str().into();
+        // `prometheus.prefer_name` (the nearest layer's) labels the series with the route's name.
+        let prefer_name = global_plugins
+            .iter()
+            .copied()
+            .chain([service_plugins, &route.plugins])
+            .filter_map(|layer| layer.get("prometheus"))
+            .next_back()
+            .and_then(|c| plugins::parse::<PrometheusConfig>(c).ok())
+            .is_some_and(|c| c.prefer_name);
+        let label = match (&route.name, prefer_name) {
+            (Some(name), true) => Arc::from(name.as_str()),
+            _ => route_id.clone(),
+        };
         routes.push(CompiledRoute {
-            metrics: Arc::new(RouteMetrics::new(
-                route_id.clone(),
-                route.service_id.as_deref(),
-            )),
+            metrics: Arc::new(RouteMetrics::new(label, route.service_id.as_deref())),
             id: route_id,
             upstream,
             timeouts,

@@ -259,3 +259,54 @@ async fn sigterm_drains_the_data_plane() {
         "the proxy port still accepts"
     );
 }
+
+#[tokio::test]
+async fn guide_prometheus_global_rule_labels_routes_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let node = upstream("ok").await;
+    let admin = cp.client();
+    // The guide's global rule (its prometheus part), as written.
+    admin
+        .put_ok(
+            "/admin/global_rules/1",
+            json!({"plugins": {"prometheus": {"prefer_name": true}}}),
+        )
+        .await;
+    let mut named = route("/named", node);
+    named["name"] = json!("web-bff-route");
+    admin.put_ok("/admin/routes/r-named", named).await;
+    let rev = admin
+        .put_ok("/admin/routes/r-plain", route("/plain", node))
+        .await;
+    let (proxy, status) = (cp.proxy.unwrap(), cp.status.unwrap());
+    wait_applied(status, rev).await;
+    assert_eq!(get_via(proxy, "/named", None).await.unwrap().0, 200);
+    assert_eq!(get_via(proxy, "/plain", None).await.unwrap().0, 200);
+    let (_, m) = text(format!("http://{status}/metrics")).await;
+    let requests = |labels: &str| sample(&m, &format!("postern_http_requests_total{{{labels}}}"));
+    assert_eq!(
+        requests(r#"code="200",route="web-bff-route",service="""#),
+        Some(1.0),
+        "{m}"
+    );
+    // A route without a name keeps its id.
+    assert_eq!(
+        requests(r#"code="200",route="r-plain",service="""#),
+        Some(1.0)
+    );
+
+    let (code, body) = admin
+        .request(
+            reqwest::Method::PUT,
+            "/admin/global_rules/2",
+            Some(r#"{"plugins": {"prometheus": {"prefer_name": "yes"}}}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("prefer_name"),
+        "{body}"
+    );
+}

@@ -112,7 +112,8 @@ pub struct Record {
     pub path: String,
     pub protocol: http::Version,
     pub status: u16,
-    pub route: Arc<str>,
+    /// `None` when no route matched.
+    pub route: Option<Arc<str>>,
     pub upstream: Option<Authority>,
     pub upstream_time: Option<Duration>,
     pub duration: Duration,
@@ -196,13 +197,7 @@ pub fn to_json(r: &Record, fields: &[Field]) -> Map<String, Value> {
             Field::Path => r.path.clone().into(),
             Field::Protocol => format!("{:?}", r.protocol).into(),
             Field::Status => r.status.into(),
-            Field::Route => {
-                if r.route.is_empty() {
-                    Value::Null
-                } else {
-                    r.route.to_string().into()
-                }
-            }
+            Field::Route => r.route.as_deref().map_or(Value::Null, Value::from),
             Field::Upstream => r
                 .upstream
                 .as_ref()
@@ -231,7 +226,7 @@ mod tests {
             path: "/api/v1/orders".into(),
             protocol: http::Version::HTTP_11,
             status: 201,
-            route: Arc::from("orders"),
+            route: Some(Arc::from("orders")),
             upstream: Some("127.0.0.1:8080".parse().unwrap()),
             upstream_time: Some(Duration::from_micros(1500)),
             duration: Duration::from_micros(2250),

@@ -259,10 +259,6 @@ impl RouteMetrics {
         UNMATCHED.clone()
     }
 
-    pub fn route(&self) -> &Arc<str> {
-        &self.route
-    }
-
     fn labels<'a>(&'a self, extra: &'a str) -> [&'a str; 3] {
         [&self.route, &self.service, extra]
     }

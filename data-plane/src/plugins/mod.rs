@@ -152,12 +152,14 @@ pub enum PluginError {
 }
 
 /// Builds one plugin from its config. The model crate has already validated the config; this
-/// parses it into the runtime type.
-fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, PluginError> {
+/// parses it into the runtime type. `None` for plugins that only configure something the data
+/// plane does anyway (`prometheus`: read when the route's metrics are set up).
+fn build(name: &str, config: &Value) -> Result<Option<Arc<dyn Plugin>>, PluginError> {
     let invalid = |e: postern_proto::model::ValidationError| {
         PluginError::Invalid(name.to_string(), e.to_string())
     };
-    Ok(match name {
+    Ok(Some(match name {
+        "prometheus" => return Ok(None),
         "request-termination" => {
             Arc::new(request_termination::RequestTermination::new(config).map_err(invalid)?)
         }
@@ -170,7 +172,7 @@ fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, PluginError> {
         "cors" => Arc::new(cors::Cors::new(config).map_err(invalid)?),
         "redirect" => Arc::new(redirect::Redirect::new(config).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
-    })
+    }))
 }
 
 /// A route's plugins, highest priority first.
@@ -194,7 +196,9 @@ impl PluginChain {
         let mut plugins = Vec::with_capacity(merged.len());
         for (name, config) in merged {
             let spec = find_plugin(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
-            plugins.push((spec.priority, build(name, config)?));
+            if let Some(plugin) = build(name, config)? {
+                plugins.push((spec.priority, plugin));
+            }
         }
         plugins.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
         Ok(PluginChain {

@@ -41,6 +41,8 @@ struct MatchedRoute {
 
 /// What the metrics and the access log learn about a request while it is handled.
 struct Exchange {
+    /// The matched route's id, once a route matched.
+    route: Option<Arc<str>>,
     /// The matched route's series (the unmatched series until a route matched).
     metrics: Arc<RouteMetrics>,
     upstream: Option<Authority>,
@@ -195,7 +197,7 @@ impl Proxy {
                 path: req.uri().path().to_string(),
                 protocol: req.version(),
                 status: 0,
-                route: Arc::from(""),
+                route: None,
                 upstream: None,
                 upstream_time: None,
                 duration: Duration::ZERO,
@@ -205,6 +207,7 @@ impl Proxy {
             })
         });
         let mut exchange = Exchange {
+            route: None,
             metrics: RouteMetrics::unmatched(),
             upstream: None,
             upstream_time: None,
@@ -217,7 +220,7 @@ impl Proxy {
         let log = match (&self.access_log, record) {
             (Some(log), Some(mut record)) => {
                 record.status = status;
-                record.route = exchange.metrics.route().clone();
+                record.route = exchange.route;
                 record.upstream = exchange.upstream;
                 record.upstream_time = exchange.upstream_time;
                 record.request_id = exchange.request_id;
@@ -247,6 +250,7 @@ impl Proxy {
             Err(e) => return e.into_response().map(Either::Right),
         };
         exchange.metrics = route.metrics.clone();
+        exchange.route = Some(route.id.clone());
         if route.plugins.is_empty() {
             let body = LimitedBody::new(body, None).metered(route.metrics.clone());
             return self

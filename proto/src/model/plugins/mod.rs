@@ -5,6 +5,7 @@
 pub mod client_control;
 pub mod cors;
 pub mod header_ops;
+pub mod prometheus;
 pub mod proxy_rewrite;
 pub mod redirect;
 pub mod request_id;
@@ -82,6 +83,11 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "response-rewrite",
         priority: 899,
         validate: check::<response_rewrite::ResponseRewriteConfig>,
+    },
+    PluginSpec {
+        name: "prometheus",
+        priority: 500,
+        validate: check::<prometheus::PrometheusConfig>,
     },
 ];
 
