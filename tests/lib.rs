@@ -403,7 +403,7 @@ impl AdminClient {
 
 /// An HTTP/1.1 upstream in the test process that answers every request with `body` and echoes
 /// a few request details in headers (`x-seen-path`, `x-seen-host`, `x-seen-xff`,
-/// `x-seen-method`, `x-seen-request-id`, and `x-seen-custom`: every `x-custom` value, joined).
+/// `x-seen-method`, `x-seen-request-id`, `x-seen-traceparent`, and `x-seen-custom`: every `x-custom` value, joined).
 pub async fn upstream(body: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -430,6 +430,7 @@ pub async fn upstream(body: &'static str) -> SocketAddr {
                         .header("x-seen-connection", h("connection"))
                         .header("x-seen-method", req.method().as_str())
                         .header("x-seen-request-id", h("x-request-id"))
+                        .header("x-seen-traceparent", h("traceparent"))
                         .header("x-seen-custom", {
                             let all: Vec<&str> = req
                                 .headers()

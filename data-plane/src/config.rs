@@ -17,6 +17,7 @@ pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:9080";
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9091";
 pub const DEFAULT_CACHE_DIR: &str = "./postern-cache";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_OTLP_SERVICE_NAME: &str = "postern";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +91,13 @@ pub struct DpOptions {
     /// Seconds in-flight requests get to finish once the proxy stopped accepting [default: 10]
     #[arg(long, env = "POSTERN_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<f64>,
+    /// OTLP/gRPC collector for the `opentelemetry` plugin's spans, e.g. `http://otel:4317`
+    /// [default: none: spans are counted as dropped]
+    #[arg(long, env = "POSTERN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans [default: postern]
+    #[arg(long, env = "POSTERN_OTLP_SERVICE_NAME")]
+    pub otlp_service_name: Option<String>,
 }
 
 /// Settings after precedence and defaults are applied.
@@ -110,6 +118,8 @@ pub struct DpConfig {
     pub access_log_fields: Vec<access_log::Field>,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_service_name: String,
 }
 
 /// PEM files for TLS to the control plane.
@@ -141,6 +151,8 @@ impl Default for DpConfig {
             access_log_fields: access_log::Field::ALL.to_vec(),
             shutdown_delay: Duration::ZERO,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            otlp_endpoint: None,
+            otlp_service_name: DEFAULT_OTLP_SERVICE_NAME.to_string(),
         }
     }
 }
@@ -174,6 +186,8 @@ impl DpOptions {
             access_log_fields: self.access_log_fields.or(file.access_log_fields),
             shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
+            otlp_endpoint: self.otlp_endpoint.or(file.otlp_endpoint),
+            otlp_service_name: self.otlp_service_name.or(file.otlp_service_name),
         }
     }
 }
@@ -254,6 +268,15 @@ impl Cli {
             },
             shutdown_delay: seconds("--shutdown-delay", o.shutdown_delay, Duration::ZERO)?,
             drain_timeout: seconds("--drain-timeout", o.drain_timeout, DEFAULT_DRAIN_TIMEOUT)?,
+            otlp_endpoint: match o.otlp_endpoint {
+                Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                    anyhow::bail!("--otlp-endpoint must be an http:// or https:// URL, got '{e}'")
+                }
+                e => e,
+            },
+            otlp_service_name: o
+                .otlp_service_name
+                .unwrap_or_else(|| DEFAULT_OTLP_SERVICE_NAME.to_string()),
             encoded_slash: match o.encoded_slash.as_deref() {
                 None | Some("keep") => EncodedSlash::Keep,
                 Some("reject") => EncodedSlash::Reject,
@@ -313,6 +336,7 @@ mod tests {
             vec!["data-plane", "--access-log-fields", ","],
             vec!["data-plane", "--drain-timeout=-1"],
             vec!["data-plane", "--shutdown-delay", "NaN"],
+            vec!["data-plane", "--otlp-endpoint", "otel:4317"],
         ] {
             let r = Cli::try_parse_from(&args).unwrap().resolve();
             assert!(r.is_err(), "{args:?} was accepted");

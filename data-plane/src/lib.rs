@@ -52,6 +52,10 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         tls: config.tls.as_ref().map(sync::client_tls).transpose()?,
         cache: Some(cache_tx),
     };
+    if let Some(endpoint) = &config.otlp_endpoint {
+        observability::otlp::start(endpoint, &config.otlp_service_name, &config.node_id)?;
+        tracing::info!(%endpoint, "exporting opentelemetry spans over OTLP/gRPC");
+    }
     let access_log = match config.access_log.clone() {
         Some(target) => Some(
             AccessLog::start(target.clone(), config.access_log_fields.clone())

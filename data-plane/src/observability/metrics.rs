@@ -63,6 +63,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `postern_upstream_node_healthy{upstream, node}`: 1 healthy, 0 not.
     pub upstream_node_healthy: IntGaugeVec,
+    /// `postern_otlp_spans_total{result}`: exported, export_failed, queue_full, no_collector.
+    pub otlp_spans: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -209,6 +211,12 @@ impl Metrics {
                 "postern_upstream_node_healthy",
                 "Health of each upstream node as this data plane sees it (1 healthy)",
                 &["upstream", "node"],
+            ),
+            otlp_spans: counter_vec(
+                &r,
+                "postern_otlp_spans_total",
+                "Trace spans by what became of them (exported, export_failed, queue_full, no_collector)",
+                &["result"],
             ),
             registry: r,
         }

@@ -5,5 +5,6 @@
 pub mod access_log;
 mod metered_body;
 pub mod metrics;
+pub mod otlp;
 
 pub use metered_body::MeteredBody;

@@ -13,6 +13,7 @@
 mod client_control;
 mod cors;
 mod header_ops;
+mod opentelemetry;
 mod proxy_rewrite;
 mod redirect;
 mod request_id;
@@ -35,6 +36,8 @@ pub struct RequestCtx {
     pub client_addr: SocketAddr,
     /// The matched route's id.
     pub route_id: Arc<str>,
+    /// The server span being recorded, when `opentelemetry` sampled this request.
+    pub span: Option<Box<opentelemetry::SpanDraft>>,
     /// Headers to add to the response to the client, whatever produced it (upstream or plugin).
     pub response_headers: HeaderMap,
     /// Set by a `response` phase to replace the upstream's body.
@@ -54,6 +57,7 @@ impl RequestCtx {
         RequestCtx {
             client_addr,
             route_id,
+            span: None,
             response_headers: HeaderMap::new(),
             replace_body: None,
             request_id: None,
@@ -171,6 +175,7 @@ fn build(name: &str, config: &Value) -> Result<Option<Arc<dyn Plugin>>, PluginEr
         "client-control" => Arc::new(client_control::ClientControl::new(config).map_err(invalid)?),
         "cors" => Arc::new(cors::Cors::new(config).map_err(invalid)?),
         "redirect" => Arc::new(redirect::Redirect::new(config).map_err(invalid)?),
+        "opentelemetry" => Arc::new(opentelemetry::OpenTelemetry::new(config).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
     }))
 }

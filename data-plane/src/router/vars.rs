@@ -12,9 +12,10 @@ use postern_proto::model::ValidationError;
 use postern_proto::model::vars::{Var, VarOp, parse_vars};
 use serde_json::Value;
 
-/// What a condition reads, resolved for fast lookup.
+/// A request variable (`http_x_client`, `arg_page`, `remote_addr`…), resolved for fast lookup.
+/// Routing conditions read them, and so do plugins that take a variable name in their config.
 #[derive(Debug, Clone)]
-enum Source {
+pub enum VarSource {
     Header(HeaderName),
     Arg(Box<str>),
     Cookie(Box<str>),
@@ -27,7 +28,7 @@ enum Source {
 /// One compiled `[var, (!), op, value]`.
 #[derive(Debug, Clone)]
 pub struct Condition {
-    source: Source,
+    source: VarSource,
     negate: bool,
     op: VarOp,
 }
@@ -51,19 +52,7 @@ impl Conditions {
         let parsed = parse_vars(vars)?;
         let mut out = Vec::with_capacity(parsed.len());
         for (i, expr) in parsed.into_iter().enumerate() {
-            let source = match expr.var {
-                Var::Header(h) => {
-                    Source::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                        ValidationError::new(format!("{i}.0"), "not a valid header name")
-                    })?)
-                }
-                Var::Arg(a) => Source::Arg(a.into()),
-                Var::Cookie(c) => Source::Cookie(c.into()),
-                Var::RemoteAddr => Source::RemoteAddr,
-                Var::Uri => Source::Uri,
-                Var::RequestMethod => Source::RequestMethod,
-                Var::Host => Source::Host,
-            };
+            let source = VarSource::new(expr.var).map_err(|e| e.under(&format!("{i}.0")))?;
             out.push(Condition {
                 source,
                 negate: expr.negate,
@@ -87,6 +76,41 @@ impl Conditions {
     }
 }
 
+impl VarSource {
+    pub fn new(var: Var) -> Result<VarSource, ValidationError> {
+        Ok(match var {
+            Var::Header(h) => VarSource::Header(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| ValidationError::new("", "not a valid header name"))?,
+            ),
+            Var::Arg(a) => VarSource::Arg(a.into()),
+            Var::Cookie(c) => VarSource::Cookie(c.into()),
+            Var::RemoteAddr => VarSource::RemoteAddr,
+            Var::Uri => VarSource::Uri,
+            Var::RequestMethod => VarSource::RequestMethod,
+            Var::Host => VarSource::Host,
+        })
+    }
+
+    /// The variable's value; for a repeated header, argument or cookie, the first one.
+    pub fn value<'a>(&'a self, req: &RequestVars<'a>) -> Option<Cow<'a, str>> {
+        let parts = req.parts;
+        match self {
+            VarSource::Header(name) => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(Cow::Borrowed),
+            VarSource::Arg(name) => args(parts, name).next(),
+            VarSource::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
+            VarSource::RemoteAddr => Some(Cow::Owned(req.client.to_canonical().to_string())),
+            VarSource::Uri => Some(Cow::Borrowed(parts.uri.path())),
+            VarSource::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
+            VarSource::Host => host(parts),
+        }
+    }
+}
+
 impl Condition {
     fn holds(&self, req: &RequestVars<'_>) -> bool {
         let result = match &self.op {
@@ -107,29 +131,15 @@ impl Condition {
         result != self.negate
     }
 
-    /// The variable's value; for a repeated header, argument or cookie, the first one.
     fn value<'a>(&'a self, req: &RequestVars<'a>) -> Option<Cow<'a, str>> {
-        let parts = req.parts;
-        match &self.source {
-            Source::Header(name) => parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(Cow::Borrowed),
-            Source::Arg(name) => args(parts, name).next(),
-            Source::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
-            Source::RemoteAddr => Some(Cow::Owned(req.client.to_canonical().to_string())),
-            Source::Uri => Some(Cow::Borrowed(parts.uri.path())),
-            Source::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
-            Source::Host => host(parts),
-        }
+        self.source.value(req)
     }
 
     /// `has`: the variable as a list. Headers are split on commas (every occurrence), an
     /// argument counts each time it is given, anything else is a one-item list.
     fn any_item(&self, req: &RequestVars<'_>, mut f: impl FnMut(&str) -> bool) -> bool {
         match &self.source {
-            Source::Header(name) => req
+            VarSource::Header(name) => req
                 .parts
                 .headers
                 .get_all(name)
@@ -137,7 +147,7 @@ impl Condition {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .any(|item| f(item.trim())),
-            Source::Arg(name) => args(req.parts, name).any(|v| f(&v)),
+            VarSource::Arg(name) => args(req.parts, name).any(|v| f(&v)),
             _ => self.value(req).is_some_and(|v| f(&v)),
         }
     }

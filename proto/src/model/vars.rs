@@ -168,7 +168,9 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-fn parse_var(name: &str) -> Result<Var> {
+/// Parses a variable name (`http_x_client`, `arg_page`, `cookie_sid`, `remote_addr`, `uri`,
+/// `request_method`, `host`).
+pub fn parse_var(name: &str) -> Result<Var> {
     let err = |m: &str| Err(ValidationError::new("", format!("'{name}': {m}")));
     let rest_ok = |rest: &str| {
         !rest.is_empty()

@@ -5,6 +5,7 @@
 pub mod client_control;
 pub mod cors;
 pub mod header_ops;
+pub mod opentelemetry;
 pub mod prometheus;
 pub mod proxy_rewrite;
 pub mod redirect;
@@ -58,6 +59,11 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "request-id",
         priority: 12015,
         validate: check::<request_id::RequestIdConfig>,
+    },
+    PluginSpec {
+        name: "opentelemetry",
+        priority: 12009,
+        validate: check::<opentelemetry::OpenTelemetryConfig>,
     },
     PluginSpec {
         name: "cors",
