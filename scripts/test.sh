@@ -4,7 +4,7 @@
 #
 # Needs: the Rust toolchain; PostgreSQL on 127.0.0.1:5432 (trust auth) for the tests that use it
 # (they fail with instructions when it is absent). Debian's etcd-server is installed when
-# missing, as root or with sudo, and so is Debian's prometheus (for promtool, which checks
+# missing, as root or with sudo, and so are Debian's haproxy (topology test) and prometheus (for promtool, which checks
 # deploy/prometheus/alerts.yml). (protoc, for etcd-client's build script, comes from
 # scripts/protoc: see .cargo/config.toml.)
 set -euo pipefail
@@ -24,6 +24,8 @@ ensure() {
 
 # The etcd store's tests start their own etcd processes (on free loopback ports).
 ensure etcd etcd-server
+# The deployment topology test runs HAProxy with deploy/haproxy/haproxy.cfg.
+ensure haproxy haproxy
 
 # The alert rules in deploy/ must load and fire on Postern's metric names.
 ensure promtool prometheus

@@ -98,6 +98,27 @@ impl Process {
         }
     }
 
+    /// A prepared command (arguments, environment), with output to `log`.
+    pub fn spawn_command(name: &str, mut command: Command, log: PathBuf) -> Process {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
     /// SIGKILL, and wait for it to be gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

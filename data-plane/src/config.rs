@@ -36,7 +36,8 @@ pub struct Cli {
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DpOptions {
-    /// Control plane sync URL [default: http://127.0.0.1:9280]
+    /// Control plane sync URL, or several comma-separated: the DP streams from one and moves to
+    /// the next when it fails or shuts down [default: http://127.0.0.1:9280]
     #[arg(long, env = "POSTERN_CONTROL_PLANE")]
     pub control_plane: Option<String>,
     /// Proxy address [default: 0.0.0.0:9080]
@@ -202,7 +203,14 @@ impl Cli {
         let control_plane = o
             .control_plane
             .unwrap_or_else(|| DEFAULT_CONTROL_PLANE.to_string());
-        let tls = match (control_plane.split_once("://").map(|(s, _)| s), o.tls_ca) {
+        let urls = split_control_planes(&control_plane);
+        let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_string());
+        let first_scheme = urls.first().and_then(|u| scheme(u));
+        anyhow::ensure!(
+            !urls.is_empty() && urls.iter().all(|u| scheme(u) == first_scheme),
+            "--control-plane: give one URL or several, comma-separated, all http:// or all https://"
+        );
+        let tls = match (first_scheme.as_deref(), o.tls_ca) {
             (Some("http"), None) => None,
             (Some("https"), Some(ca)) => Some(ClientTls {
                 ca,
@@ -288,6 +296,15 @@ impl Cli {
     }
 }
 
+/// The control plane URLs of `--control-plane` (comma-separated), in the order they are tried.
+pub fn split_control_planes(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// A duration flag given in seconds: finite, not negative, at most a day.
 fn seconds(flag: &str, value: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
     match value {
@@ -327,6 +344,8 @@ mod tests {
         for args in [
             vec!["data-plane", "--control-plane", "ftp://x"],
             vec!["data-plane", "--control-plane", "https://x:1"],
+            vec!["data-plane", "--control-plane", "http://a:1,https://b:1"],
+            vec!["data-plane", "--control-plane", " , "],
             vec!["data-plane", "--tls-ca", "/ca.pem"],
             vec!["data-plane", "--encoded-slash", "maybe"],
             vec!["data-plane", "--log-format", "xml"],

@@ -46,7 +46,7 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
     tokio::spawn(sync::run_cache_writer(cache, cache_rx));
 
     let sync = SyncClient {
-        control_plane: config.control_plane.clone(),
+        control_planes: config::split_control_planes(&config.control_plane),
         proxy_address: proxy_addr.to_string(),
         state: state.clone(),
         tls: config.tls.as_ref().map(sync::client_tls).transpose()?,

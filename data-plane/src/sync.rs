@@ -31,7 +31,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct SyncClient {
-    pub control_plane: String,
+    /// Tried in turn: a DP whose control plane fails or shuts down moves to the next.
+    pub control_planes: Vec<String>,
     pub proxy_address: String,
     pub state: Arc<DpState>,
     /// TLS to the control plane, for an `https://` URL.
@@ -44,36 +45,49 @@ impl SyncClient {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
+        let n = self.control_planes.len().max(1);
+        // Which control plane is tried next, and how many failed in a row since the last
+        // healthy stream.
+        let (mut next, mut failed_in_a_row) = (0usize, 0usize);
         loop {
+            let cp = &self.control_planes[next % n];
             let started = Instant::now();
             let result = tokio::select! {
-                r = self.session() => r,
+                r = self.session(cp) => r,
                 _ = shutdown.cancelled() => return,
             };
             match result {
-                Ok(()) => {
-                    tracing::warn!(cp = %self.control_plane, "control plane closed the sync stream")
-                }
+                Ok(()) => tracing::warn!(%cp, "control plane closed the sync stream"),
                 Err(e) => {
-                    tracing::warn!(cp = %self.control_plane, error = format!("{e:#}"), "sync with the control plane failed")
+                    tracing::warn!(%cp, error = format!("{e:#}"), "sync with the control plane failed")
                 }
             }
+            next = (next + 1) % n;
             // A stream that lived a while was healthy: start the backoff over.
             if started.elapsed() > MAX_BACKOFF {
                 backoff = MIN_BACKOFF;
+                failed_in_a_row = 0;
             }
-            // Full jitter, so a fleet of DPs does not reconnect in lockstep after a CP restart.
-            let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            failed_in_a_row += 1;
+            // Another control plane not tried yet since the last healthy stream: go at once.
+            // Once all failed, back off with full jitter, so a fleet of DPs does not reconnect
+            // in lockstep after a CP restart.
+            let delay = if failed_in_a_row < n {
+                MIN_BACKOFF.mul_f64(fastrand::f64())
+            } else {
+                let d = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                d
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    async fn session(&self) -> anyhow::Result<()> {
-        let mut endpoint = Endpoint::from_shared(self.control_plane.clone())?;
+    async fn session(&self, control_plane: &str) -> anyhow::Result<()> {
+        let mut endpoint = Endpoint::from_shared(control_plane.to_string())?;
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
@@ -98,7 +112,7 @@ impl SyncClient {
         })))
         .await?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-        tracing::info!(cp = %self.control_plane, "connected to the control plane");
+        tracing::info!(cp = %control_plane, "connected to the control plane");
         self.state.set_connected(true);
         let result = async {
             while let Some(msg) = inbound.message().await? {

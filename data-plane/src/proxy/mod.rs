@@ -213,9 +213,16 @@ impl Proxy {
             upstream_time: None,
             request_id: None,
         };
-        let response = self
+        let mut response = self
             .route_and_forward(peer, client_addr, req, &mut exchange)
             .await;
+        if self.state.is_draining() {
+            // Shutting down: move keepalive clients to other DPs now, while this one still
+            // answers, rather than closing their connections under them later.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let status = response.status().as_u16();
         let log = match (&self.access_log, record) {
             (Some(log), Some(mut record)) => {
