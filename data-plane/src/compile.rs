@@ -152,6 +152,8 @@ pub struct Upstream {
     pub timeouts: Timeouts,
     pub pass_host: PassHost,
     pub upstream_host: Option<http::HeaderValue>,
+    /// `http` (HTTP/1.1) or `grpc` (HTTP/2 without TLS).
+    pub scheme: postern_proto::model::Scheme,
 }
 
 pub struct UpstreamNode {
@@ -189,6 +191,7 @@ impl Upstream {
             timeouts: Timeouts::from_config(cfg.timeout.as_ref()).unwrap_or_default(),
             pass_host: cfg.pass_host,
             upstream_host,
+            scheme: cfg.scheme,
         })
     }
 

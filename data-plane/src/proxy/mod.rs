@@ -77,6 +77,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// Most request headers accepted; more → 431.
 const MAX_REQUEST_HEADERS: usize = 100;
+/// Concurrent streams per HTTP/2 client connection.
+const MAX_H2_STREAMS: u32 = 256;
+/// HTTP/2 pings on idle client connections; no answer within as long again closes it.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Longest request target accepted; longer → 414.
 const MAX_URI_BYTES: usize = 8 * 1024;
 /// Idle upstream connections are closed after this long.
@@ -93,6 +97,8 @@ type UpstreamClient = Client<HttpConnector, LimitedBody<Incoming>>;
 pub struct Proxy {
     state: Arc<DpState>,
     client: UpstreamClient,
+    /// HTTP/2 without TLS, for `scheme: grpc` upstreams.
+    h2c_client: UpstreamClient,
     encoded_slash: normalize::EncodedSlash,
     trusted_proxies: Vec<real_ip::Cidr>,
     access_log: Option<Arc<AccessLog>>,
@@ -117,10 +123,19 @@ impl Proxy {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        // One multiplexed connection per node carries every gRPC call to it.
+        let h2c_client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(Some(H2_KEEPALIVE))
             .build(connector);
         Proxy {
             state,
             client,
+            h2c_client,
             encoded_slash: settings.encoded_slash,
             trusted_proxies: settings.trusted_proxies,
             access_log: settings.access_log,
@@ -131,12 +146,24 @@ impl Proxy {
     /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let graceful = GracefulShutdown::new();
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
+        // HTTP/1.1, and HTTP/2 with prior knowledge (h2c: gRPC clients), told apart by the
+        // connection's first bytes.
+        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            // A larger request head, or more headers, gets 431 from hyper.
-            .max_header_size(MAX_REQUEST_HEAD_BYTES)
+            // A request head that does not fit the read buffer, or too many headers: 431.
+            .max_buf_size(MAX_REQUEST_HEAD_BYTES)
             .max_headers(MAX_REQUEST_HEADERS);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            // Rapid-reset (CVE-2023-44487) and error-reset floods end the connection.
+            .max_pending_accept_reset_streams(Some(64))
+            .max_local_error_reset_streams(Some(256))
+            .keep_alive_interval(Some(H2_KEEPALIVE))
+            .keep_alive_timeout(H2_KEEPALIVE);
         loop {
             let (stream, client_addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -156,7 +183,9 @@ impl Proxy {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(client_addr, req).await) }
             });
-            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let conn = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
             let conn = graceful.watch(conn);
             METRICS.connections_accepted.inc();
             METRICS.connections_open.inc();
@@ -213,10 +242,12 @@ impl Proxy {
             upstream_time: None,
             request_id: None,
         };
+        let http1 = req.version() < Version::HTTP_2;
         let mut response = self
             .route_and_forward(peer, client_addr, req, &mut exchange)
             .await;
-        if self.state.is_draining() {
+        // (HTTP/2 has no Connection header; its connections are drained with GOAWAY.)
+        if http1 && self.state.is_draining() {
             // Shutting down: move keepalive clients to other DPs now, while this one still
             // answers, rather than closing their connections under them later.
             response
@@ -374,8 +405,26 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let original_host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 requests carry the host in the URI (`:authority`), not in a Host header.
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        let grpc = upstream.scheme == postern_proto::model::Scheme::Grpc;
+        // gRPC needs `TE: trailers` end to end; every other TE value is hop-by-hop.
+        let te_trailers = grpc
+            && parts.headers.get_all(header::TE).iter().any(|v| {
+                v.to_str().is_ok_and(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+            });
         headers::strip_hop_by_hop(&mut parts.headers);
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         headers::add_forwarded(
             &mut parts.headers,
             client_addr.ip(),
@@ -398,30 +447,34 @@ impl Proxy {
         uri.path_and_query = Some(path_and_query);
         parts.uri =
             Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-        parts.version = Version::HTTP_11;
+        parts.version = if grpc {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let client = if grpc { &self.h2c_client } else { &self.client };
 
         // Until the response headers arrive: connect, send and the upstream's think time.
         let deadline = timeouts.connect + timeouts.read;
         let body_too_large = body.tripped();
         exchange.upstream = Some(node.authority.clone());
         let sent = Instant::now();
-        let response = tokio::time::timeout(
-            deadline,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout)?
-        .map_err(|e| {
-            // A body cut off at client-control's limit fails the upstream request before it
-            // answered: that is the client's doing, so 413 rather than 502.
-            if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
-                ProxyError::BodyTooLarge
-            } else if e.is_connect() {
-                ProxyError::UpstreamConnect(e)
-            } else {
-                ProxyError::UpstreamFailed(e)
-            }
-        })?;
+        let response =
+            tokio::time::timeout(deadline, client.request(Request::from_parts(parts, body)))
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout)?
+                .map_err(|e| {
+                    // A body cut off at client-control's limit fails the upstream request before it
+                    // answered: that is the client's doing, so 413 rather than 502.
+                    if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+                    {
+                        ProxyError::BodyTooLarge
+                    } else if e.is_connect() {
+                        ProxyError::UpstreamConnect(e)
+                    } else {
+                        ProxyError::UpstreamFailed(e)
+                    }
+                })?;
         let upstream_time = sent.elapsed();
         route.metrics.upstream_responded(upstream_time);
         exchange.upstream_time = Some(upstream_time);

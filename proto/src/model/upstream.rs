@@ -151,10 +151,10 @@ impl UpstreamConfig {
                 "only 'roundrobin' is supported by this version of Postern",
             ));
         }
-        if self.scheme != Scheme::Http {
+        if matches!(self.scheme, Scheme::Https | Scheme::Grpcs) {
             return Err(ValidationError::new(
                 "scheme",
-                "only 'http' is supported by this version of Postern",
+                "only 'http' and 'grpc' (HTTP/2 without TLS) are supported by this version of Postern",
             ));
         }
         if let Some(t) = &self.timeout {
