@@ -187,6 +187,8 @@ async fn access_log_writes_one_line_per_request_without_query_strings() {
     assert_eq!(entries[0]["method"], "GET");
     assert_eq!(entries[0]["bytes_out"], 2);
     assert!(entries[0]["duration_ms"].as_f64().unwrap() > 0.0);
+    // The id the upstream received.
+    assert_eq!(entries[0]["request_id"].as_str().map(str::len), Some(36));
     assert_eq!(entries[1]["status"], 404);
     assert_eq!(entries[1]["route"], Value::Null);
 }
@@ -309,4 +311,46 @@ async fn guide_prometheus_global_rule_labels_routes_by_name() {
         body["error_msg"].as_str().unwrap().contains("prefer_name"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn every_request_reaches_the_upstream_with_a_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let node = upstream("ok").await;
+    let rev = cp
+        .client()
+        .put_ok("/admin/routes/plain", route("/plain", node))
+        .await;
+    let (proxy, status) = (cp.proxy.unwrap(), cp.status.unwrap());
+    wait_applied(status, rev).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{proxy}/plain");
+    let first = http.get(&url).send().await.unwrap();
+    let second = http.get(&url).send().await.unwrap();
+    let id = |r: &reqwest::Response| {
+        r.headers()["x-seen-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (id(&first), id(&second));
+    assert_eq!(a.len(), 36, "a UUID: {a}");
+    assert_ne!(a, b);
+    // A sane client id is kept; an unusable one (two values) is replaced.
+    let kept = http
+        .get(&url)
+        .header("x-request-id", "client-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id(&kept), "client-7");
+    let replaced = http
+        .get(&url)
+        .header("x-request-id", "a")
+        .header("x-request-id", "b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id(&replaced).len(), 36);
 }

@@ -16,7 +16,7 @@ mod header_ops;
 mod opentelemetry;
 mod proxy_rewrite;
 mod redirect;
-mod request_id;
+pub mod request_id;
 mod request_termination;
 mod response_rewrite;
 

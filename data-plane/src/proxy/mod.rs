@@ -62,6 +62,7 @@ use crate::compile::{Timeouts, Upstream};
 use crate::observability::MeteredBody;
 use crate::observability::access_log::{AccessLog, Record};
 use crate::observability::metrics::{METRICS, RouteMetrics};
+use crate::plugins::request_id::ensure_request_id;
 use crate::plugins::{PluginChain, PluginResponse, RequestCtx};
 use crate::router::vars::RequestVars;
 use crate::state::DpState;
@@ -290,6 +291,7 @@ impl Proxy {
         exchange.metrics = route.metrics.clone();
         exchange.route = Some(route.id.clone());
         if route.plugins.is_empty() {
+            exchange.request_id = Some(ensure_request_id(&mut parts.headers));
             let body = LimitedBody::new(body, None).metered(route.metrics.clone());
             return self
                 .forward(peer, parts, body, &route, None, exchange)
@@ -297,7 +299,11 @@ impl Proxy {
                 .unwrap_or_else(|e| e.into_response().map(Either::Right));
         }
         let mut ctx = RequestCtx::new(client_addr, route.id.clone());
-        let result = match route.plugins.request(&mut parts, &mut ctx).await {
+        let answer = route.plugins.request(&mut parts, &mut ctx).await;
+        // After the plugins, so `request-id`'s own header and algorithm win when configured.
+        let id = ensure_request_id(&mut parts.headers);
+        ctx.request_id.get_or_insert(id);
+        let result = match answer {
             Some(answer) => Ok(plugin_response(answer)),
             None => {
                 let upstream_host = ctx.upstream_host.take();
