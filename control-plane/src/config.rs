@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use postern_data_plane::proxy::real_ip::{self, Cidr};
 use serde::Deserialize;
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
@@ -70,6 +71,16 @@ pub struct CpOptions {
     /// PEM CA bundle: data planes must present a client certificate it signed (mutual TLS)
     #[arg(long, env = "POSTERN_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Networks allowed to use the Admin API, comma-separated CIDRs (`10.0.0.0/8,127.0.0.1/32`);
+    /// others get 403 before any key check. The key is required either way [default: any]
+    #[arg(long, env = "POSTERN_ADMIN_ALLOW")]
+    pub admin_allow: Option<String>,
+    /// PEM certificate chain for the Admin API: serve it over TLS (needs --admin-tls-key)
+    #[arg(long, env = "POSTERN_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key for --admin-tls-cert
+    #[arg(long, env = "POSTERN_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
 }
 
 /// Settings after precedence and defaults are applied.
@@ -86,6 +97,10 @@ pub struct CpConfig {
     pub json_logs: bool,
     /// TLS on the sync listener.
     pub sync_tls: Option<SyncTls>,
+    /// Networks allowed to reach the Admin API; empty: any.
+    pub admin_allow: Vec<Cidr>,
+    /// `(certificate, key)` PEM files: the Admin API over TLS.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// PEM files for TLS on the sync listener; with `client_ca`, mutual TLS.
@@ -180,6 +195,9 @@ impl CpOptions {
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_ca: self.tls_ca.or(file.tls_ca),
+            admin_allow: self.admin_allow.or(file.admin_allow),
+            admin_tls_cert: self.admin_tls_cert.or(file.admin_tls_cert),
+            admin_tls_key: self.admin_tls_key.or(file.admin_tls_key),
         }
     }
 }
@@ -231,6 +249,13 @@ impl Cli {
                 (None, None, None) => None,
                 (None, None, Some(_)) => anyhow::bail!("--tls-ca needs --tls-cert and --tls-key"),
                 _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+            },
+            admin_allow: real_ip::parse_list(o.admin_allow.as_deref().unwrap_or(""))
+                .map_err(|e| anyhow::anyhow!("--admin-allow: {e}"))?,
+            admin_tls: match (o.admin_tls_cert, o.admin_tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => anyhow::bail!("--admin-tls-cert and --admin-tls-key go together"),
             },
         })
     }

@@ -120,8 +120,12 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding the Admin API on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
-    if !admin_addr.ip().is_loopback() {
-        tracing::warn!(address = %admin_addr, "the Admin API listens beyond loopback without TLS; restrict it to an internal network");
+    let admin_tls = match &config.admin_tls {
+        Some((cert, key)) => Some(admin::listener::tls_config(cert, key)?),
+        None => None,
+    };
+    if !admin_addr.ip().is_loopback() && admin_tls.is_none() {
+        tracing::warn!(address = %admin_addr, "THE ADMIN API LISTENS BEYOND LOOPBACK WITHOUT TLS: keys travel in clear text. Use --admin-tls-cert/--admin-tls-key, or keep it on loopback or a private network, and set --admin-allow");
     }
     let app = admin::app(AdminState {
         store: store.clone(),
@@ -129,12 +133,14 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
         registry,
         hub,
     });
-    let admin = tokio::spawn(
-        axum::serve(admin_listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
-    tracing::info!(address = %admin_addr, "Admin API listening");
+    let admin = tokio::spawn(admin::listener::serve(
+        admin_listener,
+        app,
+        admin_tls.clone(),
+        Arc::new(config.admin_allow.clone()),
+        shutdown.clone(),
+    ));
+    tracing::info!(address = %admin_addr, tls = admin_tls.is_some(), allow = config.admin_allow.len(), "Admin API listening");
 
     let dev_dp = if config.dev {
         // With TLS, the in-process DP connects like any other: the CP's certificate doubles as
@@ -167,7 +173,7 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
 
     let (sync_res, admin_res) = tokio::join!(sync, admin);
     sync_res?.context("sync server")?;
-    admin_res?.context("Admin API")?;
+    admin_res.context("Admin API")?;
     let _ = builder.await;
     if let Some(dp) = dev_dp {
         dp.await??;

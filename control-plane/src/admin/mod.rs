@@ -5,6 +5,7 @@
 
 mod data_planes;
 mod error;
+pub mod listener;
 mod resources;
 mod status;
 
@@ -54,7 +55,7 @@ pub fn app(state: AdminState) -> Router {
                 .delete(resources::delete),
         )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn(count_writes))
+        .layer(middleware::from_fn(audit_writes))
         .with_state(state.clone());
     Router::new()
         .route("/metrics", get(metrics))
@@ -77,12 +78,27 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// Counts every write (refused ones included) by resource kind, method and status code.
-async fn count_writes(request: Request, next: Next) -> Response {
+/// Counts every write (refused ones included) by resource kind, method and status code, and
+/// writes one audit line for it (target `postern::audit`): who (the key's name), from where,
+/// what, the answer, and the revision it made (the `ETag` of a resource write; the history has
+/// every revision with its actor).
+async fn audit_writes(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     if matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
         return next.run(request).await;
     }
+    // The full path (inside the nest, axum strips `/admin`).
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(
+            || request.uri().path().to_string(),
+            |u| u.path().to_string(),
+        );
+    let peer = request
+        .extensions()
+        .get::<listener::Peer>()
+        .map(|p| p.0.to_string());
     // The path inside the nest: `/<kind>[/<id>]`. Unknown kinds share one label value.
     let kind = request
         .uri()
@@ -97,6 +113,22 @@ async fn count_writes(request: Request, next: Next) -> Response {
         .admin_writes
         .with_label_values(&[kind, method.as_str(), response.status().as_str()])
         .inc();
+    let actor = response.extensions().get::<Actor>().map(|a| a.0.as_str());
+    let revision = response
+        .headers()
+        .get(axum::http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches('"'));
+    tracing::info!(
+        target: "postern::audit",
+        actor = actor.unwrap_or("-"),
+        client = peer.as_deref().unwrap_or("-"),
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        revision = revision.unwrap_or("-"),
+        "admin write"
+    );
     response
 }
 
@@ -116,6 +148,9 @@ async fn authenticate(
         .check(presented)
         .ok_or(AdminError::Unauthorized)?;
     let actor = Actor(name.to_string());
-    request.extensions_mut().insert(actor);
-    Ok(next.run(request).await)
+    request.extensions_mut().insert(actor.clone());
+    let mut response = next.run(request).await;
+    // For the audit line written outside this layer.
+    response.extensions_mut().insert(actor);
+    Ok(response)
 }
