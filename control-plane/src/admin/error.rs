@@ -77,6 +77,7 @@ impl From<StoreError> for AdminError {
             ),
             // APISIX answers 400 here too: the request conflicts with the config, not the server.
             StoreError::InUse { .. } => AdminError::invalid("id", msg),
+            StoreError::CredentialTaken { .. } => AdminError::Conflict(msg),
             StoreError::Unavailable(_) => AdminError::Unavailable(msg),
             StoreError::Corrupt(_) => AdminError::Internal(msg),
         }

@@ -45,7 +45,12 @@ pub fn app(state: AdminState) -> Router {
         .route("/history", get(resources::history))
         .route("/status", get(status::status))
         .route("/store/adopt", axum::routing::post(status::adopt))
-        .route("/{kind}", get(resources::list).post(resources::create))
+        .route(
+            "/{kind}",
+            get(resources::list)
+                .post(resources::create)
+                .put(resources::put_by_body),
+        )
         .route(
             "/{kind}/{id}",
             get(resources::get_one)
