@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::{Actor, AdminError, AdminState};
 use crate::store::{
-    DeleteRequest, OwnedClaim, OwnedReference, Precondition, PutRequest, StoreError, StoredResource,
-    WriteOutcome,
+    DeleteRequest, OwnedClaim, OwnedReference, Precondition, PutRequest, StoreError,
+    StoredResource, WriteOutcome,
 };
 
 fn parse_kind(kind: &str) -> Result<ResourceKind, AdminError> {
@@ -242,7 +242,9 @@ pub async fn put_by_body(
         _ => {
             return Err(AdminError::invalid(
                 field,
-                format!("PUT /admin/{kind} needs the {field} in the body (or use /admin/{kind}/<id>)"),
+                format!(
+                    "PUT /admin/{kind} needs the {field} in the body (or use /admin/{kind}/<id>)"
+                ),
             ));
         }
     };

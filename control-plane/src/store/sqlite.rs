@@ -24,8 +24,8 @@ use super::sql::{
     op_text, to_db,
 };
 use super::{
-    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition, PutRequest,
-    StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
+    PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
 use super::{Write, run_detached};
 

@@ -12,8 +12,8 @@ use postern_proto::model::ResourceKind;
 use serde_json::{Value, json};
 
 use super::{
-    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition, PutRequest,
-    StoreError, StoreSnapshot, StoredResource, WriteOutcome,
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
+    PutRequest, StoreError, StoreSnapshot, StoredResource, WriteOutcome,
 };
 
 const UP: ResourceKind = ResourceKind::Upstreams;
@@ -483,7 +483,11 @@ pub(super) async fn credentials_are_unique(store: Arc<dyn ConfigStore>) {
             .collect();
         r
     };
-    put_ok(s, consumer("a", &[("jwt-auth", "k1"), ("key-auth", "secret-1")])).await;
+    put_ok(
+        s,
+        consumer("a", &[("jwt-auth", "k1"), ("key-auth", "secret-1")]),
+    )
+    .await;
     let before = observe(s).await;
     let err = put_err(s, consumer("b", &[("jwt-auth", "k1")])).await;
     assert!(
@@ -494,12 +498,20 @@ pub(super) async fn credentials_are_unique(store: Arc<dyn ConfigStore>) {
     // The same value under another plugin is another credential.
     put_ok(s, consumer("b", &[("key-auth", "k1")])).await;
     // Re-writing the holder keeps its credentials.
-    put_ok(s, consumer("a", &[("jwt-auth", "k1"), ("key-auth", "secret-1")])).await;
+    put_ok(
+        s,
+        consumer("a", &[("jwt-auth", "k1"), ("key-auth", "secret-1")]),
+    )
+    .await;
     // Re-keying frees the old key; deleting frees the rest.
     put_ok(s, consumer("a", &[("jwt-auth", "k2")])).await;
     put_ok(s, consumer("c", &[("jwt-auth", "k1")])).await;
     delete_ok(s, del_req(CONSUMER, "a")).await;
-    put_ok(s, consumer("d", &[("jwt-auth", "k2"), ("key-auth", "secret-1")])).await;
+    put_ok(
+        s,
+        consumer("d", &[("jwt-auth", "k2"), ("key-auth", "secret-1")]),
+    )
+    .await;
 
     // Racing writers: one gets the credential.
     let tasks: Vec<_> = (0..4)

@@ -98,12 +98,14 @@ impl ConsumerConfig {
     }
 
     pub fn references(&self) -> impl Iterator<Item = Reference<'_>> {
-        self.group_id.as_deref().map(|id| Reference {
-            field: "group_id",
-            kind: ResourceKind::ConsumerGroups,
-            id,
-        })
-        .into_iter()
+        self.group_id
+            .as_deref()
+            .map(|id| Reference {
+                field: "group_id",
+                kind: ResourceKind::ConsumerGroups,
+                id,
+            })
+            .into_iter()
     }
 
     /// The jwt-auth credential, parsed (the body was validated, so this only fails on a body

@@ -206,7 +206,10 @@ impl ConfigSet {
                     // The value itself may be a secret (key-auth): never in the message.
                     return Err(ValidationError::new(
                         format!("consumers/{username}.{}", claim.field),
-                        format!("the same {} credential is held by consumers/{other}", claim.plugin),
+                        format!(
+                            "the same {} credential is held by consumers/{other}",
+                            claim.plugin
+                        ),
                     ));
                 }
             }

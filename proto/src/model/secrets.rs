@@ -110,7 +110,10 @@ mod tests {
         let mut shown = stored.clone();
         redact(ResourceKind::Consumers, &mut shown);
         assert_eq!(shown["plugins"]["jwt-auth"]["secret"], REDACTED);
-        assert_eq!(shown["plugins"]["jwt-auth"]["key"], "k", "the key id is not secret");
+        assert_eq!(
+            shown["plugins"]["jwt-auth"]["key"], "k",
+            "the key id is not secret"
+        );
         assert_eq!(shown["plugins"]["key-auth"]["key"], REDACTED);
         assert!(!shown.to_string().contains("s3cret"));
         assert!(has_marker(ResourceKind::Consumers, &shown));

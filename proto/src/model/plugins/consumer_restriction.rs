@@ -48,7 +48,10 @@ impl PluginConfig for ConsumerRestrictionConfig {
                 "give a whitelist or a blacklist (or both)",
             ));
         }
-        for (field, list) in [("whitelist", &self.whitelist), ("blacklist", &self.blacklist)] {
+        for (field, list) in [
+            ("whitelist", &self.whitelist),
+            ("blacklist", &self.blacklist),
+        ] {
             if list.as_ref().is_some_and(|l| l.is_empty()) {
                 return Err(ValidationError::new(field, "must not be empty"));
             }
@@ -80,7 +83,10 @@ mod tests {
         let bad = [
             (json!({}), "whitelist"),
             (json!({"whitelist": []}), "whitelist"),
-            (json!({"blacklist": ["a"], "rejected_code": 99}), "rejected_code"),
+            (
+                json!({"blacklist": ["a"], "rejected_code": 99}),
+                "rejected_code",
+            ),
             (json!({"type": "ip", "whitelist": ["a"]}), "type"),
             (json!({"whitelist": ["a"], "x": 1}), "x"),
         ];

@@ -364,8 +364,14 @@ mod tests {
                 "public_key",
             ),
             (json!({"key": "k", "secret": "s", "exp": 0}), "exp"),
-            (json!({"key": "k", "secret": "s", "max_lifetime": 0}), "max_lifetime"),
-            (json!({"key": "k", "secret": "s", "audience": []}), "audience"),
+            (
+                json!({"key": "k", "secret": "s", "max_lifetime": 0}),
+                "max_lifetime",
+            ),
+            (
+                json!({"key": "k", "secret": "s", "audience": []}),
+                "audience",
+            ),
             (json!({"key": "k", "secret": "s", "colour": 1}), "colour"),
         ];
         for (c, field) in bad {

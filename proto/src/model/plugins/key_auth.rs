@@ -55,7 +55,9 @@ impl PluginConfig for KeyCredential {
     fn validate(&self) -> Result<()> {
         check_not_marker("key", Some(&self.key))?;
         let k = &self.key;
-        if k.len() < MIN_KEY_LEN || k.len() > MAX_KEY_LEN || !k.bytes().all(|b| b.is_ascii_graphic())
+        if k.len() < MIN_KEY_LEN
+            || k.len() > MAX_KEY_LEN
+            || !k.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(ValidationError::new(
                 "key",
