@@ -101,7 +101,14 @@ mod tests {
     fn lists_decide() {
         let guide = json!({"type": "consumer_group_id", "whitelist": ["premium-users", "admin-group"],
             "rejected_code": 403, "rejected_msg": "Access denied: insufficient permissions"});
-        let cases: Vec<(Value, Option<&str>, Option<&str>, Option<(u16, &str)>)> = vec![
+        /// Config, consumer name, consumer group → refusal (status, message), if any.
+        type Case<'a> = (
+            Value,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<(u16, &'a str)>,
+        );
+        let cases: Vec<Case> = vec![
             (guide.clone(), Some("a"), Some("premium-users"), None),
             (guide.clone(), Some("a"), Some("admin-group"), None),
             (

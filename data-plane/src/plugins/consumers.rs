@@ -203,18 +203,22 @@ pub fn remove_cookie(parts: &mut http::request::Parts, name: &str) {
     }
 }
 
+/// A request that presents two different credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflicting;
+
 /// The one credential a request presents, from any of its places. `Err` when the places
 /// disagree (or one place holds several): the gateway and the upstream might read different
 /// ones, so the request is refused rather than guessed at.
 pub fn single<'a>(
     found: impl IntoIterator<Item = std::borrow::Cow<'a, str>>,
-) -> Result<Option<String>, ()> {
+) -> Result<Option<String>, Conflicting> {
     let mut one: Option<std::borrow::Cow<'a, str>> = None;
     for v in found {
         match &one {
             None => one = Some(v),
             Some(prev) if *prev == v => {}
-            Some(_) => return Err(()),
+            Some(_) => return Err(Conflicting),
         }
     }
     Ok(one.map(|c| c.into_owned()))
@@ -260,6 +264,6 @@ mod tests {
         assert_eq!(c(&[]), Ok(None));
         assert_eq!(c(&["a"]), Ok(Some("a".into())));
         assert_eq!(c(&["a", "a"]), Ok(Some("a".into())));
-        assert_eq!(c(&["a", "b"]), Err(()));
+        assert_eq!(c(&["a", "b"]), Err(Conflicting));
     }
 }

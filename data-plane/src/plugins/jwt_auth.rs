@@ -90,7 +90,7 @@ impl JwtAuth {
             Ok(None) => {
                 return Flow::Respond(unauthorized(CHALLENGE, "Missing JWT token in request"));
             }
-            Err(()) => return fail("different JWT tokens in one request"),
+            Err(consumers::Conflicting) => return fail("different JWT tokens in one request"),
         };
         if token.len() > MAX_TOKEN_LEN {
             return fail("JWT token too long");

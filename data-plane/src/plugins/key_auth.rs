@@ -51,7 +51,7 @@ impl KeyAuth {
             Ok(None) => {
                 return Flow::Respond(unauthorized(CHALLENGE, "Missing API key in request"));
             }
-            Err(()) => {
+            Err(consumers::Conflicting) => {
                 return Flow::Respond(unauthorized(CHALLENGE, "different API keys in one request"));
             }
         };
