@@ -3,7 +3,8 @@
 //! The index maps each credential to its consumer, with key material decoded once per snapshot
 //! (PEM parsed, base64 secrets decoded, validation rules set). The auth plugins of a snapshot
 //! hold that snapshot's index, so deleting a consumer or rotating a key takes effect for every
-//! request matched against the next snapshot: there is no cache to outlive it.
+//! request matched against the next snapshot: there is no cache to outlive it. The snapshot's
+//! `revocations` (a JWT's `jti`, a consumer, a credential) are indexed here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use http::header::{COOKIE, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 use jsonwebtoken::{DecodingKey, Validation};
-use postern_proto::model::{ConfigSet, ValidationError};
+use postern_proto::model::{ConfigSet, RevocationType, ValidationError};
 use sha2::{Digest, Sha256};
 
 use super::{PluginResponse, RequestCtx};
@@ -50,6 +51,8 @@ pub struct Consumers {
     jwt: HashMap<String, JwtKey>,
     /// By SHA-256 of the key: the lookup compares digests, never the secret itself.
     api_keys: HashMap<[u8; 32], ApiKey>,
+    /// Revoked values by type, each with its expiry (`None`: until deleted).
+    revoked: HashMap<(RevocationType, String), Option<u64>>,
 }
 
 impl Consumers {
@@ -106,7 +109,34 @@ impl Consumers {
                 );
             }
         }
+        for r in set.revocations.values() {
+            let slot = index
+                .revoked
+                .entry((r.kind, r.value.clone()))
+                .or_insert(r.expires_at);
+            // Two revocations of one value: the longer one holds.
+            *slot = match (*slot, r.expires_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
         Ok(index)
+    }
+
+    /// Whether `value` is revoked at `now` (unix seconds).
+    pub fn is_revoked(&self, kind: RevocationType, value: &str, now: u64) -> bool {
+        if self.revoked.is_empty() {
+            return false;
+        }
+        self.revoked
+            .get(&(kind, value.to_string()))
+            .is_some_and(|until| until.is_none_or(|t| now < t))
+    }
+
+    /// Whether the consumer or this credential of it is revoked.
+    pub fn is_consumer_revoked(&self, consumer: &Consumer, credential_id: &str, now: u64) -> bool {
+        self.is_revoked(RevocationType::Consumer, &consumer.username, now)
+            || self.is_revoked(RevocationType::Credential, credential_id, now)
     }
 
     pub fn jwt(&self, key: &str) -> Option<&JwtKey> {

@@ -9,7 +9,8 @@
 //! 4. `jsonwebtoken::decode` with the credential's key and its one algorithm: the header's `alg`
 //!    must equal it (so `none`, or HS256 against an RSA credential, fails), the signature must
 //!    verify, `exp` must be present and future, `nbf` past (both with the credential's leeway);
-//! 5. the credential's `max_lifetime`, if any.
+//! 5. the credential's `max_lifetime`, if any;
+//! 6. revocations: the token's `jti`, the consumer, the credential.
 //!
 //! The header's `kid`, `jku`, `x5u` are never used: key material comes only from the consumer.
 
@@ -19,9 +20,9 @@ use std::sync::Arc;
 use base64::Engine;
 use http::HeaderName;
 use jsonwebtoken::errors::ErrorKind;
-use postern_proto::model::ValidationError;
 use postern_proto::model::plugins::jwt_auth::JwtAuthConfig;
 use postern_proto::model::plugins::parse;
+use postern_proto::model::{RevocationType, ValidationError};
 use serde_json::Value;
 
 use super::consumers::{self, Consumers, identify, unauthorized};
@@ -109,14 +110,25 @@ impl JwtAuth {
             Ok(data) => data.claims,
             Err(e) => return fail(reason(e.kind())),
         };
+        let now = jsonwebtoken::get_current_timestamp();
         if let Some(max) = cred.max_lifetime {
             let exp = claims
                 .get("exp")
                 .and_then(Value::as_u64)
                 .unwrap_or(u64::MAX);
-            if exp.saturating_sub(jsonwebtoken::get_current_timestamp()) > max {
+            if exp.saturating_sub(now) > max {
                 return fail("JWT token lifetime exceeds the maximum");
             }
+        }
+        let jti = claims.get("jti").and_then(Value::as_str);
+        if jti.is_some_and(|j| self.consumers.is_revoked(RevocationType::Jti, j, now)) {
+            return fail("JWT token revoked");
+        }
+        if self
+            .consumers
+            .is_consumer_revoked(&cred.consumer, &cred.key, now)
+        {
+            return fail("JWT credential revoked");
         }
         identify(ctx, &cred.consumer, &cred.key);
         if self.hide_credentials {
@@ -400,6 +412,85 @@ mod tests {
             .body(())
             .unwrap();
         assert!(status_and_message(&run(json!({}), req).0).is_none());
+    }
+
+    #[test]
+    fn revocations_refuse_a_jti_a_consumer_or_a_credential_until_they_expire() {
+        let n = now();
+        let plugin = |revocations: &[Value]| {
+            let mut set = ConfigSet::default();
+            for (name, key) in [("a", "a-key"), ("b", "b-key")] {
+                let body = json!({"username": name,
+                    "plugins": {"jwt-auth": {"key": key, "secret": SECRET}}});
+                set.insert(
+                    name,
+                    Resource::parse(ResourceKind::Consumers, &body).unwrap(),
+                );
+            }
+            for (i, r) in revocations.iter().enumerate() {
+                set.insert(
+                    &i.to_string(),
+                    Resource::parse(ResourceKind::Revocations, r).unwrap(),
+                );
+            }
+            JwtAuth::new(&json!({}), Arc::new(Consumers::build(&set).unwrap())).unwrap()
+        };
+        let token = |key: &str, jti: &str| hs256(json!({"key": key, "exp": n + 60, "jti": jti}));
+        let cases = [
+            (
+                json!({"type": "jti", "value": "t1"}),
+                "a-key",
+                "t1",
+                Some("JWT token revoked"),
+            ),
+            (json!({"type": "jti", "value": "t1"}), "a-key", "t2", None),
+            (
+                json!({"type": "consumer", "value": "a"}),
+                "a-key",
+                "t",
+                Some("JWT credential revoked"),
+            ),
+            (
+                json!({"type": "consumer", "value": "a"}),
+                "b-key",
+                "t",
+                None,
+            ),
+            (
+                json!({"type": "credential", "value": "b-key"}),
+                "b-key",
+                "t",
+                Some("JWT credential revoked"),
+            ),
+            // Expired revocations no longer apply.
+            (
+                json!({"type": "jti", "value": "t1", "expires_at": n - 1}),
+                "a-key",
+                "t1",
+                None,
+            ),
+            (
+                json!({"type": "jti", "value": "t1", "expires_at": n + 60}),
+                "a-key",
+                "t1",
+                Some("JWT token revoked"),
+            ),
+        ];
+        for (revocation, key, jti, want) in cases {
+            let p = plugin(std::slice::from_ref(&revocation));
+            let (mut parts, _) = http::Request::get("/")
+                .header("authorization", token(key, jti))
+                .body(())
+                .unwrap()
+                .into_parts();
+            let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap(), "r".into());
+            let got = status_and_message(&p.check(&mut parts, &mut ctx));
+            assert_eq!(
+                got,
+                want.map(|m| (401, m.to_string())),
+                "{revocation} {key} {jti}"
+            );
+        }
     }
 
     #[test]

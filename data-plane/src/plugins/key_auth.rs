@@ -58,6 +58,15 @@ impl KeyAuth {
         let Some(cred) = self.consumers.api_key(&key) else {
             return Flow::Respond(unauthorized(CHALLENGE, "Invalid API key in request"));
         };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self
+            .consumers
+            .is_consumer_revoked(&cred.consumer, &cred.id, now)
+        {
+            return Flow::Respond(unauthorized(CHALLENGE, "API key revoked"));
+        }
         identify(ctx, &cred.consumer, &cred.id);
         if self.hide_credentials {
             req.headers.remove(&self.header);

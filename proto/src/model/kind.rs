@@ -13,17 +13,21 @@ pub enum ResourceKind {
     ConsumerGroups,
     /// API users and their credentials; the id is the `username`. References consumer groups.
     Consumers,
+    /// Revoked JWT ids, consumers and credentials. References nothing (a revocation may name a
+    /// consumer that is gone or not there yet).
+    Revocations,
 }
 
 impl ResourceKind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [ResourceKind; 6] = [
+    pub const ALL: [ResourceKind; 7] = [
         ResourceKind::Upstreams,
         ResourceKind::Services,
         ResourceKind::Routes,
         ResourceKind::GlobalRules,
         ResourceKind::ConsumerGroups,
         ResourceKind::Consumers,
+        ResourceKind::Revocations,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +38,7 @@ impl ResourceKind {
             ResourceKind::GlobalRules => "global_rules",
             ResourceKind::ConsumerGroups => "consumer_groups",
             ResourceKind::Consumers => "consumers",
+            ResourceKind::Revocations => "revocations",
         }
     }
 }

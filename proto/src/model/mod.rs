@@ -6,6 +6,7 @@ mod error;
 mod global_rule;
 mod kind;
 pub mod plugins;
+mod revocation;
 mod route;
 pub mod secrets;
 mod service;
@@ -22,6 +23,7 @@ pub use consumer::{CREDENTIAL_PLUGINS, ConsumerConfig, ConsumerGroupConfig, Cred
 pub use error::{Result, ValidationError};
 pub use global_rule::GlobalRuleConfig;
 pub use kind::{Reference, ResourceKind, UnknownKind};
+pub use revocation::{RevocationConfig, RevocationType};
 pub use route::RouteConfig;
 pub use service::ServiceConfig;
 pub use upstream::{
@@ -38,6 +40,7 @@ pub enum Resource {
     GlobalRule(GlobalRuleConfig),
     ConsumerGroup(ConsumerGroupConfig),
     Consumer(ConsumerConfig),
+    Revocation(RevocationConfig),
 }
 
 impl Resource {
@@ -52,6 +55,7 @@ impl Resource {
                 Resource::ConsumerGroup(decode::<ConsumerGroupConfig>(body)?)
             }
             ResourceKind::Consumers => Resource::Consumer(decode::<ConsumerConfig>(body)?),
+            ResourceKind::Revocations => Resource::Revocation(decode::<RevocationConfig>(body)?),
         };
         match &r {
             Resource::Upstream(u) => u.validate()?,
@@ -60,6 +64,7 @@ impl Resource {
             Resource::GlobalRule(g) => g.validate()?,
             Resource::ConsumerGroup(g) => g.validate()?,
             Resource::Consumer(c) => c.validate()?,
+            Resource::Revocation(r) => r.validate()?,
         }
         Ok(r)
     }
@@ -67,9 +72,10 @@ impl Resource {
     /// The resources this one names by id, which must exist while it does.
     pub fn references(&self) -> Vec<Reference<'_>> {
         match self {
-            Resource::Upstream(_) | Resource::GlobalRule(_) | Resource::ConsumerGroup(_) => {
-                Vec::new()
-            }
+            Resource::Upstream(_)
+            | Resource::GlobalRule(_)
+            | Resource::ConsumerGroup(_)
+            | Resource::Revocation(_) => Vec::new(),
             Resource::Consumer(c) => c.references().collect(),
             Resource::Service(s) => s.references().collect(),
             Resource::Route(r) => r.references().collect(),
@@ -124,6 +130,7 @@ pub struct ConfigSet {
     pub consumer_groups: BTreeMap<String, ConsumerGroupConfig>,
     /// By username.
     pub consumers: BTreeMap<String, ConsumerConfig>,
+    pub revocations: BTreeMap<String, RevocationConfig>,
 }
 
 impl ConfigSet {
@@ -149,6 +156,9 @@ impl ConfigSet {
             Resource::Consumer(c) => {
                 self.consumers.insert(id, c);
             }
+            Resource::Revocation(r) => {
+                self.revocations.insert(id, r);
+            }
         }
     }
 
@@ -162,6 +172,7 @@ impl ConfigSet {
             ResourceKind::GlobalRules => self.global_rules.contains_key(id),
             ResourceKind::ConsumerGroups => self.consumer_groups.contains_key(id),
             ResourceKind::Consumers => self.consumers.contains_key(id),
+            ResourceKind::Revocations => self.revocations.contains_key(id),
         };
         let services = self.services.iter().map(|(id, s)| {
             (
