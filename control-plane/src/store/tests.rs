@@ -1196,7 +1196,11 @@ mod postgres {
                 .fetch_all(a.pool())
                 .await
                 .expect("migrations");
-        assert_eq!(migrations, vec![(1, true)], "each migration applied once");
+        assert_eq!(
+            migrations,
+            vec![(1, true), (2, true)],
+            "each migration applied once"
+        );
         let meta_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM meta")
             .fetch_one(a.pool())
             .await
