@@ -939,3 +939,76 @@ async fn admin_api_consumers_and_secrets() {
             .contains("consumers/frank")
     );
 }
+
+/// Admin API roles: named keys from `--admin-keys-file`; a viewer reads but gets 403 on every
+/// write; each write is recorded in the history under its key's name.
+#[tokio::test]
+async fn admin_keys_with_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let ci_key = "ci-key-0123456789abcdef0123456789abcdef";
+    let viewer_key = "viewer-key-0123456789abcdef0123456789ab";
+    let keys_file = dir.path().join("admin-keys.toml");
+    std::fs::write(
+        &keys_file,
+        format!(
+            "[[keys]]\nname = \"ci\"\nkey = \"{ci_key}\"\nrole = \"admin\"\n\n\
+             [[keys]]\nname = \"dashboard\"\nkey = \"{viewer_key}\"\nrole = \"viewer\"\n"
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start_with(
+        &dir.path().join("cp"),
+        false,
+        &["--admin-keys-file", keys_file.to_str().unwrap()],
+    )
+    .await;
+    let with_key = |key: &str| AdminClient {
+        key: Some(key.to_string()),
+        ..cp.client()
+    };
+    let (ci, viewer) = (with_key(ci_key), with_key(viewer_key));
+    ci.put_ok("/admin/consumer_groups/g", json!({"plugins": {}}))
+        .await;
+    let (status, _) = viewer.get("/admin/consumer_groups/g").await.unwrap();
+    assert_eq!(status, 200);
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ] {
+        let (status, body) = viewer
+            .request(
+                method.clone(),
+                "/admin/consumer_groups/g",
+                Some(r#"{"desc": "x"}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 403, "{method}: {body}");
+        assert_eq!(body["code"], "forbidden");
+    }
+    let (status, _) = viewer
+        .request(
+            reqwest::Method::POST,
+            "/admin/revocations",
+            Some(r#"{"type": "jti", "value": "x"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    // The main key still works; the history names who wrote what.
+    cp.client()
+        .put_ok("/admin/consumer_groups/h", json!({"plugins": {}}))
+        .await;
+    let (_, history) = viewer
+        .get("/admin/history?after=0&limit=1000")
+        .await
+        .unwrap();
+    let actors: Vec<(&str, &str)> = history["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actors, [("g", "ci"), ("h", "admin")]);
+}

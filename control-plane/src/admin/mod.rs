@@ -18,7 +18,7 @@ use axum::routing::get;
 
 pub use error::AdminError;
 
-use crate::admin_key::AdminKeys;
+use crate::admin_key::{AdminKeys, Role};
 use crate::snapshot::SnapshotHub;
 use crate::store::ConfigStore;
 use crate::sync::DataPlaneRegistry;
@@ -66,7 +66,8 @@ pub fn app(state: AdminState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// Rejects requests without a valid `X-API-KEY` before any handler runs.
+/// Rejects requests without a valid `X-API-KEY` (401), and writes with a viewer's key (403),
+/// before any handler runs.
 async fn authenticate(
     State(state): State<AdminState>,
     mut request: Request,
@@ -77,10 +78,19 @@ async fn authenticate(
         .get("x-api-key")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let name = state
+    let (name, role) = state
         .keys
         .check(presented)
         .ok_or(AdminError::Unauthorized)?;
+    let reads = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if role == Role::Viewer && !reads {
+        return Err(AdminError::Forbidden(format!(
+            "the key '{name}' has the viewer role: read only"
+        )));
+    }
     let actor = Actor(name.to_string());
     request.extensions_mut().insert(actor);
     Ok(next.run(request).await)
