@@ -1,5 +1,6 @@
-//! The Admin API key: given (`--admin-key` / `POSTERN_ADMIN_KEY`) or generated once and kept in
-//! the data dir. There is no default key.
+//! The Admin API keys: the main one, given (`--admin-key` / `POSTERN_ADMIN_KEY`) or generated
+//! once and kept in the data dir (there is no default key), plus any named keys with roles from
+//! `--admin-keys-file`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,35 @@ use subtle::ConstantTimeEq;
 pub const MIN_KEY_LEN: usize = 32;
 const KEY_FILE: &str = "admin.key";
 
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read and write.
+    Admin,
+    /// Read only: every write answers 403.
+    Viewer,
+}
+
 /// The keys that may use the Admin API, compared in constant time.
 #[derive(Clone)]
 pub struct AdminKeys {
-    keys: Vec<(String, Vec<u8>)>,
+    keys: Vec<(String, Vec<u8>, Role)>,
+}
+
+/// `--admin-keys-file`: `[[keys]]` tables.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    name: String,
+    key: String,
+    role: Role,
 }
 
 impl std::fmt::Debug for AdminKeys {
@@ -23,7 +49,7 @@ impl std::fmt::Debug for AdminKeys {
         f.debug_struct("AdminKeys")
             .field(
                 "names",
-                &self.keys.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                &self.keys.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -34,17 +60,45 @@ impl AdminKeys {
     pub fn single(name: &str, key: &str) -> anyhow::Result<AdminKeys> {
         check_strength(key)?;
         Ok(AdminKeys {
-            keys: vec![(name.to_string(), key.as_bytes().to_vec())],
+            keys: vec![(name.to_string(), key.as_bytes().to_vec(), Role::Admin)],
         })
     }
 
-    /// The name of the key that matches `presented`, if any. Every key is compared in full so the
-    /// time taken does not reveal which key (or how much of one) matched.
-    pub fn check(&self, presented: &[u8]) -> Option<&str> {
+    /// Adds the keys of an `--admin-keys-file` (TOML `[[keys]]` with `name`, `key`, `role`).
+    /// Names and keys must be unique; every key must be strong.
+    pub fn add_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: KeysFile =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        for (i, k) in file.keys.into_iter().enumerate() {
+            let at = || format!("{}: key {} ('{}')", path.display(), i + 1, k.name);
+            anyhow::ensure!(
+                !k.name.is_empty() && k.name.len() <= 64,
+                "{}: a name of 1-64 characters",
+                at()
+            );
+            check_strength(&k.key).with_context(at)?;
+            for (name, key, _) in &self.keys {
+                anyhow::ensure!(*name != k.name, "{}: the name is taken", at());
+                anyhow::ensure!(
+                    !bool::from(key.as_slice().ct_eq(k.key.as_bytes())),
+                    "{}: the same key as '{name}'",
+                    at()
+                );
+            }
+            self.keys.push((k.name, k.key.into_bytes(), k.role));
+        }
+        Ok(())
+    }
+
+    /// The name and role of the key that matches `presented`, if any. Every key is compared in
+    /// full so the time taken does not reveal which key (or how much of one) matched.
+    pub fn check(&self, presented: &[u8]) -> Option<(&str, Role)> {
         let mut found = None;
-        for (name, key) in &self.keys {
+        for (name, key, role) in &self.keys {
             if bool::from(key.as_slice().ct_eq(presented)) {
-                found = Some(name.as_str());
+                found = Some((name.as_str(), *role));
             }
         }
         found
@@ -143,7 +197,7 @@ mod tests {
     fn check_matches_only_the_exact_key() {
         let key = "0123456789abcdef0123456789abcdef";
         let keys = AdminKeys::single("admin", key).unwrap();
-        assert_eq!(keys.check(key.as_bytes()), Some("admin"));
+        assert_eq!(keys.check(key.as_bytes()), Some(("admin", Role::Admin)));
         assert_eq!(keys.check(&key.as_bytes()[..31]), None);
         assert_eq!(keys.check(format!("{key}0").as_bytes()), None);
         assert_eq!(keys.check(b""), None);
@@ -162,6 +216,44 @@ mod tests {
         assert_eq!(mode, 0o600);
         let (keys, second) = load_or_generate(None, dir.path()).unwrap();
         assert!(matches!(second, KeySource::Stored(_)));
-        assert_eq!(keys.check(key.as_bytes()), Some("admin"));
+        assert_eq!(keys.check(key.as_bytes()).map(|(n, _)| n), Some("admin"));
+    }
+
+    #[test]
+    fn keys_file_adds_named_keys_with_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = "m".repeat(32);
+        let write = |text: &str| {
+            let p = dir.path().join("keys.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let mut keys = AdminKeys::single("admin", &main).unwrap();
+        let ci = "c".repeat(40);
+        let ro = "v".repeat(40);
+        keys.add_file(&write(&format!(
+            "[[keys]]\nname = \"ci\"\nkey = \"{ci}\"\nrole = \"admin\"\n\
+             [[keys]]\nname = \"dashboard\"\nkey = \"{ro}\"\nrole = \"viewer\"\n"
+        )))
+        .unwrap();
+        assert_eq!(keys.check(ci.as_bytes()), Some(("ci", Role::Admin)));
+        assert_eq!(keys.check(ro.as_bytes()), Some(("dashboard", Role::Viewer)));
+        assert_eq!(keys.check(main.as_bytes()), Some(("admin", Role::Admin)));
+        for bad in [
+            "[[keys]]\nname = \"x\"\nkey = \"short\"\nrole = \"admin\"\n".to_string(),
+            format!(
+                "[[keys]]\nname = \"x\"\nkey = \"{}\"\nrole = \"root\"\n",
+                "k".repeat(32)
+            ),
+            format!(
+                "[[keys]]\nname = \"admin\"\nkey = \"{}\"\nrole = \"viewer\"\n",
+                "k".repeat(32)
+            ),
+            format!("[[keys]]\nname = \"y\"\nkey = \"{main}\"\nrole = \"viewer\"\n"),
+        ] {
+            let mut k = AdminKeys::single("admin", &main).unwrap();
+            let e = k.add_file(&write(&bad)).expect_err(&bad);
+            assert!(!format!("{e:#}").contains(&main), "{e:#}");
+        }
     }
 }

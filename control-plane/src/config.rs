@@ -50,6 +50,11 @@ pub struct CpOptions {
     /// start, kept in <data-dir>/admin.key (mode 0600) and printed once.
     #[arg(long, env = "POSTERN_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// TOML file with more Admin API keys, each with a name and a role (`admin`: read and
+    /// write; `viewer`: read only): `[[keys]]` tables of `name`, `key`, `role`. The writes of each
+    /// key are recorded in the history under its name.
+    #[arg(long, env = "POSTERN_ADMIN_KEYS_FILE")]
+    pub admin_keys_file: Option<PathBuf>,
     /// Also run one data plane in this process, synced over the real gRPC path (quick start).
     #[arg(long, env = "POSTERN_DEV", num_args = 0..=1, default_missing_value = "true")]
     pub dev: Option<bool>,
@@ -91,6 +96,7 @@ pub struct CpConfig {
     pub admin_listen: SocketAddr,
     pub sync_listen: SocketAddr,
     pub admin_key: Option<String>,
+    pub admin_keys_file: Option<PathBuf>,
     pub dev: bool,
     pub proxy_listen: SocketAddr,
     pub status_listen: SocketAddr,
@@ -188,6 +194,7 @@ impl CpOptions {
             admin_listen: self.admin_listen.or(file.admin_listen),
             sync_listen: self.sync_listen.or(file.sync_listen),
             admin_key: self.admin_key.or(file.admin_key),
+            admin_keys_file: self.admin_keys_file.or(file.admin_keys_file),
             dev: self.dev.or(file.dev),
             proxy_listen: self.proxy_listen.or(file.proxy_listen),
             status_listen: self.status_listen.or(file.status_listen),
@@ -232,6 +239,7 @@ impl Cli {
             admin_listen: o.admin_listen.unwrap_or_else(|| addr(DEFAULT_ADMIN_LISTEN)),
             sync_listen: o.sync_listen.unwrap_or_else(|| addr(DEFAULT_SYNC_LISTEN)),
             admin_key: o.admin_key,
+            admin_keys_file: o.admin_keys_file,
             dev: o.dev.unwrap_or(false),
             proxy_listen: o
                 .proxy_listen

@@ -61,8 +61,11 @@ fn server_tls(tls: &SyncTls) -> anyhow::Result<tonic::transport::ServerTlsConfig
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config.store).await?;
-    let (keys, source) =
+    let (mut keys, source) =
         admin_key::load_or_generate(config.admin_key.as_deref(), &config.data_dir)?;
+    if let Some(file) = &config.admin_keys_file {
+        keys.add_file(file)?;
+    }
     match source {
         KeySource::Given => tracing::info!("admin key taken from --admin-key / POSTERN_ADMIN_KEY"),
         KeySource::Stored(path) => {

@@ -59,8 +59,16 @@ impl SnapshotCache {
         let tmp = self
             .dir
             .join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+        // A leftover from a crash would keep its old mode.
+        let _ = std::fs::remove_file(&tmp);
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            // Owner-only: the snapshot carries credential secrets (consumers' jwt-auth secrets,
+            // key-auth keys).
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
             f.write_all(&encode(snapshot))?;
             f.sync_all()?;
             std::fs::rename(&tmp, self.path())?;
@@ -155,6 +163,15 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [FILE_NAME]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(cache.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "the cache holds secrets: owner only");
+        }
     }
 
     #[test]

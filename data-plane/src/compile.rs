@@ -17,7 +17,8 @@ use postern_proto::sync::Snapshot;
 
 use crate::balancer::RoundRobin;
 use crate::observability::metrics::RouteMetrics;
-use crate::plugins::PluginChain;
+use crate::plugins::consumers::Consumers;
+use crate::plugins::{BuildEnv, PluginChain};
 use crate::router::vars::Conditions;
 use crate::router::{RouteSpec, Router};
 
@@ -262,10 +263,16 @@ pub fn compile(
         }
     }
 
+    // Consumers first: the auth plugins of this snapshot look credentials up in its index.
+    let consumers = Consumers::build(&set).map_err(|(id, e)| invalid("consumers", &id, e))?;
+    let env = BuildEnv {
+        consumers: Arc::new(consumers),
+    };
+
     // Each global rule's plugins are built on their own first, so a bad one is reported
     // against the rule rather than against every route.
     for (id, rule) in &set.global_rules {
-        PluginChain::build([&rule.plugins]).map_err(|e| {
+        PluginChain::build([&rule.plugins], &env).map_err(|e| {
             invalid(
                 "global_rules",
                 id,
@@ -315,7 +322,7 @@ pub fn compile(
             .iter()
             .copied()
             .chain([service_plugins, &route.plugins]);
-        let plugins = PluginChain::build(layers)
+        let plugins = PluginChain::build(layers, &env)
             .map_err(|e| invalid("routes", id, ValidationError::new("plugins", e.to_string())))?;
         let hosts: Vec<String> = if route.host_patterns().next().is_some() {
             route.host_patterns().map(str::to_ascii_lowercase).collect()

@@ -12,6 +12,9 @@ use crate::store::StoreError;
 pub enum AdminError {
     #[error("missing or invalid X-API-KEY")]
     Unauthorized,
+    /// A key whose role does not allow the request.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// A bad body or parameter: 400 naming the field.
@@ -35,6 +38,7 @@ impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
@@ -47,6 +51,7 @@ impl AdminError {
     fn code(&self) -> &'static str {
         match self {
             AdminError::Unauthorized => "unauthorized",
+            AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::Invalid(_) => "invalid",
             AdminError::Conflict(_) => "conflict",
@@ -77,6 +82,7 @@ impl From<StoreError> for AdminError {
             ),
             // APISIX answers 400 here too: the request conflicts with the config, not the server.
             StoreError::InUse { .. } => AdminError::invalid("id", msg),
+            StoreError::CredentialTaken { .. } => AdminError::Conflict(msg),
             StoreError::Unavailable(_) => {
                 crate::metrics::METRICS
                     .store_errors

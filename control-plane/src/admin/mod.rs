@@ -19,7 +19,7 @@ use axum::routing::get;
 
 pub use error::AdminError;
 
-use crate::admin_key::AdminKeys;
+use crate::admin_key::{AdminKeys, Role};
 use crate::snapshot::SnapshotHub;
 use crate::store::ConfigStore;
 use crate::sync::DataPlaneRegistry;
@@ -46,7 +46,12 @@ pub fn app(state: AdminState) -> Router {
         .route("/history", get(resources::history))
         .route("/status", get(status::status))
         .route("/store/adopt", axum::routing::post(status::adopt))
-        .route("/{kind}", get(resources::list).post(resources::create))
+        .route(
+            "/{kind}",
+            get(resources::list)
+                .post(resources::create)
+                .put(resources::put_by_body),
+        )
         .route(
             "/{kind}/{id}",
             get(resources::get_one)
@@ -132,7 +137,8 @@ async fn audit_writes(request: Request, next: Next) -> Response {
     response
 }
 
-/// Rejects requests without a valid `X-API-KEY` before any handler runs.
+/// Rejects requests without a valid `X-API-KEY` (401), and writes with a viewer's key (403),
+/// before any handler runs.
 async fn authenticate(
     State(state): State<AdminState>,
     mut request: Request,
@@ -143,10 +149,19 @@ async fn authenticate(
         .get("x-api-key")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let name = state
+    let (name, role) = state
         .keys
         .check(presented)
         .ok_or(AdminError::Unauthorized)?;
+    let reads = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if role == Role::Viewer && !reads {
+        return Err(AdminError::Forbidden(format!(
+            "the key '{name}' has the viewer role: read only"
+        )));
+    }
     let actor = Actor(name.to_string());
     request.extensions_mut().insert(actor.clone());
     let mut response = next.run(request).await;

@@ -5,6 +5,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use postern_proto::model::secrets;
 use postern_proto::model::validate::check_id;
 use postern_proto::model::{Resource, ResourceKind};
 use serde::Deserialize;
@@ -12,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::{Actor, AdminError, AdminState};
 use crate::store::{
-    DeleteRequest, OwnedReference, Precondition, PutRequest, StoreError, StoredResource,
-    WriteOutcome,
+    DeleteRequest, OwnedClaim, OwnedReference, Precondition, PutRequest, StoreError,
+    StoredResource, WriteOutcome,
 };
 
 fn parse_kind(kind: &str) -> Result<ResourceKind, AdminError> {
@@ -40,11 +41,14 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, AdminError> {
         })
 }
 
+/// A resource as the Admin API shows it: secrets redacted (see `model::secrets`).
 fn resource_json(r: &StoredResource) -> Value {
+    let mut value = r.value.clone();
+    secrets::redact(r.kind, &mut value);
     json!({
         "kind": r.kind,
         "id": r.id,
-        "value": r.value,
+        "value": value,
         "create_revision": r.create_revision,
         "mod_revision": r.mod_revision,
         "created_at": r.created_at,
@@ -93,8 +97,28 @@ fn prepare_put(
             ));
         }
     }
+    if kind == ResourceKind::Consumers {
+        // APISIX's consumers have no id but a username; here the id is the username.
+        match obj.get("username") {
+            None => {
+                obj.insert("username".into(), Value::String(id.to_string()));
+            }
+            Some(Value::String(s)) if s == id => {}
+            Some(other) => {
+                return Err(AdminError::invalid(
+                    "username",
+                    format!("the body's username {other} does not match the path's '{id}'"),
+                ));
+            }
+        }
+    }
     obj.insert("id".into(), Value::String(id.to_string()));
     let resource = Resource::parse(kind, &value)?;
+    let claims = resource
+        .claims()
+        .into_iter()
+        .map(|c| OwnedClaim::new(c.plugin, c.field, c.value))
+        .collect();
     let references = resource
         .references()
         .into_iter()
@@ -109,6 +133,7 @@ fn prepare_put(
         id: id.to_string(),
         value,
         references,
+        claims,
         precondition,
         actor: Some(actor.0.clone()),
     })
@@ -192,9 +217,74 @@ pub async fn put(
 ) -> Result<Response, AdminError> {
     let kind = parse_kind(&kind)?;
     parse_id(&id)?;
-    let precondition = if_match(&headers)?.unwrap_or_default();
-    let req = prepare_put(kind, &id, parse_json(&body)?, precondition, &actor)?;
-    Ok(write_response(state.store.put(req).await?))
+    put_value(&state, &actor, kind, &id, &headers, parse_json(&body)?).await
+}
+
+/// `PUT /admin/<kind>` with the id in the body: `username` for consumers (APISIX's way of
+/// writing them), `id` for the other kinds.
+pub async fn put_by_body(
+    State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let kind = parse_kind(&kind)?;
+    let value = parse_json(&body)?;
+    let field = if kind == ResourceKind::Consumers {
+        "username"
+    } else {
+        "id"
+    };
+    let id = match value.get(field) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if field == "id" => n.to_string(),
+        _ => {
+            return Err(AdminError::invalid(
+                field,
+                format!(
+                    "PUT /admin/{kind} needs the {field} in the body (or use /admin/{kind}/<id>)"
+                ),
+            ));
+        }
+    };
+    check_id(&id).map_err(|e| AdminError::Invalid(e.under(field)))?;
+    put_value(&state, &actor, kind, &id, &headers, value).await
+}
+
+/// Writes a whole body. Where it sends a redacted secret back, the stored secret is kept: the
+/// stored body is read and the write is made conditional on it, retried if it changed.
+async fn put_value(
+    state: &AdminState,
+    actor: &Actor,
+    kind: ResourceKind,
+    id: &str,
+    headers: &HeaderMap,
+    value: Value,
+) -> Result<Response, AdminError> {
+    let explicit = if_match(headers)?;
+    if !secrets::has_marker(kind, &value) {
+        let req = prepare_put(kind, id, value, explicit.unwrap_or_default(), actor)?;
+        return Ok(write_response(state.store.put(req).await?));
+    }
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let current = state.store.get(kind, id).await?;
+        let mut merged = value.clone();
+        secrets::restore(kind, &mut merged, current.as_ref().map(|c| &c.value))?;
+        // restore() fails when nothing is stored, so `current` is there.
+        let rev = current.map(|c| c.mod_revision).unwrap_or_default();
+        let precondition = explicit.unwrap_or(Precondition::ModRevision(rev));
+        let req = prepare_put(kind, id, merged, precondition, actor)?;
+        match state.store.put(req).await {
+            Err(StoreError::PreconditionFailed { .. })
+                if explicit.is_none() && attempt < ATTEMPTS => {}
+            r => return Ok(write_response(r?)),
+        }
+    }
+    Err(AdminError::Conflict(format!(
+        "{kind}/{id} kept changing during the write; try again"
+    )))
 }
 
 /// `POST /admin/<kind>`: create with a generated id.
@@ -205,6 +295,12 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     let kind = parse_kind(&kind)?;
+    if kind == ResourceKind::Consumers {
+        return Err(AdminError::invalid(
+            "username",
+            "a consumer's id is its username: use PUT /admin/consumers with a username",
+        ));
+    }
     let value = parse_json(&body)?;
     if value.get("id").is_some() {
         return Err(AdminError::invalid(
@@ -247,6 +343,8 @@ pub async fn patch(
             .ok_or_else(|| AdminError::NotFound(format!("{kind}/{id} not found")))?;
         let mut merged = current.value.clone();
         merge_patch(&mut merged, &patch);
+        // A redacted secret sent back in the patch keeps the stored one.
+        secrets::restore(kind, &mut merged, Some(&current.value))?;
         let precondition = explicit.unwrap_or(Precondition::ModRevision(current.mod_revision));
         let req = prepare_put(kind, &id, merged, precondition, &actor)?;
         match state.store.put(req).await {
@@ -305,7 +403,12 @@ pub async fn history(
     if q.limit == 0 || q.limit > 1000 {
         return Err(AdminError::invalid("limit", "must be 1-1000"));
     }
-    let list = state.store.history(q.after, q.limit).await?;
+    let mut list = state.store.history(q.after, q.limit).await?;
+    for entry in &mut list {
+        for body in [&mut entry.before, &mut entry.after].into_iter().flatten() {
+            secrets::redact(entry.kind, body);
+        }
+    }
     Ok(Json(json!({"total": list.len(), "list": list})))
 }
 

@@ -6,6 +6,8 @@
 //! - `resources/<kind>/<id>`: a [`ResourceRecord`] (JSON);
 //! - `refs/<to_kind>/<to_id>/<from_kind>/<from_id>/<field>`: one per reference, valued
 //!   `<from_kind>/<from_id>`, so "is it in use" is one prefix read;
+//! - `credentials/<plugin>/<sha-256 hex>`: one per credential a resource holds (a consumer's
+//!   jwt-auth or key-auth key), valued `<kind>/<id>`, so a second holder is one key read;
 //! - `history/<revision, 20 digits>`: a [`HistoryRecord`] (JSON).
 //!
 //! Ids are escaped in keys (`%` → `%25`, `/` → `%2F`) so a key always splits at its slashes.
@@ -167,6 +169,15 @@ impl Keys {
         )
     }
 
+    fn credential(&self, c: &ClaimRecord) -> String {
+        format!(
+            "{}/credentials/{}/{}",
+            self.root,
+            escape(&c.plugin),
+            escape(&c.digest)
+        )
+    }
+
     fn history(&self) -> String {
         format!("{}/history/", self.root)
     }
@@ -207,6 +218,15 @@ struct ResourceRecord {
     /// Its references, so the next write knows which `refs/` keys to remove.
     #[serde(default)]
     refs: Vec<RefRecord>,
+    /// Its credentials, so the next write knows which `credentials/` keys to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    claims: Vec<ClaimRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ClaimRecord {
+    plugin: String,
+    digest: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -479,6 +499,8 @@ struct PutView {
     current: Option<ResourceRecord>,
     /// Whether each of the request's references exists, in order.
     targets_exist: Vec<bool>,
+    /// Who holds each of the request's credentials (`kind/id`), in order.
+    claim_holders: Vec<Option<String>>,
 }
 
 /// What a delete checks, read at one etcd revision.
@@ -664,6 +686,7 @@ impl Inner {
         kind: ResourceKind,
         id: &str,
         references: &[OwnedReference],
+        claims: &[ClaimRecord],
     ) -> StoreResult<PutView> {
         let mut ops = vec![
             TxnOp::get(self.keys.revision(), None),
@@ -675,6 +698,9 @@ impl Inner {
                 Some(GetOptions::new().with_keys_only()),
             ));
         }
+        for c in claims {
+            ops.push(TxnOp::get(self.keys.credential(c), None));
+        }
         let expected = ops.len();
         let resp = self
             .txn("read", Retry::Safe, Txn::new().and_then(ops))
@@ -682,12 +708,22 @@ impl Inner {
         let answers = read_answers(&resp, expected)?;
         let (counter, counter_mod) = decode_counter(answers[0].kvs().first())?;
         let current = answers[1].kvs().first().map(decode_resource).transpose()?;
-        let targets_exist = answers[2..].iter().map(|a| !a.kvs().is_empty()).collect();
+        let (target_answers, claim_answers) = answers[2..].split_at(references.len());
+        let targets_exist = target_answers.iter().map(|a| !a.kvs().is_empty()).collect();
+        let claim_holders = claim_answers
+            .iter()
+            .map(|a| {
+                a.kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            })
+            .collect();
         Ok(PutView {
             counter,
             counter_mod,
             current,
             targets_exist,
+            claim_holders,
         })
     }
 
@@ -728,9 +764,21 @@ impl Inner {
             id,
             mut value,
             references,
+            claims,
             precondition,
             actor,
         } = req;
+        let claim_records: Vec<ClaimRecord> = claims
+            .iter()
+            .map(|c| ClaimRecord {
+                plugin: c.plugin.to_string(),
+                digest: c.digest.clone(),
+            })
+            .collect();
+        let new_claim_keys: BTreeSet<String> = claim_records
+            .iter()
+            .map(|c| self.keys.credential(c))
+            .collect();
         if let Value::Object(map) = &mut value {
             map.insert("id".to_string(), Value::String(id.clone()));
         }
@@ -753,7 +801,9 @@ impl Inner {
 
         let _writer = self.write_lock.lock().await;
         for attempt in 1..=MAX_WRITE_ATTEMPTS {
-            let view = self.read_for_put(kind, &id, &references).await?;
+            let view = self
+                .read_for_put(kind, &id, &references, &claim_records)
+                .await?;
             match (precondition, &view.current) {
                 (Precondition::None, _) | (Precondition::MustNotExist, None) => {}
                 (Precondition::MustNotExist, Some(_)) => {
@@ -772,6 +822,18 @@ impl Inner {
                     field: r.field,
                     kind: r.kind,
                     id: r.id.clone(),
+                });
+            }
+            let own = format!("{kind}/{id}");
+            if let Some((c, holder)) = claims
+                .iter()
+                .zip(&view.claim_holders)
+                .find_map(|(c, h)| h.as_ref().filter(|h| **h != own).map(|h| (c, h)))
+            {
+                return Err(StoreError::CredentialTaken {
+                    field: c.field,
+                    plugin: c.plugin,
+                    holder: holder.clone(),
                 });
             }
 
@@ -793,6 +855,7 @@ impl Inner {
                 created_at,
                 updated_at: now,
                 refs: refs.clone(),
+                claims: claim_records.clone(),
             };
             let history = HistoryRecord {
                 revision,
@@ -822,6 +885,18 @@ impl Inner {
                 ops.push(TxnOp::delete(key.as_str(), None));
             }
             for key in new_ref_keys.difference(&old_ref_keys) {
+                ops.push(TxnOp::put(key.as_str(), from.as_str(), None));
+            }
+            let old_claim_keys: BTreeSet<String> = view
+                .current
+                .iter()
+                .flat_map(|c| &c.claims)
+                .map(|c| self.keys.credential(c))
+                .collect();
+            for key in old_claim_keys.difference(&new_claim_keys) {
+                ops.push(TxnOp::delete(key.as_str(), None));
+            }
+            for key in new_claim_keys.difference(&old_claim_keys) {
                 ops.push(TxnOp::put(key.as_str(), from.as_str(), None));
             }
 
@@ -888,6 +963,9 @@ impl Inner {
                 .collect();
             for key in own_refs {
                 ops.push(TxnOp::delete(key, None));
+            }
+            for c in &current.claims {
+                ops.push(TxnOp::delete(self.keys.credential(c), None));
             }
 
             if let Some(etcd_revision) = self.commit(view.counter_mod, ops).await? {

@@ -52,6 +52,31 @@ pub struct OwnedReference {
     pub id: String,
 }
 
+/// A credential the resource being written holds, which no other resource may hold (a consumer's
+/// jwt-auth or key-auth key). Checked and recorded in the write's transaction, like references,
+/// so two concurrent writers cannot both claim it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedClaim {
+    /// The credential plugin (`jwt-auth`): values are unique per plugin.
+    pub plugin: &'static str,
+    /// The body field that holds it, for the error message (`plugins.jwt-auth.key`).
+    pub field: &'static str,
+    /// SHA-256 of the value, hex: key-auth keys are secrets, so stores index only digests.
+    pub digest: String,
+}
+
+impl OwnedClaim {
+    pub fn new(plugin: &'static str, field: &'static str, value: &str) -> OwnedClaim {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(value.as_bytes());
+        OwnedClaim {
+            plugin,
+            field,
+            digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
 /// What a write must find before it applies (`If-Match` and POST's create-only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precondition {
@@ -69,6 +94,8 @@ pub struct PutRequest {
     pub id: String,
     pub value: Value,
     pub references: Vec<OwnedReference>,
+    /// Credentials this resource holds (empty for every kind but consumers).
+    pub claims: Vec<OwnedClaim>,
     pub precondition: Precondition,
     /// Who wrote it (admin key name), recorded in the history.
     pub actor: Option<String>,
@@ -150,6 +177,14 @@ pub enum StoreError {
         id: String,
         /// `kind/id` of (some of) the resources that reference it.
         used_by: Vec<String>,
+    },
+    /// Another resource already holds this credential; the Admin API answers 409.
+    #[error("{field}: this {plugin} credential already belongs to {holder}")]
+    CredentialTaken {
+        field: &'static str,
+        plugin: &'static str,
+        /// `kind/id` of the resource that holds it.
+        holder: String,
     },
     /// The backend cannot be reached or failed; the Admin API answers 503.
     #[error("config store unavailable: {0}")]

@@ -35,8 +35,8 @@ use super::sql::{
     op_text, to_db,
 };
 use super::{
-    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
-    StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
+    PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
 use super::{Write, run_detached};
 
@@ -435,6 +435,7 @@ async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOu
         id,
         mut value,
         references,
+        claims,
         precondition,
         actor,
     } = req;
@@ -459,6 +460,7 @@ async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOu
             });
         }
     }
+    check_claims(conn, kind, &id, &claims).await?;
 
     if let Value::Object(map) = &mut value {
         map.insert("id".to_string(), Value::String(id.clone()));
@@ -500,6 +502,7 @@ async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOu
         .map_err(db_err)?;
     }
     replace_refs(conn, kind, &id, &references).await?;
+    replace_claims(conn, kind, &id, &claims).await?;
 
     let before = current.as_ref().map(|c| encode(&c.value)).transpose()?;
     append_history(
@@ -585,6 +588,7 @@ async fn delete_in(conn: &mut PgConnection, req: DeleteRequest) -> StoreResult<W
         .await
         .map_err(db_err)?;
     replace_refs(conn, kind, &id, &[]).await?;
+    replace_claims(conn, kind, &id, &[]).await?;
     let before = encode(&current.value)?;
     append_history(
         conn,
@@ -690,6 +694,62 @@ where
         .await
         .map_err(db_err)?;
     row.as_ref().map(decode_resource).transpose()
+}
+
+/// Fails if another resource holds one of `claims` (the same resource re-claiming its own
+/// credential is fine).
+async fn check_claims(
+    conn: &mut PgConnection,
+    kind: ResourceKind,
+    id: &str,
+    claims: &[OwnedClaim],
+) -> StoreResult<()> {
+    for c in claims {
+        let row = sqlx::query("SELECT kind, id FROM credentials WHERE plugin = $1 AND digest = $2")
+            .bind(c.plugin)
+            .bind(&c.digest)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        if let Some(row) = row {
+            let holder_kind: String = column(&row, "kind")?;
+            let holder_id: String = column(&row, "id")?;
+            if holder_kind != kind.as_str() || holder_id != id {
+                return Err(StoreError::CredentialTaken {
+                    field: c.field,
+                    plugin: c.plugin,
+                    holder: format!("{holder_kind}/{holder_id}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes the `credentials` rows of `kind/id` exactly `claims` (none for a delete).
+async fn replace_claims(
+    conn: &mut PgConnection,
+    kind: ResourceKind,
+    id: &str,
+    claims: &[OwnedClaim],
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM credentials WHERE kind = $1 AND id = $2")
+        .bind(kind.as_str())
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    for c in claims {
+        sqlx::query("INSERT INTO credentials (plugin, digest, kind, id) VALUES ($1, $2, $3, $4)")
+            .bind(c.plugin)
+            .bind(&c.digest)
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Makes the `refs` rows of `kind/id` exactly `references` (none for a delete).

@@ -24,8 +24,8 @@ use super::sql::{
     op_text, to_db,
 };
 use super::{
-    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
-    StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
+    PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
 use super::{Write, run_detached};
 
@@ -151,6 +151,7 @@ async fn put_in(
         id,
         mut value,
         references,
+        claims,
         precondition,
         actor,
     } = req;
@@ -173,6 +174,7 @@ async fn put_in(
             });
         }
     }
+    check_claims(conn, kind, &id, &claims).await?;
     let revision = bump_revision(conn).await?;
 
     if let Value::Object(map) = &mut value {
@@ -215,6 +217,7 @@ async fn put_in(
         .map_err(db_err)?;
     }
     replace_refs(conn, kind, &id, &references).await?;
+    replace_claims(conn, kind, &id, &claims).await?;
 
     let before = current.as_ref().map(|c| encode(&c.value)).transpose()?;
     append_history(
@@ -303,6 +306,7 @@ async fn delete_in(
         .await
         .map_err(db_err)?;
     replace_refs(conn, kind, &id, &[]).await?;
+    replace_claims(conn, kind, &id, &[]).await?;
     let before = encode(&current.value)?;
     append_history(
         conn,
@@ -385,6 +389,62 @@ async fn fetch_resource(
         .await
         .map_err(db_err)?;
     row.as_ref().map(decode_resource).transpose()
+}
+
+/// Fails if another resource holds one of `claims` (the same resource re-claiming its own
+/// credential is fine).
+async fn check_claims(
+    conn: &mut SqliteConnection,
+    kind: ResourceKind,
+    id: &str,
+    claims: &[OwnedClaim],
+) -> StoreResult<()> {
+    for c in claims {
+        let row = sqlx::query("SELECT kind, id FROM credentials WHERE plugin = ? AND digest = ?")
+            .bind(c.plugin)
+            .bind(&c.digest)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        if let Some(row) = row {
+            let holder_kind: String = column(&row, "kind")?;
+            let holder_id: String = column(&row, "id")?;
+            if holder_kind != kind.as_str() || holder_id != id {
+                return Err(StoreError::CredentialTaken {
+                    field: c.field,
+                    plugin: c.plugin,
+                    holder: format!("{holder_kind}/{holder_id}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes the `credentials` rows of `kind/id` exactly `claims` (none for a delete).
+async fn replace_claims(
+    conn: &mut SqliteConnection,
+    kind: ResourceKind,
+    id: &str,
+    claims: &[OwnedClaim],
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM credentials WHERE kind = ? AND id = ?")
+        .bind(kind.as_str())
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    for c in claims {
+        sqlx::query("INSERT INTO credentials (plugin, digest, kind, id) VALUES (?, ?, ?, ?)")
+            .bind(c.plugin)
+            .bind(&c.digest)
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Makes the `refs` rows of `kind/id` exactly `references` (none for a delete).

@@ -12,8 +12,8 @@ use postern_proto::model::ResourceKind;
 use serde_json::{Value, json};
 
 use super::{
-    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
-    StoreError, StoreSnapshot, StoredResource, WriteOutcome,
+    ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
+    PutRequest, StoreError, StoreSnapshot, StoredResource, WriteOutcome,
 };
 
 const UP: ResourceKind = ResourceKind::Upstreams;
@@ -33,6 +33,7 @@ fn put_req(kind: ResourceKind, id: &str, value: Value) -> PutRequest {
         id: id.to_string(),
         value,
         references: Vec::new(),
+        claims: Vec::new(),
         precondition: Precondition::None,
         actor: None,
     }
@@ -468,6 +469,72 @@ pub(super) async fn delete_in_use(store: Arc<dyn ConfigStore>) {
     assert!(named.is_subset(&referrers), "{named:?}");
 }
 
+/// A credential belongs to one resource: a second holder is refused with nothing written;
+/// re-writing the holder is fine; deleting or re-keying it frees the credential. Two writers
+/// racing for one credential: exactly one wins.
+pub(super) async fn credentials_are_unique(store: Arc<dyn ConfigStore>) {
+    const CONSUMER: ResourceKind = ResourceKind::Consumers;
+    let s = store.as_ref();
+    let consumer = |id: &str, keys: &[(&'static str, &str)]| {
+        let mut r = put_req(CONSUMER, id, json!({"username": id}));
+        r.claims = keys
+            .iter()
+            .map(|(plugin, value)| OwnedClaim::new(plugin, "plugins.x.key", value))
+            .collect();
+        r
+    };
+    put_ok(
+        s,
+        consumer("a", &[("jwt-auth", "k1"), ("key-auth", "secret-1")]),
+    )
+    .await;
+    let before = observe(s).await;
+    let err = put_err(s, consumer("b", &[("jwt-auth", "k1")])).await;
+    assert!(
+        matches!(&err, StoreError::CredentialTaken { plugin: "jwt-auth", holder, .. } if holder == "consumers/a"),
+        "{err:?}"
+    );
+    assert_eq!(observe(s).await, before, "a refused write changes nothing");
+    // The same value under another plugin is another credential.
+    put_ok(s, consumer("b", &[("key-auth", "k1")])).await;
+    // Re-writing the holder keeps its credentials.
+    put_ok(
+        s,
+        consumer("a", &[("jwt-auth", "k1"), ("key-auth", "secret-1")]),
+    )
+    .await;
+    // Re-keying frees the old key; deleting frees the rest.
+    put_ok(s, consumer("a", &[("jwt-auth", "k2")])).await;
+    put_ok(s, consumer("c", &[("jwt-auth", "k1")])).await;
+    delete_ok(s, del_req(CONSUMER, "a")).await;
+    put_ok(
+        s,
+        consumer("d", &[("jwt-auth", "k2"), ("key-auth", "secret-1")]),
+    )
+    .await;
+
+    // Racing writers: one gets the credential.
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put(consumer(&format!("racer{i}"), &[("jwt-auth", "contested")]))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(StoreError::CredentialTaken { .. }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
 /// The history records each accepted write with its op, bodies before/after and actor.
 pub(super) async fn history_entries(store: Arc<dyn ConfigStore>) {
     let s = store.as_ref();
@@ -785,6 +852,7 @@ mod sqlite {
         preconditions,
         dangling_reference_rejected,
         delete_in_use,
+        credentials_are_unique,
         history_entries,
         snapshot_consistency,
         snapshot_under_concurrent_writes,
@@ -1078,6 +1146,7 @@ mod postgres {
         preconditions,
         dangling_reference_rejected,
         delete_in_use,
+        credentials_are_unique,
         history_entries,
         snapshot_consistency,
         snapshot_under_concurrent_writes,
@@ -1127,7 +1196,11 @@ mod postgres {
                 .fetch_all(a.pool())
                 .await
                 .expect("migrations");
-        assert_eq!(migrations, vec![(1, true)], "each migration applied once");
+        assert_eq!(
+            migrations,
+            vec![(1, true), (2, true)],
+            "each migration applied once"
+        );
         let meta_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM meta")
             .fetch_one(a.pool())
             .await
@@ -1713,6 +1786,7 @@ rm -rf "$dir""#;
         preconditions,
         dangling_reference_rejected,
         delete_in_use,
+        credentials_are_unique,
         history_entries,
         snapshot_consistency,
         snapshot_under_concurrent_writes,

@@ -11,9 +11,13 @@
 //! 5. `log` — after the response is sent.
 
 mod client_control;
+mod consumer_restriction;
+pub mod consumers;
 mod cors;
 mod header_ops;
 mod opentelemetry;
+mod jwt_auth;
+mod key_auth;
 mod proxy_rewrite;
 mod redirect;
 pub mod request_id;
@@ -50,6 +54,11 @@ pub struct RequestCtx {
     /// Largest request body the upstream may receive, set by `client-control`: the proxy cuts
     /// off a body that outgrows it (one without `Content-Length`) and answers 413.
     pub max_body_size: Option<u64>,
+    /// Set by an auth plugin once it identified the caller; used by limits, restrictions and
+    /// the X-Consumer-* headers.
+    pub consumer_name: Option<Arc<str>>,
+    pub consumer_group: Option<Arc<str>>,
+    pub credential_id: Option<Arc<str>>,
 }
 
 impl RequestCtx {
@@ -63,6 +72,9 @@ impl RequestCtx {
             request_id: None,
             upstream_host: None,
             max_body_size: None,
+            consumer_name: None,
+            consumer_group: None,
+            credential_id: None,
         }
     }
 }
@@ -155,10 +167,21 @@ pub enum PluginError {
     Invalid(String, String),
 }
 
+/// What plugins may need, when they are built, from the rest of their snapshot.
+#[derive(Clone, Default)]
+pub struct BuildEnv {
+    /// The snapshot's consumers (the auth plugins look credentials up here).
+    pub consumers: Arc<consumers::Consumers>,
+}
+
 /// Builds one plugin from its config. The model crate has already validated the config; this
 /// parses it into the runtime type. `None` for plugins that only configure something the data
 /// plane does anyway (`prometheus`: read when the route's metrics are set up).
-fn build(name: &str, config: &Value) -> Result<Option<Arc<dyn Plugin>>, PluginError> {
+fn build(
+    name: &str,
+    config: &Value,
+    env: &BuildEnv,
+) -> Result<Option<Arc<dyn Plugin>>, PluginError> {
     let invalid = |e: postern_proto::model::ValidationError| {
         PluginError::Invalid(name.to_string(), e.to_string())
     };
@@ -176,6 +199,15 @@ fn build(name: &str, config: &Value) -> Result<Option<Arc<dyn Plugin>>, PluginEr
         "cors" => Arc::new(cors::Cors::new(config).map_err(invalid)?),
         "redirect" => Arc::new(redirect::Redirect::new(config).map_err(invalid)?),
         "opentelemetry" => Arc::new(opentelemetry::OpenTelemetry::new(config).map_err(invalid)?),
+        "jwt-auth" => {
+            Arc::new(jwt_auth::JwtAuth::new(config, env.consumers.clone()).map_err(invalid)?)
+        }
+        "key-auth" => {
+            Arc::new(key_auth::KeyAuth::new(config, env.consumers.clone()).map_err(invalid)?)
+        }
+        "consumer-restriction" => {
+            Arc::new(consumer_restriction::ConsumerRestriction::new(config).map_err(invalid)?)
+        }
         other => return Err(PluginError::Unknown(other.to_string())),
     }))
 }
@@ -191,6 +223,7 @@ impl PluginChain {
     /// orders the result by priority.
     pub fn build<'a>(
         layers: impl IntoIterator<Item = &'a BTreeMap<String, Value>>,
+        env: &BuildEnv,
     ) -> Result<PluginChain, PluginError> {
         let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
         for layer in layers {
@@ -201,7 +234,7 @@ impl PluginChain {
         let mut plugins = Vec::with_capacity(merged.len());
         for (name, config) in merged {
             let spec = find_plugin(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
-            if let Some(plugin) = build(name, config)? {
+            if let Some(plugin) = build(name, config, env)? {
                 plugins.push((spec.priority, plugin));
             }
         }

@@ -21,6 +21,41 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Who the caller is, as an auth plugin established it; only the gateway sets these.
+pub const X_CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-username");
+pub const X_CONSUMER_GROUP: HeaderName = HeaderName::from_static("x-consumer-group");
+pub const X_CREDENTIAL_IDENTIFIER: HeaderName = HeaderName::from_static("x-credential-identifier");
+
+/// Removes client-sent identity headers (every request, auth route or not): an upstream must be
+/// able to trust them.
+pub fn strip_identity(headers: &mut HeaderMap) {
+    for name in [
+        X_CONSUMER_USERNAME,
+        X_CONSUMER_GROUP,
+        X_CREDENTIAL_IDENTIFIER,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Sets the identity headers from what an auth plugin found (nothing when no plugin did).
+pub fn set_identity(
+    headers: &mut HeaderMap,
+    consumer: Option<&str>,
+    group: Option<&str>,
+    credential: Option<&str>,
+) {
+    for (name, value) in [
+        (X_CONSUMER_USERNAME, consumer),
+        (X_CONSUMER_GROUP, group),
+        (X_CREDENTIAL_IDENTIFIER, credential),
+    ] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+}
+
 /// Removes every header named in `Connection`, then the standard hop-by-hop headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -112,6 +147,21 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "127.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
+    }
+
+    #[test]
+    fn identity_headers_come_only_from_the_gateway() {
+        let mut h = map(&[
+            ("x-consumer-username", "admin"),
+            ("X-Consumer-Group", "admin-group"),
+            ("x-credential-identifier", "forged"),
+        ]);
+        strip_identity(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        set_identity(&mut h, Some("mobile-app"), None, Some("mobile-app-key"));
+        assert_eq!(h["x-consumer-username"], "mobile-app");
+        assert_eq!(h["x-credential-identifier"], "mobile-app-key");
+        assert!(h.get("x-consumer-group").is_none());
     }
 
     #[test]

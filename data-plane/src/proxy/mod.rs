@@ -284,6 +284,7 @@ impl Proxy {
         if let Err(e) = self.normalize(&mut parts) {
             return e.into_response().map(Either::Right);
         }
+        headers::strip_identity(&mut parts.headers);
         let route = match self.match_route(client_addr, &parts) {
             Ok(r) => r,
             Err(e) => return e.into_response().map(Either::Right),
@@ -306,6 +307,12 @@ impl Proxy {
         let result = match answer {
             Some(answer) => Ok(plugin_response(answer)),
             None => {
+                headers::set_identity(
+                    &mut parts.headers,
+                    ctx.consumer_name.as_deref(),
+                    ctx.consumer_group.as_deref(),
+                    ctx.credential_id.as_deref(),
+                );
                 let upstream_host = ctx.upstream_host.take();
                 let body = LimitedBody::new(body, ctx.max_body_size).metered(route.metrics.clone());
                 self.forward(peer, parts, body, &route, upstream_host, exchange)

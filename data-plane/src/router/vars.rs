@@ -159,7 +159,10 @@ fn number(v: &str) -> Option<f64> {
 }
 
 /// Every value of query argument `name`, percent-decoded (`+` is a space).
-fn args<'a>(parts: &'a http::request::Parts, name: &'a str) -> impl Iterator<Item = Cow<'a, str>> {
+pub(crate) fn args<'a>(
+    parts: &'a http::request::Parts,
+    name: &'a str,
+) -> impl Iterator<Item = Cow<'a, str>> {
     parts
         .uri
         .query()
@@ -173,7 +176,7 @@ fn args<'a>(parts: &'a http::request::Parts, name: &'a str) -> impl Iterator<Ite
 }
 
 /// Percent-decodes a query component; invalid escapes stay as they are.
-fn decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }
@@ -200,7 +203,7 @@ fn decode(s: &str) -> Cow<'_, str> {
 }
 
 /// The first cookie called `name`, from any `Cookie` header.
-fn cookie<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
     parts
         .headers
         .get_all(COOKIE)

@@ -9,15 +9,25 @@ pub enum ResourceKind {
     Routes,
     /// Plugins run on every route; named `global_rules` as in APISIX. References nothing.
     GlobalRules,
+    /// Groups of consumers (`consumer-restriction` by `consumer_group_id`). References nothing.
+    ConsumerGroups,
+    /// API users and their credentials; the id is the `username`. References consumer groups.
+    Consumers,
+    /// Revoked JWT ids, consumers and credentials. References nothing (a revocation may name a
+    /// consumer that is gone or not there yet).
+    Revocations,
 }
 
 impl ResourceKind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [ResourceKind; 4] = [
+    pub const ALL: [ResourceKind; 7] = [
         ResourceKind::Upstreams,
         ResourceKind::Services,
         ResourceKind::Routes,
         ResourceKind::GlobalRules,
+        ResourceKind::ConsumerGroups,
+        ResourceKind::Consumers,
+        ResourceKind::Revocations,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -26,6 +36,9 @@ impl ResourceKind {
             ResourceKind::Services => "services",
             ResourceKind::Routes => "routes",
             ResourceKind::GlobalRules => "global_rules",
+            ResourceKind::ConsumerGroups => "consumer_groups",
+            ResourceKind::Consumers => "consumers",
+            ResourceKind::Revocations => "revocations",
         }
     }
 }

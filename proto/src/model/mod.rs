@@ -1,11 +1,14 @@
 //! The configuration model: one serde type per resource kind, each with `validate()`, plus the
 //! checks that span resources (references between them).
 
+mod consumer;
 mod error;
 mod global_rule;
 mod kind;
 pub mod plugins;
+mod revocation;
 mod route;
+pub mod secrets;
 mod service;
 mod upstream;
 pub mod validate;
@@ -16,9 +19,11 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use consumer::{CREDENTIAL_PLUGINS, ConsumerConfig, ConsumerGroupConfig, CredentialClaim};
 pub use error::{Result, ValidationError};
 pub use global_rule::GlobalRuleConfig;
 pub use kind::{Reference, ResourceKind, UnknownKind};
+pub use revocation::{RevocationConfig, RevocationType};
 pub use route::RouteConfig;
 pub use service::ServiceConfig;
 pub use upstream::{
@@ -33,6 +38,9 @@ pub enum Resource {
     Service(ServiceConfig),
     Route(RouteConfig),
     GlobalRule(GlobalRuleConfig),
+    ConsumerGroup(ConsumerGroupConfig),
+    Consumer(ConsumerConfig),
+    Revocation(RevocationConfig),
 }
 
 impl Resource {
@@ -43,12 +51,20 @@ impl Resource {
             ResourceKind::Services => Resource::Service(decode::<ServiceConfig>(body)?),
             ResourceKind::Routes => Resource::Route(decode::<RouteConfig>(body)?),
             ResourceKind::GlobalRules => Resource::GlobalRule(decode::<GlobalRuleConfig>(body)?),
+            ResourceKind::ConsumerGroups => {
+                Resource::ConsumerGroup(decode::<ConsumerGroupConfig>(body)?)
+            }
+            ResourceKind::Consumers => Resource::Consumer(decode::<ConsumerConfig>(body)?),
+            ResourceKind::Revocations => Resource::Revocation(decode::<RevocationConfig>(body)?),
         };
         match &r {
             Resource::Upstream(u) => u.validate()?,
             Resource::Service(s) => s.validate()?,
             Resource::Route(rt) => rt.validate()?,
             Resource::GlobalRule(g) => g.validate()?,
+            Resource::ConsumerGroup(g) => g.validate()?,
+            Resource::Consumer(c) => c.validate()?,
+            Resource::Revocation(r) => r.validate()?,
         }
         Ok(r)
     }
@@ -56,9 +72,22 @@ impl Resource {
     /// The resources this one names by id, which must exist while it does.
     pub fn references(&self) -> Vec<Reference<'_>> {
         match self {
-            Resource::Upstream(_) | Resource::GlobalRule(_) => Vec::new(),
+            Resource::Upstream(_)
+            | Resource::GlobalRule(_)
+            | Resource::ConsumerGroup(_)
+            | Resource::Revocation(_) => Vec::new(),
+            Resource::Consumer(c) => c.references().collect(),
             Resource::Service(s) => s.references().collect(),
             Resource::Route(r) => r.references().collect(),
+        }
+    }
+
+    /// Credentials named in this resource that no other resource may hold (checked by the
+    /// stores in the write's transaction).
+    pub fn claims(&self) -> Vec<CredentialClaim<'_>> {
+        match self {
+            Resource::Consumer(c) => c.claims(),
+            _ => Vec::new(),
         }
     }
 }
@@ -73,7 +102,7 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &Value) -> Result<T> {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         let message = e.into_inner().to_string();
-        // serde names an unknown field only in its message; put it in the path too.
+        // serde names an unknown or missing field only in its message; put it in the path too.
         let field = match unknown_field_name(&message) {
             Some(name) if field.is_empty() => name.to_string(),
             Some(name) if !field.ends_with(name) => format!("{field}.{name}"),
@@ -84,7 +113,9 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &Value) -> Result<T> {
 }
 
 fn unknown_field_name(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
     rest.split('`').next()
 }
 
@@ -96,6 +127,10 @@ pub struct ConfigSet {
     pub routes: BTreeMap<String, RouteConfig>,
     /// By id: their plugins are merged in this order, before a route's service's and its own.
     pub global_rules: BTreeMap<String, GlobalRuleConfig>,
+    pub consumer_groups: BTreeMap<String, ConsumerGroupConfig>,
+    /// By username.
+    pub consumers: BTreeMap<String, ConsumerConfig>,
+    pub revocations: BTreeMap<String, RevocationConfig>,
 }
 
 impl ConfigSet {
@@ -115,6 +150,15 @@ impl ConfigSet {
             Resource::GlobalRule(g) => {
                 self.global_rules.insert(id, g);
             }
+            Resource::ConsumerGroup(g) => {
+                self.consumer_groups.insert(id, g);
+            }
+            Resource::Consumer(c) => {
+                self.consumers.insert(id, c);
+            }
+            Resource::Revocation(r) => {
+                self.revocations.insert(id, r);
+            }
         }
     }
 
@@ -126,6 +170,9 @@ impl ConfigSet {
             ResourceKind::Services => self.services.contains_key(id),
             ResourceKind::Routes => self.routes.contains_key(id),
             ResourceKind::GlobalRules => self.global_rules.contains_key(id),
+            ResourceKind::ConsumerGroups => self.consumer_groups.contains_key(id),
+            ResourceKind::Consumers => self.consumers.contains_key(id),
+            ResourceKind::Revocations => self.revocations.contains_key(id),
         };
         let services = self.services.iter().map(|(id, s)| {
             (
@@ -138,12 +185,42 @@ impl ConfigSet {
             .routes
             .iter()
             .map(|(id, r)| (ResourceKind::Routes, id, r.references().collect::<Vec<_>>()));
-        for (kind, id, refs) in services.chain(routes) {
+        let consumers = self.consumers.iter().map(|(id, c)| {
+            (
+                ResourceKind::Consumers,
+                id,
+                c.references().collect::<Vec<_>>(),
+            )
+        });
+        for (kind, id, refs) in services.chain(routes).chain(consumers) {
             for r in refs {
                 if !exists(r.kind, r.id) {
                     return Err(ValidationError::new(
                         format!("{kind}/{id}.{}", r.field),
                         format!("references {} '{}' which does not exist", r.kind, r.id),
+                    ));
+                }
+            }
+        }
+        self.check_credentials()
+    }
+
+    /// A credential (jwt-auth key, key-auth key) belongs to one consumer only: otherwise which
+    /// consumer a request is would depend on lookup order. The Admin API refuses the second one
+    /// (409) in the write's transaction; this catches a store that holds such a pair anyway.
+    fn check_credentials(&self) -> Result<()> {
+        let mut seen: std::collections::HashMap<(&str, &str), &str> =
+            std::collections::HashMap::new();
+        for (username, consumer) in &self.consumers {
+            for claim in consumer.claims() {
+                if let Some(other) = seen.insert((claim.plugin, claim.value), username) {
+                    // The value itself may be a secret (key-auth): never in the message.
+                    return Err(ValidationError::new(
+                        format!("consumers/{username}.{}", claim.field),
+                        format!(
+                            "the same {} credential is held by consumers/{other}",
+                            claim.plugin
+                        ),
                     ));
                 }
             }

@@ -270,3 +270,77 @@ fn global_rules_parse_and_bad_ones_name_the_field() {
         assert_eq!(e.field, field, "{body}: {e}");
     }
 }
+
+#[test]
+fn consumers_parse_reference_their_group_and_hold_unique_credentials() {
+    let consumer = |name: &str, body: Value| {
+        Resource::parse(ResourceKind::Consumers, &body).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let mut set = ConfigSet::default();
+    let a = consumer(
+        "a",
+        json!({"username": "a", "group_id": "g",
+               "plugins": {"jwt-auth": {"key": "shared", "secret": "s"},
+                           "key-auth": {"key": "api-key-a-1"}}}),
+    );
+    assert_eq!(
+        a.references(),
+        vec![Reference {
+            field: "group_id",
+            kind: ResourceKind::ConsumerGroups,
+            id: "g"
+        }]
+    );
+    assert_eq!(a.claims().len(), 2);
+    set.insert("a", a);
+    let e = set.check_references().unwrap_err();
+    assert_eq!(e.field, "consumers/a.group_id");
+    set.insert(
+        "g",
+        Resource::parse(ResourceKind::ConsumerGroups, &json!({"plugins": {}})).unwrap(),
+    );
+    set.check_references().unwrap();
+
+    // The same jwt key on a second consumer: the snapshot is refused, without the value.
+    set.insert(
+        "b",
+        consumer(
+            "b",
+            json!({"username": "b", "plugins": {"jwt-auth": {"key": "shared", "secret": "t"}}}),
+        ),
+    );
+    let e = set.check_references().unwrap_err();
+    assert_eq!(e.field, "consumers/b.plugins.jwt-auth.key");
+    assert!(e.message.contains("consumers/a"), "{e}");
+    // The same key-auth key: refused too, and the key (a secret) is not in the message.
+    set.insert(
+        "b",
+        consumer(
+            "b",
+            json!({"username": "b", "plugins": {"key-auth": {"key": "api-key-a-1"}}}),
+        ),
+    );
+    let e = set.check_references().unwrap_err();
+    assert!(!e.to_string().contains("api-key-a-1"), "{e}");
+
+    for (body, field) in [
+        (json!({}), "username"),
+        (json!({"username": "a/b"}), "username"),
+        (json!({"username": "a", "id": "b"}), "id"),
+        (
+            json!({"username": "a", "plugins": {"cors": {}}}),
+            "plugins.cors",
+        ),
+        (
+            json!({"username": "a", "plugins": {"nope": {}}}),
+            "plugins.nope",
+        ),
+        (
+            json!({"username": "a", "plugins": {"key-auth": {}}}),
+            "plugins.key-auth.key",
+        ),
+    ] {
+        let e = Resource::parse(ResourceKind::Consumers, &body).expect_err(&body.to_string());
+        assert_eq!(e.field, field, "{body}: {e}");
+    }
+}

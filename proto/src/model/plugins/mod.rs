@@ -3,10 +3,13 @@
 //! behaviour lives in the data plane (`data-plane/src/plugins/<name>.rs`).
 
 pub mod client_control;
+pub mod consumer_restriction;
 pub mod cors;
 pub mod header_ops;
 pub mod opentelemetry;
 pub mod prometheus;
+pub mod jwt_auth;
+pub mod key_auth;
 pub mod proxy_rewrite;
 pub mod redirect;
 pub mod request_id;
@@ -74,6 +77,21 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "request-termination",
         priority: 2990,
         validate: check::<request_termination::RequestTerminationConfig>,
+    },
+    PluginSpec {
+        name: "jwt-auth",
+        priority: 2510,
+        validate: check::<jwt_auth::JwtAuthConfig>,
+    },
+    PluginSpec {
+        name: "key-auth",
+        priority: 2500,
+        validate: check::<key_auth::KeyAuthConfig>,
+    },
+    PluginSpec {
+        name: "consumer-restriction",
+        priority: 2400,
+        validate: check::<consumer_restriction::ConsumerRestrictionConfig>,
     },
     PluginSpec {
         name: "proxy-rewrite",

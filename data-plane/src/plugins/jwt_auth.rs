@@ -1,0 +1,536 @@
+//! `jwt-auth`: verifies a JWT from the `Authorization` header (`Bearer <token>` or the bare
+//! token), a query argument or a cookie, against the credential of the consumer named by the
+//! token's key claim (see the config types in `postern_proto::model::plugins::jwt_auth`).
+//!
+//! Order of checks, each failure a 401 with `WWW-Authenticate: Bearer`:
+//! 1. exactly one token (the same token in several places is fine; different ones are not);
+//! 2. at most [`MAX_TOKEN_LEN`] bytes, before anything is decoded;
+//! 3. the key claim read from the unverified payload only to pick the credential;
+//! 4. `jsonwebtoken::decode` with the credential's key and its one algorithm: the header's `alg`
+//!    must equal it (so `none`, or HS256 against an RSA credential, fails), the signature must
+//!    verify, `exp` must be present and future, `nbf` past (both with the credential's leeway);
+//! 5. the credential's `max_lifetime`, if any;
+//! 6. revocations: the token's `jti`, the consumer, the credential.
+//!
+//! The header's `kid`, `jku`, `x5u` are never used: key material comes only from the consumer.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use base64::Engine;
+use http::HeaderName;
+use jsonwebtoken::errors::ErrorKind;
+use postern_proto::model::plugins::jwt_auth::JwtAuthConfig;
+use postern_proto::model::plugins::parse;
+use postern_proto::model::{RevocationType, ValidationError};
+use serde_json::Value;
+
+use super::consumers::{self, Consumers, identify, unauthorized};
+use super::{Flow, Plugin, RequestCtx, Step};
+use crate::router::vars::{args, cookie};
+
+/// Longest token accepted; longer ones are refused before they are decoded.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+const CHALLENGE: &str = "Bearer realm=\"postern\"";
+const CHALLENGE_INVALID: &str = "Bearer realm=\"postern\", error=\"invalid_token\"";
+
+pub struct JwtAuth {
+    header: HeaderName,
+    query: String,
+    cookie: String,
+    hide_credentials: bool,
+    key_claim: String,
+    consumers: Arc<Consumers>,
+}
+
+impl JwtAuth {
+    pub fn new(config: &Value, consumers: Arc<Consumers>) -> Result<JwtAuth, ValidationError> {
+        let c: JwtAuthConfig = parse(config)?;
+        let header = HeaderName::from_bytes(c.header.as_bytes())
+            .map_err(|_| ValidationError::new("header", "not a valid header name"))?;
+        Ok(JwtAuth {
+            header,
+            query: c.query,
+            cookie: c.cookie,
+            hide_credentials: c.hide_credentials,
+            key_claim: c.key_claim_name,
+            consumers,
+        })
+    }
+
+    /// Every token the request carries, in header, query and cookie order.
+    fn tokens<'a>(&'a self, req: &'a http::request::Parts) -> impl Iterator<Item = Cow<'a, str>> {
+        let header = req
+            .headers
+            .get_all(&self.header)
+            .iter()
+            .map(|v| match v.to_str() {
+                Ok(s) => {
+                    let s = s.trim();
+                    let bare = match s.split_once(' ') {
+                        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
+                            rest.trim()
+                        }
+                        _ => s,
+                    };
+                    Cow::Borrowed(bare)
+                }
+                // Not text: cannot be a JWT, and must not be mistaken for "no token".
+                Err(_) => Cow::Borrowed("\u{0}"),
+            });
+        let query = args(req, &self.query);
+        let cookie = cookie(req, &self.cookie).map(Cow::Borrowed);
+        header.chain(query).chain(cookie).filter(|t| !t.is_empty())
+    }
+
+    fn check(&self, req: &mut http::request::Parts, ctx: &mut RequestCtx) -> Flow {
+        let fail = |msg: &str| Flow::Respond(unauthorized(CHALLENGE_INVALID, msg));
+        let token = match consumers::single(self.tokens(req)) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Flow::Respond(unauthorized(CHALLENGE, "Missing JWT token in request"));
+            }
+            Err(consumers::Conflicting) => return fail("different JWT tokens in one request"),
+        };
+        if token.len() > MAX_TOKEN_LEN {
+            return fail("JWT token too long");
+        }
+        let Some(key) = claim(&token, &self.key_claim) else {
+            return fail("JWT token invalid");
+        };
+        let Some(cred) = self.consumers.jwt(&key) else {
+            return fail("Invalid user key in JWT token");
+        };
+        let claims = match jsonwebtoken::decode::<Value>(
+            token.as_bytes(),
+            &cred.decoding_key,
+            &cred.validation,
+        ) {
+            Ok(data) => data.claims,
+            Err(e) => return fail(reason(e.kind())),
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(max) = cred.max_lifetime {
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX);
+            if exp.saturating_sub(now) > max {
+                return fail("JWT token lifetime exceeds the maximum");
+            }
+        }
+        let jti = claims.get("jti").and_then(Value::as_str);
+        if jti.is_some_and(|j| self.consumers.is_revoked(RevocationType::Jti, j, now)) {
+            return fail("JWT token revoked");
+        }
+        if self
+            .consumers
+            .is_consumer_revoked(&cred.consumer, &cred.key, now)
+        {
+            return fail("JWT credential revoked");
+        }
+        identify(ctx, &cred.consumer, &cred.key);
+        if self.hide_credentials {
+            req.headers.remove(&self.header);
+            consumers::remove_query_arg(req, &self.query);
+            consumers::remove_cookie(req, &self.cookie);
+        }
+        Flow::Continue
+    }
+}
+
+/// A string claim of the unverified payload (only used to choose the credential that then
+/// verifies the whole token).
+fn claim(token: &str, name: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    claims.get(name)?.as_str().map(str::to_string)
+}
+
+/// What the client is told; specific enough to fix a client, not to probe the gateway.
+fn reason(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "JWT token expired",
+        ErrorKind::ImmatureSignature => "JWT token not valid yet",
+        ErrorKind::MissingRequiredClaim(_) => "JWT token lacks a required claim",
+        ErrorKind::InvalidAudience => "JWT token audience not accepted",
+        ErrorKind::InvalidIssuer => "JWT token issuer not accepted",
+        ErrorKind::InvalidAlgorithm => "JWT token algorithm not accepted",
+        ErrorKind::InvalidSignature => "JWT token signature invalid",
+        _ => "JWT token invalid",
+    }
+}
+
+impl Plugin for JwtAuth {
+    fn name(&self) -> &'static str {
+        "jwt-auth"
+    }
+
+    fn access<'a>(
+        &'a self,
+        req: &'a mut http::request::Parts,
+        ctx: &'a mut RequestCtx,
+    ) -> Step<'a> {
+        Step::Ready(self.check(req, ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use postern_proto::model::{ConfigSet, Resource, ResourceKind};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "mobile-app-secret-256bit-key-here";
+
+    fn consumers() -> Arc<Consumers> {
+        let mut set = ConfigSet::default();
+        for (name, jwt) in [
+            (
+                "mobile-app",
+                json!({"key": "mobile-app-key", "secret": SECRET}),
+            ),
+            (
+                "strict",
+                json!({"key": "strict-key", "secret": SECRET, "max_lifetime": 600,
+                       "audience": ["api"], "issuer": ["idp"], "leeway": 0}),
+            ),
+        ] {
+            let body = json!({"username": name, "plugins": {"jwt-auth": jwt}});
+            set.insert(
+                name,
+                Resource::parse(ResourceKind::Consumers, &body).unwrap(),
+            );
+        }
+        Arc::new(Consumers::build(&set).unwrap())
+    }
+
+    fn now() -> i64 {
+        jsonwebtoken::get_current_timestamp() as i64
+    }
+
+    fn hs256(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// A token with a hand-made header and signature (for headers `encode` refuses to write).
+    fn raw(header: Value, claims: Value, sig: &str) -> String {
+        format!(
+            "{}.{}.{sig}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    fn run(config: Value, req: http::Request<()>) -> (Flow, http::request::Parts, RequestCtx) {
+        let p = JwtAuth::new(&config, consumers()).unwrap();
+        let (mut parts, _) = req.into_parts();
+        let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap(), "r".into());
+        let flow = p.check(&mut parts, &mut ctx);
+        (flow, parts, ctx)
+    }
+
+    fn status_and_message(flow: &Flow) -> Option<(u16, String)> {
+        match flow {
+            Flow::Continue => None,
+            Flow::Respond(r) => {
+                let v: Value = serde_json::from_slice(&r.body).unwrap();
+                assert!(r.headers.contains_key("www-authenticate"));
+                Some((
+                    r.status.as_u16(),
+                    v["message"].as_str().unwrap().to_string(),
+                ))
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_token_from_each_place() {
+        let t = hs256(json!({"key": "mobile-app-key", "exp": now() + 60}));
+        let reqs = [
+            http::Request::get("/").header("authorization", format!("Bearer {t}")),
+            http::Request::get("/").header("authorization", format!("bearer  {t}")),
+            http::Request::get("/").header("authorization", t.clone()),
+            http::Request::get(format!("/?jwt={t}")),
+            http::Request::get("/").header("cookie", format!("a=1; jwt={t}")),
+            // The same token twice is one token.
+            http::Request::get(format!("/?jwt={t}")).header("authorization", t.clone()),
+        ];
+        for r in reqs {
+            let (flow, _, ctx) = run(json!({}), r.body(()).unwrap());
+            assert!(status_and_message(&flow).is_none());
+            assert_eq!(ctx.consumer_name.as_deref(), Some("mobile-app"));
+            assert_eq!(ctx.credential_id.as_deref(), Some("mobile-app-key"));
+        }
+    }
+
+    #[test]
+    fn refuses_every_attack_with_401() {
+        let n = now();
+        let good = hs256(json!({"key": "mobile-app-key", "exp": n + 60}));
+        let mut tampered = good.clone();
+        tampered.pop();
+        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "alg none",
+                raw(
+                    json!({"alg": "none", "typ": "JWT"}),
+                    json!({"key": "mobile-app-key", "exp": n + 60}),
+                    "",
+                ),
+                "JWT token invalid",
+            ),
+            (
+                "no alg",
+                raw(
+                    json!({"typ": "JWT"}),
+                    json!({"key": "mobile-app-key", "exp": n + 60}),
+                    "AAAA",
+                ),
+                "JWT token invalid",
+            ),
+            (
+                "HS384 against an HS256 credential",
+                encode(
+                    &Header::new(Algorithm::HS384),
+                    &json!({"key": "mobile-app-key", "exp": n + 60}),
+                    &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+                "JWT token algorithm not accepted",
+            ),
+            (
+                "expired",
+                hs256(json!({"key": "mobile-app-key", "exp": n - 10})),
+                "JWT token expired",
+            ),
+            (
+                "nbf in the future",
+                hs256(json!({"key": "mobile-app-key", "exp": n + 60, "nbf": n + 30})),
+                "JWT token not valid yet",
+            ),
+            (
+                "no exp",
+                hs256(json!({"key": "mobile-app-key"})),
+                "JWT token lacks a required claim",
+            ),
+            (
+                "exp as a string",
+                hs256(json!({"key": "mobile-app-key", "exp": "9999999999"})),
+                "JWT token lacks a required claim",
+            ),
+            (
+                "tampered signature",
+                tampered,
+                "JWT token signature invalid",
+            ),
+            (
+                "unknown key",
+                hs256(json!({"key": "nobody", "exp": n + 60})),
+                "Invalid user key in JWT token",
+            ),
+            (
+                "no key claim",
+                hs256(json!({"exp": n + 60})),
+                "JWT token invalid",
+            ),
+            (
+                "bad base64",
+                "eyJhbGciOiJIUzI1NiJ9.@@@.AAAA".to_string(),
+                "JWT token invalid",
+            ),
+            (
+                "kid path traversal",
+                raw(
+                    json!({"alg": "HS256", "kid": "../../dev/null"}),
+                    json!({"key": "mobile-app-key", "exp": n + 60}),
+                    "",
+                ),
+                "JWT token signature invalid",
+            ),
+            (
+                "too long",
+                format!("{}.{}", good, "A".repeat(MAX_TOKEN_LEN)),
+                "JWT token too long",
+            ),
+            ("not a JWT", "hello".to_string(), "JWT token invalid"),
+            (
+                "lifetime over max_lifetime",
+                hs256(json!({"key": "strict-key", "exp": n + 3600, "aud": "api", "iss": "idp"})),
+                "JWT token lifetime exceeds the maximum",
+            ),
+            (
+                "wrong audience",
+                hs256(json!({"key": "strict-key", "exp": n + 60, "aud": "other", "iss": "idp"})),
+                "JWT token audience not accepted",
+            ),
+            (
+                "no audience when required",
+                hs256(json!({"key": "strict-key", "exp": n + 60, "iss": "idp"})),
+                "JWT token lacks a required claim",
+            ),
+            (
+                "wrong issuer",
+                hs256(json!({"key": "strict-key", "exp": n + 60, "aud": "api", "iss": "evil"})),
+                "JWT token issuer not accepted",
+            ),
+        ];
+        for (what, token, want) in cases {
+            let req = http::Request::get("/")
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap();
+            let (flow, _, ctx) = run(json!({}), req);
+            assert_eq!(
+                status_and_message(&flow),
+                Some((401, want.to_string())),
+                "{what}"
+            );
+            assert!(ctx.consumer_name.is_none(), "{what}");
+        }
+        // The strict credential accepts a token that meets every rule.
+        let ok = hs256(json!({"key": "strict-key", "exp": n + 60, "aud": "api", "iss": "idp"}));
+        let req = http::Request::get("/")
+            .header("authorization", ok)
+            .body(())
+            .unwrap();
+        assert!(status_and_message(&run(json!({}), req).0).is_none());
+    }
+
+    #[test]
+    fn revocations_refuse_a_jti_a_consumer_or_a_credential_until_they_expire() {
+        let n = now();
+        let plugin = |revocations: &[Value]| {
+            let mut set = ConfigSet::default();
+            for (name, key) in [("a", "a-key"), ("b", "b-key")] {
+                let body = json!({"username": name,
+                    "plugins": {"jwt-auth": {"key": key, "secret": SECRET}}});
+                set.insert(
+                    name,
+                    Resource::parse(ResourceKind::Consumers, &body).unwrap(),
+                );
+            }
+            for (i, r) in revocations.iter().enumerate() {
+                set.insert(
+                    &i.to_string(),
+                    Resource::parse(ResourceKind::Revocations, r).unwrap(),
+                );
+            }
+            JwtAuth::new(&json!({}), Arc::new(Consumers::build(&set).unwrap())).unwrap()
+        };
+        let token = |key: &str, jti: &str| hs256(json!({"key": key, "exp": n + 60, "jti": jti}));
+        let cases = [
+            (
+                json!({"type": "jti", "value": "t1"}),
+                "a-key",
+                "t1",
+                Some("JWT token revoked"),
+            ),
+            (json!({"type": "jti", "value": "t1"}), "a-key", "t2", None),
+            (
+                json!({"type": "consumer", "value": "a"}),
+                "a-key",
+                "t",
+                Some("JWT credential revoked"),
+            ),
+            (
+                json!({"type": "consumer", "value": "a"}),
+                "b-key",
+                "t",
+                None,
+            ),
+            (
+                json!({"type": "credential", "value": "b-key"}),
+                "b-key",
+                "t",
+                Some("JWT credential revoked"),
+            ),
+            // Expired revocations no longer apply.
+            (
+                json!({"type": "jti", "value": "t1", "expires_at": n - 1}),
+                "a-key",
+                "t1",
+                None,
+            ),
+            (
+                json!({"type": "jti", "value": "t1", "expires_at": n + 60}),
+                "a-key",
+                "t1",
+                Some("JWT token revoked"),
+            ),
+        ];
+        for (revocation, key, jti, want) in cases {
+            let p = plugin(std::slice::from_ref(&revocation));
+            let (mut parts, _) = http::Request::get("/")
+                .header("authorization", token(key, jti))
+                .body(())
+                .unwrap()
+                .into_parts();
+            let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap(), "r".into());
+            let got = status_and_message(&p.check(&mut parts, &mut ctx));
+            assert_eq!(
+                got,
+                want.map(|m| (401, m.to_string())),
+                "{revocation} {key} {jti}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_and_conflicting_tokens() {
+        let n = now();
+        let a = hs256(json!({"key": "mobile-app-key", "exp": n + 60}));
+        let b = hs256(json!({"key": "mobile-app-key", "exp": n + 61}));
+        let (flow, _, _) = run(json!({}), http::Request::get("/").body(()).unwrap());
+        assert_eq!(
+            status_and_message(&flow),
+            Some((401, "Missing JWT token in request".into()))
+        );
+        let req = http::Request::get(format!("/?jwt={b}"))
+            .header("authorization", format!("Bearer {a}"))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            status_and_message(&run(json!({}), req).0),
+            Some((401, "different JWT tokens in one request".into()))
+        );
+    }
+
+    #[test]
+    fn names_are_configurable_and_hide_credentials_removes_every_copy() {
+        let t = hs256(json!({"key": "mobile-app-key", "exp": now() + 60}));
+        let config = json!({"header": "Authorization", "query": "token", "cookie": "jwt_token",
+            "hide_credentials": true});
+        let req = http::Request::get(format!("/p?a=1&token={t}"))
+            .header("authorization", format!("Bearer {t}"))
+            .header("cookie", format!("jwt_token={t}; session=s"))
+            .body(())
+            .unwrap();
+        let (flow, parts, _) = run(config, req);
+        assert!(status_and_message(&flow).is_none());
+        assert_eq!(parts.uri.to_string(), "/p?a=1");
+        assert!(parts.headers.get("authorization").is_none());
+        assert_eq!(parts.headers["cookie"], "session=s");
+        // Not hidden by default.
+        let req = http::Request::get(format!("/p?jwt={t}")).body(()).unwrap();
+        let (_, parts, _) = run(json!({}), req);
+        assert!(parts.uri.query().is_some());
+    }
+}

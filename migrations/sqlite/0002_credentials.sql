@@ -1,0 +1,13 @@
+-- Credentials (a consumer's jwt-auth key, key-auth key) that must belong to one resource only.
+-- One row per credential held, rewritten on every put and cleared on delete; the primary key
+-- makes a second holder impossible even if a check were skipped. digest is the hex SHA-256 of
+-- the value: key-auth keys are secrets, so they are not indexed in the clear.
+CREATE TABLE credentials (
+    plugin TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    id     TEXT NOT NULL,
+    PRIMARY KEY (plugin, digest)
+);
+
+CREATE INDEX credentials_holder ON credentials (kind, id);
