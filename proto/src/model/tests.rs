@@ -90,7 +90,19 @@ fn bad_routes_name_the_field() {
         ),
         (
             json!({"uri": "/a", "upstream": {"type": "chash", "nodes": {"h:80": 1}}}),
-            "upstream.type",
+            "upstream.key",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"type": "chash", "key": "nope", "nodes": {"h:80": 1}}}),
+            "upstream.key",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "max_concurrent": 0}}),
+            "upstream.max_concurrent",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "checks": {"active": {"type": "https"}}}}),
+            "upstream.checks.active.type",
         ),
         (
             json!({"uri": "/a", "upstream": {"type": "nope", "nodes": {"h:80": 1}}}),

@@ -15,9 +15,34 @@ pub struct UpstreamConfig {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
-    /// Load-balancing algorithm. Only `roundrobin` (smooth weighted) is implemented so far.
+    /// Load-balancing algorithm: `roundrobin` (smooth weighted), `chash` (consistent hashing on
+    /// `hash_on`/`key`), `least_conn` (fewest in-flight requests per weight), `ewma` (peak-EWMA
+    /// latency, power of two choices).
     #[serde(rename = "type", default)]
     pub balancer: BalancerType,
+    /// What `chash` hashes [default: vars].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// `chash`'s key: for `vars` one of `remote_addr`, `uri`, `request_uri`, `host`,
+    /// `arg_<name>`, `http_<name>`, `cookie_<name>`; for `header` a header name; for `cookie`
+    /// a cookie name. Required with `chash` (except `hash_on: consumer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Active and passive health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<super::checks::HealthChecks>,
+    /// How many times a failed request is tried again on another node [default: number of
+    /// nodes - 1]. Only requests without a body are retried: always after a connect failure,
+    /// and after a timeout or broken response only when idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Seconds after the first try within which retries may start [default: 0, no limit].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timeout: Option<f64>,
+    /// Postern extension (bulkhead): most requests in flight to this upstream per data plane;
+    /// more are answered 503 at once [default: no limit].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
     pub nodes: Nodes,
     #[serde(default)]
     pub scheme: Scheme,
@@ -46,6 +71,18 @@ pub enum BalancerType {
     Chash,
     LeastConn,
     Ewma,
+}
+
+/// What `chash` hashes, as in APISIX.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    #[default]
+    Vars,
+    Header,
+    Cookie,
+    Consumer,
+    VarsCombinations,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,11 +182,20 @@ impl UpstreamConfig {
         }
         check_text("name", self.name.as_deref())?;
         check_text("desc", self.desc.as_deref())?;
-        if self.balancer != BalancerType::Roundrobin {
+        self.validate_hashing()?;
+        if let Some(c) = &self.checks {
+            c.validate().map_err(|e| e.under("checks"))?;
+        }
+        if let Some(t) = self.retry_timeout
+            && !(t.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&t))
+        {
             return Err(ValidationError::new(
-                "type",
-                "only 'roundrobin' is supported by this version of Postern",
+                "retry_timeout",
+                format!("must be a number of seconds in [0, {MAX_TIMEOUT_SECS}]"),
             ));
+        }
+        if self.max_concurrent == Some(0) {
+            return Err(ValidationError::new("max_concurrent", "must be at least 1"));
         }
         if self.scheme != Scheme::Http {
             return Err(ValidationError::new(
@@ -178,6 +224,54 @@ impl UpstreamConfig {
             _ => {}
         }
         Ok(())
+    }
+
+    fn validate_hashing(&self) -> Result<()> {
+        if self.balancer != BalancerType::Chash {
+            return Ok(());
+        }
+        let hash_on = self.hash_on.unwrap_or_default();
+        let key = self.key.as_deref().unwrap_or("");
+        match hash_on {
+            HashOn::Consumer => Ok(()),
+            HashOn::VarsCombinations => Err(ValidationError::new(
+                "hash_on",
+                "'vars_combinations' is not supported by this version of Postern",
+            )),
+            _ if key.is_empty() => {
+                Err(ValidationError::new("key", "required when type is 'chash'"))
+            }
+            HashOn::Vars => {
+                const PLAIN: [&str; 5] =
+                    ["remote_addr", "uri", "request_uri", "host", "server_name"];
+                let prefixed = ["arg_", "http_", "cookie_"]
+                    .iter()
+                    .any(|p| key.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+                if PLAIN.contains(&key) || prefixed {
+                    Ok(())
+                } else {
+                    Err(ValidationError::new(
+                        "key",
+                        format!(
+                            "'{key}' is not a supported variable (remote_addr, uri, request_uri, host, arg_*, http_*, cookie_*)"
+                        ),
+                    ))
+                }
+            }
+            HashOn::Header => http::HeaderName::from_bytes(key.as_bytes())
+                .map(|_| ())
+                .map_err(|_| ValidationError::new("key", "not a valid header name")),
+            HashOn::Cookie => {
+                if key
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+                {
+                    Ok(())
+                } else {
+                    Err(ValidationError::new("key", "not a valid cookie name"))
+                }
+            }
+        }
     }
 
     /// The nodes in one shape, each address parsed and checked; default port by scheme.
