@@ -15,7 +15,7 @@ use postern_proto::model::{
 use postern_proto::sync::Snapshot;
 
 use crate::balancer::RoundRobin;
-use crate::plugins::PluginChain;
+use crate::plugins::{PluginChain, PluginStates, StateScope};
 use crate::router::vars::Conditions;
 use crate::router::{RouteSpec, Router};
 
@@ -53,6 +53,8 @@ pub struct CompiledConfig {
     /// Every runtime upstream, by what defines it, so the next compile can reuse the unchanged
     /// ones (and with them their balancer position and, later, health and breaker state).
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+    /// Plugin state that outlives a snapshot (breakers), carried to the next compile.
+    plugin_states: PluginStates,
 }
 
 /// Which resource defines an upstream (an upstream, or a route/service with an inline one) and
@@ -270,6 +272,7 @@ pub fn compile(
     let global_plugins: Vec<&BTreeMap<String, serde_json::Value>> =
         set.global_rules.values().map(|g| &g.plugins).collect();
 
+    let mut plugin_states = PluginStates::default();
     let mut routes = Vec::new();
     let mut specs = Vec::new();
     for (id, route) in set.routes.iter().filter(|(_, r)| r.status == 1) {
@@ -309,7 +312,12 @@ pub fn compile(
             .iter()
             .copied()
             .chain([service_plugins, &route.plugins]);
-        let plugins = PluginChain::build(layers)
+        let mut scope = StateScope {
+            route_id: id,
+            previous: previous.map(|p| &p.plugin_states),
+            next: &mut plugin_states,
+        };
+        let plugins = PluginChain::build_with(layers, &mut scope)
             .map_err(|e| invalid("routes", id, ValidationError::new("plugins", e.to_string())))?;
         let hosts: Vec<String> = if route.host_patterns().next().is_some() {
             route.host_patterns().map(str::to_ascii_lowercase).collect()
@@ -347,6 +355,7 @@ pub fn compile(
         routes,
         any_vars,
         upstreams: builder.built,
+        plugin_states,
     })
 }
 

@@ -10,6 +10,7 @@
 //! 4. `response` — change the response head (status, headers) or replace its body;
 //! 5. `log` — after the response is sent.
 
+pub mod api_breaker;
 mod client_control;
 mod cors;
 mod header_ops;
@@ -19,7 +20,8 @@ mod request_id;
 mod request_termination;
 mod response_rewrite;
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,6 +49,9 @@ pub struct RequestCtx {
     /// Largest request body the upstream may receive, set by `client-control`: the proxy cuts
     /// off a body that outgrows it (one without `Content-Length`) and answers 413.
     pub max_body_size: Option<u64>,
+    /// Set by the proxy when it tried the upstream (whatever came of it): `response` phases
+    /// that judge the upstream (api-breaker) ignore answers given by plugins.
+    pub upstream_called: bool,
 }
 
 impl RequestCtx {
@@ -59,6 +64,7 @@ impl RequestCtx {
             request_id: None,
             upstream_host: None,
             max_body_size: None,
+            upstream_called: false,
         }
     }
 }
@@ -151,9 +157,66 @@ pub enum PluginError {
     Invalid(String, String),
 }
 
+/// State of plugin instances that must outlive one snapshot (a breaker's counters), keyed by
+/// route id, plugin name and a hash of the plugin's config: a snapshot that leaves a route's
+/// plugin config alone hands the new instance the old one's state; a changed config starts
+/// afresh. Built per compile; only the states still in use are carried to the next one.
+#[derive(Default)]
+pub struct PluginStates {
+    map: HashMap<StateKey, Arc<dyn Any + Send + Sync>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StateKey {
+    route: String,
+    plugin: &'static str,
+    config_hash: u64,
+}
+
+/// Where one route's plugins find their state while a snapshot compiles.
+pub struct StateScope<'a> {
+    pub route_id: &'a str,
+    pub previous: Option<&'a PluginStates>,
+    pub next: &'a mut PluginStates,
+}
+
+impl StateScope<'_> {
+    /// The state of `plugin` with `config` on this route: the previous snapshot's if it had
+    /// one, else `make()`.
+    pub fn state<T: Any + Send + Sync>(
+        &mut self,
+        plugin: &'static str,
+        config: &Value,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        config.to_string().hash(&mut h);
+        let key = StateKey {
+            route: self.route_id.to_string(),
+            plugin,
+            config_hash: h.finish(),
+        };
+        let found = self
+            .next
+            .map
+            .get(&key)
+            .or_else(|| self.previous.and_then(|p| p.map.get(&key)))
+            .cloned()
+            .and_then(|s| s.downcast::<T>().ok());
+        let state = found.unwrap_or_else(|| Arc::new(make()));
+        self.next.map.insert(key, state.clone());
+        state
+    }
+}
+
 /// Builds one plugin from its config. The model crate has already validated the config; this
 /// parses it into the runtime type.
-fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, PluginError> {
+fn build(
+    name: &str,
+    config: &Value,
+    scope: &mut StateScope<'_>,
+) -> Result<Arc<dyn Plugin>, PluginError> {
     let invalid = |e: postern_proto::model::ValidationError| {
         PluginError::Invalid(name.to_string(), e.to_string())
     };
@@ -169,6 +232,7 @@ fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, PluginError> {
         "client-control" => Arc::new(client_control::ClientControl::new(config).map_err(invalid)?),
         "cors" => Arc::new(cors::Cors::new(config).map_err(invalid)?),
         "redirect" => Arc::new(redirect::Redirect::new(config).map_err(invalid)?),
+        "api-breaker" => Arc::new(api_breaker::ApiBreaker::new(config, scope).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
     })
 }
@@ -185,6 +249,20 @@ impl PluginChain {
     pub fn build<'a>(
         layers: impl IntoIterator<Item = &'a BTreeMap<String, Value>>,
     ) -> Result<PluginChain, PluginError> {
+        let mut states = PluginStates::default();
+        let mut scope = StateScope {
+            route_id: "",
+            previous: None,
+            next: &mut states,
+        };
+        PluginChain::build_with(layers, &mut scope)
+    }
+
+    /// As `build`, with plugin state carried over from the previous snapshot.
+    pub fn build_with<'a>(
+        layers: impl IntoIterator<Item = &'a BTreeMap<String, Value>>,
+        scope: &mut StateScope<'_>,
+    ) -> Result<PluginChain, PluginError> {
         let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
         for layer in layers {
             for (name, config) in layer {
@@ -194,7 +272,7 @@ impl PluginChain {
         let mut plugins = Vec::with_capacity(merged.len());
         for (name, config) in merged {
             let spec = find_plugin(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
-            plugins.push((spec.priority, build(name, config)?));
+            plugins.push((spec.priority, build(name, config, scope)?));
         }
         plugins.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
         Ok(PluginChain {

@@ -178,6 +178,7 @@ impl Proxy {
             Some(answer) => Ok(plugin_response(answer)),
             None => {
                 let upstream_host = ctx.upstream_host.take();
+                ctx.upstream_called = true;
                 let body = LimitedBody::new(body, ctx.max_body_size);
                 self.forward(peer, parts, body, &route, upstream_host).await
             }
