@@ -44,6 +44,35 @@ pub struct RequestVars<'a> {
     pub client: IpAddr,
 }
 
+/// One variable read from requests (`chash`'s `key`), resolved once per snapshot.
+#[derive(Debug, Clone)]
+pub struct Variable(Source);
+
+impl Variable {
+    pub fn new(var: Var) -> Result<Variable, ValidationError> {
+        Ok(Variable(source(var).map_err(|_| {
+            ValidationError::new("", "not a valid header name")
+        })?))
+    }
+
+    /// The variable's value for `req`, if the request has it.
+    pub fn get<'a>(&'a self, req: &RequestVars<'a>) -> Option<Cow<'a, str>> {
+        source_value(&self.0, req)
+    }
+}
+
+fn source(var: Var) -> Result<Source, http::header::InvalidHeaderName> {
+    Ok(match var {
+        Var::Header(h) => Source::Header(HeaderName::from_bytes(h.as_bytes())?),
+        Var::Arg(a) => Source::Arg(a.into()),
+        Var::Cookie(c) => Source::Cookie(c.into()),
+        Var::RemoteAddr => Source::RemoteAddr,
+        Var::Uri => Source::Uri,
+        Var::RequestMethod => Source::RequestMethod,
+        Var::Host => Source::Host,
+    })
+}
+
 impl Conditions {
     /// Compiles a route's `vars` (already validated by the model; errors name the element, to be
     /// put under `vars`).
@@ -109,20 +138,7 @@ impl Condition {
 
     /// The variable's value; for a repeated header, argument or cookie, the first one.
     fn value<'a>(&'a self, req: &RequestVars<'a>) -> Option<Cow<'a, str>> {
-        let parts = req.parts;
-        match &self.source {
-            Source::Header(name) => parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(Cow::Borrowed),
-            Source::Arg(name) => args(parts, name).next(),
-            Source::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
-            Source::RemoteAddr => Some(Cow::Owned(req.client.to_canonical().to_string())),
-            Source::Uri => Some(Cow::Borrowed(parts.uri.path())),
-            Source::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
-            Source::Host => host(parts),
-        }
+        source_value(&self.source, req)
     }
 
     /// `has`: the variable as a list. Headers are split on commas (every occurrence), an
@@ -140,6 +156,23 @@ impl Condition {
             Source::Arg(name) => args(req.parts, name).any(|v| f(&v)),
             _ => self.value(req).is_some_and(|v| f(&v)),
         }
+    }
+}
+
+fn source_value<'a>(source: &'a Source, req: &RequestVars<'a>) -> Option<Cow<'a, str>> {
+    let parts = req.parts;
+    match source {
+        Source::Header(name) => parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed),
+        Source::Arg(name) => args(parts, name).next(),
+        Source::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
+        Source::RemoteAddr => Some(Cow::Owned(req.client.to_canonical().to_string())),
+        Source::Uri => Some(Cow::Borrowed(parts.uri.path())),
+        Source::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
+        Source::Host => host(parts),
     }
 }
 

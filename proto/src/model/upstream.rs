@@ -241,23 +241,9 @@ impl UpstreamConfig {
             _ if key.is_empty() => {
                 Err(ValidationError::new("key", "required when type is 'chash'"))
             }
-            HashOn::Vars => {
-                const PLAIN: [&str; 5] =
-                    ["remote_addr", "uri", "request_uri", "host", "server_name"];
-                let prefixed = ["arg_", "http_", "cookie_"]
-                    .iter()
-                    .any(|p| key.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
-                if PLAIN.contains(&key) || prefixed {
-                    Ok(())
-                } else {
-                    Err(ValidationError::new(
-                        "key",
-                        format!(
-                            "'{key}' is not a supported variable (remote_addr, uri, request_uri, host, arg_*, http_*, cookie_*)"
-                        ),
-                    ))
-                }
-            }
+            HashOn::Vars => super::vars::parse_var(key)
+                .map(|_| ())
+                .map_err(|e| ValidationError::new("key", e.message)),
             HashOn::Header => http::HeaderName::from_bytes(key.as_bytes())
                 .map(|_| ())
                 .map_err(|_| ValidationError::new("key", "not a valid header name")),

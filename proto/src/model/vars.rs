@@ -168,7 +168,9 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-fn parse_var(name: &str) -> Result<Var> {
+/// Parses one variable name (`remote_addr`, `uri`, `host`, `request_method`, `http_<header>`,
+/// `arg_<name>`, `cookie_<name>`).
+pub fn parse_var(name: &str) -> Result<Var> {
     let err = |m: &str| Err(ValidationError::new("", format!("'{name}': {m}")));
     let rest_ok = |rest: &str| {
         !rest.is_empty()
