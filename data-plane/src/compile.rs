@@ -9,14 +9,15 @@ use std::time::Duration;
 use http::Method;
 use http::uri::Authority;
 use postern_proto::model::{
-    ConfigSet, PassHost, Resource, ResourceKind, RouteConfig, Timeout, UpstreamConfig,
-    ValidationError,
+    BalancerType, ConfigSet, HashOn, PassHost, Resource, ResourceKind, RouteConfig, Timeout,
+    UpstreamConfig, ValidationError,
 };
 use postern_proto::sync::Snapshot;
 
-use crate::balancer::RoundRobin;
+use crate::balancer::{Balancer, NodeLoad};
+use crate::health::{Health, Target};
 use crate::plugins::{PluginChain, PluginStates, StateScope};
-use crate::router::vars::Conditions;
+use crate::router::vars::{Conditions, RequestVars, Variable};
 use crate::router::{RouteSpec, Router};
 
 /// APISIX's default for each of connect, send and read.
@@ -144,13 +145,36 @@ impl Default for Timeouts {
     }
 }
 
-/// A runtime upstream: its nodes, ready-made for building requests, and its balancer.
+/// A runtime upstream: its nodes, ready-made for building requests, its balancer, the nodes'
+/// load and health, and its active health checker (stopped when this is dropped).
 pub struct Upstream {
     pub nodes: Vec<UpstreamNode>,
-    pub balancer: RoundRobin,
+    pub balancer: Balancer,
+    weights: Vec<u32>,
+    /// Per node: in-flight requests and latency EWMA.
+    pub loads: Vec<NodeLoad>,
+    pub health: Arc<Health>,
     pub timeouts: Timeouts,
     pub pass_host: PassHost,
     pub upstream_host: Option<http::HeaderValue>,
+    /// What `chash` hashes; `None` for other balancers.
+    hash_key: Option<HashKey>,
+    /// Further tries after a failed one.
+    pub retries: u32,
+    /// Retries may start only this long after the first try; `None`: no limit.
+    pub retry_timeout: Option<Duration>,
+    /// Bulkhead: most requests in flight to this upstream; `None`: no limit.
+    pub max_concurrent: Option<u32>,
+    /// Requests in flight to this upstream (counted for the bulkhead and the status page).
+    pub in_flight: std::sync::atomic::AtomicU32,
+    _checker: Option<tokio_util::sync::DropGuard>,
+}
+
+/// `chash`'s key, resolved once.
+enum HashKey {
+    Var(Variable),
+    /// `hash_on: consumer`: hashes `remote_addr` until consumers exist on the request.
+    Consumer,
 }
 
 pub struct UpstreamNode {
@@ -161,16 +185,16 @@ pub struct UpstreamNode {
 
 impl Upstream {
     fn build(cfg: &UpstreamConfig) -> Result<Upstream, ValidationError> {
-        let nodes = cfg.resolved_nodes().map_err(|e| e.under("nodes"))?;
-        let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
-        let nodes = nodes
+        let resolved = cfg.resolved_nodes().map_err(|e| e.under("nodes"))?;
+        let weights: Vec<u32> = resolved.iter().map(|n| n.weight).collect();
+        let names: Vec<String> = resolved.iter().map(|n| n.authority()).collect();
+        let nodes = names
             .iter()
-            .map(|n| {
-                let a = n.authority();
+            .map(|a| {
                 let bad = |_| ValidationError::new(format!("nodes.{a}"), "not a valid authority");
                 Ok(UpstreamNode {
                     authority: a.parse().map_err(bad)?,
-                    host_header: http::HeaderValue::from_str(&a).map_err(|_| {
+                    host_header: http::HeaderValue::from_str(a).map_err(|_| {
                         ValidationError::new(format!("nodes.{a}"), "not a valid Host header")
                     })?,
                 })
@@ -182,18 +206,102 @@ impl Upstream {
             .map(http::HeaderValue::from_str)
             .transpose()
             .map_err(|_| ValidationError::new("upstream_host", "not a valid Host header"))?;
+        let hash_key = if cfg.balancer == BalancerType::Chash {
+            let key = cfg.key.as_deref().unwrap_or("remote_addr");
+            let var = match cfg.hash_on.unwrap_or_default() {
+                HashOn::Consumer => None,
+                HashOn::Vars | HashOn::VarsCombinations => {
+                    Some(postern_proto::model::vars::parse_var(key).map_err(|e| e.under("key"))?)
+                }
+                HashOn::Header => Some(postern_proto::model::vars::Var::Header(
+                    key.to_ascii_lowercase(),
+                )),
+                HashOn::Cookie => Some(postern_proto::model::vars::Var::Cookie(key.to_string())),
+            };
+            Some(match var {
+                Some(v) => HashKey::Var(Variable::new(v).map_err(|e| e.under("key"))?),
+                None => HashKey::Consumer,
+            })
+        } else {
+            None
+        };
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let health = Arc::new(Health::new(cfg.checks.as_ref(), names.clone()));
+        let targets = resolved
+            .iter()
+            .map(|n| {
+                let port = cfg
+                    .checks
+                    .as_ref()
+                    .and_then(|c| c.active.as_ref())
+                    .and_then(|a| a.port)
+                    .unwrap_or(n.port);
+                let addr = postern_proto::model::Node { port, ..n.clone() }.authority();
+                Target {
+                    connect: addr,
+                    host: n.authority(),
+                }
+            })
+            .collect();
+        let checker = crate::health::spawn_checker(&health, cfg.checks.as_ref(), targets);
         Ok(Upstream {
+            balancer: Balancer::new(cfg.balancer, &weights, &name_refs),
+            loads: nodes.iter().map(|_| NodeLoad::default()).collect(),
             nodes,
-            balancer: RoundRobin::new(&weights),
+            weights,
+            health,
             timeouts: Timeouts::from_config(cfg.timeout.as_ref()).unwrap_or_default(),
             pass_host: cfg.pass_host,
             upstream_host,
+            hash_key,
+            retries: cfg
+                .retries
+                .unwrap_or_else(|| u32::try_from(resolved.len().saturating_sub(1)).unwrap_or(0)),
+            retry_timeout: cfg
+                .retry_timeout
+                .filter(|&t| t > 0.0)
+                .map(Duration::from_secs_f64),
+            max_concurrent: cfg.max_concurrent,
+            in_flight: std::sync::atomic::AtomicU32::new(0),
+            _checker: checker,
         })
     }
 
-    /// The next node by weighted round robin; `None` when every node has weight 0.
+    /// The hash of this request's `chash` key (0 for other balancers). A request without the
+    /// key hashes its client address, as APISIX does.
+    pub fn request_hash(&self, parts: &http::request::Parts, client: std::net::IpAddr) -> u64 {
+        let Some(key) = &self.hash_key else {
+            return 0;
+        };
+        let req = RequestVars { parts, client };
+        let value = match key {
+            HashKey::Var(v) => v.get(&req),
+            HashKey::Consumer => None,
+        };
+        match value {
+            Some(v) => crate::balancer::stable_hash(v.as_bytes()),
+            None => crate::balancer::stable_hash(client.to_canonical().to_string().as_bytes()),
+        }
+    }
+
+    /// A node for a request whose key hashes to `hash`, other than those in `tried`: a healthy
+    /// one, or any one when no node is healthy (fail open). `None` when every node was tried or
+    /// has weight 0.
+    pub fn pick_node(&self, hash: u64, tried: &[usize]) -> Option<usize> {
+        let untried = |i: usize| !tried.contains(&i);
+        let healthy = self.balancer.pick(hash, &self.weights, &self.loads, |i| {
+            untried(i) && self.health.is_healthy(i)
+        });
+        if healthy.is_some() || !self.health.checked() || self.health.any_healthy() {
+            return healthy;
+        }
+        self.balancer
+            .pick(hash, &self.weights, &self.loads, untried)
+    }
+
+    /// The next node, as the first try of a request without a hash key would get it.
     pub fn pick(&self) -> Option<&UpstreamNode> {
-        self.balancer.pick().and_then(|i| self.nodes.get(i))
+        self.pick_node(0, &[]).and_then(|i| self.nodes.get(i))
     }
 }
 
