@@ -58,6 +58,42 @@ pub struct CompiledConfig {
     plugin_states: PluginStates,
 }
 
+impl CompiledConfig {
+    /// Every runtime upstream with its nodes' health and load, for `GET /status/upstreams`:
+    /// `{"upstreams": [{"owner": "upstreams", "id": "u1", "in_flight": 0, "nodes":
+    /// [{"address": "10.0.0.1:80", "healthy": true, "in_flight": 0, "ewma_ms": 1.2}]}]}`.
+    pub fn upstreams_status(&self) -> serde_json::Value {
+        let mut list: Vec<(&UpstreamKey, &Arc<Upstream>)> = self.upstreams.iter().collect();
+        list.sort_by(|a, b| (a.0.owner.as_str(), &a.0.id).cmp(&(b.0.owner.as_str(), &b.0.id)));
+        let upstreams: Vec<serde_json::Value> = list
+            .into_iter()
+            .map(|(key, u)| {
+                let nodes: Vec<serde_json::Value> = u
+                    .health
+                    .snapshot()
+                    .zip(&u.loads)
+                    .map(|((address, healthy), load)| {
+                        serde_json::json!({
+                            "address": address,
+                            "healthy": healthy,
+                            "in_flight": load.in_flight(),
+                            "ewma_ms": load.ewma().as_secs_f64() * 1e3,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "owner": key.owner.as_str(),
+                    "id": key.id,
+                    "checked": u.health.checked(),
+                    "in_flight": u.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    "nodes": nodes,
+                })
+            })
+            .collect();
+        serde_json::json!({ "version": self.version, "upstreams": upstreams })
+    }
+}
+
 /// Which resource defines an upstream (an upstream, or a route/service with an inline one) and
 /// a hash of its config: equal keys mean an identical upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -219,16 +219,25 @@ pub fn spawn_checker(
             let health = health.clone();
             let active = active.clone();
             async move {
+                // Each node is probed every `healthy.interval` while healthy and every
+                // `unhealthy.interval` while unhealthy, looked up every second, so a node that
+                // passive checks just marked down is probed on the unhealthy schedule at once.
+                let mut last_probe: Option<tokio::time::Instant> = None;
                 loop {
-                    let outcome = probe(&active, &target).await;
-                    HEALTH_METRICS.probes.fetch_add(1, Ordering::Relaxed);
-                    health.report_active(i, outcome);
                     let secs = if health.is_healthy(i) {
                         active.healthy.interval
                     } else {
                         active.unhealthy.interval
                     };
-                    tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+                    let due = last_probe
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(u64::from(secs)));
+                    if due {
+                        last_probe = Some(tokio::time::Instant::now());
+                        let outcome = probe(&active, &target).await;
+                        HEALTH_METRICS.probes.fetch_add(1, Ordering::Relaxed);
+                        health.report_active(i, outcome);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         });

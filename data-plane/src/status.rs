@@ -1,5 +1,6 @@
-//! The status listener: `/healthz` (the process is up) and `/readyz` (a config is applied, so
-//! traffic can be sent here). Kept off the proxy port so probes never compete with traffic.
+//! The status listener: `/healthz` (the process is up), `/readyz` (a config is applied, so
+//! traffic can be sent here) and `/status/upstreams` (every runtime upstream's nodes: health,
+//! in-flight requests, latency EWMA). Kept off the proxy port so probes never compete with traffic.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -58,6 +59,13 @@ fn respond(state: &DpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "reason": "no configuration applied yet",
                     "control_plane_connected": state.is_connected(),
                 }),
+            ),
+        },
+        "/status/upstreams" => match state.config.load().as_ref() {
+            Some(c) => (StatusCode::OK, c.upstreams_status()),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error_msg": "no configuration applied yet"}),
             ),
         },
         _ => (

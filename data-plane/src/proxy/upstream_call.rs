@@ -331,3 +331,87 @@ impl Body for UpstreamBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower_service::Service;
+
+    use super::*;
+
+    /// A listener whose accept queue is full: further connects hang (the kernel drops SYNs).
+    async fn saturated_listener() -> (
+        std::net::SocketAddr,
+        Vec<TcpStream>,
+        tokio::net::TcpListener,
+    ) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                _ => break,
+            }
+        }
+        (addr, held, listener)
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_comes_from_the_calling_request() {
+        let (addr, _held, _listener) = saturated_listener().await;
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let mut c = TimedConnector::new();
+        let progress = Progress::new(true);
+        let started = std::time::Instant::now();
+        let err = with_call(Duration::from_millis(300), progress.clone(), async {
+            std::future::poll_fn(|cx| c.poll_ready(cx)).await.unwrap();
+            c.call(uri).await
+        })
+        .await
+        .err()
+        .expect("a connect to a full accept queue hangs");
+        let took = started.elapsed();
+        assert!(caused_by::<ConnectTimedOut>(&*err), "{err}");
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert!(!progress.connecting.load(Ordering::Relaxed));
+        // A refused connection is a plain connect error, at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = with_call(Duration::from_secs(5), Progress::new(true), async {
+            c.call(format!("http://{closed}/").parse().unwrap()).await
+        })
+        .await
+        .err()
+        .expect("nothing listens");
+        assert!(!caused_by::<ConnectTimedOut>(&*err));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_progress() {
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            send: Duration::from_secs(2),
+            read: Duration::from_secs(5),
+        };
+        let p = Progress::new(false);
+        let start = Instant::now();
+        assert_eq!(p.deadline(&t), Some(start + t.send), "sending the body");
+        p.connecting.store(true, Ordering::Relaxed);
+        assert_eq!(p.deadline(&t), None, "the connector's own timeout applies");
+        p.connecting.store(false, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        p.mark();
+        p.body_done.store(true, Ordering::Relaxed);
+        assert_eq!(
+            p.deadline(&t),
+            Some(start + Duration::from_secs(1) + t.read)
+        );
+    }
+}
