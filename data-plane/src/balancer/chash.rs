@@ -34,11 +34,9 @@ impl Chash {
             .filter(|&&w| w > 0)
             .fold(0u64, |g, &w| gcd(g, u64::from(w)));
         let total: u64 = weights.iter().map(|&w| u64::from(w) / g.max(1)).sum();
-        let per_weight = if total == 0 {
-            0
-        } else {
-            VNODES_PER_WEIGHT.min((MAX_POINTS / total).max(1))
-        };
+        let per_weight = MAX_POINTS
+            .checked_div(total)
+            .map_or(0, |fit| VNODES_PER_WEIGHT.min(fit.max(1)));
         let mut ring = Vec::new();
         for (i, &w) in weights.iter().enumerate() {
             let points = u64::from(w) / g.max(1) * per_weight;

@@ -286,8 +286,9 @@ impl ApiBreaker {
         let Some((before, after)) = changed else {
             return;
         };
-        if after.phase == Phase::Open && before.phase != Phase::Open
-            || after.phase == Phase::Open && before.open_until_ms != after.open_until_ms
+        // Opened, or re-opened from an expired open state (a new period).
+        if after.phase == Phase::Open
+            && (before.phase != Phase::Open || before.open_until_ms != after.open_until_ms)
         {
             BREAKER_METRICS.opened.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(

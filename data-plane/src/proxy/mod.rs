@@ -311,11 +311,13 @@ impl Proxy {
             1
         };
         let first_try = tokio::time::Instant::now();
+        // Nodes already tried, filled only when a retry follows (no allocation otherwise).
         let mut tried: Vec<usize> = Vec::new();
+        let mut try_no: u32 = 0;
         let mut body = Some(body);
         loop {
             let idx = upstream.pick_node(hash, &tried).ok_or(ProxyError::NoNode)?;
-            tried.push(idx);
+            try_no += 1;
             guard.on_node(idx);
             let node = &upstream.nodes[idx];
             let host_header: Option<HeaderValue> = match upstream.pass_host {
@@ -330,7 +332,7 @@ impl Proxy {
             uri.path_and_query = Some(path_and_query.clone());
             let uri = Uri::from_parts(uri)
                 .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-            let last_try = tried.len() as u32 >= tries;
+            let last_try = try_no >= tries;
             let mut req = if last_try {
                 // No retry after this one: hand over the request itself (extensions and all).
                 let mut p = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
@@ -394,6 +396,7 @@ impl Proxy {
                         return Err(e);
                     }
                     tracing::debug!(node = %node.authority, error = %e, "retrying on another node");
+                    tried.push(idx);
                 }
             }
         }

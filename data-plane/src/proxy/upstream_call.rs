@@ -370,8 +370,7 @@ mod tests {
             c.call(uri).await
         })
         .await
-        .err()
-        .expect("a connect to a full accept queue hangs");
+        .expect_err("a connect to a full accept queue hangs");
         let took = started.elapsed();
         assert!(caused_by::<ConnectTimedOut>(&*err), "{err}");
         assert!(
@@ -388,8 +387,7 @@ mod tests {
             c.call(format!("http://{closed}/").parse().unwrap()).await
         })
         .await
-        .err()
-        .expect("nothing listens");
+        .expect_err("nothing listens");
         assert!(!caused_by::<ConnectTimedOut>(&*err));
     }
 
