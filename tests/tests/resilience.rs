@@ -469,6 +469,52 @@ async fn connect_failures_timeouts_retries_and_bulkhead() {
     drop(held);
 }
 
+#[tokio::test]
+async fn an_upstream_stalling_mid_body_is_cut_after_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sends the head and 5 of 100 body bytes, then nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let cp = dev_gateway(dir.path()).await;
+    apply(
+        &cp,
+        &[(
+            "/admin/routes/stall",
+            json!({"uri": "/stall", "upstream": {"nodes": {addr.to_string(): 1}, "timeout": {"connect": 1, "send": 1, "read": 1}}}),
+        )],
+    )
+    .await;
+    let started = Instant::now();
+    let resp = reqwest::get(format!("http://{}/stall", cp.proxy.unwrap()))
+        .await
+        .expect("the head arrives");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.bytes().await;
+    let took = started.elapsed();
+    assert!(body.is_err(), "the body is cut, not completed: {body:?}");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "cut after the 1 s read timeout, took {took:?}"
+    );
+    println!("stalled body cut after {took:?}");
+    // The stalled call no longer counts as in flight.
+    let status = upstream_status(&cp).await;
+    assert_eq!(status["upstreams"][0]["in_flight"], 0, "{status}");
+}
+
 /// Requests until the answer spread is decided: which nodes served `n` requests.
 async fn spread(
     client: &reqwest::Client,
