@@ -90,7 +90,25 @@ impl CompiledConfig {
                 })
             })
             .collect();
-        serde_json::json!({ "version": self.version, "upstreams": upstreams })
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = &crate::plugins::api_breaker::BREAKER_METRICS;
+        let h = &crate::health::HEALTH_METRICS;
+        serde_json::json!({
+            "version": self.version,
+            "upstreams": upstreams,
+            // Process-wide counters since start.
+            "breaker_transitions": {
+                "opened": b.opened.load(Relaxed),
+                "half_opened": b.half_opened.load(Relaxed),
+                "closed": b.closed.load(Relaxed),
+                "rejected_requests": b.rejected.load(Relaxed),
+            },
+            "health_checks": {
+                "probes": h.probes.load(Relaxed),
+                "marked_unhealthy": h.marked_unhealthy.load(Relaxed),
+                "marked_healthy": h.marked_healthy.load(Relaxed),
+            },
+        })
     }
 }
 
@@ -321,14 +339,18 @@ impl Upstream {
     }
 
     /// A node for a request whose key hashes to `hash`, other than those in `tried`: a healthy
-    /// one, or any one when no node is healthy (fail open). `None` when every node was tried or
+    /// one, or any one when no node is healthy (fail open, unless `on_all_unhealthy: reject`). `None` when every node was tried or
     /// has weight 0.
     pub fn pick_node(&self, hash: u64, tried: &[usize]) -> Option<usize> {
         let untried = |i: usize| !tried.contains(&i);
         let healthy = self.balancer.pick(hash, &self.weights, &self.loads, |i| {
             untried(i) && self.health.is_healthy(i)
         });
-        if healthy.is_some() || !self.health.checked() || self.health.any_healthy() {
+        if healthy.is_some()
+            || !self.health.checked()
+            || self.health.any_healthy()
+            || !self.health.fail_open()
+        {
             return healthy;
         }
         self.balancer

@@ -7,9 +7,10 @@
 //! connect, timeout) resets the success counter and counts towards that kind's threshold; a
 //! threshold of 0 disables that counter. Every node starts healthy.
 //!
-//! When every node is unhealthy the upstream **fails open**: requests are spread over all nodes
-//! as if none were checked (APISIX does the same), since refusing everything would turn a
-//! checker mistake (wrong `http_path`) into a full outage.
+//! When every node is unhealthy the upstream **fails open** by default: requests are spread over
+//! all nodes as if none were checked (APISIX does the same), since refusing everything would turn
+//! a checker mistake (wrong `http_path`) into a full outage. `checks.on_all_unhealthy: reject`
+//! (a Postern extension) answers 503 instead.
 //!
 //! The active checker stops when the runtime upstream is dropped (a `CancellationToken` drop
 //! guard): an upstream that a new snapshot reuses keeps its checker and its health; a changed one
@@ -19,7 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use postern_proto::model::checks::{ActiveCheck, CheckType, HealthChecks, PassiveCheck};
+use postern_proto::model::checks::{
+    ActiveCheck, AllUnhealthy, CheckType, HealthChecks, PassiveCheck,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -101,6 +104,8 @@ pub struct Health {
     names: Box<[String]>,
     active: Option<Rules>,
     passive: Option<Rules>,
+    /// Every node unhealthy: spread over all of them (`true`) or answer 503.
+    fail_open: bool,
 }
 
 impl Health {
@@ -110,6 +115,7 @@ impl Health {
             names: names.into_boxed_slice(),
             active: checks.and_then(|c| c.active.as_ref()).map(Rules::active),
             passive: checks.and_then(|c| c.passive.as_ref()).map(Rules::passive),
+            fail_open: checks.is_none_or(|c| c.on_all_unhealthy == AllUnhealthy::FailOpen),
         }
     }
 
@@ -121,6 +127,11 @@ impl Health {
 
     pub fn any_healthy(&self) -> bool {
         (0..self.nodes.len()).any(|i| self.is_healthy(i))
+    }
+
+    /// Whether requests go to all nodes when none is healthy (else they get 503).
+    pub fn fail_open(&self) -> bool {
+        self.fail_open
     }
 
     pub fn checked(&self) -> bool {

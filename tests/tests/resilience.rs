@@ -215,6 +215,15 @@ async fn breaker_opens_answers_fast_backs_off_and_closes() {
         "open breaker answer latency (client-measured, debug build): p50 {p50:?}, p99 {p99:?}"
     );
     assert!(p50 < Duration::from_millis(5), "p50 {p50:?}");
+    let status = upstream_status(&cp).await;
+    assert!(
+        status["breaker_transitions"]["opened"].as_u64() >= Some(1),
+        "{status}"
+    );
+    assert!(
+        status["breaker_transitions"]["rejected_requests"].as_u64() >= Some(50),
+        "{status}"
+    );
 
     // After 2 s: half-open, one probe goes through, fails, re-opens for 4 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -612,6 +621,35 @@ async fn active_checks_take_a_node_out_and_back() {
         spread(&client, &url, 10).await.len(),
         2,
         "all unhealthy: fail open"
+    );
+    // The same with `on_all_unhealthy: reject`: 503. (A changed upstream is a new one: its
+    // checker starts over with healthy nodes and marks them down again.)
+    let mut u1 = json!({
+        "type": "roundrobin",
+        "nodes": {a.addr.to_string(): 1, b.addr.to_string(): 1},
+        "checks": {"active": {
+            "type": "http", "http_path": "/health", "timeout": 0.5,
+            "healthy": {"interval": 1, "successes": 2},
+            "unhealthy": {"interval": 1, "http_failures": 2, "tcp_failures": 2}
+        }}
+    });
+    u1["checks"]["on_all_unhealthy"] = json!("reject");
+    apply(&cp, &[("/admin/upstreams/u1", u1)]).await;
+    wait_for("both marked unhealthy", Duration::from_secs(6), || async {
+        let both = node_healthy(&cp, a.addr).await == Some(false)
+            && node_healthy(&cp, b.addr).await == Some(false);
+        both.then_some(())
+    })
+    .await;
+    assert_eq!(
+        call(&client, &url, &[]).await.status,
+        503,
+        "all unhealthy: reject"
+    );
+    let status = upstream_status(&cp).await;
+    assert!(
+        status["health_checks"]["marked_unhealthy"].as_u64() >= Some(4),
+        "{status}"
     );
 }
 

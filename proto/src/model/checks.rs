@@ -15,6 +15,25 @@ pub struct HealthChecks {
     pub active: Option<ActiveCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<PassiveCheck>,
+    /// Postern extension: what happens when every node is unhealthy: `fail_open` spreads
+    /// requests over all nodes as if none were checked (APISIX's behaviour), `reject` answers
+    /// 503 [default: fail_open].
+    #[serde(default, skip_serializing_if = "AllUnhealthy::is_default")]
+    pub on_all_unhealthy: AllUnhealthy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllUnhealthy {
+    #[default]
+    FailOpen,
+    Reject,
+}
+
+impl AllUnhealthy {
+    fn is_default(&self) -> bool {
+        *self == AllUnhealthy::FailOpen
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
