@@ -389,6 +389,13 @@ async fn connect_failures_timeouts_retries_and_bulkhead() {
                 json!({"uri": "/refused", "upstream": {"nodes": {closed.to_string(): 1}, "timeout": t, "retries": 0}}),
             ),
             (
+                "/admin/routes/refused-twice",
+                json!({"uri": "/refused-twice", "upstream": {"nodes": [
+                    {"host": "127.0.0.1", "port": closed.port(), "weight": 1},
+                    {"host": "127.0.0.1", "port": free_addr().port(), "weight": 1}
+                ], "timeout": t}}),
+            ),
+            (
                 "/admin/routes/hangs",
                 json!({"uri": "/hangs", "upstream": {"nodes": {full_addr.to_string(): 1}, "timeout": t}}),
             ),
@@ -418,6 +425,9 @@ async fn connect_failures_timeouts_retries_and_bulkhead() {
     let a = call(&client, &format!("http://{proxy}/refused"), &[]).await;
     assert_eq!(a.status, 502, "refused → 502");
     assert!(a.took < Duration::from_millis(500), "{:?}", a.took);
+    // Both nodes refuse: the retry fails too, and the answer is the last failure's.
+    let a = call(&client, &format!("http://{proxy}/refused-twice"), &[]).await;
+    assert_eq!(a.status, 502, "{}", a.body);
     let a = call(&client, &format!("http://{proxy}/hangs"), &[]).await;
     assert_eq!(a.status, 504, "connect timeout → 504: {}", a.body);
     assert!(

@@ -315,8 +315,12 @@ impl Proxy {
         let mut tried: Vec<usize> = Vec::new();
         let mut try_no: u32 = 0;
         let mut body = Some(body);
+        // The previous try's error: answered when no untried node is left for a retry.
+        let mut last_error: Option<ProxyError> = None;
         loop {
-            let idx = upstream.pick_node(hash, &tried).ok_or(ProxyError::NoNode)?;
+            let Some(idx) = upstream.pick_node(hash, &tried) else {
+                return Err(last_error.unwrap_or(ProxyError::NoNode));
+            };
             try_no += 1;
             guard.on_node(idx);
             let node = &upstream.nodes[idx];
@@ -397,6 +401,7 @@ impl Proxy {
                     }
                     tracing::debug!(node = %node.authority, error = %e, "retrying on another node");
                     tried.push(idx);
+                    last_error = Some(e);
                 }
             }
         }
