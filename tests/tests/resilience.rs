@@ -537,6 +537,66 @@ async fn an_upstream_stalling_mid_body_is_cut_after_the_read_timeout() {
     assert_eq!(status["upstreams"][0]["in_flight"], 0, "{status}");
 }
 
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_gets_504_after_the_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts, never reads: once the socket buffers are full the proxy cannot send more.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let cp = dev_gateway(dir.path()).await;
+    apply(
+        &cp,
+        &[(
+            "/admin/routes/upload",
+            json!({"uri": "/upload", "upstream": {"nodes": {addr.to_string(): 1}, "timeout": {"connect": 1, "send": 1, "read": 30}}}),
+        )],
+    )
+    .await;
+    // A raw client, so it can read the answer while its body is still being written.
+    let stream = tokio::net::TcpStream::connect(cp.proxy.unwrap())
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let size: usize = 256 << 20;
+    let head = format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < size {
+            wr.write_all(&chunk).await?;
+            sent += chunk.len();
+        }
+        Ok::<_, std::io::Error>(sent)
+    });
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "connection closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    println!(
+        "upstream stopped reading: 504 after {took:?} (send timeout 1 s, after the socket buffers filled)"
+    );
+}
+
 /// Requests until the answer spread is decided: which nodes served `n` requests.
 async fn spread(
     client: &reqwest::Client,
