@@ -219,6 +219,9 @@ pub struct Upstream {
     pub retry_timeout: Option<Duration>,
     /// Bulkhead: most requests in flight to this upstream; `None`: no limit.
     pub max_concurrent: Option<u32>,
+    /// `keepalive_pool`: this upstream's own client (pool) and its requests-per-connection cap;
+    /// `None`: the proxy's shared pool.
+    pub pool: Option<(crate::proxy::UpstreamClient, u32)>,
     /// Requests in flight to this upstream (counted for the bulkhead and the status page).
     pub in_flight: std::sync::atomic::AtomicU32,
     _checker: Option<tokio_util::sync::DropGuard>,
@@ -316,6 +319,15 @@ impl Upstream {
                 .filter(|&t| t > 0.0)
                 .map(Duration::from_secs_f64),
             max_concurrent: cfg.max_concurrent,
+            pool: cfg.keepalive_pool.map(|p| {
+                (
+                    crate::proxy::pooled_client(
+                        usize::try_from(p.size).unwrap_or(usize::MAX),
+                        Duration::from_secs_f64(p.idle_timeout),
+                    ),
+                    p.requests,
+                )
+            }),
             in_flight: std::sync::atomic::AtomicU32::new(0),
             _checker: checker,
         })

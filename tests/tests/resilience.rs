@@ -24,6 +24,8 @@ struct Knobs {
     health: AtomicU16,
     delay_ms: AtomicU64,
     hits: AtomicU64,
+    /// TCP connections accepted.
+    conns: AtomicU64,
 }
 
 struct Backend {
@@ -46,6 +48,7 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                k.conns.fetch_add(1, Ordering::SeqCst);
                 let k = k.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -595,6 +598,62 @@ async fn an_upstream_that_stops_reading_the_body_gets_504_after_the_send_timeout
     println!(
         "upstream stopped reading: 504 after {took:?} (send timeout 1 s, after the socket buffers filled)"
     );
+}
+
+#[tokio::test]
+async fn keepalive_pool_caps_requests_per_connection_and_idle_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let pooled = Backend::start().await;
+    let shared = Backend::start().await;
+    let cp = dev_gateway(dir.path()).await;
+    apply(
+        &cp,
+        &[
+            (
+                "/admin/routes/pooled",
+                json!({"uri": "/pooled", "upstream": {"nodes": {pooled.addr.to_string(): 1},
+                    "keepalive_pool": {"size": 4, "idle_timeout": 0.5, "requests": 2}}}),
+            ),
+            (
+                "/admin/routes/shared",
+                json!({"uri": "/shared", "upstream": {"nodes": {shared.addr.to_string(): 1}}}),
+            ),
+        ],
+    )
+    .await;
+    let proxy = cp.proxy.unwrap();
+    let client = reqwest::Client::new();
+    for path in ["pooled", "shared"] {
+        for _ in 0..6 {
+            assert_eq!(
+                call(&client, &format!("http://{proxy}/{path}"), &[])
+                    .await
+                    .status,
+                200
+            );
+            // Let the connection go back to the pool before the next request.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    let conns = |b: &Backend| b.knobs.conns.load(Ordering::SeqCst);
+    assert_eq!(conns(&shared), 1, "the shared pool reuses one connection");
+    assert_eq!(conns(&pooled), 3, "2 requests per connection");
+    // Idle past idle_timeout: the connection is closed, the next request opens a new one.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        call(&client, &format!("http://{proxy}/pooled"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(conns(&pooled), 4);
+    assert_eq!(
+        call(&client, &format!("http://{proxy}/shared"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(conns(&shared), 1);
 }
 
 /// Requests until the answer spread is decided: which nodes served `n` requests.

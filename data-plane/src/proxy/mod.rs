@@ -74,7 +74,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `max_body_size` on bodies without a `Content-Length` (and passes bodies through otherwise),
 /// inside `SendBody`, which times the sending. Connections are made by `TimedConnector`, which
 /// applies each request's connect timeout.
-type UpstreamClient = Client<TimedConnector, SendBody>;
+pub(crate) type UpstreamClient = Client<TimedConnector, SendBody>;
+
+/// A client with its own pool: for an upstream with `keepalive_pool`.
+pub(crate) fn pooled_client(max_idle_per_node: usize, idle_timeout: Duration) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(max_idle_per_node)
+        .pool_timer(TokioTimer::new())
+        .build(TimedConnector::new())
+}
 
 /// Shared by every connection of one proxy listener.
 pub struct Proxy {
@@ -90,12 +99,7 @@ impl Proxy {
         encoded_slash: normalize::EncodedSlash,
         trusted_proxies: Vec<real_ip::Cidr>,
     ) -> Proxy {
-        let connector = TimedConnector::new();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = pooled_client(POOL_MAX_IDLE_PER_HOST, POOL_IDLE_TIMEOUT);
         Proxy {
             state,
             client,
@@ -359,9 +363,20 @@ impl Proxy {
             let this_body = body.take();
             let body_too_large = this_body.as_ref().and_then(|b| b.tripped());
             let progress = Progress::new(this_body.as_ref().is_none_or(|b| b.is_end_stream()));
-            let req = req.map(|()| SendBody::new(this_body, progress.clone()));
+            let mut req = req.map(|()| SendBody::new(this_body, progress.clone()));
+            // `keepalive_pool.requests`: see which connection serves the request, to count it.
+            let capture = upstream.pool.as_ref().map(|p| {
+                (
+                    hyper_util::client::legacy::connect::capture_connection(&mut req),
+                    p.1,
+                )
+            });
+            let client = upstream.pool.as_ref().map_or(&self.client, |p| &p.0);
             let started = tokio::time::Instant::now();
-            let result = self.send(req, &timeouts, progress, body_too_large).await;
+            let result = Self::send(client, req, &timeouts, progress, body_too_large).await;
+            if let Some((capture, max)) = &capture {
+                upstream_call::count_request(capture, *max);
+            }
             let load = &upstream.loads[idx];
             match result {
                 Ok(response) => {
@@ -409,14 +424,14 @@ impl Proxy {
 
     /// One try: waits for the response head under the connect, send and read timeouts.
     async fn send(
-        &self,
+        client: &UpstreamClient,
         req: Request<SendBody>,
         timeouts: &Timeouts,
         progress: Arc<Progress>,
         body_too_large: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let call =
-            upstream_call::with_call(timeouts.connect, progress.clone(), self.client.request(req));
+            upstream_call::with_call(timeouts.connect, progress.clone(), client.request(req));
         tokio::pin!(call);
         let result = loop {
             let deadline = progress.deadline(timeouts);

@@ -23,7 +23,9 @@ use bytes::Bytes;
 use http::Uri;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -127,8 +129,82 @@ impl TimedConnector {
     }
 }
 
+/// Requests served so far on one upstream connection (for `keepalive_pool.requests`), attached
+/// to the connection's metadata.
+#[derive(Clone, Debug, Default)]
+pub struct ConnRequests(pub Arc<std::sync::atomic::AtomicU32>);
+
+/// An upstream TCP connection carrying its [`ConnRequests`] counter.
+#[derive(Debug)]
+pub struct UpstreamIo {
+    inner: TokioIo<TcpStream>,
+    requests: ConnRequests,
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        self.inner.connected().extra(self.requests.clone())
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Counts one more request on the connection `capture` saw; past `max`, the connection is not
+/// reused (closed once idle).
+pub fn count_request(capture: &CaptureConnection, max: u32) {
+    let meta = capture.connection_metadata();
+    let Some(connected) = meta.as_ref() else {
+        return;
+    };
+    let mut ext = http::Extensions::new();
+    connected.get_extras(&mut ext);
+    if let Some(c) = ext.get::<ConnRequests>()
+        && c.0.fetch_add(1, Ordering::Relaxed).saturating_add(1) >= max
+    {
+        connected.poison();
+    }
+}
+
 impl tower_service::Service<Uri> for TimedConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = UpstreamIo;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -153,7 +229,11 @@ impl tower_service::Service<Uri> for TimedConnector {
                 p.connecting.store(false, Ordering::Relaxed);
             }
             match result {
-                Ok(r) => r.map_err(Into::into),
+                Ok(Ok(io)) => Ok(UpstreamIo {
+                    inner: io,
+                    requests: ConnRequests::default(),
+                }),
+                Ok(Err(e)) => Err(e.into()),
                 Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as BoxError),
             }
         })

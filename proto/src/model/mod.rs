@@ -23,8 +23,8 @@ pub use kind::{Reference, ResourceKind, UnknownKind};
 pub use route::RouteConfig;
 pub use service::ServiceConfig;
 pub use upstream::{
-    BalancerType, HashOn, MAX_WEIGHT, Node, NodeConfig, Nodes, PassHost, Scheme, Timeout,
-    UpstreamConfig, parse_address,
+    BalancerType, HashOn, KeepalivePool, MAX_WEIGHT, Node, NodeConfig, Nodes, PassHost, Scheme,
+    Timeout, UpstreamConfig, parse_address,
 };
 
 /// One validated resource of any kind.

@@ -101,6 +101,14 @@ fn bad_routes_name_the_field() {
             "upstream.max_concurrent",
         ),
         (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "keepalive_pool": {"requests": 0}}}),
+            "upstream.keepalive_pool.requests",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "keepalive_pool": {"idle_timeout": -1}}}),
+            "upstream.keepalive_pool.idle_timeout",
+        ),
+        (
             json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "checks": {"active": {"type": "https"}}}}),
             "upstream.checks.active.type",
         ),

@@ -39,6 +39,10 @@ pub struct UpstreamConfig {
     /// Seconds after the first try within which retries may start [default: 0, no limit].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_timeout: Option<f64>,
+    /// Idle keepalive connections to the nodes: `{size, idle_timeout, requests}` as in APISIX.
+    /// Without it the data plane's shared pool applies (256 idle per node, 60 s, no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_pool: Option<KeepalivePool>,
     /// Postern extension (bulkhead): most requests in flight to this upstream per data plane;
     /// more are answered 503 at once [default: no limit].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +75,31 @@ pub enum BalancerType {
     Chash,
     LeastConn,
     Ewma,
+}
+
+/// An upstream's own keepalive pool, with APISIX's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivePool {
+    /// Most idle connections kept per node [default: 320].
+    #[serde(default = "default_pool_size")]
+    pub size: u32,
+    /// Seconds an idle connection is kept [default: 60].
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: f64,
+    /// Requests served by one connection before it is closed [default: 1000].
+    #[serde(default = "default_pool_requests")]
+    pub requests: u32,
+}
+
+fn default_pool_size() -> u32 {
+    320
+}
+fn default_pool_idle() -> f64 {
+    60.0
+}
+fn default_pool_requests() -> u32 {
+    1000
 }
 
 /// What `chash` hashes, as in APISIX.
@@ -193,6 +222,26 @@ impl UpstreamConfig {
                 "retry_timeout",
                 format!("must be a number of seconds in [0, {MAX_TIMEOUT_SECS}]"),
             ));
+        }
+        if let Some(p) = &self.keepalive_pool {
+            if p.size == 0 {
+                return Err(ValidationError::new(
+                    "keepalive_pool.size",
+                    "must be at least 1",
+                ));
+            }
+            if p.requests == 0 {
+                return Err(ValidationError::new(
+                    "keepalive_pool.requests",
+                    "must be at least 1",
+                ));
+            }
+            if !(p.idle_timeout.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&p.idle_timeout)) {
+                return Err(ValidationError::new(
+                    "keepalive_pool.idle_timeout",
+                    format!("must be a number of seconds in [0, {MAX_TIMEOUT_SECS}]"),
+                ));
+            }
         }
         if self.max_concurrent == Some(0) {
             return Err(ValidationError::new("max_concurrent", "must be at least 1"));
