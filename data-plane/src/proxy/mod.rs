@@ -1,6 +1,8 @@
 //! The proxy: accepts client connections (HTTP/1.1), routes each request with the current
 //! `CompiledConfig`, forwards it to an upstream node over a pooled keepalive connection and
-//! streams both bodies.
+//! streams both bodies. The upstream call is bounded by the route's connect/send/read timeouts
+//! (`upstream_call`), takes a place in the upstream's bulkhead, skips unhealthy nodes, reports
+//! its outcome to passive health checks and retries on another node when that is safe.
 
 mod error;
 pub mod headers;

@@ -25,7 +25,9 @@ pub struct UpstreamConfig {
     pub hash_on: Option<HashOn>,
     /// `chash`'s key: for `vars` one of `remote_addr`, `uri`, `request_uri`, `host`,
     /// `arg_<name>`, `http_<name>`, `cookie_<name>`; for `header` a header name; for `cookie`
-    /// a cookie name. Required with `chash` (except `hash_on: consumer`).
+    /// a cookie name. Required with `chash` (except `hash_on: consumer`, which hashes the client
+    /// address until authentication plugins name consumers). A request without the key hashes its
+    /// client address, as in APISIX.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Active and passive health checks.
