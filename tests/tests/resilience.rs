@@ -944,3 +944,95 @@ async fn in_flight(cp: &ControlPlane, route: &str, addr: &str) -> u64 {
         .and_then(|n| n["in_flight"].as_u64())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn the_guides_upstreams_and_breaker_are_accepted_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dev_gateway(dir.path()).await;
+    let admin = cp.client();
+    // "Load Balancing Strategies", upstreams 1-3, as JSON.
+    admin
+        .put_ok(
+            "/apisix/admin/upstreams/1",
+            json!({
+                "type": "roundrobin",
+                "nodes": {"service-a-v1:8080": 8, "service-a-v2:8080": 2},
+                "checks": {
+                    "active": {
+                        "type": "http",
+                        "http_path": "/health",
+                        "healthy": {"interval": 5, "successes": 2},
+                        "unhealthy": {"interval": 3, "http_failures": 3, "tcp_failures": 3}
+                    },
+                    "passive": {
+                        "healthy": {"http_statuses": [200, 201], "successes": 3},
+                        "unhealthy": {"http_statuses": [500, 502, 503], "http_failures": 5, "tcp_failures": 2}
+                    }
+                }
+            }),
+        )
+        .await;
+    admin
+        .put_ok(
+            "/apisix/admin/upstreams/2",
+            json!({"type": "chash", "key": "remote_addr", "nodes": {
+                "session-service-1:8080": 1, "session-service-2:8080": 1, "session-service-3:8080": 1}}),
+        )
+        .await;
+    admin
+        .put_ok(
+            "/apisix/admin/upstreams/3",
+            json!({"type": "least_conn", "nodes": {"compute-service-1:8080": 1, "compute-service-2:8080": 1}}),
+        )
+        .await;
+    // "Circuit Breaker Configuration", and the Admin API example's api-breaker.
+    admin
+        .put_ok(
+            "/apisix/admin/routes/pay",
+            json!({"uri": "/api/v1/payments/*",
+                "plugins": {"api-breaker": {
+                    "break_response_code": 503,
+                    "break_response_body": "{\"error\":\"circuit open\",\"retry_after\":30}",
+                    "break_response_headers": [{"key": "Content-Type", "value": "application/json"}, {"key": "Retry-After", "value": "30"}],
+                    "unhealthy": {"http_statuses": [500, 502, 503], "failures": 3},
+                    "healthy": {"http_statuses": [200, 201], "successes": 2},
+                    "max_breaker_sec": 300}},
+                "upstream": {"type": "roundrobin", "nodes": {"payment-service:8080": 1}}}),
+        )
+        .await;
+    let rev = admin
+        .put_ok(
+            "/apisix/admin/routes/1",
+            json!({"uri": "/api/v1/products/*",
+                "upstream": {"type": "roundrobin", "nodes": {"product-service.default.svc:8080": 1}},
+                "plugins": {"api-breaker": {
+                    "break_response_code": 503,
+                    "unhealthy": {"http_statuses": [500, 502, 503], "failures": 3},
+                    "healthy": {"http_statuses": [200], "successes": 2},
+                    "max_breaker_sec": 60}}}),
+        )
+        .await;
+    // The data plane compiles all of it (ACK, not NACK).
+    wait_applied(cp.status.unwrap(), rev).await;
+    // A config APISIX would refuse is refused, naming the field.
+    let (status, body) = admin
+        .request(
+            reqwest::Method::PUT,
+            "/admin/routes/bad",
+            Some(
+                &json!({"uri": "/x", "upstream": {"nodes": {"h:80": 1}},
+                "plugins": {"api-breaker": {"break_response_code": 503, "max_breaker_sec": 1}}})
+                .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["field"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("max_breaker_sec"),
+        "{body}"
+    );
+}
