@@ -10,16 +10,17 @@ use http::Method;
 use http::uri::Authority;
 use postern_proto::model::plugins::{self, prometheus::PrometheusConfig};
 use postern_proto::model::{
-    ConfigSet, PassHost, Resource, ResourceKind, RouteConfig, Timeout, UpstreamConfig,
-    ValidationError,
+    BalancerType, ConfigSet, HashOn, PassHost, Resource, ResourceKind, RouteConfig, Timeout,
+    UpstreamConfig, ValidationError,
 };
 use postern_proto::sync::Snapshot;
 
-use crate::balancer::RoundRobin;
+use crate::balancer::{Balancer, NodeLoad};
+use crate::health::{Health, Target};
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::consumers::Consumers;
-use crate::plugins::{BuildEnv, PluginChain};
-use crate::router::vars::Conditions;
+use crate::plugins::{BuildEnv, PluginChain, PluginStates, StateScope};
+use crate::router::vars::{Conditions, RequestVars, VarSource};
 use crate::router::{RouteSpec, Router};
 
 /// APISIX's default for each of connect, send and read.
@@ -56,6 +57,62 @@ pub struct CompiledConfig {
     /// Every runtime upstream, by what defines it, so the next compile can reuse the unchanged
     /// ones (and with them their balancer position and, later, health and breaker state).
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+    /// Plugin state that outlives a snapshot (breakers), carried to the next compile.
+    plugin_states: PluginStates,
+}
+
+impl CompiledConfig {
+    /// Every runtime upstream with its nodes' health and load, for `GET /status/upstreams`:
+    /// `{"upstreams": [{"owner": "upstreams", "id": "u1", "in_flight": 0, "nodes":
+    /// [{"address": "10.0.0.1:80", "healthy": true, "in_flight": 0, "ewma_ms": 1.2}]}]}`.
+    pub fn upstreams_status(&self) -> serde_json::Value {
+        let mut list: Vec<(&UpstreamKey, &Arc<Upstream>)> = self.upstreams.iter().collect();
+        list.sort_by(|a, b| (a.0.owner.as_str(), &a.0.id).cmp(&(b.0.owner.as_str(), &b.0.id)));
+        let upstreams: Vec<serde_json::Value> = list
+            .into_iter()
+            .map(|(key, u)| {
+                let nodes: Vec<serde_json::Value> = u
+                    .health
+                    .snapshot()
+                    .zip(&u.loads)
+                    .map(|((address, healthy), load)| {
+                        serde_json::json!({
+                            "address": address,
+                            "healthy": healthy,
+                            "in_flight": load.in_flight(),
+                            "ewma_ms": load.ewma().as_secs_f64() * 1e3,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "owner": key.owner.as_str(),
+                    "id": key.id,
+                    "checked": u.health.checked(),
+                    "in_flight": u.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    "nodes": nodes,
+                })
+            })
+            .collect();
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = &crate::plugins::api_breaker::BREAKER_METRICS;
+        let h = &crate::health::HEALTH_METRICS;
+        serde_json::json!({
+            "version": self.version,
+            "upstreams": upstreams,
+            // Process-wide counters since start.
+            "breaker_transitions": {
+                "opened": b.opened.load(Relaxed),
+                "half_opened": b.half_opened.load(Relaxed),
+                "closed": b.closed.load(Relaxed),
+                "rejected_requests": b.rejected.load(Relaxed),
+            },
+            "health_checks": {
+                "probes": h.probes.load(Relaxed),
+                "marked_unhealthy": h.marked_unhealthy.load(Relaxed),
+                "marked_healthy": h.marked_healthy.load(Relaxed),
+            },
+        })
+    }
 }
 
 /// Which resource defines an upstream (an upstream, or a route/service with an inline one) and
@@ -146,15 +203,41 @@ impl Default for Timeouts {
     }
 }
 
-/// A runtime upstream: its nodes, ready-made for building requests, and its balancer.
+/// A runtime upstream: its nodes, ready-made for building requests, its balancer, the nodes'
+/// load and health, and its active health checker (stopped when this is dropped).
 pub struct Upstream {
     pub nodes: Vec<UpstreamNode>,
-    pub balancer: RoundRobin,
+    pub balancer: Balancer,
+    weights: Vec<u32>,
+    /// Per node: in-flight requests and latency EWMA.
+    pub loads: Vec<NodeLoad>,
+    pub health: Arc<Health>,
     pub timeouts: Timeouts,
     pub pass_host: PassHost,
     pub upstream_host: Option<http::HeaderValue>,
     /// `http` (HTTP/1.1) or `grpc` (HTTP/2 without TLS).
     pub scheme: postern_proto::model::Scheme,
+    /// What `chash` hashes; `None` for other balancers.
+    hash_key: Option<HashKey>,
+    /// Further tries after a failed one.
+    pub retries: u32,
+    /// Retries may start only this long after the first try; `None`: no limit.
+    pub retry_timeout: Option<Duration>,
+    /// Bulkhead: most requests in flight to this upstream; `None`: no limit.
+    pub max_concurrent: Option<u32>,
+    /// `keepalive_pool`: this upstream's own client (pool) and its requests-per-connection cap;
+    /// `None`: the proxy's shared pool.
+    pub pool: Option<(crate::proxy::UpstreamClient, u32)>,
+    /// Requests in flight to this upstream (counted for the bulkhead and the status page).
+    pub in_flight: std::sync::atomic::AtomicU32,
+    _checker: Option<tokio_util::sync::DropGuard>,
+}
+
+/// `chash`'s key, resolved once.
+enum HashKey {
+    Var(VarSource),
+    /// `hash_on: consumer`: hashes `remote_addr` until consumers exist on the request.
+    Consumer,
 }
 
 pub struct UpstreamNode {
@@ -165,16 +248,16 @@ pub struct UpstreamNode {
 
 impl Upstream {
     fn build(cfg: &UpstreamConfig) -> Result<Upstream, ValidationError> {
-        let nodes = cfg.resolved_nodes().map_err(|e| e.under("nodes"))?;
-        let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
-        let nodes = nodes
+        let resolved = cfg.resolved_nodes().map_err(|e| e.under("nodes"))?;
+        let weights: Vec<u32> = resolved.iter().map(|n| n.weight).collect();
+        let names: Vec<String> = resolved.iter().map(|n| n.authority()).collect();
+        let nodes = names
             .iter()
-            .map(|n| {
-                let a = n.authority();
+            .map(|a| {
                 let bad = |_| ValidationError::new(format!("nodes.{a}"), "not a valid authority");
                 Ok(UpstreamNode {
                     authority: a.parse().map_err(bad)?,
-                    host_header: http::HeaderValue::from_str(&a).map_err(|_| {
+                    host_header: http::HeaderValue::from_str(a).map_err(|_| {
                         ValidationError::new(format!("nodes.{a}"), "not a valid Host header")
                     })?,
                 })
@@ -186,19 +269,116 @@ impl Upstream {
             .map(http::HeaderValue::from_str)
             .transpose()
             .map_err(|_| ValidationError::new("upstream_host", "not a valid Host header"))?;
+        let hash_key = if cfg.balancer == BalancerType::Chash {
+            let key = cfg.key.as_deref().unwrap_or("remote_addr");
+            let var = match cfg.hash_on.unwrap_or_default() {
+                HashOn::Consumer => None,
+                HashOn::Vars | HashOn::VarsCombinations => {
+                    Some(postern_proto::model::vars::parse_var(key).map_err(|e| e.under("key"))?)
+                }
+                HashOn::Header => Some(postern_proto::model::vars::Var::Header(
+                    key.to_ascii_lowercase(),
+                )),
+                HashOn::Cookie => Some(postern_proto::model::vars::Var::Cookie(key.to_string())),
+            };
+            Some(match var {
+                Some(v) => HashKey::Var(VarSource::new(v).map_err(|e| e.under("key"))?),
+                None => HashKey::Consumer,
+            })
+        } else {
+            None
+        };
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let health = Arc::new(Health::new(cfg.checks.as_ref(), names.clone()));
+        let targets = resolved
+            .iter()
+            .map(|n| {
+                let port = cfg
+                    .checks
+                    .as_ref()
+                    .and_then(|c| c.active.as_ref())
+                    .and_then(|a| a.port)
+                    .unwrap_or(n.port);
+                let addr = postern_proto::model::Node { port, ..n.clone() }.authority();
+                Target {
+                    connect: addr,
+                    host: n.authority(),
+                }
+            })
+            .collect();
+        let checker = crate::health::spawn_checker(&health, cfg.checks.as_ref(), targets);
         Ok(Upstream {
+            balancer: Balancer::new(cfg.balancer, &weights, &name_refs),
+            loads: nodes.iter().map(|_| NodeLoad::default()).collect(),
             nodes,
-            balancer: RoundRobin::new(&weights),
+            weights,
+            health,
             timeouts: Timeouts::from_config(cfg.timeout.as_ref()).unwrap_or_default(),
             pass_host: cfg.pass_host,
             upstream_host,
             scheme: cfg.scheme,
+            hash_key,
+            retries: cfg
+                .retries
+                .unwrap_or_else(|| u32::try_from(resolved.len().saturating_sub(1)).unwrap_or(0)),
+            retry_timeout: cfg
+                .retry_timeout
+                .filter(|&t| t > 0.0)
+                .map(Duration::from_secs_f64),
+            max_concurrent: cfg.max_concurrent,
+            pool: cfg.keepalive_pool.map(|p| {
+                (
+                    crate::proxy::pooled_client(
+                        usize::try_from(p.size).unwrap_or(usize::MAX),
+                        Duration::from_secs_f64(p.idle_timeout),
+                    ),
+                    p.requests,
+                )
+            }),
+            in_flight: std::sync::atomic::AtomicU32::new(0),
+            _checker: checker,
         })
     }
 
-    /// The next node by weighted round robin; `None` when every node has weight 0.
+    /// The hash of this request's `chash` key (0 for other balancers). A request without the
+    /// key hashes its client address, as APISIX does.
+    pub fn request_hash(&self, parts: &http::request::Parts, client: std::net::IpAddr) -> u64 {
+        let Some(key) = &self.hash_key else {
+            return 0;
+        };
+        let req = RequestVars { parts, client };
+        let value = match key {
+            HashKey::Var(v) => v.value(&req),
+            HashKey::Consumer => None,
+        };
+        match value {
+            Some(v) => crate::balancer::stable_hash(v.as_bytes()),
+            None => crate::balancer::stable_hash(client.to_canonical().to_string().as_bytes()),
+        }
+    }
+
+    /// A node for a request whose key hashes to `hash`, other than those in `tried`: a healthy
+    /// one, or any one when no node is healthy (fail open, unless `on_all_unhealthy: reject`). `None` when every node was tried or
+    /// has weight 0.
+    pub fn pick_node(&self, hash: u64, tried: &[usize]) -> Option<usize> {
+        let untried = |i: usize| !tried.contains(&i);
+        let healthy = self.balancer.pick(hash, &self.weights, &self.loads, |i| {
+            untried(i) && self.health.is_healthy(i)
+        });
+        if healthy.is_some()
+            || !self.health.checked()
+            || self.health.any_healthy()
+            || !self.health.fail_open()
+        {
+            return healthy;
+        }
+        self.balancer
+            .pick(hash, &self.weights, &self.loads, untried)
+    }
+
+    /// The next node, as the first try of a request without a hash key would get it.
     pub fn pick(&self) -> Option<&UpstreamNode> {
-        self.balancer.pick().and_then(|i| self.nodes.get(i))
+        self.pick_node(0, &[]).and_then(|i| self.nodes.get(i))
     }
 }
 
@@ -283,6 +463,7 @@ pub fn compile(
     let global_plugins: Vec<&BTreeMap<String, serde_json::Value>> =
         set.global_rules.values().map(|g| &g.plugins).collect();
 
+    let mut plugin_states = PluginStates::default();
     let mut routes = Vec::new();
     let mut specs = Vec::new();
     for (id, route) in set.routes.iter().filter(|(_, r)| r.status == 1) {
@@ -322,7 +503,12 @@ pub fn compile(
             .iter()
             .copied()
             .chain([service_plugins, &route.plugins]);
-        let plugins = PluginChain::build(layers, &env)
+        let mut scope = StateScope {
+            route_id: id,
+            previous: previous.map(|p| &p.plugin_states),
+            next: &mut plugin_states,
+        };
+        let plugins = PluginChain::build_with(layers, &env, &mut scope)
             .map_err(|e| invalid("routes", id, ValidationError::new("plugins", e.to_string())))?;
         let hosts: Vec<String> = if route.host_patterns().next().is_some() {
             route.host_patterns().map(str::to_ascii_lowercase).collect()
@@ -375,6 +561,7 @@ pub fn compile(
         routes,
         any_vars,
         upstreams: builder.built,
+        plugin_states,
     })
 }
 

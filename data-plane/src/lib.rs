@@ -5,6 +5,7 @@ pub mod balancer;
 pub mod cache;
 pub mod compile;
 pub mod config;
+pub mod health;
 pub mod observability;
 pub mod plugins;
 pub mod proxy;

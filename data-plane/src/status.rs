@@ -1,7 +1,8 @@
 //! The status listener: `/healthz` (the process is up), `/readyz` (a config is applied and the
-//! DP is not shutting down, so traffic can be sent here) and `/metrics` (Prometheus). Kept off
-//! the proxy port so probes and scrapes never compete with traffic, and so the proxy port can
-//! never expose them.
+//! DP is not shutting down, so traffic can be sent here), `/metrics` (Prometheus) and
+//! `/status/upstreams` (every runtime upstream's nodes: health, in-flight requests, latency
+//! EWMA). Kept off the proxy port so probes and scrapes never compete with traffic, and so the
+//! proxy port can never expose them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -77,6 +78,13 @@ fn respond(state: &DpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "reason": "no configuration applied yet",
                     "control_plane_connected": state.is_connected(),
                 }),
+            ),
+        },
+        "/status/upstreams" => match state.config.load().as_ref() {
+            Some(c) => (StatusCode::OK, c.upstreams_status()),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error_msg": "no configuration applied yet"}),
             ),
         },
         _ => (

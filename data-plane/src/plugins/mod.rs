@@ -10,6 +10,7 @@
 //! 4. `response` — change the response head (status, headers) or replace its body;
 //! 5. `log` — after the response is sent.
 
+pub mod api_breaker;
 mod client_control;
 mod consumer_restriction;
 pub mod consumers;
@@ -24,7 +25,8 @@ pub mod request_id;
 mod request_termination;
 mod response_rewrite;
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -59,6 +61,9 @@ pub struct RequestCtx {
     pub consumer_name: Option<Arc<str>>,
     pub consumer_group: Option<Arc<str>>,
     pub credential_id: Option<Arc<str>>,
+    /// Set by the proxy when it tried the upstream (whatever came of it): `response` phases
+    /// that judge the upstream (api-breaker) ignore answers given by plugins.
+    pub upstream_called: bool,
 }
 
 impl RequestCtx {
@@ -75,6 +80,7 @@ impl RequestCtx {
             consumer_name: None,
             consumer_group: None,
             credential_id: None,
+            upstream_called: false,
         }
     }
 }
@@ -174,6 +180,59 @@ pub struct BuildEnv {
     pub consumers: Arc<consumers::Consumers>,
 }
 
+/// State of plugin instances that must outlive one snapshot (a breaker's counters), keyed by
+/// route id, plugin name and a hash of the plugin's config: a snapshot that leaves a route's
+/// plugin config alone hands the new instance the old one's state; a changed config starts
+/// afresh. Built per compile; only the states still in use are carried to the next one.
+#[derive(Default)]
+pub struct PluginStates {
+    map: HashMap<StateKey, Arc<dyn Any + Send + Sync>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StateKey {
+    route: String,
+    plugin: &'static str,
+    config_hash: u64,
+}
+
+/// Where one route's plugins find their state while a snapshot compiles.
+pub struct StateScope<'a> {
+    pub route_id: &'a str,
+    pub previous: Option<&'a PluginStates>,
+    pub next: &'a mut PluginStates,
+}
+
+impl StateScope<'_> {
+    /// The state of `plugin` with `config` on this route: the previous snapshot's if it had
+    /// one, else `make()`.
+    pub fn state<T: Any + Send + Sync>(
+        &mut self,
+        plugin: &'static str,
+        config: &Value,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        config.to_string().hash(&mut h);
+        let key = StateKey {
+            route: self.route_id.to_string(),
+            plugin,
+            config_hash: h.finish(),
+        };
+        let found = self
+            .next
+            .map
+            .get(&key)
+            .or_else(|| self.previous.and_then(|p| p.map.get(&key)))
+            .cloned()
+            .and_then(|s| s.downcast::<T>().ok());
+        let state = found.unwrap_or_else(|| Arc::new(make()));
+        self.next.map.insert(key, state.clone());
+        state
+    }
+}
+
 /// Builds one plugin from its config. The model crate has already validated the config; this
 /// parses it into the runtime type. `None` for plugins that only configure something the data
 /// plane does anyway (`prometheus`: read when the route's metrics are set up).
@@ -181,6 +240,7 @@ fn build(
     name: &str,
     config: &Value,
     env: &BuildEnv,
+    scope: &mut StateScope<'_>,
 ) -> Result<Option<Arc<dyn Plugin>>, PluginError> {
     let invalid = |e: postern_proto::model::ValidationError| {
         PluginError::Invalid(name.to_string(), e.to_string())
@@ -208,6 +268,7 @@ fn build(
         "consumer-restriction" => {
             Arc::new(consumer_restriction::ConsumerRestriction::new(config).map_err(invalid)?)
         }
+        "api-breaker" => Arc::new(api_breaker::ApiBreaker::new(config, scope).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
     }))
 }
@@ -225,6 +286,21 @@ impl PluginChain {
         layers: impl IntoIterator<Item = &'a BTreeMap<String, Value>>,
         env: &BuildEnv,
     ) -> Result<PluginChain, PluginError> {
+        let mut states = PluginStates::default();
+        let mut scope = StateScope {
+            route_id: "",
+            previous: None,
+            next: &mut states,
+        };
+        PluginChain::build_with(layers, env, &mut scope)
+    }
+
+    /// As `build`, with plugin state carried over from the previous snapshot.
+    pub fn build_with<'a>(
+        layers: impl IntoIterator<Item = &'a BTreeMap<String, Value>>,
+        env: &BuildEnv,
+        scope: &mut StateScope<'_>,
+    ) -> Result<PluginChain, PluginError> {
         let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
         for layer in layers {
             for (name, config) in layer {
@@ -234,7 +310,7 @@ impl PluginChain {
         let mut plugins = Vec::with_capacity(merged.len());
         for (name, config) in merged {
             let spec = find_plugin(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
-            if let Some(plugin) = build(name, config, env)? {
+            if let Some(plugin) = build(name, config, env, scope)? {
                 plugins.push((spec.priority, plugin));
             }
         }

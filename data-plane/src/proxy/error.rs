@@ -32,16 +32,24 @@ pub enum ProxyError {
     /// The upstream answered with something that is not valid HTTP, or dropped mid-request.
     #[error("upstream request failed")]
     UpstreamFailed(#[source] hyper_util::client::legacy::Error),
+    /// No answer (or no progress sending the body) within the read (send) timeout.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// No TCP connection within the connect timeout (APISIX answers 504 here too).
+    #[error("upstream connect timed out")]
+    ConnectTimeout,
+    /// The upstream's `max_concurrent` requests are in flight (bulkhead).
+    #[error("upstream is at its concurrency limit")]
+    Overloaded,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NotReady | ProxyError::NoNode | ProxyError::NoUpstream => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NotReady
+            | ProxyError::NoNode
+            | ProxyError::NoUpstream
+            | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -49,7 +57,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout | ProxyError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 

@@ -1,12 +1,15 @@
 //! The proxy: accepts client connections (HTTP/1.1), routes each request with the current
 //! `CompiledConfig`, forwards it to an upstream node over a pooled keepalive connection and
-//! streams both bodies.
+//! streams both bodies. The upstream call is bounded by the route's connect/send/read timeouts
+//! (`upstream_call`), takes a place in the upstream's bulkhead, skips unhealthy nodes, reports
+//! its outcome to passive health checks and retries on another node when that is safe.
 
 mod error;
 pub mod headers;
 mod limited_body;
 pub mod normalize;
 pub mod real_ip;
+mod upstream_call;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,12 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use postern_proto::model::PassHost;
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
 use limited_body::LimitedBody;
+use upstream_call::{CallGuard, Progress, SendBody, TimedConnector, UpstreamBody};
 
 /// What one request takes from the config it was matched with.
 struct MatchedRoute {
@@ -59,6 +63,7 @@ fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
 }
 
 use crate::compile::{Timeouts, Upstream};
+use crate::health::Outcome;
 use crate::observability::MeteredBody;
 use crate::observability::access_log::{AccessLog, Record};
 use crate::observability::metrics::{METRICS, RouteMetrics};
@@ -68,7 +73,7 @@ use crate::router::vars::RequestVars;
 use crate::state::DpState;
 
 /// What the proxy answers with: an upstream's streamed body or a body of its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 /// The body as sent to the client: counted for metrics and the access log as it goes.
 pub type ClientBody = MeteredBody<ProxyBody>;
 
@@ -87,12 +92,21 @@ const MAX_URI_BYTES: usize = 8 * 1024;
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
-/// Upper bound for any single connect attempt; per-route timeouts are usually shorter.
-const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(60);
 
 /// Request bodies go out wrapped in `LimitedBody`, which enforces `client-control`'s
-/// `max_body_size` on bodies without a `Content-Length` (and passes bodies through otherwise).
-type UpstreamClient = Client<HttpConnector, LimitedBody<Incoming>>;
+/// `max_body_size` on bodies without a `Content-Length` (and passes bodies through otherwise),
+/// inside `SendBody`, which times the sending. Connections are made by `TimedConnector`, which
+/// applies each request's connect timeout.
+pub(crate) type UpstreamClient = Client<TimedConnector, SendBody>;
+
+/// A client with its own pool: for an upstream with `keepalive_pool`.
+pub(crate) fn pooled_client(max_idle_per_node: usize, idle_timeout: Duration) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(max_idle_per_node)
+        .pool_timer(TokioTimer::new())
+        .build(TimedConnector::new())
+}
 
 /// Shared by every connection of one proxy listener.
 pub struct Proxy {
@@ -117,14 +131,7 @@ pub struct ProxySettings {
 
 impl Proxy {
     pub fn new(state: Arc<DpState>, settings: ProxySettings) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
+        let client = pooled_client(POOL_MAX_IDLE_PER_HOST, POOL_IDLE_TIMEOUT);
         // One multiplexed connection per node carries every gRPC call to it.
         let h2c_client = Client::builder(TokioExecutor::new())
             .http2_only(true)
@@ -132,7 +139,7 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_keep_alive_interval(Some(H2_KEEPALIVE))
-            .build(connector);
+            .build(TimedConnector::new());
         Proxy {
             state,
             client,
@@ -314,6 +321,7 @@ impl Proxy {
                     ctx.credential_id.as_deref(),
                 );
                 let upstream_host = ctx.upstream_host.take();
+                ctx.upstream_called = true;
                 let body = LimitedBody::new(body, ctx.max_body_size).metered(route.metrics.clone());
                 self.forward(peer, parts, body, &route, upstream_host, exchange)
                     .await
@@ -411,7 +419,9 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = route.upstream.as_ref().ok_or(ProxyError::NoUpstream)?;
         let timeouts = route.timeouts;
-        let node = upstream.pick().ok_or(ProxyError::NoNode)?;
+        // Bulkhead: a full upstream answers at once instead of queueing.
+        let mut guard = CallGuard::admit(upstream).ok_or(ProxyError::Overloaded)?;
+        let hash = upstream.request_hash(&parts, client_addr.ip());
 
         let path_and_query = parts
             .uri
@@ -444,55 +454,191 @@ impl Proxy {
             "http",
             original_host.as_ref(),
         );
-        let host_header: Option<HeaderValue> = match upstream.pass_host {
-            _ if upstream_host.is_some() => upstream_host,
-            PassHost::Pass => original_host,
-            PassHost::Node => Some(node.host_header.clone()),
-            PassHost::Rewrite => upstream.upstream_host.clone(),
-        };
-        match host_header {
-            Some(h) => parts.headers.insert(header::HOST, h),
-            None => parts.headers.insert(header::HOST, node.host_header.clone()),
-        };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(node.authority.clone());
-        uri.path_and_query = Some(path_and_query);
-        parts.uri =
-            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
         parts.version = if grpc {
             Version::HTTP_2
         } else {
             Version::HTTP_11
         };
-        let client = if grpc { &self.h2c_client } else { &self.client };
 
-        // Until the response headers arrive: connect, send and the upstream's think time.
-        let deadline = timeouts.connect + timeouts.read;
-        let body_too_large = body.tripped();
-        exchange.upstream = Some(node.authority.clone());
-        let sent = Instant::now();
-        let response =
-            tokio::time::timeout(deadline, client.request(Request::from_parts(parts, body)))
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout)?
-                .map_err(|e| {
-                    // A body cut off at client-control's limit fails the upstream request before it
-                    // answered: that is the client's doing, so 413 rather than 502.
-                    if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
-                    {
-                        ProxyError::BodyTooLarge
-                    } else if e.is_connect() {
-                        ProxyError::UpstreamConnect(e)
-                    } else {
-                        ProxyError::UpstreamFailed(e)
+        // Retries go to another node, only for requests without a body (the body is streamed,
+        // not kept), and — unless the request never left (connect failure) — only idempotent
+        // ones.
+        let no_body = body.is_end_stream();
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let tries = if no_body {
+            upstream.retries.saturating_add(1)
+        } else {
+            1
+        };
+        let first_try = tokio::time::Instant::now();
+        // Nodes already tried, filled only when a retry follows (no allocation otherwise).
+        let mut tried: Vec<usize> = Vec::new();
+        let mut try_no: u32 = 0;
+        let mut body = Some(body);
+        // The previous try's error: answered when no untried node is left for a retry.
+        let mut last_error: Option<ProxyError> = None;
+        loop {
+            let Some(idx) = upstream.pick_node(hash, &tried) else {
+                return Err(last_error.unwrap_or(ProxyError::NoNode));
+            };
+            try_no += 1;
+            guard.on_node(idx);
+            let node = &upstream.nodes[idx];
+            let host_header: Option<HeaderValue> = match upstream.pass_host {
+                _ if upstream_host.is_some() => upstream_host.clone(),
+                PassHost::Pass => original_host.clone(),
+                PassHost::Node => Some(node.host_header.clone()),
+                PassHost::Rewrite => upstream.upstream_host.clone(),
+            };
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(node.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            let uri = Uri::from_parts(uri)
+                .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+            let last_try = try_no >= tries;
+            let mut req = if last_try {
+                // No retry after this one: hand over the request itself (extensions and all).
+                let mut p = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
+                p.uri = uri;
+                Request::from_parts(p, ())
+            } else {
+                let mut r = Request::new(());
+                *r.method_mut() = parts.method.clone();
+                *r.uri_mut() = uri;
+                *r.version_mut() = parts.version;
+                *r.headers_mut() = parts.headers.clone();
+                r
+            };
+            match host_header {
+                Some(h) => req.headers_mut().insert(header::HOST, h),
+                None => req
+                    .headers_mut()
+                    .insert(header::HOST, node.host_header.clone()),
+            };
+            let this_body = body.take();
+            let body_too_large = this_body.as_ref().and_then(|b| b.tripped());
+            let progress = Progress::new(this_body.as_ref().is_none_or(|b| b.is_end_stream()));
+            let mut req = req.map(|()| SendBody::new(this_body, progress.clone()));
+            // `keepalive_pool.requests`: see which connection serves the request, to count it.
+            let capture = upstream.pool.as_ref().map(|p| {
+                (
+                    hyper_util::client::legacy::connect::capture_connection(&mut req),
+                    p.1,
+                )
+            });
+            let client = if grpc {
+                &self.h2c_client
+            } else {
+                upstream.pool.as_ref().map_or(&self.client, |p| &p.0)
+            };
+            exchange.upstream = Some(node.authority.clone());
+            let started = tokio::time::Instant::now();
+            let result = Self::send(client, req, &timeouts, progress, body_too_large).await;
+            if let Some((capture, max)) = &capture {
+                upstream_call::count_request(capture, *max);
+            }
+            let load = &upstream.loads[idx];
+            match result {
+                Ok(response) => {
+                    let upstream_time = started.elapsed();
+                    load.observe(upstream_time);
+                    route.metrics.upstream_responded(upstream_time);
+                    exchange.upstream_time = Some(upstream_time);
+                    upstream
+                        .health
+                        .report_passive(idx, Outcome::Status(response.status().as_u16()));
+                    let (mut parts, body) = response.into_parts();
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                    let body = UpstreamBody::new(body, timeouts.read, guard);
+                    return Ok(Response::from_parts(parts, Either::Left(body)));
+                }
+                Err(e) => {
+                    // A failure is slow by definition: it counts against the node's EWMA too.
+                    load.observe(started.elapsed());
+                    let outcome = match e {
+                        ProxyError::UpstreamTimeout | ProxyError::ConnectTimeout => {
+                            Some(Outcome::Timeout)
+                        }
+                        ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
+                            Some(Outcome::TcpFailure)
+                        }
+                        _ => None,
+                    };
+                    if let Some(o) = outcome {
+                        upstream.health.report_passive(idx, o);
                     }
-                })?;
-        let upstream_time = sent.elapsed();
-        route.metrics.upstream_responded(upstream_time);
-        exchange.upstream_time = Some(upstream_time);
-        let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Either::Left(body)))
+                    let not_sent = matches!(
+                        e,
+                        ProxyError::UpstreamConnect(_) | ProxyError::ConnectTimeout
+                    );
+                    let in_time = upstream
+                        .retry_timeout
+                        .is_none_or(|t| first_try.elapsed() < t);
+                    if last_try || outcome.is_none() || !(not_sent || idempotent) || !in_time {
+                        return Err(e);
+                    }
+                    tracing::debug!(node = %node.authority, error = %e, "retrying on another node");
+                    tried.push(idx);
+                    last_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// One try: waits for the response head under the connect, send and read timeouts.
+    async fn send(
+        client: &UpstreamClient,
+        req: Request<SendBody>,
+        timeouts: &Timeouts,
+        progress: Arc<Progress>,
+        body_too_large: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let call =
+            upstream_call::with_call(timeouts.connect, progress.clone(), client.request(req));
+        tokio::pin!(call);
+        let result = loop {
+            let deadline = progress.deadline(timeouts);
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    // Connecting: the connector's own timeout applies; look again shortly.
+                    None => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            tokio::select! {
+                biased;
+                r = &mut call => break r,
+                _ = sleep => {
+                    if progress
+                        .deadline(timeouts)
+                        .is_some_and(|d| d <= tokio::time::Instant::now())
+                    {
+                        return Err(ProxyError::UpstreamTimeout);
+                    }
+                }
+            }
+        };
+        result.map_err(|e| {
+            // A body cut off at client-control's limit fails the upstream request before it
+            // answered: that is the client's doing, so 413 rather than 502.
+            if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
+                ProxyError::BodyTooLarge
+            } else if upstream_call::caused_by::<upstream_call::ConnectTimedOut>(&e) {
+                ProxyError::ConnectTimeout
+            } else if e.is_connect() {
+                ProxyError::UpstreamConnect(e)
+            } else {
+                ProxyError::UpstreamFailed(e)
+            }
+        })
     }
 }

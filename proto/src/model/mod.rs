@@ -1,6 +1,7 @@
 //! The configuration model: one serde type per resource kind, each with `validate()`, plus the
 //! checks that span resources (references between them).
 
+pub mod checks;
 mod consumer;
 mod error;
 mod global_rule;
@@ -27,8 +28,8 @@ pub use revocation::{RevocationConfig, RevocationType};
 pub use route::RouteConfig;
 pub use service::ServiceConfig;
 pub use upstream::{
-    BalancerType, MAX_WEIGHT, Node, NodeConfig, Nodes, PassHost, Scheme, Timeout, UpstreamConfig,
-    parse_address,
+    BalancerType, HashOn, KeepalivePool, MAX_WEIGHT, Node, NodeConfig, Nodes, PassHost, Scheme,
+    Timeout, UpstreamConfig, parse_address,
 };
 
 /// One validated resource of any kind.

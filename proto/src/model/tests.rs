@@ -90,7 +90,27 @@ fn bad_routes_name_the_field() {
         ),
         (
             json!({"uri": "/a", "upstream": {"type": "chash", "nodes": {"h:80": 1}}}),
-            "upstream.type",
+            "upstream.key",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"type": "chash", "key": "nope", "nodes": {"h:80": 1}}}),
+            "upstream.key",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "max_concurrent": 0}}),
+            "upstream.max_concurrent",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "keepalive_pool": {"requests": 0}}}),
+            "upstream.keepalive_pool.requests",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "keepalive_pool": {"idle_timeout": -1}}}),
+            "upstream.keepalive_pool.idle_timeout",
+        ),
+        (
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "checks": {"active": {"type": "https"}}}}),
+            "upstream.checks.active.type",
         ),
         (
             json!({"uri": "/a", "upstream": {"type": "nope", "nodes": {"h:80": 1}}}),

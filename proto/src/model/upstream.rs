@@ -15,9 +15,40 @@ pub struct UpstreamConfig {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
-    /// Load-balancing algorithm. Only `roundrobin` (smooth weighted) is implemented so far.
+    /// Load-balancing algorithm: `roundrobin` (smooth weighted), `chash` (consistent hashing on
+    /// `hash_on`/`key`), `least_conn` (fewest in-flight requests per weight), `ewma` (peak-EWMA
+    /// latency, power of two choices).
     #[serde(rename = "type", default)]
     pub balancer: BalancerType,
+    /// What `chash` hashes [default: vars].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// `chash`'s key: for `vars` one of `remote_addr`, `uri`, `request_uri`, `host`,
+    /// `arg_<name>`, `http_<name>`, `cookie_<name>`; for `header` a header name; for `cookie`
+    /// a cookie name. Required with `chash` (except `hash_on: consumer`, which hashes the client
+    /// address until authentication plugins name consumers). A request without the key hashes its
+    /// client address, as in APISIX.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Active and passive health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<super::checks::HealthChecks>,
+    /// How many times a failed request is tried again on another node [default: number of
+    /// nodes - 1]. Only requests without a body are retried: always after a connect failure,
+    /// and after a timeout or broken response only when idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Seconds after the first try within which retries may start [default: 0, no limit].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timeout: Option<f64>,
+    /// Idle keepalive connections to the nodes: `{size, idle_timeout, requests}` as in APISIX.
+    /// Without it the data plane's shared pool applies (256 idle per node, 60 s, no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_pool: Option<KeepalivePool>,
+    /// Postern extension (bulkhead): most requests in flight to this upstream per data plane;
+    /// more are answered 503 at once [default: no limit].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
     pub nodes: Nodes,
     #[serde(default)]
     pub scheme: Scheme,
@@ -46,6 +77,43 @@ pub enum BalancerType {
     Chash,
     LeastConn,
     Ewma,
+}
+
+/// An upstream's own keepalive pool, with APISIX's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivePool {
+    /// Most idle connections kept per node [default: 320].
+    #[serde(default = "default_pool_size")]
+    pub size: u32,
+    /// Seconds an idle connection is kept [default: 60].
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: f64,
+    /// Requests served by one connection before it is closed [default: 1000].
+    #[serde(default = "default_pool_requests")]
+    pub requests: u32,
+}
+
+fn default_pool_size() -> u32 {
+    320
+}
+fn default_pool_idle() -> f64 {
+    60.0
+}
+fn default_pool_requests() -> u32 {
+    1000
+}
+
+/// What `chash` hashes, as in APISIX.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    #[default]
+    Vars,
+    Header,
+    Cookie,
+    Consumer,
+    VarsCombinations,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,11 +213,40 @@ impl UpstreamConfig {
         }
         check_text("name", self.name.as_deref())?;
         check_text("desc", self.desc.as_deref())?;
-        if self.balancer != BalancerType::Roundrobin {
+        self.validate_hashing()?;
+        if let Some(c) = &self.checks {
+            c.validate().map_err(|e| e.under("checks"))?;
+        }
+        if let Some(t) = self.retry_timeout
+            && !(t.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&t))
+        {
             return Err(ValidationError::new(
-                "type",
-                "only 'roundrobin' is supported by this version of Postern",
+                "retry_timeout",
+                format!("must be a number of seconds in [0, {MAX_TIMEOUT_SECS}]"),
             ));
+        }
+        if let Some(p) = &self.keepalive_pool {
+            if p.size == 0 {
+                return Err(ValidationError::new(
+                    "keepalive_pool.size",
+                    "must be at least 1",
+                ));
+            }
+            if p.requests == 0 {
+                return Err(ValidationError::new(
+                    "keepalive_pool.requests",
+                    "must be at least 1",
+                ));
+            }
+            if !(p.idle_timeout.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&p.idle_timeout)) {
+                return Err(ValidationError::new(
+                    "keepalive_pool.idle_timeout",
+                    format!("must be a number of seconds in [0, {MAX_TIMEOUT_SECS}]"),
+                ));
+            }
+        }
+        if self.max_concurrent == Some(0) {
+            return Err(ValidationError::new("max_concurrent", "must be at least 1"));
         }
         if matches!(self.scheme, Scheme::Https | Scheme::Grpcs) {
             return Err(ValidationError::new(
@@ -178,6 +275,40 @@ impl UpstreamConfig {
             _ => {}
         }
         Ok(())
+    }
+
+    fn validate_hashing(&self) -> Result<()> {
+        if self.balancer != BalancerType::Chash {
+            return Ok(());
+        }
+        let hash_on = self.hash_on.unwrap_or_default();
+        let key = self.key.as_deref().unwrap_or("");
+        match hash_on {
+            HashOn::Consumer => Ok(()),
+            HashOn::VarsCombinations => Err(ValidationError::new(
+                "hash_on",
+                "'vars_combinations' is not supported by this version of Postern",
+            )),
+            _ if key.is_empty() => {
+                Err(ValidationError::new("key", "required when type is 'chash'"))
+            }
+            HashOn::Vars => super::vars::parse_var(key)
+                .map(|_| ())
+                .map_err(|e| ValidationError::new("key", e.message)),
+            HashOn::Header => http::HeaderName::from_bytes(key.as_bytes())
+                .map(|_| ())
+                .map_err(|_| ValidationError::new("key", "not a valid header name")),
+            HashOn::Cookie => {
+                if key
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+                {
+                    Ok(())
+                } else {
+                    Err(ValidationError::new("key", "not a valid cookie name"))
+                }
+            }
+        }
     }
 
     /// The nodes in one shape, each address parsed and checked; default port by scheme.

@@ -168,8 +168,8 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-/// Parses a variable name (`http_x_client`, `arg_page`, `cookie_sid`, `remote_addr`, `uri`,
-/// `request_method`, `host`).
+/// Parses one variable name (`remote_addr`, `uri`, `host`, `request_method`, `http_<header>`,
+/// `arg_<name>`, `cookie_<name>`).
 pub fn parse_var(name: &str) -> Result<Var> {
     let err = |m: &str| Err(ValidationError::new("", format!("'{name}': {m}")));
     let rest_ok = |rest: &str| {

@@ -2,6 +2,7 @@
 //! how each one's config is parsed and checked. One file per plugin holds its config type; its
 //! behaviour lives in the data plane (`data-plane/src/plugins/<name>.rs`).
 
+pub mod api_breaker;
 pub mod client_control;
 pub mod consumer_restriction;
 pub mod cors;
@@ -97,6 +98,11 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "proxy-rewrite",
         priority: 1008,
         validate: check::<proxy_rewrite::ProxyRewriteConfig>,
+    },
+    PluginSpec {
+        name: "api-breaker",
+        priority: 1005,
+        validate: check::<api_breaker::ApiBreakerConfig>,
     },
     PluginSpec {
         name: "redirect",

@@ -1,0 +1,495 @@
+//! The pieces of one upstream call that enforce its timeouts and keep the upstream's counters:
+//!
+//! - `connect`: [`TimedConnector`] wraps hyper's `HttpConnector` and bounds each new TCP
+//!   connection by the route's connect timeout, passed in a task-local for the duration of the
+//!   request ([`with_call`]); a pooled connection skips it. Timed out → 504, refused → 502.
+//! - `send`: [`SendBody`] wraps the request body and notes when each chunk is handed to the
+//!   connection; more than `send` without progress while the body is being sent → 504.
+//! - `read`: from the end of sending to the response head, and then between two chunks of the
+//!   response body ([`UpstreamBody`]): more than `read` → 504 (before the head) or the response
+//!   is cut (mid-body; the client sees the connection end early, as with nginx).
+//!
+//! [`CallGuard`] holds one request's place in the upstream's in-flight count (bulkhead,
+//! `least_conn`, `ewma`) until its response body ends or is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::limited_body::LimitedBody;
+use crate::compile::{Timeouts, Upstream};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Longest any connect may take when no request says otherwise (a pooled checkout racing a
+/// connect finishes that connect in the background with this bound).
+const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out after {0:?}")]
+pub struct ConnectTimedOut(Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream read timed out after {0:?}")]
+pub struct ReadTimedOut(Duration);
+
+/// One try's progress, shared by the connector, the request body and the proxy's timer.
+pub struct Progress {
+    start: Instant,
+    /// Microseconds after `start` of the last progress (connected, a body chunk sent).
+    last_micros: AtomicU64,
+    /// A new connection is being made (its own timeout applies meanwhile).
+    connecting: AtomicBool,
+    /// The whole request body was handed to the connection (or there is none).
+    body_done: AtomicBool,
+}
+
+impl Progress {
+    pub fn new(body_done: bool) -> Arc<Progress> {
+        Arc::new(Progress {
+            start: Instant::now(),
+            last_micros: AtomicU64::new(0),
+            connecting: AtomicBool::new(false),
+            body_done: AtomicBool::new(body_done),
+        })
+    }
+
+    fn mark(&self) {
+        let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// When this try times out if nothing moves: `None` while connecting.
+    pub fn deadline(&self, t: &Timeouts) -> Option<Instant> {
+        if self.connecting.load(Ordering::Relaxed) {
+            return None;
+        }
+        let last = self.start + Duration::from_micros(self.last_micros.load(Ordering::Relaxed));
+        Some(
+            last + if self.body_done.load(Ordering::Relaxed) {
+                t.read
+            } else {
+                t.send
+            },
+        )
+    }
+}
+
+struct CallCtx {
+    connect_timeout: Duration,
+    progress: Arc<Progress>,
+}
+
+tokio::task_local! {
+    static CALL: CallCtx;
+}
+
+/// Runs `fut` (an upstream request) with `connect_timeout` applying to any connection it opens.
+pub async fn with_call<F: Future>(
+    connect_timeout: Duration,
+    progress: Arc<Progress>,
+    fut: F,
+) -> F::Output {
+    CALL.scope(
+        CallCtx {
+            connect_timeout,
+            progress,
+        },
+        fut,
+    )
+    .await
+}
+
+/// `HttpConnector` with the calling request's connect timeout.
+#[derive(Clone)]
+pub struct TimedConnector {
+    inner: HttpConnector,
+}
+
+impl TimedConnector {
+    pub fn new() -> TimedConnector {
+        let mut inner = HttpConnector::new();
+        inner.set_nodelay(true);
+        inner.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
+        TimedConnector { inner }
+    }
+}
+
+/// Requests served so far on one upstream connection (for `keepalive_pool.requests`), attached
+/// to the connection's metadata.
+#[derive(Clone, Debug, Default)]
+pub struct ConnRequests(pub Arc<std::sync::atomic::AtomicU32>);
+
+/// An upstream TCP connection carrying its [`ConnRequests`] counter.
+#[derive(Debug)]
+pub struct UpstreamIo {
+    inner: TokioIo<TcpStream>,
+    requests: ConnRequests,
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        self.inner.connected().extra(self.requests.clone())
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Counts one more request on the connection `capture` saw; past `max`, the connection is not
+/// reused (closed once idle).
+pub fn count_request(capture: &CaptureConnection, max: u32) {
+    let meta = capture.connection_metadata();
+    let Some(connected) = meta.as_ref() else {
+        return;
+    };
+    let mut ext = http::Extensions::new();
+    connected.get_extras(&mut ext);
+    if let Some(c) = ext.get::<ConnRequests>()
+        && c.0.fetch_add(1, Ordering::Relaxed).saturating_add(1) >= max
+    {
+        connected.poison();
+    }
+}
+
+impl tower_service::Service<Uri> for TimedConnector {
+    type Response = UpstreamIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        // Read here, synchronously: `call` runs inside the request's task-local scope, the
+        // returned future may finish in the background.
+        let (timeout, progress) = CALL
+            .try_with(|c| (c.connect_timeout, Some(c.progress.clone())))
+            .unwrap_or((CONNECT_TIMEOUT_CAP, None));
+        if let Some(p) = &progress {
+            p.connecting.store(true, Ordering::Relaxed);
+        }
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let result = tokio::time::timeout(timeout, connecting).await;
+            if let Some(p) = &progress {
+                p.mark();
+                p.connecting.store(false, Ordering::Relaxed);
+            }
+            match result {
+                Ok(Ok(io)) => Ok(UpstreamIo {
+                    inner: io,
+                    requests: ConnRequests::default(),
+                }),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as BoxError),
+            }
+        })
+    }
+}
+
+/// Whether `e`'s chain of sources holds a `T`.
+pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The request body sent upstream: the client's (size-limited) or none (a retry of a request
+/// without body), noting progress for the send timeout.
+pub struct SendBody {
+    inner: Option<LimitedBody<Incoming>>,
+    progress: Arc<Progress>,
+}
+
+impl SendBody {
+    pub fn new(inner: Option<LimitedBody<Incoming>>, progress: Arc<Progress>) -> SendBody {
+        SendBody { inner, progress }
+    }
+}
+
+impl Body for SendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            this.progress.body_done.store(true, Ordering::Relaxed);
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                this.progress.mark();
+                this.progress.body_done.store(true, Ordering::Relaxed);
+            }
+            Poll::Ready(Some(_)) => this.progress.mark(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A request's place in its upstream's in-flight counts, and on one node's once picked.
+pub struct CallGuard {
+    upstream: Arc<Upstream>,
+    node: Option<usize>,
+}
+
+impl CallGuard {
+    /// Takes a place, or `None` when the upstream's `max_concurrent` is reached (bulkhead).
+    pub fn admit(upstream: &Arc<Upstream>) -> Option<CallGuard> {
+        let now = upstream.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        if upstream.max_concurrent.is_some_and(|max| now > max) {
+            upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(CallGuard {
+            upstream: upstream.clone(),
+            node: None,
+        })
+    }
+
+    /// Moves the node count to `node` (a retry leaves the previous node).
+    pub fn on_node(&mut self, node: usize) {
+        self.leave_node();
+        if let Some(l) = self.upstream.loads.get(node) {
+            l.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.node = Some(node);
+        }
+    }
+
+    fn leave_node(&mut self) {
+        if let Some(l) = self.node.take().and_then(|n| self.upstream.loads.get(n)) {
+            l.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.leave_node();
+        self.upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The upstream's response body: cut when no chunk arrives for `read`; holds the call's place in
+/// the in-flight counts until it ends.
+pub struct UpstreamBody {
+    inner: Incoming,
+    read: Duration,
+    /// Created the first time the body has to wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    guard: Option<CallGuard>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, read: Duration, guard: CallGuard) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            read,
+            timer: None,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(r)) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + this.read);
+                }
+                Poll::Ready(Some(r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let read = this.read;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(read)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.guard = None;
+                        tracing::warn!(timeout = ?read, "upstream stalled mid-body: response cut");
+                        Poll::Ready(Some(Err(Box::new(ReadTimedOut(read)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_service::Service;
+
+    use super::*;
+
+    /// A listener whose accept queue is full: further connects hang (the kernel drops SYNs).
+    async fn saturated_listener() -> (
+        std::net::SocketAddr,
+        Vec<TcpStream>,
+        tokio::net::TcpListener,
+    ) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                _ => break,
+            }
+        }
+        (addr, held, listener)
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_comes_from_the_calling_request() {
+        let (addr, _held, _listener) = saturated_listener().await;
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let mut c = TimedConnector::new();
+        let progress = Progress::new(true);
+        let started = std::time::Instant::now();
+        let err = with_call(Duration::from_millis(300), progress.clone(), async {
+            std::future::poll_fn(|cx| c.poll_ready(cx)).await.unwrap();
+            c.call(uri).await
+        })
+        .await
+        .expect_err("a connect to a full accept queue hangs");
+        let took = started.elapsed();
+        assert!(caused_by::<ConnectTimedOut>(&*err), "{err}");
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert!(!progress.connecting.load(Ordering::Relaxed));
+        // A refused connection is a plain connect error, at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = with_call(Duration::from_secs(5), Progress::new(true), async {
+            c.call(format!("http://{closed}/").parse().unwrap()).await
+        })
+        .await
+        .expect_err("nothing listens");
+        assert!(!caused_by::<ConnectTimedOut>(&*err));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_progress() {
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            send: Duration::from_secs(2),
+            read: Duration::from_secs(5),
+        };
+        let p = Progress::new(false);
+        let start = Instant::now();
+        assert_eq!(p.deadline(&t), Some(start + t.send), "sending the body");
+        p.connecting.store(true, Ordering::Relaxed);
+        assert_eq!(p.deadline(&t), None, "the connector's own timeout applies");
+        p.connecting.store(false, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        p.mark();
+        p.body_done.store(true, Ordering::Relaxed);
+        assert_eq!(
+            p.deadline(&t),
+            Some(start + Duration::from_secs(1) + t.read)
+        );
+    }
+}
