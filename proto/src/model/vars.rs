@@ -168,6 +168,12 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
+/// Parses one variable name (`http_x_user`, `arg_page`, `remote_addr`…); the error's message
+/// says what is accepted.
+pub fn parse_var_name(name: &str) -> Result<Var> {
+    parse_var(name)
+}
+
 fn parse_var(name: &str) -> Result<Var> {
     let err = |m: &str| Err(ValidationError::new("", format!("'{name}': {m}")));
     let rest_ok = |rest: &str| {

@@ -5,7 +5,12 @@
 pub mod client_control;
 pub mod cors;
 pub mod header_ops;
+pub mod limit_conn;
+pub mod limit_count;
+pub mod limit_req;
+pub mod limits;
 pub mod proxy_rewrite;
+pub mod rate_limiting;
 pub mod redirect;
 pub mod request_id;
 pub mod request_termination;
@@ -72,6 +77,27 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "proxy-rewrite",
         priority: 1008,
         validate: check::<proxy_rewrite::ProxyRewriteConfig>,
+    },
+    PluginSpec {
+        name: "limit-conn",
+        priority: 1003,
+        validate: check::<limit_conn::LimitConnConfig>,
+    },
+    PluginSpec {
+        name: "limit-count",
+        priority: 1002,
+        validate: check::<limit_count::LimitCountConfig>,
+    },
+    PluginSpec {
+        name: "limit-req",
+        priority: 1001,
+        validate: check::<limit_req::LimitReqConfig>,
+    },
+    // Kong's priority is 910; 1000 keeps it with its APISIX siblings.
+    PluginSpec {
+        name: "rate-limiting",
+        priority: 1000,
+        validate: check::<rate_limiting::RateLimitingConfig>,
     },
     PluginSpec {
         name: "redirect",
