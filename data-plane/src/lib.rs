@@ -7,6 +7,7 @@ pub mod compile;
 pub mod config;
 pub mod plugins;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod state;
 pub mod status;

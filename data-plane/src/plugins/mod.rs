@@ -47,6 +47,14 @@ pub struct RequestCtx {
     /// Largest request body the upstream may receive, set by `client-control`: the proxy cuts
     /// off a body that outgrows it (one without `Content-Length`) and answers 413.
     pub max_body_size: Option<u64>,
+    /// Set by an auth plugin once it identified the caller; used by limits, restrictions and
+    /// the X-Consumer-* headers.
+    pub consumer_name: Option<Arc<str>>,
+    pub consumer_group: Option<Arc<str>>,
+    pub credential_id: Option<Arc<str>>,
+    /// Held until the request is done with (dropped with the context, also when the client
+    /// goes away mid-request): e.g. `limit-conn`'s in-flight slot.
+    pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl RequestCtx {
@@ -59,6 +67,10 @@ impl RequestCtx {
             request_id: None,
             upstream_host: None,
             max_body_size: None,
+            consumer_name: None,
+            consumer_group: None,
+            credential_id: None,
+            held: Vec::new(),
         }
     }
 }

@@ -143,6 +143,28 @@ impl Condition {
     }
 }
 
+/// One variable of the `vars` language read from a request (also used by limit keys); for a
+/// repeated header, argument or cookie, the first one.
+pub(crate) fn var_value<'a>(
+    var: &'a Var,
+    parts: &'a http::request::Parts,
+    client: IpAddr,
+) -> Option<Cow<'a, str>> {
+    match var {
+        Var::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed),
+        Var::Arg(name) => args(parts, name).next(),
+        Var::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
+        Var::RemoteAddr => Some(Cow::Owned(client.to_canonical().to_string())),
+        Var::Uri => Some(Cow::Borrowed(parts.uri.path())),
+        Var::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
+        Var::Host => host(parts),
+    }
+}
+
 /// A finite number, or `None` for anything else.
 fn number(v: &str) -> Option<f64> {
     v.trim().parse::<f64>().ok().filter(|n| n.is_finite())
