@@ -13,7 +13,12 @@
 mod client_control;
 mod cors;
 mod header_ops;
+mod limit_conn;
+mod limit_count;
+mod limit_req;
+mod limiting;
 mod proxy_rewrite;
+mod rate_limiting;
 mod redirect;
 mod request_id;
 mod request_termination;
@@ -181,6 +186,10 @@ fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, PluginError> {
         "client-control" => Arc::new(client_control::ClientControl::new(config).map_err(invalid)?),
         "cors" => Arc::new(cors::Cors::new(config).map_err(invalid)?),
         "redirect" => Arc::new(redirect::Redirect::new(config).map_err(invalid)?),
+        "limit-count" => Arc::new(limit_count::LimitCount::new(config).map_err(invalid)?),
+        "limit-req" => Arc::new(limit_req::LimitReq::new(config).map_err(invalid)?),
+        "limit-conn" => Arc::new(limit_conn::LimitConn::new(config).map_err(invalid)?),
+        "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
     })
 }

@@ -253,28 +253,21 @@ impl RateLimitingConfig {
             ));
         }
         let limit_by = self.limit_by.unwrap_or(LimitBy::Consumer);
-        match limit_by {
-            LimitBy::Header => {
-                let ok = self
-                    .header_name
-                    .as_deref()
-                    .is_some_and(|h| !h.is_empty() && http_token(h));
-                if !ok {
-                    return Err(ValidationError::new(
-                        "header_name",
-                        "a header name is required with limit_by: header",
-                    ));
-                }
-            }
-            LimitBy::Path => {
-                if !self.path.as_deref().is_some_and(|p| p.starts_with('/')) {
-                    return Err(ValidationError::new(
-                        "path",
-                        "a path starting with '/' is required with limit_by: path",
-                    ));
-                }
-            }
-            _ => {}
+        let header_ok = self
+            .header_name
+            .as_deref()
+            .is_some_and(|h| !h.is_empty() && http_token(h));
+        if limit_by == LimitBy::Header && !header_ok {
+            return Err(ValidationError::new(
+                "header_name",
+                "a header name is required with limit_by: header",
+            ));
+        }
+        if limit_by == LimitBy::Path && !self.path.as_deref().is_some_and(|p| p.starts_with('/')) {
+            return Err(ValidationError::new(
+                "path",
+                "a path starting with '/' is required with limit_by: path",
+            ));
         }
         Ok(Shape::Kong { windows, limit_by })
     }
