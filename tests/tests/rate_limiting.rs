@@ -1,8 +1,8 @@
 //! Rate limiting through real data planes: `limit-count` local and on Redis (the guide's config
 //! as written), `rate-limiting` in Kong's and the BFF shape, `limit-req`, `limit-conn`, Redis
 //! unreachable or silent (fail-open vs 503, latency bounded by `redis_timeout`), and cluster
-//! accuracy: three data-plane processes sharing one Redis admit exactly the limit, while
-//! `policy: local` lets about 3× through.
+//! accuracy: three data-plane processes behind HAProxy (TCP mode, round robin) sharing one
+//! Redis admit exactly the limit, while `policy: local` lets about 3× through.
 //!
 //! Redis must run on 127.0.0.1:6379 (the tests fail saying how to start it). Every test uses
 //! route ids of its own, and counter keys carry the route id, so runs never share counters.
@@ -626,21 +626,60 @@ async fn limit_req_delays_within_burst_and_rejects_beyond() {
     assert!(out[1].1 >= Duration::from_millis(200), "{out:?}");
 }
 
-/// The admitted count when `total` requests are spread round robin over `proxies`, 8 at a time.
-async fn admitted_round_robin(proxies: &[SocketAddr], path: &str, total: usize) -> usize {
-    let http = reqwest::Client::new();
+/// HAProxy in TCP mode, round robin over `backends` (Debian's `haproxy`, as in deploy/).
+fn haproxy(dir: &std::path::Path, backends: &[SocketAddr]) -> (Process, SocketAddr) {
+    let which = std::process::Command::new("sh")
+        .args(["-c", "command -v haproxy"])
+        .output()
+        .expect("sh");
+    assert!(
+        which.status.success(),
+        "this test needs HAProxy: `apt-get install haproxy`"
+    );
+    let listen = free_addr();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server dp{i} {b}\n"))
+        .collect();
+    let config = format!(
+        "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 2s\n  \
+         timeout client 30s\n  timeout server 30s\nfrontend gateway\n  bind {listen}\n  \
+         default_backend dps\nbackend dps\n  balance roundrobin\n{servers}"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let process = Process::spawn_program(
+        "haproxy",
+        "haproxy",
+        &[
+            "-db".to_string(),
+            "-f".to_string(),
+            path.display().to_string(),
+        ],
+        dir.join("haproxy.log"),
+    );
+    (process, listen)
+}
+
+/// The admitted count of `total` requests through `lb`, 8 at a time, each on a new connection
+/// (HAProxy in TCP mode balances connections, not requests).
+async fn admitted_through(lb: SocketAddr, path: &str, total: usize) -> usize {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let mut admitted = 0;
-    let mut i = 0;
-    while i < total {
+    let mut sent = 0;
+    while sent < total {
         let mut batch = Vec::new();
-        for _ in 0..8.min(total - i) {
-            let proxy = proxies[i % proxies.len()];
+        for _ in 0..8.min(total - sent) {
             let http = http.clone();
             let path = path.to_string();
-            batch.push(tokio::spawn(async move {
-                get(&http, proxy, &path).await.status
-            }));
-            i += 1;
+            batch.push(tokio::spawn(
+                async move { get(&http, lb, &path).await.status },
+            ));
+            sent += 1;
         }
         for t in batch {
             match t.await.unwrap() {
@@ -709,10 +748,15 @@ async fn three_data_planes_on_one_redis_admit_exactly_the_limit() {
     for dp in &dps {
         wait_applied(dp.status, rev).await;
     }
-    away_from_window_edge(3600, Duration::from_secs(60)).await;
     let proxies: Vec<SocketAddr> = dps.iter().map(|d| d.proxy).collect();
+    let (_haproxy, lb) = haproxy(dir.path(), &proxies);
+    wait_for("HAProxy", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(lb).await.ok()
+    })
+    .await;
+    away_from_window_edge(3600, Duration::from_secs(60)).await;
     for (path, _, shared) in &cases {
-        let admitted = admitted_round_robin(&proxies, path, 3 * N as usize).await as u64;
+        let admitted = admitted_through(lb, path, 3 * N as usize).await as u64;
         if *shared {
             // Within [N·0.99, N]; the algorithms here are exact, so N.
             assert!(
@@ -720,9 +764,8 @@ async fn three_data_planes_on_one_redis_admit_exactly_the_limit() {
                 "{path}: {admitted} admitted for a limit of {N}"
             );
         } else {
-            // Each DP counts alone: the guide's 3× overshoot.
+            // Each DP counts alone: the guide's ~3× overshoot.
             assert!(admitted > N, "{path}: {admitted}");
-            assert_eq!(admitted, 3 * N, "{path}");
         }
         eprintln!("{path}: {admitted} of {} admitted (limit {N})", 3 * N);
     }
