@@ -770,3 +770,148 @@ async fn three_data_planes_on_one_redis_admit_exactly_the_limit() {
         eprintln!("{path}: {admitted} of {} admitted (limit {N})", 3 * N);
     }
 }
+
+/// A three-master Redis Cluster on free ports (`redis-server` and `redis-cli` from Debian's
+/// `redis-server` package), torn down with the test.
+struct RedisCluster {
+    _nodes: Vec<Process>,
+    ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    async fn start(dir: &std::path::Path) -> RedisCluster {
+        let mut ports = Vec::new();
+        // The cluster bus listens on port + 10000.
+        while ports.len() < 3 {
+            let p = free_addr().port();
+            if p < 55_000
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+                && !ports.contains(&p)
+            {
+                ports.push(p);
+            }
+        }
+        let mut nodes = Vec::new();
+        for p in &ports {
+            let node_dir = dir.join(format!("redis-{p}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let args: Vec<String> = [
+                "--port",
+                &p.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--dir",
+                &node_dir.display().to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            nodes.push(Process::spawn_program(
+                "redis-server",
+                "redis-server",
+                &args,
+                dir.join(format!("redis-{p}.log")),
+            ));
+        }
+        for p in &ports {
+            wait_for("a Redis Cluster node", Duration::from_secs(10), || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", *p)).await.ok()
+            })
+            .await;
+        }
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (apt-get install redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for p in &ports {
+            wait_for("the cluster to be ok", Duration::from_secs(20), || async {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            })
+            .await;
+        }
+        RedisCluster {
+            _nodes: nodes,
+            ports,
+        }
+    }
+}
+
+#[tokio::test]
+async fn limit_count_on_a_redis_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = RedisCluster::start(dir.path()).await;
+    let backend = upstream("ok").await;
+    let (cp, admin, proxy) = dev_cp(dir.path()).await;
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    put_routes(
+        &cp,
+        &admin,
+        &[(
+            unique("cluster"),
+            json!({"uri": "/c", "upstream": {"nodes": {backend.to_string(): 1}},
+                "plugins": {"limit-count": {"count": 5, "time_window": 3600, "rejected_code": 429,
+                    "key": "http_x_user", "policy": "redis-cluster",
+                    "redis_cluster_nodes": nodes, "redis_cluster_name": "test-cluster",
+                    "algorithm": "sliding_window_log"}}}),
+        )],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    // Twelve callers, so their keys land on every node's slots; 7 requests each.
+    let mut admitted = 0;
+    for user in 0..12 {
+        for _ in 0..7 {
+            let resp = http
+                .get(format!("http://{proxy}/c"))
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .await
+                .unwrap();
+            match resp.status().as_u16() {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("user-{user}: {other} {}", resp.text().await.unwrap()),
+            }
+        }
+    }
+    assert_eq!(admitted, 12 * 5);
+    // The keys really are spread over the masters.
+    let mut holding = 0;
+    for p in &cluster.ports {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &p.to_string(), "dbsize"])
+            .output()
+            .unwrap();
+        let n: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        holding += u64::from(n > 0);
+    }
+    assert!(holding >= 2, "keys on {holding} of 3 masters");
+}
