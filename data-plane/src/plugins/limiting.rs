@@ -43,7 +43,27 @@ pub enum Headers {
     /// The standard ones (for the tightest window), Kong's `RateLimit-Limit`, `-Remaining`,
     /// `-Reset`, and `X-RateLimit-Limit-<Period>`, `X-RateLimit-Remaining-<Period>` for each
     /// period (`Minute`, `Hour`…).
-    Kong(Vec<&'static str>),
+    Kong(Vec<PeriodHeaders>),
+}
+
+/// `X-RateLimit-Limit-<Period>` and `X-RateLimit-Remaining-<Period>` for one period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodHeaders {
+    limit: HeaderName,
+    remaining: HeaderName,
+}
+
+impl PeriodHeaders {
+    pub fn new(period: &str) -> PeriodHeaders {
+        let name = |kind: &str| {
+            HeaderName::try_from(format!("x-ratelimit-{kind}-{period}"))
+                .expect("period names are header-safe")
+        };
+        PeriodHeaders {
+            limit: name("limit"),
+            remaining: name("remaining"),
+        }
+    }
 }
 
 pub struct Limit {
@@ -174,13 +194,9 @@ impl Limit {
             } else {
                 d.windows.clone()
             };
-            for (period, q) in periods.iter().zip(quotas) {
-                if let Ok(n) = HeaderName::try_from(format!("x-ratelimit-limit-{period}")) {
-                    h.insert(n, HeaderValue::from(q.limit));
-                }
-                if let Ok(n) = HeaderName::try_from(format!("x-ratelimit-remaining-{period}")) {
-                    h.insert(n, HeaderValue::from(q.remaining));
-                }
+            for (names, q) in periods.iter().zip(quotas) {
+                h.insert(names.limit.clone(), HeaderValue::from(q.limit));
+                h.insert(names.remaining.clone(), HeaderValue::from(q.remaining));
             }
         }
         if d.allowed {

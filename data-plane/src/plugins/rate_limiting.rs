@@ -10,7 +10,7 @@ use postern_proto::model::plugins::parse;
 use postern_proto::model::plugins::rate_limiting::{LimitBy, RateLimitingConfig, Shape};
 use serde_json::Value;
 
-use super::limiting::{Headers, Limit};
+use super::limiting::{Headers, Limit, PeriodHeaders};
 use super::{Plugin, RequestCtx, Step};
 use crate::ratelimit::key::{KeyResolver, remote_addr};
 use crate::ratelimit::{Rule, Window};
@@ -55,7 +55,10 @@ impl RateLimiting {
                         })
                         .collect(),
                 );
-                let periods = windows.iter().map(|(name, _, _)| *name).collect();
+                let periods = windows
+                    .iter()
+                    .map(|(name, _, _)| PeriodHeaders::new(name))
+                    .collect();
                 (
                     rule,
                     Caller::Kong {
@@ -95,16 +98,13 @@ impl RateLimiting {
 
     /// Kong's identifier: the named thing when the request has it, else the client address.
     fn caller(&self, req: &http::request::Parts, ctx: &RequestCtx) -> String {
-        let Caller::Kong {
-            limit_by,
-            header,
-            path,
-        } = &self.caller
-        else {
-            let Caller::Key(k) = &self.caller else {
-                unreachable!()
-            };
-            return k.resolve(req, ctx);
+        let (limit_by, header, path) = match &self.caller {
+            Caller::Key(k) => return k.resolve(req, ctx),
+            Caller::Kong {
+                limit_by,
+                header,
+                path,
+            } => (limit_by, header, path),
         };
         let found: Option<String> = match limit_by {
             LimitBy::Consumer => ctx

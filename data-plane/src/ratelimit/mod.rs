@@ -113,65 +113,52 @@ impl Rule {
     /// Decides one request at `now_ms`, updating `state` (created when `None` or of another
     /// rule). Returns the decision and when the state may be forgotten.
     pub fn decide(&self, state: &mut Option<State>, now_ms: u64) -> (Decision, u64) {
+        let fits = match (self, &*state) {
+            (Rule::FixedWindow(w), Some(State::FixedWindow(c))) => w.len() == c.len(),
+            (Rule::SlidingWindowLog(_), Some(State::SlidingWindowLog(_)))
+            | (Rule::SlidingWindowCounter(_), Some(State::SlidingWindowCounter(_)))
+            | (Rule::TokenBucket { .. }, Some(State::TokenBucket(_)))
+            | (Rule::LeakyBucket { .. }, Some(State::LeakyBucket(_))) => true,
+            _ => false,
+        };
+        let state = match state {
+            Some(s) if fits => s,
+            _ => state.insert(self.initial_state(now_ms)),
+        };
+        match (self, state) {
+            (Rule::FixedWindow(w), State::FixedWindow(c)) => fixed_window::decide(w, c, now_ms),
+            (Rule::SlidingWindowLog(w), State::SlidingWindowLog(l)) => {
+                sliding_window_log::decide(*w, l, now_ms)
+            }
+            (Rule::SlidingWindowCounter(w), State::SlidingWindowCounter(c)) => {
+                sliding_window_counter::decide(*w, c, now_ms)
+            }
+            (Rule::TokenBucket { rate, capacity }, State::TokenBucket(b)) => {
+                token_bucket::decide(*rate, *capacity, b, now_ms)
+            }
+            (
+                Rule::LeakyBucket {
+                    rate,
+                    burst,
+                    nodelay,
+                },
+                State::LeakyBucket(b),
+            ) => leaky_bucket::decide(*rate, *burst, *nodelay, b, now_ms),
+            _ => unreachable!("the state was just made to fit the rule"),
+        }
+    }
+
+    fn initial_state(&self, now_ms: u64) -> State {
         match self {
-            Rule::FixedWindow(windows) => {
-                let s = match state {
-                    Some(State::FixedWindow(c)) if c.len() == windows.len() => c,
-                    _ => {
-                        *state = Some(State::FixedWindow(vec![
-                            fixed_window::Counter::default();
-                            windows.len()
-                        ]));
-                        let Some(State::FixedWindow(c)) = state else {
-                            unreachable!()
-                        };
-                        c
-                    }
-                };
-                fixed_window::decide(windows, s, now_ms)
+            Rule::FixedWindow(w) => {
+                State::FixedWindow(vec![fixed_window::Counter::default(); w.len()])
             }
-            Rule::SlidingWindowLog(w) => {
-                if !matches!(state, Some(State::SlidingWindowLog(_))) {
-                    *state = Some(State::SlidingWindowLog(Default::default()));
-                }
-                let Some(State::SlidingWindowLog(s)) = state else {
-                    unreachable!()
-                };
-                sliding_window_log::decide(*w, s, now_ms)
+            Rule::SlidingWindowLog(_) => State::SlidingWindowLog(Default::default()),
+            Rule::SlidingWindowCounter(_) => State::SlidingWindowCounter(Default::default()),
+            Rule::TokenBucket { capacity, .. } => {
+                State::TokenBucket(token_bucket::Bucket::full(*capacity, now_ms))
             }
-            Rule::SlidingWindowCounter(w) => {
-                if !matches!(state, Some(State::SlidingWindowCounter(_))) {
-                    *state = Some(State::SlidingWindowCounter(Default::default()));
-                }
-                let Some(State::SlidingWindowCounter(s)) = state else {
-                    unreachable!()
-                };
-                sliding_window_counter::decide(*w, s, now_ms)
-            }
-            Rule::TokenBucket { rate, capacity } => {
-                if !matches!(state, Some(State::TokenBucket(_))) {
-                    *state = Some(State::TokenBucket(token_bucket::Bucket::full(
-                        *capacity, now_ms,
-                    )));
-                }
-                let Some(State::TokenBucket(s)) = state else {
-                    unreachable!()
-                };
-                token_bucket::decide(*rate, *capacity, s, now_ms)
-            }
-            Rule::LeakyBucket {
-                rate,
-                burst,
-                nodelay,
-            } => {
-                if !matches!(state, Some(State::LeakyBucket(_))) {
-                    *state = Some(State::LeakyBucket(leaky_bucket::Bucket::empty(now_ms)));
-                }
-                let Some(State::LeakyBucket(s)) = state else {
-                    unreachable!()
-                };
-                leaky_bucket::decide(*rate, *burst, *nodelay, s, now_ms)
-            }
+            Rule::LeakyBucket { .. } => State::LeakyBucket(leaky_bucket::Bucket::empty(now_ms)),
         }
     }
 }
