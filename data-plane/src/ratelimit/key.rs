@@ -107,6 +107,11 @@ mod tests {
             (KeyType::Var, "route_id", "r1"),
             (KeyType::VarCombination, "$http_x_team:$arg_user", "blue:u1"),
             (KeyType::VarCombination, "$http_x_no-$arg_no", "10.0.0.7"),
+            (
+                KeyType::VarCombination,
+                "$remote_addr-$route_id",
+                "10.0.0.7-r1",
+            ),
             (KeyType::Constant, "", ""),
         ];
         for (kt, key, want) in cases {

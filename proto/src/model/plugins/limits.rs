@@ -116,7 +116,7 @@ impl LimitKey {
                     }
                     let after = &rest[at + 1..];
                     let end = after
-                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                         .unwrap_or(after.len());
                     if end == 0 {
                         return Err(ValidationError::new(
@@ -276,6 +276,16 @@ mod tests {
                 KeyPart::Var(KeyVar::Request(Var::RemoteAddr)),
                 KeyPart::Text(":".into()),
                 KeyPart::Var(KeyVar::Request(Var::Arg("k".into()))),
+            ])
+        );
+        // Variable names are nginx's: letters, digits and `_`; anything else ends one.
+        assert_eq!(
+            LimitKey::parse(KeyType::VarCombination, "$remote_addr-$http_x_user!").unwrap(),
+            LimitKey::Combination(vec![
+                KeyPart::Var(KeyVar::Request(Var::RemoteAddr)),
+                KeyPart::Text("-".into()),
+                KeyPart::Var(KeyVar::Request(Var::Header("x-user".into()))),
+                KeyPart::Text("!".into()),
             ])
         );
         assert_eq!(
