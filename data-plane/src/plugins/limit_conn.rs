@@ -86,7 +86,7 @@ impl LimitConn {
         let status = StatusCode::from_u16(c.rejected_code)
             .map_err(|_| ValidationError::new("rejected_code", "not a status code"))?;
         Ok(LimitConn {
-            key: KeyResolver::new(c.limit_key()?),
+            key: KeyResolver::new(c.limit_key()?)?,
             scope: format!(
                 "limit-conn:{:016x}",
                 stable_hash(config.to_string().as_bytes())

@@ -50,7 +50,7 @@ impl LimitCount {
             .map_err(|_| ValidationError::new("rejected_code", "not a status code"))?;
         let redis = c.redis()?;
         Ok(LimitCount {
-            key: KeyResolver::new(c.limit_key()?),
+            key: KeyResolver::new(c.limit_key()?)?,
             limit: Limit::new(
                 "limit-count",
                 config,

@@ -25,7 +25,7 @@ impl LimitReq {
             .map_err(|_| ValidationError::new("rejected_code", "not a status code"))?;
         let redis = c.redis()?;
         Ok(LimitReq {
-            key: KeyResolver::new(c.limit_key()?),
+            key: KeyResolver::new(c.limit_key()?)?,
             limit: Limit::new(
                 "limit-req",
                 config,

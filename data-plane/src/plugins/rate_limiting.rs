@@ -75,7 +75,7 @@ impl RateLimiting {
                 key,
             } => (
                 Rule::TokenBucket { rate, capacity },
-                Caller::Key(KeyResolver::new(key)),
+                Caller::Key(KeyResolver::new(key)?),
                 Headers::Standard,
             ),
         };

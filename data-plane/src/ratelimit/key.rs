@@ -4,43 +4,85 @@
 
 use std::fmt::Write;
 
+use postern_proto::model::ValidationError;
 use postern_proto::model::plugins::limits::{KeyPart, KeyVar, LimitKey};
 
 use crate::plugins::RequestCtx;
-use crate::router::vars::var_value;
+use crate::router::vars::{RequestVars, Source};
 
-pub struct KeyResolver(LimitKey);
+/// A key variable resolved for fast lookup (header names parsed once).
+enum Var {
+    Request(Source),
+    ConsumerName,
+    ConsumerGroupId,
+    CredentialId,
+    RouteId,
+    RemotePort,
+}
+
+enum Part {
+    Text(String),
+    Var(Var),
+}
+
+enum Key {
+    Constant,
+    Var(Var),
+    Combination(Vec<Part>),
+}
+
+/// A limit key compiled once per snapshot, read from each request.
+pub struct KeyResolver(Key);
+
+fn compile(v: KeyVar) -> Result<Var, ValidationError> {
+    Ok(match v {
+        KeyVar::Request(r) => Var::Request(
+            Source::new(r).ok_or_else(|| ValidationError::new("key", "not a valid header name"))?,
+        ),
+        KeyVar::ConsumerName => Var::ConsumerName,
+        KeyVar::ConsumerGroupId => Var::ConsumerGroupId,
+        KeyVar::CredentialId => Var::CredentialId,
+        KeyVar::RouteId => Var::RouteId,
+        KeyVar::RemotePort => Var::RemotePort,
+    })
+}
 
 impl KeyResolver {
-    pub fn new(key: LimitKey) -> KeyResolver {
-        KeyResolver(key)
+    pub fn new(key: LimitKey) -> Result<KeyResolver, ValidationError> {
+        Ok(KeyResolver(match key {
+            LimitKey::Constant => Key::Constant,
+            LimitKey::Var(v) => Key::Var(compile(v)?),
+            LimitKey::Combination(parts) => Key::Combination(
+                parts
+                    .into_iter()
+                    .map(|p| {
+                        Ok(match p {
+                            KeyPart::Text(t) => Part::Text(t),
+                            KeyPart::Var(v) => Part::Var(compile(v)?),
+                        })
+                    })
+                    .collect::<Result<_, ValidationError>>()?,
+            ),
+        }))
     }
 
     pub fn resolve(&self, parts: &http::request::Parts, ctx: &RequestCtx) -> String {
-        match &self.0 {
-            LimitKey::Constant => String::new(),
-            LimitKey::Var(v) => {
-                let mut out = String::new();
-                if !push_var(&mut out, v, parts, ctx) {
-                    out = remote_addr(ctx);
-                }
-                out
-            }
-            LimitKey::Combination(parts_) => {
-                let mut out = String::new();
+        let mut out = String::new();
+        let found = match &self.0 {
+            Key::Constant => return out,
+            Key::Var(v) => push_var(&mut out, v, parts, ctx),
+            Key::Combination(pieces) => {
                 let mut any = false;
-                for p in parts_ {
+                for p in pieces {
                     match p {
-                        KeyPart::Text(t) => out.push_str(t),
-                        KeyPart::Var(v) => any |= push_var(&mut out, v, parts, ctx),
+                        Part::Text(t) => out.push_str(t),
+                        Part::Var(v) => any |= push_var(&mut out, v, parts, ctx),
                     }
                 }
-                if !any {
-                    out = remote_addr(ctx);
-                }
-                out
+                any
             }
-        }
+        };
+        if found { out } else { remote_addr(ctx) }
     }
 }
 
@@ -49,15 +91,14 @@ pub fn remote_addr(ctx: &RequestCtx) -> String {
 }
 
 /// Appends the variable's value; false when the request has none.
-fn push_var(
-    out: &mut String,
-    var: &KeyVar,
-    parts: &http::request::Parts,
-    ctx: &RequestCtx,
-) -> bool {
+fn push_var(out: &mut String, var: &Var, parts: &http::request::Parts, ctx: &RequestCtx) -> bool {
     let value: Option<&str> = match var {
-        KeyVar::Request(v) => {
-            return match var_value(v, parts, ctx.client_addr.ip()) {
+        Var::Request(source) => {
+            let req = RequestVars {
+                parts,
+                client: ctx.client_addr.ip(),
+            };
+            return match source.value(&req) {
                 Some(s) if !s.is_empty() => {
                     out.push_str(&s);
                     true
@@ -65,11 +106,11 @@ fn push_var(
                 _ => false,
             };
         }
-        KeyVar::ConsumerName => ctx.consumer_name.as_deref(),
-        KeyVar::ConsumerGroupId => ctx.consumer_group.as_deref(),
-        KeyVar::CredentialId => ctx.credential_id.as_deref(),
-        KeyVar::RouteId => Some(&ctx.route_id),
-        KeyVar::RemotePort => {
+        Var::ConsumerName => ctx.consumer_name.as_deref(),
+        Var::ConsumerGroupId => ctx.consumer_group.as_deref(),
+        Var::CredentialId => ctx.credential_id.as_deref(),
+        Var::RouteId => Some(&ctx.route_id),
+        Var::RemotePort => {
             let _ = write!(out, "{}", ctx.client_addr.port());
             return true;
         }
@@ -115,11 +156,11 @@ mod tests {
             (KeyType::Constant, "", ""),
         ];
         for (kt, key, want) in cases {
-            let r = KeyResolver::new(LimitKey::parse(kt, key).unwrap());
+            let r = KeyResolver::new(LimitKey::parse(kt, key).unwrap()).unwrap();
             assert_eq!(r.resolve(&parts, &ctx), want, "{key}");
         }
         ctx.consumer_name = Some("alice".into());
-        let r = KeyResolver::new(LimitKey::parse(KeyType::Var, "consumer_name").unwrap());
+        let r = KeyResolver::new(LimitKey::parse(KeyType::Var, "consumer_name").unwrap()).unwrap();
         assert_eq!(r.resolve(&parts, &ctx), "alice");
     }
 }

@@ -12,9 +12,9 @@ use postern_proto::model::ValidationError;
 use postern_proto::model::vars::{Var, VarOp, parse_vars};
 use serde_json::Value;
 
-/// What a condition reads, resolved for fast lookup.
+/// What a condition (or a limit key) reads, resolved for fast lookup.
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
     Header(HeaderName),
     Arg(Box<str>),
     Cookie(Box<str>),
@@ -51,19 +51,8 @@ impl Conditions {
         let parsed = parse_vars(vars)?;
         let mut out = Vec::with_capacity(parsed.len());
         for (i, expr) in parsed.into_iter().enumerate() {
-            let source = match expr.var {
-                Var::Header(h) => {
-                    Source::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                        ValidationError::new(format!("{i}.0"), "not a valid header name")
-                    })?)
-                }
-                Var::Arg(a) => Source::Arg(a.into()),
-                Var::Cookie(c) => Source::Cookie(c.into()),
-                Var::RemoteAddr => Source::RemoteAddr,
-                Var::Uri => Source::Uri,
-                Var::RequestMethod => Source::RequestMethod,
-                Var::Host => Source::Host,
-            };
+            let source = Source::new(expr.var)
+                .ok_or_else(|| ValidationError::new(format!("{i}.0"), "not a valid header name"))?;
             out.push(Condition {
                 source,
                 negate: expr.negate,
@@ -107,22 +96,8 @@ impl Condition {
         result != self.negate
     }
 
-    /// The variable's value; for a repeated header, argument or cookie, the first one.
     fn value<'a>(&'a self, req: &RequestVars<'a>) -> Option<Cow<'a, str>> {
-        let parts = req.parts;
-        match &self.source {
-            Source::Header(name) => parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(Cow::Borrowed),
-            Source::Arg(name) => args(parts, name).next(),
-            Source::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
-            Source::RemoteAddr => Some(Cow::Owned(req.client.to_canonical().to_string())),
-            Source::Uri => Some(Cow::Borrowed(parts.uri.path())),
-            Source::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
-            Source::Host => host(parts),
-        }
+        self.source.value(req)
     }
 
     /// `has`: the variable as a list. Headers are split on commas (every occurrence), an
@@ -143,25 +118,36 @@ impl Condition {
     }
 }
 
-/// One variable of the `vars` language read from a request (also used by limit keys); for a
-/// repeated header, argument or cookie, the first one.
-pub(crate) fn var_value<'a>(
-    var: &'a Var,
-    parts: &'a http::request::Parts,
-    client: IpAddr,
-) -> Option<Cow<'a, str>> {
-    match var {
-        Var::Header(name) => parts
-            .headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(Cow::Borrowed),
-        Var::Arg(name) => args(parts, name).next(),
-        Var::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
-        Var::RemoteAddr => Some(Cow::Owned(client.to_canonical().to_string())),
-        Var::Uri => Some(Cow::Borrowed(parts.uri.path())),
-        Var::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
-        Var::Host => host(parts),
+impl Source {
+    /// Resolves a parsed variable; `None` when a header name is not one HTTP allows.
+    pub(crate) fn new(var: Var) -> Option<Source> {
+        Some(match var {
+            Var::Header(h) => Source::Header(HeaderName::from_bytes(h.as_bytes()).ok()?),
+            Var::Arg(a) => Source::Arg(a.into()),
+            Var::Cookie(c) => Source::Cookie(c.into()),
+            Var::RemoteAddr => Source::RemoteAddr,
+            Var::Uri => Source::Uri,
+            Var::RequestMethod => Source::RequestMethod,
+            Var::Host => Source::Host,
+        })
+    }
+
+    /// The variable's value; for a repeated header, argument or cookie, the first one.
+    pub(crate) fn value<'a>(&'a self, req: &RequestVars<'a>) -> Option<Cow<'a, str>> {
+        let parts = req.parts;
+        match self {
+            Source::Header(name) => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(Cow::Borrowed),
+            Source::Arg(name) => args(parts, name).next(),
+            Source::Cookie(name) => cookie(parts, name).map(Cow::Borrowed),
+            Source::RemoteAddr => Some(Cow::Owned(req.client.to_canonical().to_string())),
+            Source::Uri => Some(Cow::Borrowed(parts.uri.path())),
+            Source::RequestMethod => Some(Cow::Borrowed(parts.method.as_str())),
+            Source::Host => host(parts),
+        }
     }
 }
 
