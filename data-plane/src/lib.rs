@@ -9,6 +9,7 @@ pub mod health;
 pub mod observability;
 pub mod plugins;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod state;
 pub mod status;

@@ -18,8 +18,13 @@ mod cors;
 mod header_ops;
 mod jwt_auth;
 mod key_auth;
+mod limit_conn;
+mod limit_count;
+mod limit_req;
+mod limiting;
 mod opentelemetry;
 mod proxy_rewrite;
+mod rate_limiting;
 mod redirect;
 pub mod request_id;
 mod request_termination;
@@ -64,6 +69,9 @@ pub struct RequestCtx {
     /// Set by the proxy when it tried the upstream (whatever came of it): `response` phases
     /// that judge the upstream (api-breaker) ignore answers given by plugins.
     pub upstream_called: bool,
+    /// Held until the request is done with (dropped with the context, also when the client
+    /// goes away mid-request): e.g. `limit-conn`'s in-flight slot.
+    pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl RequestCtx {
@@ -81,6 +89,7 @@ impl RequestCtx {
             consumer_group: None,
             credential_id: None,
             upstream_called: false,
+            held: Vec::new(),
         }
     }
 }
@@ -269,6 +278,10 @@ fn build(
             Arc::new(consumer_restriction::ConsumerRestriction::new(config).map_err(invalid)?)
         }
         "api-breaker" => Arc::new(api_breaker::ApiBreaker::new(config, scope).map_err(invalid)?),
+        "limit-count" => Arc::new(limit_count::LimitCount::new(config).map_err(invalid)?),
+        "limit-req" => Arc::new(limit_req::LimitReq::new(config).map_err(invalid)?),
+        "limit-conn" => Arc::new(limit_conn::LimitConn::new(config).map_err(invalid)?),
+        "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
     }))
 }

@@ -9,9 +9,14 @@ pub mod cors;
 pub mod header_ops;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod limit_conn;
+pub mod limit_count;
+pub mod limit_req;
+pub mod limits;
 pub mod opentelemetry;
 pub mod prometheus;
 pub mod proxy_rewrite;
+pub mod rate_limiting;
 pub mod redirect;
 pub mod request_id;
 pub mod request_termination;
@@ -103,6 +108,27 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "api-breaker",
         priority: 1005,
         validate: check::<api_breaker::ApiBreakerConfig>,
+    },
+    PluginSpec {
+        name: "limit-conn",
+        priority: 1003,
+        validate: check::<limit_conn::LimitConnConfig>,
+    },
+    PluginSpec {
+        name: "limit-count",
+        priority: 1002,
+        validate: check::<limit_count::LimitCountConfig>,
+    },
+    PluginSpec {
+        name: "limit-req",
+        priority: 1001,
+        validate: check::<limit_req::LimitReqConfig>,
+    },
+    // Kong's priority is 910; 1000 keeps it with its APISIX siblings.
+    PluginSpec {
+        name: "rate-limiting",
+        priority: 1000,
+        validate: check::<rate_limiting::RateLimitingConfig>,
     },
     PluginSpec {
         name: "redirect",

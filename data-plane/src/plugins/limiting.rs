@@ -1,0 +1,213 @@
+//! What the rate-limiting plugins share: one compiled limit (rule, counter store, failure mode,
+//! rejection, headers) and the access-phase step that applies it to a request.
+//!
+//! Counter keys are `<plugin>:<config hash>:<route id>:<caller key>`: a route's counters
+//! survive config snapshots that do not change its limit, start over when the limit changes,
+//! and are never shared between routes. On Redis the key is wrapped in a hash tag
+//! (`postern:rl:{…}`) so a cluster keeps it on one slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use postern_proto::model::plugins::limits::RedisSettings;
+
+use super::{Flow, PluginResponse, RequestCtx, Step};
+use crate::ratelimit::local::LocalStore;
+use crate::ratelimit::redis::{RedisBackend, RedisFailure};
+use crate::ratelimit::{Decision, Rule, stable_hash};
+
+/// Caller keys longer than this are replaced by a hash of them (a header can be 8 KiB).
+const MAX_RAW_KEY: usize = 128;
+
+pub enum Backend {
+    Local(&'static LocalStore),
+    Redis(Arc<RedisBackend>),
+}
+
+impl Backend {
+    pub fn new(redis: Option<&RedisSettings>) -> Backend {
+        match redis {
+            None => Backend::Local(LocalStore::global()),
+            Some(s) => Backend::Redis(RedisBackend::shared(s)),
+        }
+    }
+}
+
+/// Which rate-limit headers a limit sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Headers {
+    None,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (seconds).
+    Standard,
+    /// The standard ones (for the tightest window), Kong's `RateLimit-Limit`, `-Remaining`,
+    /// `-Reset`, and `X-RateLimit-Limit-<Period>`, `X-RateLimit-Remaining-<Period>` for each
+    /// period (`Minute`, `Hour`…).
+    Kong(Vec<PeriodHeaders>),
+}
+
+/// `X-RateLimit-Limit-<Period>` and `X-RateLimit-Remaining-<Period>` for one period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodHeaders {
+    limit: HeaderName,
+    remaining: HeaderName,
+}
+
+impl PeriodHeaders {
+    pub fn new(period: &str) -> PeriodHeaders {
+        let name = |kind: &str| {
+            HeaderName::try_from(format!("x-ratelimit-{kind}-{period}"))
+                .expect("period names are header-safe")
+        };
+        PeriodHeaders {
+            limit: name("limit"),
+            remaining: name("remaining"),
+        }
+    }
+}
+
+pub struct Limit {
+    pub plugin: &'static str,
+    pub rule: Rule,
+    /// `<plugin>:<config hash>`.
+    scope: Box<str>,
+    pub backend: Backend,
+    /// Let requests through when Redis fails (else 503).
+    pub fail_open: bool,
+    pub rejected_status: StatusCode,
+    pub rejected_msg: String,
+    pub headers: Headers,
+}
+
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+impl Limit {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        plugin: &'static str,
+        config: &serde_json::Value,
+        rule: Rule,
+        redis: Option<&RedisSettings>,
+        fail_open: bool,
+        rejected_status: StatusCode,
+        rejected_msg: String,
+        headers: Headers,
+    ) -> Limit {
+        let scope = format!(
+            "{plugin}:{:016x}",
+            stable_hash(config.to_string().as_bytes())
+        );
+        Limit {
+            plugin,
+            rule,
+            scope: scope.into(),
+            backend: Backend::new(redis),
+            fail_open,
+            rejected_status,
+            rejected_msg,
+            headers,
+        }
+    }
+
+    /// The counter key for a caller on this request's route.
+    pub fn counter_key(&self, ctx: &RequestCtx, caller: &str) -> String {
+        let mut key = String::with_capacity(self.scope.len() + ctx.route_id.len() + 40);
+        key.push_str(&self.scope);
+        key.push(':');
+        key.push_str(&ctx.route_id);
+        key.push(':');
+        if caller.len() > MAX_RAW_KEY {
+            let a = stable_hash(caller.as_bytes());
+            let b = stable_hash(&[caller.as_bytes(), b"\x01"].concat());
+            key.push_str(&format!("#{a:016x}{b:016x}"));
+        } else {
+            key.push_str(caller);
+        }
+        key
+    }
+
+    /// The access step for `caller`: decides, sets the headers, holds or answers.
+    pub fn check<'a>(&'a self, caller: &str, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let key = self.counter_key(ctx, caller);
+        match &self.backend {
+            Backend::Local(store) => {
+                let d = store.decide(&key, &self.rule);
+                let (flow, delay) = self.apply(&d, ctx);
+                match delay {
+                    None => Step::Ready(flow),
+                    Some(delay) => Step::Pending(Box::pin(async move {
+                        tokio::time::sleep(delay).await;
+                        flow
+                    })),
+                }
+            }
+            Backend::Redis(redis) => Step::Pending(Box::pin(async move {
+                let key = format!("postern:rl:{{{key}}}");
+                match redis.decide(&key, &self.rule).await {
+                    Ok(d) => {
+                        let (flow, delay) = self.apply(&d, ctx);
+                        if let Some(delay) = delay {
+                            tokio::time::sleep(delay).await;
+                        }
+                        flow
+                    }
+                    Err(e) => self.degraded(&e),
+                }
+            })),
+        }
+    }
+
+    fn degraded(&self, e: &RedisFailure) -> Flow {
+        if self.fail_open {
+            return Flow::Continue;
+        }
+        tracing::debug!(plugin = self.plugin, error = %e, "rate limit store unavailable: refusing");
+        Flow::Respond(PluginResponse::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate limiting is unavailable (its Redis store does not answer); retry shortly",
+        ))
+    }
+
+    /// Headers for the decision, and the answer: continue (maybe after a delay) or reject.
+    fn apply(&self, d: &Decision, ctx: &mut RequestCtx) -> (Flow, Option<Duration>) {
+        let h = &mut ctx.response_headers;
+        if self.headers != Headers::None {
+            h.insert(X_LIMIT.clone(), HeaderValue::from(d.limit));
+            h.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
+            h.insert(X_RESET.clone(), HeaderValue::from(d.reset_secs()));
+        }
+        if let Headers::Kong(periods) = &self.headers {
+            h.insert(LIMIT.clone(), HeaderValue::from(d.limit));
+            h.insert(REMAINING.clone(), HeaderValue::from(d.remaining));
+            h.insert(RESET.clone(), HeaderValue::from(d.reset_secs()));
+            let quotas = if d.windows.is_empty() {
+                vec![crate::ratelimit::WindowQuota {
+                    limit: d.limit,
+                    remaining: d.remaining,
+                    reset_ms: d.reset_ms,
+                }]
+            } else {
+                d.windows.clone()
+            };
+            for (names, q) in periods.iter().zip(quotas) {
+                h.insert(names.limit.clone(), HeaderValue::from(q.limit));
+                h.insert(names.remaining.clone(), HeaderValue::from(q.remaining));
+            }
+        }
+        if d.allowed {
+            let delay = (d.delay_ms > 0).then(|| Duration::from_millis(d.delay_ms));
+            return (Flow::Continue, delay);
+        }
+        let mut answer = PluginResponse::error(self.rejected_status, &self.rejected_msg);
+        answer.headers.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(d.retry_after_secs()),
+        );
+        (Flow::Respond(answer), None)
+    }
+}
