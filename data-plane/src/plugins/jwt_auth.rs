@@ -493,6 +493,92 @@ mod tests {
         }
     }
 
+    /// Cost of one verification per algorithm (run with `--release -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_per_verification() {
+        let fixture = |name: &str| {
+            let path = format!(
+                "{}/../tests/fixtures/auth/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            std::fs::read_to_string(path).unwrap()
+        };
+        let mut set = ConfigSet::default();
+        let creds = [
+            ("hs", json!({"key": "hs", "secret": SECRET})),
+            (
+                "rs",
+                json!({"key": "rs", "algorithm": "RS256", "public_key": fixture("rsa-public.pem")}),
+            ),
+            (
+                "es",
+                json!({"key": "es", "algorithm": "ES256", "public_key": fixture("ec-public.pem")}),
+            ),
+            (
+                "ed",
+                json!({"key": "ed", "algorithm": "EdDSA", "public_key": fixture("ed-public.pem")}),
+            ),
+        ];
+        for (name, c) in creds {
+            let body = json!({"username": name, "plugins": {"jwt-auth": c}});
+            set.insert(
+                name,
+                Resource::parse(ResourceKind::Consumers, &body).unwrap(),
+            );
+        }
+        let p = JwtAuth::new(&json!({}), Arc::new(Consumers::build(&set).unwrap())).unwrap();
+        let claims = |k: &str| json!({"key": k, "exp": now() + 600});
+        let tokens = [
+            ("HS256", hs256(claims("hs"))),
+            (
+                "RS256",
+                encode(
+                    &Header::new(Algorithm::RS256),
+                    &claims("rs"),
+                    &EncodingKey::from_rsa_pem(fixture("rsa-private.pem").as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            ),
+            (
+                "ES256",
+                encode(
+                    &Header::new(Algorithm::ES256),
+                    &claims("es"),
+                    &EncodingKey::from_ec_pem(fixture("ec-private.pem").as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            ),
+            (
+                "EdDSA",
+                encode(
+                    &Header::new(Algorithm::EdDSA),
+                    &claims("ed"),
+                    &EncodingKey::from_ed_pem(fixture("ed-private.pem").as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            ),
+        ];
+        for (alg, token) in tokens {
+            let req = http::Request::get("/")
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap();
+            let (parts, _) = req.into_parts();
+            let n = 2000;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let mut parts = parts.clone();
+                let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap(), "r".into());
+                assert!(matches!(p.check(&mut parts, &mut ctx), Flow::Continue));
+            }
+            println!(
+                "jwt-auth {alg}: {:.1} µs per request",
+                start.elapsed().as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
+
     #[test]
     fn missing_and_conflicting_tokens() {
         let n = now();
