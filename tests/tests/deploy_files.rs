@@ -41,11 +41,17 @@ fn dashboards_and_alerts_use_exported_metrics() {
         &(read("data-plane/src/observability/metrics.rs") + &read("control-plane/src/metrics.rs")),
     );
     assert!(exported.contains("postern_http_requests_total"));
-    for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/postern.json"] {
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/postern.json",
+    ] {
         let used = metric_names(&read(file));
         assert!(!used.is_empty(), "{file} names no metric");
         let unknown: Vec<_> = used.difference(&exported).collect();
-        assert!(unknown.is_empty(), "{file} uses metrics Postern does not export: {unknown:?}");
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics Postern does not export: {unknown:?}"
+        );
     }
 }
 

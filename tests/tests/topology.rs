@@ -93,9 +93,11 @@ fn sigterm(pid: u32) {
 /// Waits until `load` has made `n` more successful requests (so traffic is really flowing).
 async fn flowing(load: &Load, n: u64) {
     let start = load.ok.load(Ordering::Relaxed);
-    wait_for("traffic through HAProxy", Duration::from_secs(10), || async {
-        (load.ok.load(Ordering::Relaxed) >= start + n).then_some(())
-    })
+    wait_for(
+        "traffic through HAProxy",
+        Duration::from_secs(10),
+        || async { (load.ok.load(Ordering::Relaxed) >= start + n).then_some(()) },
+    )
     .await;
 }
 
@@ -129,18 +131,25 @@ async fn rolling_restart_and_crash_behind_haproxy() {
 
     let lb = free_addr();
     let _haproxy = start_haproxy(dir.path(), lb, [&dp1, &dp2]);
-    wait_for("HAProxy to route to a DP", Duration::from_secs(10), || async {
-        get_via(lb, "/api/x", None)
-            .await
-            .ok()
-            .filter(|(c, _)| *c == 200)
-    })
+    wait_for(
+        "HAProxy to route to a DP",
+        Duration::from_secs(10),
+        || async {
+            get_via(lb, "/api/x", None)
+                .await
+                .ok()
+                .filter(|(c, _)| *c == 200)
+        },
+    )
     .await;
     let (load, tasks) = start_load(lb);
     flowing(&load, 200).await;
 
     // 1. Rolling restart of dp-1: SIGTERM, wait for it to exit, start it again.
-    let before = (load.ok.load(Ordering::Relaxed), load.failed.load(Ordering::Relaxed));
+    let before = (
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
+    );
     let signalled = Instant::now();
     sigterm(dp1.process.child.id());
     wait_for("dp-1 to exit", Duration::from_secs(15), || {
@@ -154,13 +163,20 @@ async fn rolling_restart_and_crash_behind_haproxy() {
     // Let HAProxy see it healthy again (rise 2 × inter 1s) and send it traffic.
     tokio::time::sleep(Duration::from_secs(3)).await;
     flowing(&load, 200).await;
-    let after = (load.ok.load(Ordering::Relaxed), load.failed.load(Ordering::Relaxed));
+    let after = (
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
+    );
     println!(
         "rolling restart of dp-1 (exit after {drained_in:?}): {} requests served, {} failed",
         after.0 - before.0,
         after.1 - before.1
     );
-    assert_eq!(after.1 - before.1, 0, "requests failed during a rolling restart");
+    assert_eq!(
+        after.1 - before.1,
+        0,
+        "requests failed during a rolling restart"
+    );
 
     // 2. SIGTERM the CP that dp-2 follows first: it moves to the other CP and gets new config.
     cp_b.signal("TERM");

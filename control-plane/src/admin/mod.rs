@@ -3,6 +3,7 @@
 //! Native paths are `/admin/<kind>/<id>`; `/apisix/admin/...` is an alias so existing APISIX
 //! scripts run unchanged. `app()` builds the router without a socket so tests can drive it.
 
+mod config;
 mod data_planes;
 mod error;
 mod resources;
@@ -41,6 +42,7 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 pub fn app(state: AdminState) -> Router {
     let api = Router::new()
+        .route("/config", get(config::get).put(config::put))
         .route("/data-planes", get(data_planes::list))
         .route("/history", get(resources::history))
         .route("/status", get(status::status))

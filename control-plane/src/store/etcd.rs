@@ -32,11 +32,11 @@ use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use super::run_detached;
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
     StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
+use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
 
 /// How long connecting to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -195,7 +195,7 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 /// A resource as stored under `resources/<kind>/<id>`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ResourceRecord {
     kind: ResourceKind,
     id: String,
@@ -904,6 +904,140 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// A whole-config replace: the plan's writes as one etcd transaction (one counter move to the
+    /// last revision, one history key per change), applied only if the counter did not move.
+    /// etcd caps the operations per transaction (`--max-txn-ops`, 128 by default): a replace
+    /// that changes more than that needs the cluster's limit raised.
+    async fn replace(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let _writer = self.write_lock.lock().await;
+        for attempt in 1..=MAX_WRITE_ATTEMPTS {
+            let txn = Txn::new().and_then([
+                TxnOp::get(self.keys.revision(), None),
+                TxnOp::get(self.keys.resources(), Some(GetOptions::new().with_prefix())),
+            ]);
+            let resp = self.txn("read", Retry::Safe, txn).await?;
+            let answers = read_answers(&resp, 2)?;
+            let (counter, counter_mod) = decode_counter(answers[0].kvs().first())?;
+            if let Some(expected) = req.expected_revision.filter(|e| *e != counter) {
+                return Err(StoreError::RevisionMismatch {
+                    expected,
+                    actual: counter,
+                });
+            }
+            let records = answers[1]
+                .kvs()
+                .iter()
+                .map(decode_resource)
+                .collect::<StoreResult<Vec<_>>>()?;
+            let current: Vec<StoredResource> =
+                records.iter().cloned().map(StoredResource::from).collect();
+            let (writes, mut outcome) = plan_replace(&current, &req)?;
+            outcome.revision = counter;
+            if writes.is_empty() {
+                return Ok(outcome);
+            }
+            let now = unix_now();
+            let mut ops = Vec::new();
+            for write in writes {
+                let revision = outcome
+                    .revision
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::Corrupt("revision overflow".to_string()))?;
+                outcome.revision = revision;
+                let (kind, id) = match &write {
+                    Write::Put(p) => (p.kind, p.id.clone()),
+                    Write::Delete(d) => (d.kind, d.id.clone()),
+                };
+                let old = records.iter().find(|r| r.kind == kind && r.id == id);
+                let old_ref_keys: BTreeSet<String> = old
+                    .iter()
+                    .flat_map(|c| &c.refs)
+                    .map(|r| self.keys.reference(kind, &id, r))
+                    .collect();
+                let (record, refs, after, op) = match write {
+                    Write::Put(p) => {
+                        let mut refs: Vec<RefRecord> = Vec::new();
+                        for r in &p.references {
+                            let record = RefRecord {
+                                field: r.field.to_string(),
+                                kind: r.kind,
+                                id: r.id.clone(),
+                            };
+                            if !refs.contains(&record) {
+                                refs.push(record);
+                            }
+                        }
+                        let (create_revision, created_at) = match old {
+                            Some(c) => (c.create_revision, c.created_at),
+                            None => (revision, now),
+                        };
+                        let record = ResourceRecord {
+                            kind,
+                            id: id.clone(),
+                            value: p.value.clone(),
+                            create_revision,
+                            mod_revision: revision,
+                            created_at,
+                            updated_at: now,
+                            refs: refs.clone(),
+                        };
+                        (Some(record), refs, Some(p.value), "put")
+                    }
+                    Write::Delete(_) => (None, Vec::new(), None, "delete"),
+                };
+                let history = HistoryRecord {
+                    revision,
+                    at: now,
+                    kind,
+                    id: id.clone(),
+                    op: op.to_string(),
+                    before: old.map(|c| c.value.clone()),
+                    after,
+                    actor: req.actor.clone(),
+                };
+                match &record {
+                    Some(record) => ops.push(TxnOp::put(
+                        self.keys.resource(kind, &id),
+                        encode(record)?,
+                        None,
+                    )),
+                    None => ops.push(TxnOp::delete(self.keys.resource(kind, &id), None)),
+                }
+                ops.push(TxnOp::put(
+                    self.keys.history_at(revision),
+                    encode(&history)?,
+                    None,
+                ));
+                let new_ref_keys: BTreeSet<String> = refs
+                    .iter()
+                    .map(|r| self.keys.reference(kind, &id, r))
+                    .collect();
+                let from = format!("{kind}/{id}");
+                for key in old_ref_keys.difference(&new_ref_keys) {
+                    ops.push(TxnOp::delete(key.as_str(), None));
+                }
+                for key in new_ref_keys.difference(&old_ref_keys) {
+                    ops.push(TxnOp::put(key.as_str(), from.as_str(), None));
+                }
+            }
+            ops.push(TxnOp::put(
+                self.keys.revision(),
+                outcome.revision.to_string(),
+                None,
+            ));
+            if let Some(etcd_revision) = self.commit(counter_mod, ops).await? {
+                self.announcer
+                    .observed(outcome.revision, etcd_revision)
+                    .await;
+                return Ok(outcome);
+            }
+            backoff(attempt).await;
+        }
+        Err(contended())
+    }
+}
+
 fn contended() -> StoreError {
     StoreError::Unavailable(format!(
         "etcd write lost to other writers {MAX_WRITE_ATTEMPTS} times in a row"
@@ -1018,6 +1152,15 @@ impl ConfigStore for EtcdStore {
             async move { inner.delete(req).await }
         })
         .await
+    }
+
+    async fn replace_all(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let inner = self.inner.clone();
+        match tokio::spawn(async move { inner.replace(req).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
+        }
     }
 
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {
