@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn replay_rebuilds_a_revision() {
-        let h = vec![
+        let h = [
             json!({"revision": 1, "kind": "routes", "id": "a", "op": "put", "after": {"id": "a", "uri": "/a"}}),
             json!({"revision": 2, "kind": "routes", "id": "b", "op": "put", "after": {"id": "b", "uri": "/b"}}),
             json!({"revision": 3, "kind": "routes", "id": "a", "op": "put", "after": {"id": "a", "uri": "/a2"}}),
