@@ -1026,7 +1026,18 @@ impl Inner {
                 outcome.revision.to_string(),
                 None,
             ));
-            if let Some(etcd_revision) = self.commit(counter_mod, ops).await? {
+            let op_count = ops.len();
+            let committed = match self.commit(counter_mod, ops).await {
+                Err(StoreError::Unavailable(m)) if m.contains("too many operations") => {
+                    return Err(StoreError::Unavailable(format!(
+                        "this replace needs {op_count} operations in one etcd transaction, more \
+                         than the cluster's --max-txn-ops allows (128 by default): raise it, \
+                         or apply the change in smaller steps ({m})"
+                    )));
+                }
+                other => other?,
+            };
+            if let Some(etcd_revision) = committed {
                 self.announcer
                     .observed(outcome.revision, etcd_revision)
                     .await;
