@@ -145,6 +145,13 @@ impl Document {
         }
         let mut set = ConfigSet::default();
         for (kind, id, body) in self.iter() {
+            let mut redacted = Vec::new();
+            crate::secrets::redacted_paths(body, "", &mut redacted);
+            for path in redacted {
+                errors.push(format!(
+                    "{file}: {kind}/{id}: {path}: redacted in this backup; take the backup with --include-secrets"
+                ));
+            }
             if let Err(e) = postern_proto::model::validate::check_id(id) {
                 errors.push(format!("{file}: {kind}/{id}: id: {}", e.message));
             }
@@ -256,6 +263,28 @@ mod tests {
             .unwrap()
             .validate("f")
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn validate_refuses_redacted_secrets() {
+        let mut doc = Document::parse(
+            "resources: {routes: [{id: r, uri: /x, upstream: {nodes: {\"a:1\": 1}}}]}",
+        )
+        .unwrap();
+        let route = doc
+            .resources
+            .get_mut(&ResourceKind::Routes)
+            .unwrap()
+            .get_mut("r")
+            .unwrap();
+        route["plugins"] = json!({"cors": {"allow_origins": crate::secrets::REDACTED}});
+        let errors = doc.validate("b.yaml");
+        assert!(
+            errors[0].starts_with(
+                "b.yaml: routes/r: plugins.cors.allow_origins: redacted in this backup"
+            ),
+            "{errors:?}"
         );
     }
 

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod document;
 mod output;
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,9 @@ enum Command {
         /// Write to FILE (mode 0600; JSON if it ends in .json) instead of stdout
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
+        /// Keep credentials (consumer keys, client secrets, passwords) instead of redacting them
+        #[arg(long)]
+        include_secrets: bool,
     },
     /// Check a config file offline with the model's validation
     Validate { file: PathBuf },
@@ -156,7 +160,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List { kind } => commands::status::list(&admin, kind, format).await?,
         Command::Get { kind, id } => commands::status::get(&admin, kind, &id, format).await?,
         Command::Delete { kind, id } => commands::status::delete(&admin, kind, &id).await?,
-        Command::Backup { out } => cfg::backup(&admin, out.as_deref()).await?,
+        Command::Backup {
+            out,
+            include_secrets,
+        } => cfg::backup(&admin, out.as_deref(), include_secrets).await?,
         Command::Diff {
             file,
             from_rev,

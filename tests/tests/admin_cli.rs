@@ -390,6 +390,19 @@ async fn kong_and_apisix_imports_apply_and_serve() {
             "_format_version: '3.0'\nservices:\n- name: users\n  url: http://{backend}/internal\n  routes:\n  - name: users-route\n    paths: [/api/v1/users]\n  - name: closed\n    paths: [/closed]\n    plugins:\n    - name: request-termination\n      config: {{status_code: 403, message: nope}}\n  plugins:\n  - name: bot-detection\n"
         ),
     );
+    // The guide's kong.yml maps completely (it applies once rate-limiting is merged).
+    let guide = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../admin-cli/tests/kong-guide.yml"
+    );
+    let (code, out, err) = run_cli(&cp, &["import", "--from", "kong", guide]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.trim(), "0 items could not be mapped");
+    assert!(
+        out.contains("rate-limiting:") && out.contains("- /api/v1/users/*"),
+        "{out}"
+    );
+
     let out_file = dir.path().join("postern.yaml");
     let (code, _, err) = run_cli(
         &cp,
@@ -461,7 +474,10 @@ async fn config_endpoint_is_all_or_nothing() {
     let cp = ControlPlane::start(dir.path()).await;
     let admin = cp.client();
     admin
-        .put_ok("/admin/routes/keep", json!({"uri": "/k", "upstream": {"nodes": {"127.0.0.1:9": 1}}}))
+        .put_ok(
+            "/admin/routes/keep",
+            json!({"uri": "/k", "upstream": {"nodes": {"127.0.0.1:9": 1}}}),
+        )
         .await;
     let put = |body: Value, if_match: Option<&str>| {
         let http = admin.http.clone();
@@ -479,33 +495,67 @@ async fn config_endpoint_is_all_or_nothing() {
     let route = json!({"id": "r", "uri": "/r", "upstream_id": "u"});
     let upstream = json!({"id": "u", "nodes": {"127.0.0.1:9": 1}});
 
-    let (status, body) = put(json!({"resources": {"routes": [{"id": "r", "uri": 5}]}}), None).await;
+    let (status, body) = put(
+        json!({"resources": {"routes": [{"id": "r", "uri": 5}]}}),
+        None,
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["field"], "routes/r.uri", "{body}");
     let (status, body) = put(json!({"resources": {"routes": [route.clone()]}}), None).await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("routes/r.upstream_id")), "{body}");
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("routes/r.upstream_id")),
+        "{body}"
+    );
     let (status, body) = put(json!({"resources": {"widgets": []}}), None).await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("resources.widgets")), "{body}");
-    let (status, body) = put(json!({"resources": {"upstreams": [upstream.clone()], "routes": [route.clone()]}}), Some("\"7\"")).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("resources.widgets")),
+        "{body}"
+    );
+    let (status, body) = put(
+        json!({"resources": {"upstreams": [upstream.clone()], "routes": [route.clone()]}}),
+        Some("\"7\""),
+    )
+    .await;
     assert_eq!(status, 412, "{body}");
     assert_eq!(admin.revision().await, 1, "rejected bodies change nothing");
 
     let doc = json!({"resources": {"upstreams": [upstream], "routes": [route]}});
     let (status, body) = put(doc.clone(), Some("1")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"revision": 4, "created": 2, "updated": 0, "deleted": 1}));
+    assert_eq!(
+        body,
+        json!({"revision": 4, "created": 2, "updated": 0, "deleted": 1})
+    );
     let (status, body) = put(doc, None).await;
-    assert_eq!((status, &body["revision"], &body["created"]), (200, &json!(4), &json!(0)));
+    assert_eq!(
+        (status, &body["revision"], &body["created"]),
+        (200, &json!(4), &json!(0))
+    );
     let (_, history) = admin.get("/admin/history?after=1").await.unwrap();
     let ops: Vec<String> = history["list"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| format!("{} {} {}/{} {}", e["revision"], e["op"].as_str().unwrap(), e["kind"].as_str().unwrap(), e["id"].as_str().unwrap(), e["actor"].as_str().unwrap_or("-")))
+        .map(|e| {
+            format!(
+                "{} {} {}/{} {}",
+                e["revision"],
+                e["op"].as_str().unwrap(),
+                e["kind"].as_str().unwrap(),
+                e["id"].as_str().unwrap(),
+                e["actor"].as_str().unwrap_or("-")
+            )
+        })
         .collect();
     assert_eq!(ops.len(), 3, "{ops:?}");
     assert!(ops[0].starts_with("2 put upstreams/u "), "{ops:?}");
     assert!(ops[1].starts_with("3 put routes/r "), "{ops:?}");
     assert!(ops[2].starts_with("4 delete routes/keep "), "{ops:?}");
-    assert!(ops.iter().all(|o| !o.ends_with(" -")), "the key's name is the actor: {ops:?}");
+    assert!(
+        ops.iter().all(|o| !o.ends_with(" -")),
+        "the key's name is the actor: {ops:?}"
+    );
 }

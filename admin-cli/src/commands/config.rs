@@ -41,8 +41,26 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn backup(admin: &Admin, out: Option<&Path>) -> anyhow::Result<()> {
-    let doc = live(admin).await?;
+pub async fn backup(
+    admin: &Admin,
+    out: Option<&Path>,
+    include_secrets: bool,
+) -> anyhow::Result<()> {
+    let mut doc = live(admin).await?;
+    if !include_secrets {
+        let redacted: usize = doc
+            .resources
+            .values_mut()
+            .flat_map(|m| m.values_mut())
+            .map(crate::secrets::redact)
+            .sum();
+        if redacted > 0 {
+            eprintln!(
+                "{redacted} secrets redacted: this backup cannot be restored as is \
+                 (take it with --include-secrets to restore credentials)"
+            );
+        }
+    }
     let text = render(&doc.to_value(), out)?;
     match out {
         None => print!("{text}"),
