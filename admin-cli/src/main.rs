@@ -35,7 +35,7 @@ struct Cli {
     /// A named context of ~/.config/postern/cli.toml (or $POSTERN_CLI_CONFIG)
     #[arg(long, env = "POSTERN_CONTEXT", global = true)]
     context: Option<String>,
-    /// Output format of status, list and get
+    /// Output format of status, list, get and of backup to stdout
     #[arg(long, short = 'O', value_enum, global = true)]
     output: Option<Format>,
     /// Same as --output json
@@ -163,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup {
             out,
             include_secrets,
-        } => cfg::backup(&admin, out.as_deref(), include_secrets).await?,
+        } => cfg::backup(&admin, out.as_deref(), include_secrets, format).await?,
         Command::Diff {
             file,
             from_rev,

@@ -45,6 +45,7 @@ pub async fn backup(
     admin: &Admin,
     out: Option<&Path>,
     include_secrets: bool,
+    format: crate::output::Format,
 ) -> anyhow::Result<()> {
     let mut doc = live(admin).await?;
     if !include_secrets {
@@ -61,7 +62,12 @@ pub async fn backup(
             );
         }
     }
-    let text = render(&doc.to_value(), out)?;
+    let text = match (out, format) {
+        (None, crate::output::Format::Json) => {
+            serde_json::to_string_pretty(&doc.to_value())? + "\n"
+        }
+        _ => render(&doc.to_value(), out)?,
+    };
     match out {
         None => print!("{text}"),
         Some(path) => {
@@ -105,6 +111,12 @@ fn show_diff(from: &Document, to: &Document, from_label: &str, to_label: &str) -
 
 pub async fn diff_file(admin: &Admin, path: &Path) -> anyhow::Result<bool> {
     let file = Document::read(path)?;
+    for kind in file.unknown.keys() {
+        eprintln!(
+            "{}: resources.{kind}: unknown resource kind, not compared",
+            path.display()
+        );
+    }
     let live = live(admin).await?;
     Ok(show_diff(&live, &file, "live", "file"))
 }
