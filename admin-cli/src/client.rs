@@ -144,6 +144,11 @@ impl Admin {
         self.call(reqwest::Method::GET, path, None, None).await
     }
 
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body), None)
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::DELETE, path, None, None).await
     }

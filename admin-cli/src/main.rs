@@ -102,6 +102,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Which route the current config gives a request, why, its plugins in order and its nodes
+    Explain {
+        method: String,
+        /// `http://host/path?query`, or `/path` with `-H 'Host: …'`
+        #[arg(value_name = "URL")]
+        target: String,
+        /// A request header, 'Name: value' (repeatable)
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
     /// Convert a Kong or APISIX declarative file into a Postern file for `apply`
     Import {
         #[arg(long, value_enum)]
@@ -160,6 +170,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List { kind } => commands::status::list(&admin, kind, format).await?,
         Command::Get { kind, id } => commands::status::get(&admin, kind, &id, format).await?,
         Command::Delete { kind, id } => commands::status::delete(&admin, kind, &id).await?,
+        Command::Explain {
+            method,
+            target,
+            headers,
+        } => commands::explain::explain(&admin, &method, &target, &headers, format).await?,
         Command::Backup {
             out,
             include_secrets,

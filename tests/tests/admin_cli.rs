@@ -559,3 +559,78 @@ async fn config_endpoint_is_all_or_nothing() {
         "the key's name is the actor: {ops:?}"
     );
 }
+
+/// `explain` answers with the data plane's own router: precedence, hosts, vars, plugin order.
+#[tokio::test]
+async fn explain_uses_the_data_plane_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let admin = cp.client();
+    admin
+        .put_ok(
+            "/admin/upstreams/u",
+            json!({"nodes": {"127.0.0.1:7001": 1, "127.0.0.1:7002": 2}}),
+        )
+        .await;
+    admin
+        .put_ok(
+            "/admin/routes/wide",
+            json!({"uri": "/api/*", "upstream_id": "u"}),
+        )
+        .await;
+    admin
+        .put_ok("/admin/routes/beta", json!({"uri": "/api/*", "upstream_id": "u", "vars": [["http_x_beta", "==", "1"]], "priority": 5,
+            "plugins": {"cors": {}, "proxy-rewrite": {"uri": "/x"}, "request-id": {}}}))
+        .await;
+    let rev = admin
+        .put_ok("/admin/routes/host", json!({"uri": "/api/v1", "hosts": ["a.example"], "upstream": {"nodes": {"127.0.0.1:7003": 1}}}))
+        .await;
+    wait_for(
+        "the snapshot",
+        std::time::Duration::from_secs(5),
+        || async {
+            let (_, v) = admin.get("/admin/status").await.ok()?;
+            (v["snapshot"]["version"].as_u64() == Some(rev)).then_some(())
+        },
+    )
+    .await;
+
+    let out = cli_ok(&cp, &["explain", "GET", "http://b.example/api/v1"]);
+    assert!(out.contains("route: wide "), "{out}");
+    assert!(
+        out.contains("upstream nodes: 127.0.0.1:7001, 127.0.0.1:7002"),
+        "{out}"
+    );
+    let out = cli_ok(&cp, &["explain", "GET", "http://a.example/api/v1"]);
+    assert!(out.contains("route: host "), "{out}");
+    let out = cli_ok(
+        &cp,
+        &[
+            "--output",
+            "json",
+            "explain",
+            "get",
+            "/api/v1",
+            "-H",
+            "Host: b.example",
+            "-H",
+            "X-Beta: 1",
+        ],
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["route"]["id"], "beta", "{v}");
+    // Highest priority first, as the data plane runs them.
+    let plugins: Vec<&str> = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(plugins, ["request-id", "cors", "proxy-rewrite"], "{v}");
+    assert_eq!(
+        v["route"]["matched_by"]["vars"],
+        json!([["http_x_beta", "==", "1"]])
+    );
+    let out = cli_ok(&cp, &["explain", "GET", "http://b.example/other"]);
+    assert!(out.contains("no route matches"), "{out}");
+}

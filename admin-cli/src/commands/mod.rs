@@ -2,5 +2,6 @@
 
 pub mod config;
 pub mod diff;
+pub mod explain;
 pub mod import;
 pub mod status;

@@ -6,6 +6,7 @@
 mod config;
 mod data_planes;
 mod error;
+mod explain;
 mod resources;
 mod status;
 
@@ -43,6 +44,7 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub fn app(state: AdminState) -> Router {
     let api = Router::new()
         .route("/config", get(config::get).put(config::put))
+        .route("/explain", axum::routing::post(explain::explain))
         .route("/data-planes", get(data_planes::list))
         .route("/history", get(resources::history))
         .route("/status", get(status::status))
