@@ -1,10 +1,23 @@
 //! admin-cli: Postern's command line over the Admin API.
+//!
+//! Exit codes: 0 ok, 1 error, 2 differences found (`diff --exit-code`).
 
+mod client;
+mod commands;
+mod document;
+mod output;
+mod secrets;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serde_json::Value;
+use postern_proto::model::ResourceKind;
+
+use commands::config as cfg;
+use commands::import::Source;
+use output::Format;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -13,19 +26,20 @@ use serde_json::Value;
     about = "Command line for Postern's Admin API"
 )]
 struct Cli {
-    /// Admin API base URL
-    #[arg(
-        long,
-        env = "POSTERN_ADMIN_URL",
-        default_value = "http://127.0.0.1:9180",
-        global = true
-    )]
-    url: String,
+    /// Admin API base URL [default: the context's, else http://127.0.0.1:9180]
+    #[arg(long, env = "POSTERN_ADMIN_URL", global = true)]
+    url: Option<String>,
     /// Admin API key (sent as X-API-KEY)
     #[arg(long, env = "POSTERN_ADMIN_KEY", hide_env_values = true, global = true)]
     key: Option<String>,
-    /// Print raw JSON instead of a table
-    #[arg(long, global = true)]
+    /// A named context of ~/.config/postern/cli.toml (or $POSTERN_CLI_CONFIG)
+    #[arg(long, env = "POSTERN_CONTEXT", global = true)]
+    context: Option<String>,
+    /// Output format of status, list, get and of backup to stdout
+    #[arg(long, short = 'O', value_enum, global = true)]
+    output: Option<Format>,
+    /// Same as --output json
+    #[arg(long, global = true, hide = true)]
     json: bool,
     #[command(subcommand)]
     command: Command,
@@ -35,10 +49,77 @@ struct Cli {
 enum Command {
     /// Data planes, the version each one serves, and their last ACK/NACK
     Status,
-    /// Routes
+    /// Routes (kept for scripts; same as `list routes`)
     Routes {
         #[command(subcommand)]
         action: ListAction,
+    },
+    /// List every resource of a kind
+    List { kind: ResourceKind },
+    /// Show one resource's body
+    Get { kind: ResourceKind, id: String },
+    /// Delete one resource
+    Delete { kind: ResourceKind, id: String },
+    /// Every resource of every kind plus the revision, as one versioned YAML (or JSON) document
+    Backup {
+        /// Write to FILE (mode 0600; JSON if it ends in .json) instead of stdout
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// Keep credentials (consumer keys, client secrets, passwords) instead of redacting them
+        #[arg(long)]
+        include_secrets: bool,
+    },
+    /// Check a config file offline with the model's validation
+    Validate { file: PathBuf },
+    /// Per-resource unified diff: live vs FILE, or between two revisions of the history
+    Diff {
+        #[arg(required_unless_present_all = ["from_rev", "to_rev"], conflicts_with_all = ["from_rev", "to_rev"])]
+        file: Option<PathBuf>,
+        #[arg(long, requires = "to_rev")]
+        from_rev: Option<u64>,
+        #[arg(long, requires = "from_rev")]
+        to_rev: Option<u64>,
+        /// Exit with 2 when there are differences
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Make the live config equal FILE (creates, updates, deletes) in one transaction
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore a backup, all or nothing, in one transaction
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Make the live config equal to revision N, as one new write
+    Rollback {
+        #[arg(long)]
+        to_rev: u64,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Which route the current config gives a request, why, its plugins in order and its nodes
+    Explain {
+        method: String,
+        /// `http://host/path?query`, or `/path` with `-H 'Host: …'`
+        #[arg(value_name = "URL")]
+        target: String,
+        /// A request header, 'Name: value' (repeatable)
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Convert a Kong or APISIX declarative file into a Postern file for `apply`
+    Import {
+        #[arg(long, value_enum)]
+        from: Source,
+        file: PathBuf,
+        /// Write to FILE instead of stdout (JSON if it ends in .json, else YAML)
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -48,156 +129,85 @@ enum ListAction {
     List,
 }
 
-struct Admin {
-    http: reqwest::Client,
-    url: String,
-    key: String,
-}
-
-impl Admin {
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let resp = self
-            .http
-            .get(&url)
-            .header("x-api-key", &self.key)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Admin API at {}", self.url))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .with_context(|| format!("bad answer from {url}"))?;
-        if !status.is_success() {
-            let msg = body.get("error_msg").and_then(Value::as_str).unwrap_or("");
-            bail!("{url}: {status} {msg}");
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let format = Format::pick(cli.output, cli.json);
+    // Offline commands first: they need no connection.
+    match &cli.command {
+        Command::Validate { file } => {
+            cfg::validate(file)?;
+            return Ok(ExitCode::SUCCESS);
         }
-        Ok(body)
-    }
-}
-
-fn cell(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => "-".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
-}
-
-/// Prints rows as aligned columns.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let key = cli
-        .key
-        .context("no admin key: pass --key or set POSTERN_ADMIN_KEY")?;
-    let admin = Admin {
-        http: reqwest::Client::new(),
-        url: cli.url,
-        key,
-    };
-    match cli.command {
-        Command::Status => {
-            let v = admin.get("/admin/data-planes").await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+        Command::Import { from, file, out } => {
+            let input = commands::import::read_yaml(file)?;
+            let imported = commands::import::import(*from, &input)?;
+            for u in &imported.unmapped {
+                eprintln!("not mapped: {u}");
             }
-            let list = v["list"].as_array().cloned().unwrap_or_default();
-            println!(
-                "version {} applied on {} of {} connected data planes",
-                cell(v.get("version")),
-                cell(v.get("applied_current")),
-                cell(v.get("connected")),
-            );
-            let rows = list
-                .iter()
-                .map(|d| {
-                    vec![
-                        cell(d.get("node_id")),
-                        cell(d.get("address")),
-                        if d["connected"].as_bool() == Some(true) {
-                            "yes"
-                        } else {
-                            "no"
-                        }
-                        .to_string(),
-                        cell(d.get("applied_version")),
-                        format!("{}s", cell(d.get("lag_seconds"))),
-                        cell(d.get("last_seen")),
-                        cell(d.pointer("/last_nack/error")),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "NODE",
-                    "ADDRESS",
-                    "CONNECTED",
-                    "APPLIED",
-                    "LAG",
-                    "LAST SEEN",
-                    "LAST NACK",
-                ],
-                rows,
-            );
+            let text = if out
+                .as_ref()
+                .is_some_and(|p| p.extension().is_some_and(|e| e == "json"))
+            {
+                serde_json::to_string_pretty(&imported.doc)? + "\n"
+            } else {
+                serde_yaml_ng::to_string(&imported.doc)?
+            };
+            match out {
+                Some(path) => cfg::write_private(path, &text)?,
+                None => print!("{text}"),
+            }
+            eprintln!("{} items could not be mapped", imported.unmapped.len());
+            return Ok(ExitCode::SUCCESS);
         }
+        _ => {}
+    }
+    let (url, key) = client::resolve(cli.url, cli.key, cli.context.as_deref())?;
+    let admin = client::Admin::new(url, key);
+    match cli.command {
+        Command::Status => commands::status::status(&admin, format).await?,
         Command::Routes {
             action: ListAction::List,
+        } => commands::status::list(&admin, ResourceKind::Routes, format).await?,
+        Command::List { kind } => commands::status::list(&admin, kind, format).await?,
+        Command::Get { kind, id } => commands::status::get(&admin, kind, &id, format).await?,
+        Command::Delete { kind, id } => commands::status::delete(&admin, kind, &id).await?,
+        Command::Explain {
+            method,
+            target,
+            headers,
+        } => commands::explain::explain(&admin, &method, &target, &headers, format).await?,
+        Command::Backup {
+            out,
+            include_secrets,
+        } => cfg::backup(&admin, out.as_deref(), include_secrets, format).await?,
+        Command::Diff {
+            file,
+            from_rev,
+            to_rev,
+            exit_code,
         } => {
-            let v = admin.get("/admin/routes").await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+            let different = match (file, from_rev, to_rev) {
+                (Some(f), _, _) => cfg::diff_file(&admin, &f).await?,
+                (None, Some(a), Some(b)) => cfg::diff_revisions(&admin, a, b).await?,
+                _ => anyhow::bail!("give a FILE or --from-rev A --to-rev B"),
+            };
+            if different && exit_code {
+                return Ok(ExitCode::from(cfg::EXIT_DIFFERENT));
             }
-            let rows = v["list"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|r| {
-                    let val = &r["value"];
-                    let uris = val.get("uri").cloned().or_else(|| val.get("uris").cloned());
-                    vec![
-                        cell(r.get("id")),
-                        cell(val.get("name")),
-                        cell(uris.as_ref()),
-                        cell(val.get("methods")),
-                        cell(val.get("host").or(val.get("hosts"))),
-                        cell(r.get("mod_revision")),
-                    ]
-                })
-                .collect();
-            table(&["ID", "NAME", "URI", "METHODS", "HOST", "REVISION"], rows);
         }
+        Command::Apply { file, dry_run } => cfg::apply(&admin, &file, dry_run).await?,
+        Command::Restore { file, dry_run } => cfg::restore(&admin, &file, dry_run).await?,
+        Command::Rollback { to_rev, dry_run } => cfg::rollback(&admin, to_rev, dry_run)
+            .await
+            .with_context(|| format!("rollback to revision {to_rev}"))?,
+        Command::Validate { .. } | Command::Import { .. } => unreachable!("handled above"),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("admin-cli: {e:#}");
             ExitCode::FAILURE

@@ -74,7 +74,9 @@ impl From<StoreError> for AdminError {
         match e {
             StoreError::NotFound { .. } => AdminError::NotFound(msg),
             StoreError::AlreadyExists { .. } => AdminError::Conflict(msg),
-            StoreError::PreconditionFailed { .. } => AdminError::PreconditionFailed(msg),
+            StoreError::PreconditionFailed { .. } | StoreError::RevisionMismatch { .. } => {
+                AdminError::PreconditionFailed(msg)
+            }
             // The field goes in `field` (and in front of the message, once).
             StoreError::DanglingReference { field, kind, id } => AdminError::invalid(
                 field,

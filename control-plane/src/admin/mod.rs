@@ -3,8 +3,10 @@
 //! Native paths are `/admin/<kind>/<id>`; `/apisix/admin/...` is an alias so existing APISIX
 //! scripts run unchanged. `app()` builds the router without a socket so tests can drive it.
 
+mod config;
 mod data_planes;
 mod error;
+mod explain;
 pub mod listener;
 mod resources;
 mod status;
@@ -42,6 +44,8 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 pub fn app(state: AdminState) -> Router {
     let api = Router::new()
+        .route("/config", get(config::get).put(config::put))
+        .route("/explain", axum::routing::post(explain::explain))
         .route("/data-planes", get(data_planes::list))
         .route("/history", get(resources::history))
         .route("/status", get(status::status))

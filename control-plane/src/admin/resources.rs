@@ -75,7 +75,7 @@ fn write_response(outcome: WriteOutcome) -> Response {
 
 /// Parses a body, checks its `id` against the path, validates it as `kind` and turns it into a
 /// store write. Nothing is written if any step fails.
-fn prepare_put(
+pub(super) fn prepare_put(
     kind: ResourceKind,
     id: &str,
     mut value: Value,
@@ -139,7 +139,7 @@ fn prepare_put(
     })
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, AdminError> {
+pub(super) fn parse_json(body: &Bytes) -> Result<Value, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::invalid("", format!("invalid JSON: {e}")))
 }
 

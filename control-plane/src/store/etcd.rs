@@ -19,7 +19,7 @@
 //! passes its compare saw exactly the state it checked; one that fails is retried from the read.
 //! Writers of one store queue on a local lock, so only other control planes compete with them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,11 +34,11 @@ use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use super::run_detached;
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
     StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
+use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
 
 /// How long connecting to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,7 +206,7 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 /// A resource as stored under `resources/<kind>/<id>`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ResourceRecord {
     kind: ResourceKind,
     id: String,
@@ -982,6 +982,198 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// A whole-config replace: the plan's writes as one etcd transaction (one counter move to the
+    /// last revision, one history key per change), applied only if the counter did not move.
+    /// etcd caps the operations per transaction (`--max-txn-ops`, 128 by default): a replace
+    /// that changes more than that needs the cluster's limit raised.
+    async fn replace(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let _writer = self.write_lock.lock().await;
+        for attempt in 1..=MAX_WRITE_ATTEMPTS {
+            let txn = Txn::new().and_then([
+                TxnOp::get(self.keys.revision(), None),
+                TxnOp::get(self.keys.resources(), Some(GetOptions::new().with_prefix())),
+            ]);
+            let resp = self.txn("read", Retry::Safe, txn).await?;
+            let answers = read_answers(&resp, 2)?;
+            let (counter, counter_mod) = decode_counter(answers[0].kvs().first())?;
+            if let Some(expected) = req.expected_revision.filter(|e| *e != counter) {
+                return Err(StoreError::RevisionMismatch {
+                    expected,
+                    actual: counter,
+                });
+            }
+            let records = answers[1]
+                .kvs()
+                .iter()
+                .map(decode_resource)
+                .collect::<StoreResult<Vec<_>>>()?;
+            let current: Vec<StoredResource> =
+                records.iter().cloned().map(StoredResource::from).collect();
+            let (writes, mut outcome) = plan_replace(&current, &req)?;
+            outcome.revision = counter;
+            if writes.is_empty() {
+                return Ok(outcome);
+            }
+            let now = unix_now();
+            let mut ops = Vec::new();
+            for write in writes {
+                let revision = outcome
+                    .revision
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::Corrupt("revision overflow".to_string()))?;
+                outcome.revision = revision;
+                let (kind, id) = match &write {
+                    Write::Put(p) => (p.kind, p.id.clone()),
+                    Write::Delete(d) => (d.kind, d.id.clone()),
+                };
+                let old = records.iter().find(|r| r.kind == kind && r.id == id);
+                let old_ref_keys: BTreeSet<String> = old
+                    .iter()
+                    .flat_map(|c| &c.refs)
+                    .map(|r| self.keys.reference(kind, &id, r))
+                    .collect();
+                let (record, refs, after, op) = match write {
+                    Write::Put(p) => {
+                        let mut refs: Vec<RefRecord> = Vec::new();
+                        for r in &p.references {
+                            let record = RefRecord {
+                                field: r.field.to_string(),
+                                kind: r.kind,
+                                id: r.id.clone(),
+                            };
+                            if !refs.contains(&record) {
+                                refs.push(record);
+                            }
+                        }
+                        let (create_revision, created_at) = match old {
+                            Some(c) => (c.create_revision, c.created_at),
+                            None => (revision, now),
+                        };
+                        let record = ResourceRecord {
+                            kind,
+                            id: id.clone(),
+                            value: p.value.clone(),
+                            create_revision,
+                            mod_revision: revision,
+                            created_at,
+                            updated_at: now,
+                            refs: refs.clone(),
+                            claims: p
+                                .claims
+                                .iter()
+                                .map(|c| ClaimRecord {
+                                    plugin: c.plugin.to_string(),
+                                    digest: c.digest.clone(),
+                                })
+                                .collect(),
+                        };
+                        (Some(record), refs, Some(p.value), "put")
+                    }
+                    Write::Delete(_) => (None, Vec::new(), None, "delete"),
+                };
+                let history = HistoryRecord {
+                    revision,
+                    at: now,
+                    kind,
+                    id: id.clone(),
+                    op: op.to_string(),
+                    before: old.map(|c| c.value.clone()),
+                    after,
+                    actor: req.actor.clone(),
+                };
+                match &record {
+                    Some(record) => ops.push(TxnOp::put(
+                        self.keys.resource(kind, &id),
+                        encode(record)?,
+                        None,
+                    )),
+                    None => ops.push(TxnOp::delete(self.keys.resource(kind, &id), None)),
+                }
+                ops.push(TxnOp::put(
+                    self.keys.history_at(revision),
+                    encode(&history)?,
+                    None,
+                ));
+                let new_ref_keys: BTreeSet<String> = refs
+                    .iter()
+                    .map(|r| self.keys.reference(kind, &id, r))
+                    .collect();
+                let from = format!("{kind}/{id}");
+                for key in old_ref_keys.difference(&new_ref_keys) {
+                    ops.push(TxnOp::delete(key.as_str(), None));
+                }
+                for key in new_ref_keys.difference(&old_ref_keys) {
+                    ops.push(TxnOp::put(key.as_str(), from.as_str(), None));
+                }
+            }
+            // Credentials: the set replaces everything, so the credential keys become exactly
+            // the desired set's (each key touched once, as etcd requires).
+            let holders = |claims: Vec<(String, String)>| -> BTreeMap<String, String> {
+                claims.into_iter().collect()
+            };
+            let old_claims = holders(
+                records
+                    .iter()
+                    .flat_map(|r| {
+                        let from = format!("{}/{}", r.kind, r.id);
+                        r.claims
+                            .iter()
+                            .map(move |c| (self.keys.credential(c), from.clone()))
+                    })
+                    .collect(),
+            );
+            let new_claims = holders(
+                req.resources
+                    .iter()
+                    .flat_map(|item| {
+                        let from = format!("{}/{}", item.kind, item.id);
+                        item.claims.iter().map(move |c| {
+                            let record = ClaimRecord {
+                                plugin: c.plugin.to_string(),
+                                digest: c.digest.clone(),
+                            };
+                            (self.keys.credential(&record), from.clone())
+                        })
+                    })
+                    .collect(),
+            );
+            for key in old_claims.keys().filter(|k| !new_claims.contains_key(*k)) {
+                ops.push(TxnOp::delete(key.as_str(), None));
+            }
+            for (key, holder) in &new_claims {
+                if old_claims.get(key) != Some(holder) {
+                    ops.push(TxnOp::put(key.as_str(), holder.as_str(), None));
+                }
+            }
+            ops.push(TxnOp::put(
+                self.keys.revision(),
+                outcome.revision.to_string(),
+                None,
+            ));
+            let op_count = ops.len();
+            let committed = match self.commit(counter_mod, ops).await {
+                Err(StoreError::Unavailable(m)) if m.contains("too many operations") => {
+                    return Err(StoreError::Unavailable(format!(
+                        "this replace needs {op_count} operations in one etcd transaction, more \
+                         than the cluster's --max-txn-ops allows (128 by default): raise it, \
+                         or apply the change in smaller steps ({m})"
+                    )));
+                }
+                other => other?,
+            };
+            if let Some(etcd_revision) = committed {
+                self.announcer
+                    .observed(outcome.revision, etcd_revision)
+                    .await;
+                return Ok(outcome);
+            }
+            backoff(attempt).await;
+        }
+        Err(contended())
+    }
+}
+
 fn contended() -> StoreError {
     StoreError::Unavailable(format!(
         "etcd write lost to other writers {MAX_WRITE_ATTEMPTS} times in a row"
@@ -1096,6 +1288,15 @@ impl ConfigStore for EtcdStore {
             async move { inner.delete(req).await }
         })
         .await
+    }
+
+    async fn replace_all(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let inner = self.inner.clone();
+        match tokio::spawn(async move { inner.replace(req).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
+        }
     }
 
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {

@@ -189,12 +189,132 @@ pub enum StoreError {
     /// The backend cannot be reached or failed; the Admin API answers 503.
     #[error("config store unavailable: {0}")]
     Unavailable(String),
+    /// A whole-config replace expected another global revision (`If-Match` on `PUT /admin/config`).
+    #[error("the config is at revision {actual}, not the expected {expected}")]
+    RevisionMismatch { expected: u64, actual: u64 },
     /// Stored data that cannot be read back (corruption, manual edits).
     #[error("config store returned bad data: {0}")]
     Corrupt(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One resource of a whole configuration given to [`ConfigStore::replace_all`].
+#[derive(Debug, Clone)]
+pub struct ReplaceItem {
+    pub kind: ResourceKind,
+    pub id: String,
+    pub value: Value,
+    pub references: Vec<OwnedReference>,
+    /// The credentials it holds (unique across the whole set: checked by the caller with
+    /// `ConfigSet::check_references`, and by the store against nothing else, since the set
+    /// replaces everything).
+    pub claims: Vec<OwnedClaim>,
+}
+
+/// Make the store hold exactly `resources` (`PUT /admin/config`: restore, apply, rollback).
+#[derive(Debug, Clone, Default)]
+pub struct ReplaceRequest {
+    pub resources: Vec<ReplaceItem>,
+    /// Refuse unless the global revision is exactly this (`If-Match`).
+    pub expected_revision: Option<u64>,
+    pub actor: Option<String>,
+}
+
+/// What a replace changed. Each change is its own history row with its own revision (history is
+/// keyed by revision), but all of them commit in one transaction: nothing in between is ever
+/// visible, and only the last revision is announced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplaceOutcome {
+    /// The global revision after the replace (unchanged when nothing differed).
+    pub revision: u64,
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
+}
+
+/// The writes that turn `current` into `req.resources`: creates and updates in dependency order,
+/// then deletes in reverse dependency order; unchanged resources are left alone. Fails if a
+/// resource references one that is not in the new configuration.
+pub(super) fn plan_replace(
+    current: &[StoredResource],
+    req: &ReplaceRequest,
+) -> StoreResult<(Vec<Write>, ReplaceOutcome)> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut desired: BTreeMap<(ResourceKind, &str), &ReplaceItem> = BTreeMap::new();
+    for item in &req.resources {
+        if desired.insert((item.kind, &item.id), item).is_some() {
+            return Err(StoreError::AlreadyExists {
+                kind: item.kind,
+                id: item.id.clone(),
+            });
+        }
+    }
+    for item in &req.resources {
+        if let Some(r) = item
+            .references
+            .iter()
+            .find(|r| !desired.contains_key(&(r.kind, r.id.as_str())))
+        {
+            return Err(StoreError::DanglingReference {
+                field: r.field,
+                kind: r.kind,
+                id: r.id.clone(),
+            });
+        }
+    }
+    let live: BTreeMap<(ResourceKind, &str), &StoredResource> = current
+        .iter()
+        .map(|r| ((r.kind, r.id.as_str()), r))
+        .collect();
+    let mut outcome = ReplaceOutcome {
+        revision: 0,
+        created: 0,
+        updated: 0,
+        deleted: 0,
+    };
+    let mut writes = Vec::new();
+    for kind in ResourceKind::ALL {
+        for ((_, id), item) in desired
+            .range((kind, "")..)
+            .take_while(|((k, _), _)| *k == kind)
+        {
+            let mut value = item.value.clone();
+            if let Value::Object(map) = &mut value {
+                map.insert("id".to_string(), Value::String(id.to_string()));
+            }
+            match live.get(&(kind, *id)) {
+                Some(cur) if cur.value == value => continue,
+                Some(_) => outcome.updated += 1,
+                None => outcome.created += 1,
+            }
+            writes.push(Write::Put(PutRequest {
+                kind,
+                id: id.to_string(),
+                value,
+                references: item.references.clone(),
+                claims: item.claims.clone(),
+                precondition: Precondition::None,
+                actor: req.actor.clone(),
+            }));
+        }
+    }
+    let keep: BTreeSet<(ResourceKind, &str)> = desired.keys().copied().collect();
+    for kind in ResourceKind::ALL.iter().rev() {
+        for r in current.iter().filter(|r| r.kind == *kind) {
+            if !keep.contains(&(r.kind, r.id.as_str())) {
+                outcome.deleted += 1;
+                writes.push(Write::Delete(DeleteRequest {
+                    kind: r.kind,
+                    id: r.id.clone(),
+                    precondition: Precondition::None,
+                    actor: req.actor.clone(),
+                }));
+            }
+        }
+    }
+    Ok((writes, outcome))
+}
 
 /// One write, for backends that run puts and deletes through the same transaction wrapper.
 pub(super) enum Write {
@@ -242,6 +362,9 @@ pub trait ConfigStore: Send + Sync + 'static {
 
     /// Deletes a resource; fails with `InUse` while others reference it.
     async fn delete(&self, req: DeleteRequest) -> StoreResult<WriteOutcome>;
+
+    /// Makes the store hold exactly the given resources, in one transaction: all or nothing.
+    async fn replace_all(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome>;
 
     /// History entries with `revision > after`, oldest first, at most `limit`.
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>>;

@@ -38,7 +38,7 @@ use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
     PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
-use super::{Write, run_detached};
+use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -223,6 +223,27 @@ impl Inner {
             Write::Delete(req) => delete_in(&mut tx, req).await,
         };
         match result {
+            Ok(outcome) => {
+                tx.commit().await.map_err(db_err)?;
+                self.announce(outcome.revision);
+                Ok(outcome)
+            }
+            Err(e) => {
+                rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A whole-config replace: every write of the plan in one transaction, announced once.
+    async fn replace(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let _writer = self.queue_for_write().await?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(db_err)?;
+        match replace_in(&mut tx, &req).await {
             Ok(outcome) => {
                 tx.commit().await.map_err(db_err)?;
                 self.announce(outcome.revision);
@@ -613,6 +634,53 @@ async fn delete_in(conn: &mut PgConnection, req: DeleteRequest) -> StoreResult<W
     })
 }
 
+async fn replace_in(conn: &mut PgConnection, req: &ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+    // The meta row lock first, as every write takes it: what is read below cannot change until
+    // commit, in this or any other control plane.
+    let row = sqlx::query("SELECT revision FROM meta WHERE id = 1 FOR UPDATE")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    let actual = from_db(column(&row, "revision")?, "meta.revision")?;
+    if let Some(expected) = req.expected_revision.filter(|e| *e != actual) {
+        return Err(StoreError::RevisionMismatch { expected, actual });
+    }
+    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources");
+    let rows = sqlx::query(&sql)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let current = rows
+        .iter()
+        .map(decode_resource)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let (writes, mut outcome) = plan_replace(&current, req)?;
+    // Credentials may move between the resources written here (a key handed from a deleted
+    // consumer to a new one, or swapped between two): release every one they hold first; each
+    // put then claims its own again, and a clash with an untouched resource is still refused.
+    for write in &writes {
+        let (kind, id) = match write {
+            Write::Put(p) => (p.kind, p.id.as_str()),
+            Write::Delete(d) => (d.kind, d.id.as_str()),
+        };
+        sqlx::query("DELETE FROM credentials WHERE kind = $1 AND id = $2")
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    }
+    outcome.revision = actual;
+    for write in writes {
+        outcome.revision = match write {
+            Write::Put(req) => put_in(conn, req).await?.revision,
+            Write::Delete(req) => delete_in(conn, req).await?.revision,
+        };
+    }
+    Ok(outcome)
+}
+
 /// Increments the global revision as the first statement of a write transaction, taking the
 /// `meta` row lock that serialises writers across replicas until commit or rollback. Returns the
 /// new revision and the database's clock in Unix seconds (one clock for every replica).
@@ -920,6 +988,15 @@ impl ConfigStore for PostgresStore {
             async move { inner.write(Write::Delete(req)).await }
         })
         .await
+    }
+
+    async fn replace_all(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let inner = self.inner.clone();
+        match tokio::spawn(async move { inner.replace(req).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
+        }
     }
 
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {

@@ -27,7 +27,7 @@ use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
     PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
-use super::{Write, run_detached};
+use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -129,6 +129,74 @@ impl Inner {
             }
         }
     }
+}
+
+impl Inner {
+    /// A whole-config replace: every write of the plan in one transaction, announced once.
+    async fn replace(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let result = replace_in(&mut tx, &req).await;
+        match result {
+            Ok(outcome) => {
+                tx.commit().await.map_err(db_err)?;
+                self.revision_tx.send_replace(outcome.revision);
+                Ok(outcome)
+            }
+            Err(e) => {
+                rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn replace_in(
+    conn: &mut SqliteConnection,
+    req: &ReplaceRequest,
+) -> StoreResult<ReplaceOutcome> {
+    let actual = read_revision(conn).await?;
+    if let Some(expected) = req.expected_revision.filter(|e| *e != actual) {
+        return Err(StoreError::RevisionMismatch { expected, actual });
+    }
+    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources");
+    let rows = sqlx::query(&sql)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let current = rows
+        .iter()
+        .map(decode_resource)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let (writes, mut outcome) = plan_replace(&current, req)?;
+    // Credentials may move between the resources written here (a key handed from a deleted
+    // consumer to a new one, or swapped between two): release every one they hold first; each
+    // put then claims its own again, and a clash with an untouched resource is still refused.
+    for write in &writes {
+        let (kind, id) = match write {
+            Write::Put(p) => (p.kind, p.id.as_str()),
+            Write::Delete(d) => (d.kind, d.id.as_str()),
+        };
+        sqlx::query("DELETE FROM credentials WHERE kind = ? AND id = ?")
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    }
+    outcome.revision = actual;
+    let now = unix_now();
+    for write in writes {
+        outcome.revision = match write {
+            Write::Put(req) => put_in(conn, req, now).await?.revision,
+            Write::Delete(req) => delete_in(conn, req, now).await?.revision,
+        };
+    }
+    Ok(outcome)
 }
 
 /// Rolls back explicitly (rather than on drop) so the write lock is released only once SQLite's
@@ -622,6 +690,15 @@ impl ConfigStore for SqliteStore {
             async move { inner.write(Write::Delete(req)).await }
         })
         .await
+    }
+
+    async fn replace_all(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
+        let inner = self.inner.clone();
+        match tokio::spawn(async move { inner.replace(req).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("write task failed: {e}"))),
+        }
     }
 
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
-    PutRequest, StoreError, StoreSnapshot, StoredResource, WriteOutcome,
+    PutRequest, ReplaceItem, ReplaceOutcome, ReplaceRequest, StoreError, StoreSnapshot,
+    StoredResource, WriteOutcome,
 };
 
 const UP: ResourceKind = ResourceKind::Upstreams;
@@ -125,6 +126,231 @@ fn ids(resources: &[StoredResource]) -> Vec<(ResourceKind, &str)> {
 
 // ---------------------------------------------------------------------------------------------
 // Conformance functions
+
+fn item(kind: ResourceKind, id: &str, value: Value, refs: Vec<OwnedReference>) -> ReplaceItem {
+    ReplaceItem {
+        kind,
+        id: id.to_string(),
+        value,
+        references: refs,
+        claims: Vec::new(),
+    }
+}
+
+/// `replace_all` keeps the credential index: the replaced set's credentials are exactly the ones
+/// held afterwards, so a later put of the same credential by someone else is refused, and a key
+/// moved from one consumer to another within one replace is free for its new holder.
+pub(super) async fn replace_all_keeps_credentials(store: Arc<dyn ConfigStore>) {
+    const CONSUMER: ResourceKind = ResourceKind::Consumers;
+    let s = store.as_ref();
+    // The key is in the body too, as in real consumers: a resource whose body is unchanged is
+    // left alone by a replace.
+    let consumer = |id: &str, key: &str| {
+        let body = json!({"username": id, "plugins": {"key-auth": {"key": key}}});
+        let mut it = item(CONSUMER, id, body, vec![]);
+        it.claims = vec![OwnedClaim::new("key-auth", "plugins.key-auth.key", key)];
+        it
+    };
+    let replace = |resources: Vec<ReplaceItem>| ReplaceRequest {
+        resources,
+        expected_revision: None,
+        actor: None,
+    };
+    s.replace_all(replace(vec![consumer("a", "k1"), consumer("b", "k2")]))
+        .await
+        .expect("first replace");
+    let mut taken = put_req(CONSUMER, "c", json!({"username": "c"}));
+    taken.claims = vec![OwnedClaim::new("key-auth", "plugins.key-auth.key", "k1")];
+    let err = put_err(s, taken).await;
+    assert!(
+        matches!(&err, StoreError::CredentialTaken { holder, .. } if holder == "consumers/a"),
+        "{err:?}"
+    );
+    // k1 moves from a to c, b keeps k2, a goes away.
+    s.replace_all(replace(vec![consumer("c", "k1"), consumer("b", "k2")]))
+        .await
+        .expect("second replace");
+    let mut again = put_req(CONSUMER, "a", json!({"username": "a"}));
+    again.claims = vec![OwnedClaim::new("key-auth", "plugins.key-auth.key", "k1")];
+    let err = put_err(s, again).await;
+    assert!(
+        matches!(&err, StoreError::CredentialTaken { holder, .. } if holder == "consumers/c"),
+        "{err:?}"
+    );
+    // Two consumers swap keys in one replace.
+    s.replace_all(replace(vec![consumer("c", "k2"), consumer("b", "k1")]))
+        .await
+        .expect("swap");
+    let mut swapped = put_req(CONSUMER, "z", json!({"username": "z"}));
+    swapped.claims = vec![OwnedClaim::new("key-auth", "plugins.key-auth.key", "k1")];
+    let err = put_err(s, swapped).await;
+    assert!(
+        matches!(&err, StoreError::CredentialTaken { holder, .. } if holder == "consumers/b"),
+        "{err:?}"
+    );
+    // Emptying the store frees everything.
+    s.replace_all(replace(vec![])).await.expect("empty replace");
+    let mut free = put_req(CONSUMER, "a", json!({"username": "a"}));
+    free.claims = vec![OwnedClaim::new("key-auth", "plugins.key-auth.key", "k1")];
+    put_ok(s, free).await;
+}
+
+/// `replace_all`: creates, updates and deletes so the store holds exactly the given set, in one
+/// transaction; unchanged resources are untouched; a bad reference or a stale expected revision
+/// changes nothing.
+pub(super) async fn replace_all_is_all_or_nothing(store: Arc<dyn ConfigStore>) {
+    let s = store.as_ref();
+    let mut rx = s.subscribe();
+    put_ok(s, put_req(UP, "u1", json!({"nodes": {"a:1": 1}}))).await;
+    let mut svc = put_req(SVC, "s1", json!({"upstream_id": "u1"}));
+    svc.references = vec![reference("upstream_id", UP, "u1")];
+    put_ok(s, svc).await;
+    put_ok(s, put_req(ROUTE, "old", json!({"uri": "/old"}))).await;
+    let mut keep = put_req(ROUTE, "keep", json!({"uri": "/keep"}));
+    keep.references = vec![reference("service_id", SVC, "s1")];
+    put_ok(s, keep).await;
+    let before = revision(s).await;
+    let keep_before = s.get(ROUTE, "keep").await.unwrap().unwrap();
+
+    let desired = ReplaceRequest {
+        resources: vec![
+            // Listed out of dependency order on purpose.
+            item(
+                ROUTE,
+                "keep",
+                json!({"uri": "/keep"}),
+                vec![reference("service_id", SVC, "s1")],
+            ),
+            item(
+                SVC,
+                "s1",
+                json!({"upstream_id": "u2"}),
+                vec![reference("upstream_id", UP, "u2")],
+            ),
+            item(UP, "u2", json!({"nodes": {"b:1": 1}}), vec![]),
+            item(GLOBAL, "g", json!({"plugins": {}}), vec![]),
+        ],
+        expected_revision: Some(before),
+        actor: Some("restore".to_string()),
+    };
+    let outcome = s.replace_all(desired.clone()).await.expect("replace");
+    // created u2 and g, updated s1, deleted old and u1: one revision per change.
+    assert_eq!(
+        outcome,
+        ReplaceOutcome {
+            revision: before + 5,
+            created: 2,
+            updated: 1,
+            deleted: 2,
+        }
+    );
+    assert_eq!(revision(s).await, before + 5);
+    tokio::time::timeout(WAIT, rx.wait_for(|r| *r == before + 5))
+        .await
+        .expect("the replace is announced")
+        .expect("store alive");
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(
+        ids(&snap.resources),
+        vec![(UP, "u2"), (SVC, "s1"), (ROUTE, "keep"), (GLOBAL, "g")]
+    );
+    let s1 = snap.resources.iter().find(|r| r.id == "s1").unwrap();
+    assert_eq!(s1.value, with_id(json!({"upstream_id": "u2"}), "s1"));
+    // Unchanged resources keep their mod_revision.
+    assert_eq!(s.get(ROUTE, "keep").await.unwrap().unwrap(), keep_before);
+    let history: Vec<_> = all_history(s)
+        .await
+        .into_iter()
+        .filter(|h| h.revision > before)
+        .map(|h| (h.revision, h.kind, h.id, h.op, h.actor))
+        .collect();
+    let actor = Some("restore".to_string());
+    assert_eq!(
+        history,
+        vec![
+            (before + 1, UP, "u2".into(), HistoryOp::Put, actor.clone()),
+            (before + 2, SVC, "s1".into(), HistoryOp::Put, actor.clone()),
+            (
+                before + 3,
+                GLOBAL,
+                "g".into(),
+                HistoryOp::Put,
+                actor.clone()
+            ),
+            (
+                before + 4,
+                ROUTE,
+                "old".into(),
+                HistoryOp::Delete,
+                actor.clone()
+            ),
+            (
+                before + 5,
+                UP,
+                "u1".into(),
+                HistoryOp::Delete,
+                actor.clone()
+            ),
+        ]
+    );
+    // u1 no longer holds refs: deleting u2 is refused (s1 uses it), u1 is simply gone.
+    assert!(matches!(
+        delete_err(s, del_req(UP, "u2")).await,
+        StoreError::InUse { .. }
+    ));
+
+    // The same set again changes nothing.
+    let mut again = desired.clone();
+    again.expected_revision = None;
+    let outcome = s.replace_all(again).await.expect("replace again");
+    assert_eq!(
+        (
+            outcome.revision,
+            outcome.created,
+            outcome.updated,
+            outcome.deleted
+        ),
+        (before + 5, 0, 0, 0)
+    );
+
+    // Rejected replaces leave everything as it was.
+    let seen = observe(s).await;
+    let mut stale = desired.clone();
+    stale.resources.truncate(1);
+    stale.expected_revision = Some(before);
+    assert!(matches!(
+        s.replace_all(stale).await,
+        Err(StoreError::RevisionMismatch { expected, actual }) if expected == before && actual == before + 5
+    ));
+    let dangling = ReplaceRequest {
+        resources: vec![
+            item(UP, "u9", json!({"nodes": {}}), vec![]),
+            item(
+                ROUTE,
+                "r",
+                json!({"uri": "/r"}),
+                vec![reference("service_id", SVC, "nope")],
+            ),
+        ],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.replace_all(dangling).await,
+        Err(StoreError::DanglingReference {
+            field: "service_id",
+            ..
+        })
+    ));
+    assert_eq!(observe(s).await, seen);
+
+    // An empty set deletes everything, dependents first.
+    let outcome = s
+        .replace_all(ReplaceRequest::default())
+        .await
+        .expect("wipe");
+    assert_eq!((outcome.deleted, outcome.revision), (4, before + 9));
+    assert!(s.snapshot().await.unwrap().resources.is_empty());
+}
 
 /// Create, read, list (ordered by id, per kind), replace and delete.
 pub(super) async fn crud_and_ordering(store: Arc<dyn ConfigStore>) {
@@ -858,6 +1084,8 @@ mod sqlite {
         snapshot_under_concurrent_writes,
         subscribe_sees_revisions,
         concurrent_writers,
+        replace_all_is_all_or_nothing,
+        replace_all_keeps_credentials,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1152,6 +1380,8 @@ mod postgres {
         snapshot_under_concurrent_writes,
         subscribe_sees_revisions,
         concurrent_writers,
+        replace_all_is_all_or_nothing,
+        replace_all_keeps_credentials,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1792,6 +2022,8 @@ rm -rf "$dir""#;
         snapshot_under_concurrent_writes,
         subscribe_sees_revisions,
         concurrent_writers,
+        replace_all_is_all_or_nothing,
+        replace_all_keeps_credentials,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
