@@ -170,7 +170,9 @@ plugins:
                     "request-termination": {"status_code": 403}
                 }}],
                 "global_rules": [{"id": "g", "plugins": {"prometheus": {}}}],
-                "consumers": [{"id": "jack", "username": "jack", "plugins": {"key-auth": {"key": "k"}}}]
+                "consumers": [{"id": "jack", "username": "jack", "plugins": {"key-auth": {"key": "k"}}}],
+                "consumer_groups": [],
+                "revocations": []
             }})
         );
         assert_eq!(got.unmapped.len(), 2, "{:?}", got.unmapped);

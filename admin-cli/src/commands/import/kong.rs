@@ -798,7 +798,10 @@ mod tests {
                     "uris": ["/api/v1/users", "/api/v1/users/*"],
                     "plugins": {"proxy-rewrite": {"regex_uri": ["^(?:/api/v1/users)/?(.*)", "/$1"]}},
                     "service_id": "user-service"}],
-                "global_rules": []
+                "global_rules": [],
+                "consumer_groups": [],
+                "consumers": [],
+                "revocations": []
             }})
         );
         assert!(got.unmapped.is_empty(), "{:?}", got.unmapped);
