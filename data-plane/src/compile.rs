@@ -158,7 +158,7 @@ impl UpstreamBuilder<'_> {
         let reused = self.previous.and_then(|p| p.upstreams.get(&key)).cloned();
         let upstream = match reused {
             Some(u) => u,
-            None => Arc::new(Upstream::build(cfg)?),
+            None => Arc::new(Upstream::build(cfg, &format!("{owner}/{id}"))?),
         };
         self.built.insert(key, upstream.clone());
         Ok(upstream)
@@ -247,7 +247,9 @@ pub struct UpstreamNode {
 }
 
 impl Upstream {
-    fn build(cfg: &UpstreamConfig) -> Result<Upstream, ValidationError> {
+    /// `label` names the upstream in metrics: `upstreams/<id>`, or `routes/<id>` / `services/<id>`
+    /// for an inline one.
+    fn build(cfg: &UpstreamConfig, label: &str) -> Result<Upstream, ValidationError> {
         let resolved = cfg.resolved_nodes().map_err(|e| e.under("nodes"))?;
         let weights: Vec<u32> = resolved.iter().map(|n| n.weight).collect();
         let names: Vec<String> = resolved.iter().map(|n| n.authority()).collect();
@@ -289,7 +291,7 @@ impl Upstream {
             None
         };
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let health = Arc::new(Health::new(cfg.checks.as_ref(), names.clone()));
+        let health = Arc::new(Health::new(cfg.checks.as_ref(), names.clone(), label));
         let targets = resolved
             .iter()
             .map(|n| {

@@ -102,6 +102,8 @@ pub struct Health {
     nodes: Box<[NodeHealth]>,
     /// Node addresses, for logs.
     names: Box<[String]>,
+    /// `postern_upstream_node_healthy{upstream, node}` per node (only when checks are on).
+    gauges: Box<[prometheus::IntGauge]>,
     active: Option<Rules>,
     passive: Option<Rules>,
     /// Every node unhealthy: spread over all of them (`true`) or answer 503.
@@ -109,8 +111,23 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(checks: Option<&HealthChecks>, names: Vec<String>) -> Health {
+    pub fn new(checks: Option<&HealthChecks>, names: Vec<String>, upstream: &str) -> Health {
+        let gauges = if checks.is_some() {
+            names
+                .iter()
+                .map(|n| {
+                    let g = crate::observability::metrics::METRICS
+                        .upstream_node_healthy
+                        .with_label_values(&[upstream, n.as_str()]);
+                    g.set(1);
+                    g
+                })
+                .collect()
+        } else {
+            Box::default()
+        };
         Health {
+            gauges,
             nodes: names.iter().map(|_| NodeHealth::default()).collect(),
             names: names.into_boxed_slice(),
             active: checks.and_then(|c| c.active.as_ref()).map(Rules::active),
@@ -174,6 +191,9 @@ impl Health {
                     HEALTH_METRICS
                         .marked_healthy
                         .fetch_add(1, Ordering::Relaxed);
+                    if let Some(g) = self.gauges.get(node) {
+                        g.set(1);
+                    }
                     tracing::info!(node = %self.names[node], check = how, "upstream node healthy again");
                 }
                 return;
@@ -191,6 +211,9 @@ impl Health {
             HEALTH_METRICS
                 .marked_unhealthy
                 .fetch_add(1, Ordering::Relaxed);
+            if let Some(g) = self.gauges.get(node) {
+                g.set(0);
+            }
             tracing::warn!(node = %self.names[node], check = how, ?outcome, "upstream node unhealthy");
         }
     }
@@ -317,7 +340,7 @@ mod tests {
 
     fn health(checks: serde_json::Value) -> Health {
         let c: HealthChecks = serde_json::from_value(checks).unwrap();
-        Health::new(Some(&c), vec!["a:1".into(), "b:1".into()])
+        Health::new(Some(&c), vec!["a:1".into(), "b:1".into()], "upstreams/test")
     }
 
     #[test]

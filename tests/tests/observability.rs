@@ -354,3 +354,39 @@ async fn every_request_reaches_the_upstream_with_a_request_id() {
         .unwrap();
     assert_eq!(id(&replaced).len(), 36);
 }
+
+#[tokio::test]
+async fn limits_and_auth_failures_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let node = upstream("ok").await;
+    let mut limited = route("/limited", node);
+    limited["plugins"] =
+        json!({"limit-count": {"count": 1, "time_window": 60, "rejected_code": 429}});
+    let mut guarded = route("/guarded", node);
+    guarded["plugins"] = json!({"key-auth": {}});
+    let admin = cp.client();
+    admin.put_ok("/admin/routes/limited", limited).await;
+    let rev = admin.put_ok("/admin/routes/guarded", guarded).await;
+    let (proxy, status) = (cp.proxy.unwrap(), cp.status.unwrap());
+    wait_applied(status, rev).await;
+    assert_eq!(get_via(proxy, "/limited", None).await.unwrap().0, 200);
+    assert_eq!(get_via(proxy, "/limited", None).await.unwrap().0, 429);
+    assert_eq!(get_via(proxy, "/guarded", None).await.unwrap().0, 401);
+    let (_, m) = text(format!("http://{status}/metrics")).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"postern_rate_limit_rejections_total{plugin="limit-count",route="limited"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"postern_auth_failures_total{plugin="key-auth",reason="unauthorized",route="guarded"}"#
+        ),
+        Some(1.0)
+    );
+}

@@ -220,6 +220,7 @@ impl ApiBreaker {
         });
         if moved.is_some() {
             BREAKER_METRICS.half_opened.fetch_add(1, Ordering::Relaxed);
+            transition(route, "half_open", 2);
             tracing::info!(route, "api-breaker half-open: letting requests through");
         }
         true
@@ -291,6 +292,7 @@ impl ApiBreaker {
             && (before.phase != Phase::Open || before.open_until_ms != after.open_until_ms)
         {
             BREAKER_METRICS.opened.fetch_add(1, Ordering::Relaxed);
+            transition(route, "open", 1);
             tracing::warn!(
                 route,
                 status,
@@ -299,9 +301,18 @@ impl ApiBreaker {
             );
         } else if after.phase == Phase::Closed && before.phase != Phase::Closed {
             BREAKER_METRICS.closed.fetch_add(1, Ordering::Relaxed);
+            transition(route, "closed", 0);
             tracing::info!(route, "api-breaker closed");
         }
     }
+}
+
+/// The Prometheus side of a state change: `postern_breaker_transitions_total{route, to}` and
+/// `postern_breaker_state{route}` (0 closed, 1 open, 2 half-open).
+fn transition(route: &str, to: &str, state: i64) {
+    let m = &crate::observability::metrics::METRICS;
+    m.breaker_transitions.with_label_values(&[route, to]).inc();
+    m.breaker_state.with_label_values(&[route]).set(state);
 }
 
 impl Plugin for ApiBreaker {

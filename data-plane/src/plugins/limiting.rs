@@ -13,6 +13,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use postern_proto::model::plugins::limits::RedisSettings;
 
 use super::{Flow, PluginResponse, RequestCtx, Step};
+use crate::observability::metrics::METRICS;
 use crate::ratelimit::local::LocalStore;
 use crate::ratelimit::redis::{RedisBackend, RedisFailure};
 use crate::ratelimit::{Decision, Rule, stable_hash};
@@ -156,16 +157,29 @@ impl Limit {
                         }
                         flow
                     }
-                    Err(e) => self.degraded(&e),
+                    Err(e) => self.degraded(&e, ctx),
                 }
             })),
         }
     }
 
-    fn degraded(&self, e: &RedisFailure) -> Flow {
+    fn degraded(&self, e: &RedisFailure, ctx: &RequestCtx) -> Flow {
+        let mode = if self.fail_open {
+            "fail_open"
+        } else {
+            "fail_closed"
+        };
+        METRICS
+            .rate_limit_degradations
+            .with_label_values(&[self.plugin, mode])
+            .inc();
         if self.fail_open {
             return Flow::Continue;
         }
+        METRICS
+            .rate_limit_rejections
+            .with_label_values(&[&*ctx.route_id, self.plugin])
+            .inc();
         tracing::debug!(plugin = self.plugin, error = %e, "rate limit store unavailable: refusing");
         Flow::Respond(PluginResponse::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -203,6 +217,10 @@ impl Limit {
             let delay = (d.delay_ms > 0).then(|| Duration::from_millis(d.delay_ms));
             return (Flow::Continue, delay);
         }
+        METRICS
+            .rate_limit_rejections
+            .with_label_values(&[&*ctx.route_id, self.plugin])
+            .inc();
         let mut answer = PluginResponse::error(self.rejected_status, &self.rejected_msg);
         answer.headers.insert(
             http::header::RETRY_AFTER,

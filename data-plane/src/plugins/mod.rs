@@ -286,6 +286,23 @@ fn build(
     }))
 }
 
+/// `postern_auth_failures_total{route, plugin, reason}` for an answer an auth plugin gave.
+fn count_auth_failure(plugin: &'static str, route: &str, status: StatusCode) {
+    if !matches!(plugin, "jwt-auth" | "key-auth" | "consumer-restriction") {
+        return;
+    }
+    let reason = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        s if s.is_server_error() => "unavailable",
+        _ => "other",
+    };
+    crate::observability::metrics::METRICS
+        .auth_failures
+        .with_label_values(&[route, plugin, reason])
+        .inc();
+}
+
 /// A route's plugins, highest priority first.
 #[derive(Default)]
 pub struct PluginChain {
@@ -354,6 +371,7 @@ impl PluginChain {
         }
         for p in &self.plugins {
             if let Flow::Respond(r) = p.access(req, ctx).resolve().await {
+                count_auth_failure(p.name(), &ctx.route_id, r.status);
                 return Some(r);
             }
         }
