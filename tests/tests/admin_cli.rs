@@ -382,15 +382,13 @@ async fn kong_and_apisix_imports_apply_and_serve() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start_dev(dir.path()).await;
     let backend = upstream("from backend").await;
-    // Only plugins that exist on this branch (rate-limiting, jwt, key-auth, acl are merged
-    // from other branches).
     let kong = write(
         &dir.path().join("kong.yml"),
         &format!(
             "_format_version: '3.0'\nservices:\n- name: users\n  url: http://{backend}/internal\n  routes:\n  - name: users-route\n    paths: [/api/v1/users]\n  - name: closed\n    paths: [/closed]\n    plugins:\n    - name: request-termination\n      config: {{status_code: 403, message: nope}}\n  plugins:\n  - name: bot-detection\n"
         ),
     );
-    // The guide's kong.yml maps completely (it applies once rate-limiting is merged).
+    // The guide's kong.yml maps completely (applied and served in the next test).
     let guide = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../admin-cli/tests/kong-guide.yml"
@@ -633,4 +631,90 @@ async fn explain_uses_the_data_plane_router() {
     );
     let out = cli_ok(&cp, &["explain", "GET", "http://b.example/other"]);
     assert!(out.contains("no route matches"), "{out}");
+}
+
+/// The guide's kong.yml, with only its host names pointed at real servers (the service at the
+/// test's upstream, `redis-cluster` at the local Redis), imported, applied and rate-limiting as
+/// intended: 100 requests a minute per caller (no consumer here, so per client address), the
+/// 101st refused with Kong's 429 and headers.
+#[tokio::test]
+async fn guide_kong_file_imported_and_applied_rate_limits() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    let mut conn = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        redis.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .expect(
+        "this test needs Redis on 127.0.0.1:6379: start it with `redis-server --daemonize yes`",
+    );
+    // Counters left by an earlier run of this test (same route, same config) would count.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("postern:rl:{rate-limiting:*:user-route:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let backend = upstream("users").await;
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../admin-cli/tests/kong-guide.yml"
+    ))
+    .unwrap()
+    .replace("user-service:8080", &backend.to_string())
+    .replace("host: redis-cluster", "host: 127.0.0.1");
+    let kong = write(&dir.path().join("kong.yml"), &guide);
+    let out_file = dir.path().join("postern.yaml");
+    let (code, _, err) = run_cli(
+        &cp,
+        &[
+            "import",
+            "--from",
+            "kong",
+            &kong,
+            "-o",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    cli_ok(&cp, &["apply", out_file.to_str().unwrap()]);
+    let rev = live_config(&cp).await["revision"].as_u64().unwrap();
+    wait_applied(cp.status.unwrap(), rev).await;
+
+    // A fixed minute window: keep the 101 requests inside one minute.
+    let into_minute = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into_minute > 40 {
+        tokio::time::sleep(std::time::Duration::from_secs(61 - into_minute)).await;
+    }
+    let proxy = cp.proxy.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{proxy}/api/v1/users/7");
+    for i in 0..100 {
+        let resp = http.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        if i == 0 {
+            assert_eq!(resp.headers()["x-ratelimit-limit-minute"], "100");
+            assert_eq!(resp.headers()["x-ratelimit-remaining-minute"], "99");
+            assert_eq!(resp.headers()["x-seen-path"], "/7");
+        }
+    }
+    let refused = http.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
 }
