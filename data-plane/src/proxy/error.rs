@@ -41,6 +41,9 @@ pub enum ProxyError {
     /// The upstream's `max_concurrent` requests are in flight (bulkhead).
     #[error("upstream is at its concurrency limit")]
     Overloaded,
+    /// The upstream switched protocols without being asked to.
+    #[error("upstream switched protocols unasked")]
+    UnexpectedUpgrade,
 }
 
 impl ProxyError {
@@ -54,9 +57,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamFailed(_)
+            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout | ProxyError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }

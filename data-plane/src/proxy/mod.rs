@@ -9,6 +9,7 @@ pub mod headers;
 mod limited_body;
 pub mod normalize;
 pub mod real_ip;
+mod upgrade;
 mod upstream_call;
 
 use std::convert::Infallible;
@@ -434,6 +435,15 @@ impl Proxy {
             HeaderValue::from_str(authority.as_str()).ok()
         });
         let grpc = upstream.scheme == postern_proto::model::Scheme::Grpc;
+        // WebSocket and other HTTP/1.1 upgrades (not to gRPC upstreams, which speak HTTP/2).
+        let upgrade = if grpc {
+            None
+        } else {
+            upgrade::requested(&parts)
+        };
+        let mut client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         // gRPC needs `TE: trailers` end to end; every other TE value is hop-by-hop.
         let te_trailers = grpc
             && parts.headers.get_all(header::TE).iter().any(|v| {
@@ -447,6 +457,9 @@ impl Proxy {
             parts
                 .headers
                 .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(protocol) = &upgrade {
+            upgrade::set_headers(&mut parts.headers, protocol.clone());
         }
         headers::add_forwarded(
             &mut parts.headers,
@@ -482,7 +495,9 @@ impl Proxy {
         // Nodes already tried, filled only when a retry follows (no allocation otherwise).
         let mut tried: Vec<usize> = Vec::new();
         let mut try_no: u32 = 0;
-        let mut body = Some(body);
+        // An upgrade request has no body (and must not get a chunked one, whose terminator the
+        // upstream would read as the new protocol's first bytes).
+        let mut body = if upgrade.is_some() { None } else { Some(body) };
         // The previous try's error: answered when no untried node is left for a retry.
         let mut last_error: Option<ProxyError> = None;
         loop {
@@ -556,8 +571,23 @@ impl Proxy {
                     upstream
                         .health
                         .report_passive(idx, Outcome::Status(response.status().as_u16()));
+                    let mut response = response;
+                    let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    let tunnel = match (switched, client_upgrade.take()) {
+                        (true, Some(client)) => Some((client, hyper::upgrade::on(&mut response))),
+                        // 101 to a request that asked for nothing: not HTTP we can pass on.
+                        (true, None) => return Err(ProxyError::UnexpectedUpgrade),
+                        (false, _) => None,
+                    };
+                    let protocol = response.headers().get(header::UPGRADE).cloned();
                     let (mut parts, body) = response.into_parts();
                     headers::strip_hop_by_hop(&mut parts.headers);
+                    if let Some((client, upstream_io)) = tunnel {
+                        if let Some(p) = protocol {
+                            upgrade::set_headers(&mut parts.headers, p);
+                        }
+                        upgrade::tunnel(client, upstream_io);
+                    }
                     let body = UpstreamBody::new(body, timeouts.read, guard);
                     return Ok(Response::from_parts(parts, Either::Left(body)));
                 }
