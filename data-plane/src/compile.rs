@@ -236,7 +236,7 @@ pub struct Upstream {
 /// `chash`'s key, resolved once.
 enum HashKey {
     Var(VarSource),
-    /// `hash_on: consumer`: hashes `remote_addr` until consumers exist on the request.
+    /// `hash_on: consumer`: the consumer's name (the client address without one).
     Consumer,
 }
 
@@ -344,14 +344,19 @@ impl Upstream {
 
     /// The hash of this request's `chash` key (0 for other balancers). A request without the
     /// key hashes its client address, as APISIX does.
-    pub fn request_hash(&self, parts: &http::request::Parts, client: std::net::IpAddr) -> u64 {
+    pub fn request_hash(
+        &self,
+        parts: &http::request::Parts,
+        client: std::net::IpAddr,
+        consumer: Option<&str>,
+    ) -> u64 {
         let Some(key) = &self.hash_key else {
             return 0;
         };
         let req = RequestVars { parts, client };
         let value = match key {
             HashKey::Var(v) => v.value(&req),
-            HashKey::Consumer => None,
+            HashKey::Consumer => consumer.map(std::borrow::Cow::Borrowed),
         };
         match value {
             Some(v) => crate::balancer::stable_hash(v.as_bytes()),

@@ -1036,3 +1036,58 @@ async fn the_guides_upstreams_and_breaker_are_accepted_as_written() {
         "{body}"
     );
 }
+
+/// `chash` with `hash_on: consumer`: each consumer sticks to one node, and (all coming from one
+/// address here) different consumers spread over the nodes, so the hash is the consumer's name.
+#[tokio::test]
+async fn chash_on_consumer_sticks_each_consumer_to_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let (proxy, status) = (cp.proxy.unwrap(), cp.status.unwrap());
+    let nodes = [
+        upstream("n1").await,
+        upstream("n2").await,
+        upstream("n3").await,
+    ];
+    let admin = cp.client();
+    let names: Vec<String> = (0..8).map(|i| format!("tenant-{i}")).collect();
+    for name in &names {
+        admin
+            .put_ok(
+                &format!("/admin/consumers/{name}"),
+                json!({"username": name, "plugins": {"key-auth": {"key": format!("key-of-{name}")}}}),
+            )
+            .await;
+    }
+    let node_map: serde_json::Map<String, serde_json::Value> =
+        nodes.iter().map(|n| (n.to_string(), json!(1))).collect();
+    let rev = admin
+        .put_ok(
+            "/admin/routes/by-consumer",
+            json!({
+                "uri": "/t",
+                "plugins": {"key-auth": {}},
+                "upstream": {"type": "chash", "hash_on": "consumer", "nodes": node_map}
+            }),
+        )
+        .await;
+    wait_applied(status, rev).await;
+    let http = reqwest::Client::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &names {
+        let mut bodies = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            let resp = http
+                .get(format!("http://{proxy}/t"))
+                .header("apikey", format!("key-of-{name}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            bodies.insert(resp.text().await.unwrap());
+        }
+        assert_eq!(bodies.len(), 1, "{name} went to {bodies:?}");
+        seen.extend(bodies);
+    }
+    assert!(seen.len() > 1, "every consumer on one node: {seen:?}");
+}

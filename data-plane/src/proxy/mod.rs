@@ -54,6 +54,8 @@ struct Exchange {
     /// Until the upstream's response head arrived.
     upstream_time: Option<Duration>,
     request_id: Option<HeaderValue>,
+    /// The consumer an auth plugin identified (for `chash` with `hash_on: consumer`).
+    consumer: Option<Arc<str>>,
 }
 
 fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
@@ -250,6 +252,7 @@ impl Proxy {
             upstream: None,
             upstream_time: None,
             request_id: None,
+            consumer: None,
         };
         let http1 = req.version() < Version::HTTP_2;
         let mut response = self
@@ -322,6 +325,7 @@ impl Proxy {
                     ctx.credential_id.as_deref(),
                 );
                 let upstream_host = ctx.upstream_host.take();
+                exchange.consumer = ctx.consumer_name.clone();
                 ctx.upstream_called = true;
                 let body = LimitedBody::new(body, ctx.max_body_size).metered(route.metrics.clone());
                 self.forward(peer, parts, body, &route, upstream_host, exchange)
@@ -422,7 +426,7 @@ impl Proxy {
         let timeouts = route.timeouts;
         // Bulkhead: a full upstream answers at once instead of queueing.
         let mut guard = CallGuard::admit(upstream).ok_or(ProxyError::Overloaded)?;
-        let hash = upstream.request_hash(&parts, client_addr.ip());
+        let hash = upstream.request_hash(&parts, client_addr.ip(), exchange.consumer.as_deref());
 
         let path_and_query = parts
             .uri
