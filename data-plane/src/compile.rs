@@ -54,6 +54,8 @@ pub struct CompiledConfig {
     pub routes: Vec<CompiledRoute>,
     /// Whether any route has `vars` (when none has, the proxy skips the predicate).
     pub any_vars: bool,
+    /// Certificates for the TLS listener, by SNI (`ssls`).
+    pub tls: crate::tls::SniCerts,
     /// Every runtime upstream, by what defines it, so the next compile can reuse the unchanged
     /// ones (and with them their balancer position and, later, health and breaker state).
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
@@ -561,7 +563,10 @@ pub fn compile(
     }
     let router = Router::build(&specs).map_err(|e| CompileError::Router(e.to_string()))?;
     let any_vars = routes.iter().any(|r| !r.vars.is_empty());
+    let tls = crate::tls::SniCerts::build(&set.ssls)
+        .map_err(|(id, e)| invalid("ssls", &id, ValidationError::new("key", e)))?;
     Ok(CompiledConfig {
+        tls,
         version: snapshot.version,
         store_id: snapshot.store_id.clone(),
         router,

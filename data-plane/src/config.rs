@@ -43,6 +43,9 @@ pub struct DpOptions {
     /// Proxy address [default: 0.0.0.0:9080]
     #[arg(long, env = "POSTERN_PROXY_LISTEN")]
     pub proxy_listen: Option<SocketAddr>,
+    /// TLS proxy address (certificates from the `ssls` resources, by SNI) [default: none]
+    #[arg(long, env = "POSTERN_PROXY_LISTEN_TLS")]
+    pub proxy_listen_tls: Option<SocketAddr>,
     /// Status address: /healthz, /readyz, /metrics [default: 127.0.0.1:9091]
     #[arg(long, env = "POSTERN_STATUS_LISTEN")]
     pub status_listen: Option<SocketAddr>,
@@ -106,6 +109,7 @@ pub struct DpOptions {
 pub struct DpConfig {
     pub control_plane: String,
     pub proxy_listen: SocketAddr,
+    pub proxy_listen_tls: Option<SocketAddr>,
     pub status_listen: SocketAddr,
     pub node_id: String,
     pub cache_dir: PathBuf,
@@ -141,6 +145,7 @@ impl Default for DpConfig {
         DpConfig {
             control_plane: DEFAULT_CONTROL_PLANE.to_string(),
             proxy_listen: addr(DEFAULT_PROXY_LISTEN),
+            proxy_listen_tls: None,
             status_listen: addr(DEFAULT_STATUS_LISTEN),
             node_id: default_node_id(),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
@@ -173,6 +178,7 @@ impl DpOptions {
         DpOptions {
             control_plane: self.control_plane.or(file.control_plane),
             proxy_listen: self.proxy_listen.or(file.proxy_listen),
+            proxy_listen_tls: self.proxy_listen_tls.or(file.proxy_listen_tls),
             status_listen: self.status_listen.or(file.status_listen),
             node_id: self.node_id.or(file.node_id),
             cache_dir: self.cache_dir.or(file.cache_dir),
@@ -245,6 +251,7 @@ impl Cli {
         Ok(DpConfig {
             control_plane,
             proxy_listen: o.proxy_listen.unwrap_or_else(|| addr(DEFAULT_PROXY_LISTEN)),
+            proxy_listen_tls: o.proxy_listen_tls,
             status_listen: o
                 .status_listen
                 .unwrap_or_else(|| addr(DEFAULT_STATUS_LISTEN)),

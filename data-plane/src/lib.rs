@@ -15,6 +15,7 @@ pub mod state;
 pub mod status;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -95,9 +96,28 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         access_log,
         drain_timeout: config.drain_timeout,
     };
-    Arc::new(Proxy::new(state, settings))
-        .serve(proxy_listener, stop_accepting)
-        .await;
+    let tls_listener = match config.proxy_listen_tls {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the TLS proxy on {addr}"))?,
+        ),
+        None => None,
+    };
+    let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(state.clone())?);
+    let proxy = Arc::new(Proxy::new(state, settings));
+    let tls_task = tls_listener.map(|listener| {
+        tracing::info!(address = ?listener.local_addr().ok(), "TLS proxy listening");
+        tokio::spawn(
+            proxy
+                .clone()
+                .serve(listener, Some(tls), stop_accepting.clone()),
+        )
+    });
+    proxy.serve(proxy_listener, None, stop_accepting).await;
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     stop_rest.cancel();
     let _ = tokio::join!(sync_task, status_task);
     tracing::info!("data plane stopped");

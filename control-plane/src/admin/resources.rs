@@ -114,6 +114,14 @@ pub(super) fn prepare_put(
     }
     obj.insert("id".into(), Value::String(id.to_string()));
     let resource = Resource::parse(kind, &value)?;
+    // A certificate and key that do not belong together would be refused by every DP (NACK):
+    // refuse them here, with the reason.
+    if let Resource::Ssl(ssl) = &resource {
+        postern_data_plane::tls::certified_key(ssl).map_err(|e| {
+            let field = if e.starts_with("cert") { "cert" } else { "key" };
+            AdminError::invalid(field, e)
+        })?;
+    }
     let claims = resource
         .claims()
         .into_iter()

@@ -56,6 +56,8 @@ struct Exchange {
     request_id: Option<HeaderValue>,
     /// The consumer an auth plugin identified (for `chash` with `hash_on: consumer`).
     consumer: Option<Arc<str>>,
+    /// The client came in over TLS (`X-Forwarded-Proto: https`).
+    https: bool,
 }
 
 fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
@@ -155,7 +157,14 @@ impl Proxy {
     }
 
     /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    /// With `tls`, every connection is a TLS handshake first (certificate by SNI, see `tls`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: CancellationToken,
+    ) {
+        let https = tls.is_some();
         let graceful = GracefulShutdown::new();
         // HTTP/1.1, and HTTP/2 with prior knowledge (h2c: gRPC clients), told apart by the
         // connection's first bytes.
@@ -192,20 +201,50 @@ impl Proxy {
             let proxy = self.clone();
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(client_addr, req).await) }
+                async move { Ok::<_, Infallible>(proxy.handle(client_addr, req, https).await) }
             });
-            let conn = http
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
             METRICS.connections_accepted.inc();
             METRICS.connections_open.inc();
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, client = %client_addr, "client connection ended with an error");
+            match &tls {
+                None => {
+                    let conn = http
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, client = %client_addr, "client connection ended with an error");
+                        }
+                        METRICS.connections_open.dec();
+                    });
                 }
-                METRICS.connections_open.dec();
-            });
+                Some(acceptor) => {
+                    let (acceptor, http, watcher) =
+                        (acceptor.clone(), http.clone(), graceful.watcher());
+                    tokio::spawn(async move {
+                        // The handshake has the header read timeout too (slowloris).
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => {
+                                let conn = http
+                                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                    .into_owned();
+                                if let Err(e) = watcher.watch(conn).await {
+                                    tracing::debug!(error = %e, client = %client_addr, "client connection ended with an error");
+                                }
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, client = %client_addr, "TLS handshake failed")
+                            }
+                            Err(_) => {
+                                tracing::debug!(client = %client_addr, "TLS handshake timed out")
+                            }
+                        }
+                        METRICS.connections_open.dec();
+                    });
+                }
+            }
         }
         drop(listener);
         tracing::info!(drain_timeout = ?self.drain_timeout, "proxy listener closed; draining connections");
@@ -219,7 +258,12 @@ impl Proxy {
 
     /// Handles one request and wraps the response so that metrics and the access log see it
     /// finish.
-    async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ClientBody> {
+    async fn handle(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        https: bool,
+    ) -> Response<ClientBody> {
         let start = Instant::now();
         // Routing conditions and plugins see the client; X-Forwarded-For gets the peer appended.
         let client_addr = if self.trusted_proxies.is_empty() {
@@ -253,6 +297,7 @@ impl Proxy {
             upstream_time: None,
             request_id: None,
             consumer: None,
+            https,
         };
         let http1 = req.version() < Version::HTTP_2;
         let mut response = self
@@ -468,7 +513,7 @@ impl Proxy {
         headers::add_forwarded(
             &mut parts.headers,
             client_addr.ip(),
-            "http",
+            if exchange.https { "https" } else { "http" },
             original_host.as_ref(),
         );
         parts.version = if grpc {

@@ -16,11 +16,13 @@ pub enum ResourceKind {
     /// Revoked JWT ids, consumers and credentials. References nothing (a revocation may name a
     /// consumer that is gone or not there yet).
     Revocations,
+    /// TLS certificates for the proxy's TLS listener, chosen by SNI. References nothing.
+    Ssls,
 }
 
 impl ResourceKind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [ResourceKind; 7] = [
+    pub const ALL: [ResourceKind; 8] = [
         ResourceKind::Upstreams,
         ResourceKind::Services,
         ResourceKind::Routes,
@@ -28,6 +30,7 @@ impl ResourceKind {
         ResourceKind::ConsumerGroups,
         ResourceKind::Consumers,
         ResourceKind::Revocations,
+        ResourceKind::Ssls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl ResourceKind {
             ResourceKind::ConsumerGroups => "consumer_groups",
             ResourceKind::Consumers => "consumers",
             ResourceKind::Revocations => "revocations",
+            ResourceKind::Ssls => "ssls",
         }
     }
 }

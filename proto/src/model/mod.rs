@@ -11,6 +11,7 @@ mod revocation;
 mod route;
 pub mod secrets;
 mod service;
+mod ssl;
 mod upstream;
 pub mod validate;
 pub mod vars;
@@ -27,6 +28,7 @@ pub use kind::{Reference, ResourceKind, UnknownKind};
 pub use revocation::{RevocationConfig, RevocationType};
 pub use route::RouteConfig;
 pub use service::ServiceConfig;
+pub use ssl::SslConfig;
 pub use upstream::{
     BalancerType, HashOn, KeepalivePool, MAX_WEIGHT, Node, NodeConfig, Nodes, PassHost, Scheme,
     Timeout, UpstreamConfig, parse_address,
@@ -42,6 +44,7 @@ pub enum Resource {
     ConsumerGroup(ConsumerGroupConfig),
     Consumer(ConsumerConfig),
     Revocation(RevocationConfig),
+    Ssl(SslConfig),
 }
 
 impl Resource {
@@ -57,6 +60,7 @@ impl Resource {
             }
             ResourceKind::Consumers => Resource::Consumer(decode::<ConsumerConfig>(body)?),
             ResourceKind::Revocations => Resource::Revocation(decode::<RevocationConfig>(body)?),
+            ResourceKind::Ssls => Resource::Ssl(decode::<SslConfig>(body)?),
         };
         match &r {
             Resource::Upstream(u) => u.validate()?,
@@ -66,6 +70,7 @@ impl Resource {
             Resource::ConsumerGroup(g) => g.validate()?,
             Resource::Consumer(c) => c.validate()?,
             Resource::Revocation(r) => r.validate()?,
+            Resource::Ssl(s) => s.validate()?,
         }
         Ok(r)
     }
@@ -76,7 +81,8 @@ impl Resource {
             Resource::Upstream(_)
             | Resource::GlobalRule(_)
             | Resource::ConsumerGroup(_)
-            | Resource::Revocation(_) => Vec::new(),
+            | Resource::Revocation(_)
+            | Resource::Ssl(_) => Vec::new(),
             Resource::Consumer(c) => c.references().collect(),
             Resource::Service(s) => s.references().collect(),
             Resource::Route(r) => r.references().collect(),
@@ -132,6 +138,7 @@ pub struct ConfigSet {
     /// By username.
     pub consumers: BTreeMap<String, ConsumerConfig>,
     pub revocations: BTreeMap<String, RevocationConfig>,
+    pub ssls: BTreeMap<String, SslConfig>,
 }
 
 impl ConfigSet {
@@ -160,6 +167,9 @@ impl ConfigSet {
             Resource::Revocation(r) => {
                 self.revocations.insert(id, r);
             }
+            Resource::Ssl(s) => {
+                self.ssls.insert(id, s);
+            }
         }
     }
 
@@ -174,6 +184,7 @@ impl ConfigSet {
             ResourceKind::ConsumerGroups => self.consumer_groups.contains_key(id),
             ResourceKind::Consumers => self.consumers.contains_key(id),
             ResourceKind::Revocations => self.revocations.contains_key(id),
+            ResourceKind::Ssls => self.ssls.contains_key(id),
         };
         let services = self.services.iter().map(|(id, s)| {
             (

@@ -13,16 +13,20 @@ use super::kind::ResourceKind;
 /// Shown instead of a secret; sent back, it means "keep the stored one". Refused as a real value.
 pub const REDACTED: &str = "<redacted>";
 
-/// `(plugin, field)` of every write-only field under a consumer's `plugins`.
-const CONSUMER_SECRETS: &[(&str, &str)] = &[
-    ("jwt-auth", "secret"),
-    ("jwt-auth", "private_key"),
-    ("key-auth", "key"),
+/// The path (object keys from the body's root) of every write-only field of a consumer.
+const CONSUMER_SECRETS: &[&[&str]] = &[
+    &["plugins", "jwt-auth", "secret"],
+    &["plugins", "jwt-auth", "private_key"],
+    &["plugins", "key-auth", "key"],
 ];
 
-fn secret_fields(kind: ResourceKind) -> &'static [(&'static str, &'static str)] {
+/// An `ssls` resource's private key.
+const SSL_SECRETS: &[&[&str]] = &[&["key"]];
+
+fn secret_paths(kind: ResourceKind) -> &'static [&'static [&'static str]] {
     match kind {
         ResourceKind::Consumers => CONSUMER_SECRETS,
+        ResourceKind::Ssls => SSL_SECRETS,
         _ => &[],
     }
 }
@@ -38,14 +42,18 @@ pub fn check_not_marker(field: &str, value: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn slot<'a>(body: &'a mut Value, plugin: &str, field: &str) -> Option<&'a mut Value> {
-    body.get_mut("plugins")?.get_mut(plugin)?.get_mut(field)
+fn slot<'a>(body: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(body, |v, key| v.get_mut(*key))
+}
+
+fn get<'a>(body: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(body, |v, key| v.get(*key))
 }
 
 /// Replaces every secret of a `kind` body by [`REDACTED`] (for anything the Admin API shows).
 pub fn redact(kind: ResourceKind, body: &mut Value) {
-    for (plugin, field) in secret_fields(kind) {
-        if let Some(v) = slot(body, plugin, field)
+    for path in secret_paths(kind) {
+        if let Some(v) = slot(body, path)
             && !v.is_null()
         {
             *v = Value::String(REDACTED.to_string());
@@ -55,36 +63,30 @@ pub fn redact(kind: ResourceKind, body: &mut Value) {
 
 /// Whether an incoming body sends the marker back anywhere (then the stored body is needed).
 pub fn has_marker(kind: ResourceKind, body: &Value) -> bool {
-    secret_fields(kind).iter().any(|(plugin, field)| {
-        body.get("plugins")
-            .and_then(|p| p.get(plugin))
-            .and_then(|p| p.get(field))
-            .and_then(Value::as_str)
-            == Some(REDACTED)
-    })
+    secret_paths(kind)
+        .iter()
+        .any(|path| get(body, path).and_then(Value::as_str) == Some(REDACTED))
 }
 
 /// Puts the stored secret back wherever an incoming body has the marker. Fails, naming the
 /// field, when there is no stored secret to keep.
 pub fn restore(kind: ResourceKind, body: &mut Value, stored: Option<&Value>) -> Result<()> {
-    for (plugin, field) in secret_fields(kind) {
-        let Some(v) = slot(body, plugin, field) else {
+    for path in secret_paths(kind) {
+        let Some(v) = slot(body, path) else {
             continue;
         };
         if v.as_str() != Some(REDACTED) {
             continue;
         }
         let kept = stored
-            .and_then(|s| s.get("plugins"))
-            .and_then(|p| p.get(plugin))
-            .and_then(|p| p.get(field))
+            .and_then(|s| get(s, path))
             .and_then(Value::as_str)
             .filter(|s| *s != REDACTED);
         match kept {
             Some(secret) => *v = Value::String(secret.to_string()),
             None => {
                 return Err(ValidationError::new(
-                    format!("plugins.{plugin}.{field}"),
+                    path.join("."),
                     format!(
                         "'{REDACTED}' keeps the stored secret, but none is stored; send the \
                          secret itself"

@@ -172,7 +172,8 @@ plugins:
                 "global_rules": [{"id": "g", "plugins": {"prometheus": {}}}],
                 "consumers": [{"id": "jack", "username": "jack", "plugins": {"key-auth": {"key": "k"}}}],
                 "consumer_groups": [],
-                "revocations": []
+                "revocations": [],
+                "ssls": []
             }})
         );
         assert_eq!(got.unmapped.len(), 2, "{:?}", got.unmapped);

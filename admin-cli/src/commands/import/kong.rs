@@ -801,7 +801,8 @@ mod tests {
                 "global_rules": [],
                 "consumer_groups": [],
                 "consumers": [],
-                "revocations": []
+                "revocations": [],
+                "ssls": []
             }})
         );
         assert!(got.unmapped.is_empty(), "{:?}", got.unmapped);
