@@ -115,3 +115,59 @@ async fn an_upgrade_answered_200_does_not_tunnel_a_pipelined_request() {
     assert!(answer.contains("x-seen-path: /second"), "{answer}");
     assert!(!answer.contains("101"), "{answer}");
 }
+
+/// SIGTERM with a WebSocket open: the tunnel keeps working through the drain period, and the
+/// data plane exits 0 once it is over.
+#[tokio::test]
+async fn an_open_websocket_gets_the_drain_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let mut dp = DataPlane::start_with(
+        dir.path(),
+        "ws-drain",
+        &cp.sync_url(),
+        &["--drain-timeout", "2"],
+    )
+    .await;
+    let node = echo_server().await;
+    let rev = cp
+        .client()
+        .put_ok(
+            "/admin/routes/ws",
+            json!({"uri": "/ws", "upstream": {"nodes": {node.to_string(): 1}}}),
+        )
+        .await;
+    wait_applied(dp.status, rev).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", dp.proxy))
+        .await
+        .unwrap();
+    let signalled = std::time::Instant::now();
+    let pid = dp.process.child.id();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::text("during the drain")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.into_text().unwrap().as_str(), "echo: during the drain");
+    let status = wait_for("the data plane to exit", Duration::from_secs(10), || {
+        let exited = dp.process.child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await;
+    let took = signalled.elapsed();
+    println!("SIGTERM with an open WebSocket: exit after {took:?}");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "left before the drain period: {took:?}"
+    );
+}

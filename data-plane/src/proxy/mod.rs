@@ -248,11 +248,26 @@ impl Proxy {
         }
         drop(listener);
         tracing::info!(drain_timeout = ?self.drain_timeout, "proxy listener closed; draining connections");
-        if tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        if tokio::time::timeout_at(deadline, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("drain timeout: closing the remaining connections");
+        }
+        // Upgraded connections (WebSockets) get what is left of the same drain period.
+        upgrade::TUNNELS.close();
+        if !upgrade::TUNNELS.is_empty() {
+            tracing::info!(
+                open = upgrade::TUNNELS.len(),
+                "waiting for upgraded connections (WebSockets) to close"
+            );
+            if tokio::time::timeout_at(deadline, upgrade::TUNNELS.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain timeout: closing the remaining upgraded connections");
+            }
         }
     }
 

@@ -6,11 +6,18 @@
 //! tunnelled on the strength of a 200).
 //!
 //! A tunnel lives on its own task, holding nothing of the config: a snapshot applied while it is
-//! open does not touch it.
+//! open does not touch it. Tunnels are tracked so that a shutdown gives them the drain period
+//! too, as it gives in-flight requests.
+
+use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderValue, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+
+/// The open tunnels (WebSockets) of this process.
+pub static TUNNELS: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
 
 /// The `Upgrade` value when the request asks to switch protocols (HTTP/1.1, `Connection`
 /// naming `upgrade`, one `Upgrade` header).
@@ -41,7 +48,7 @@ pub fn set_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways until
 /// either side closes.
 pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
+    TUNNELS.spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
