@@ -67,30 +67,56 @@ fn parse_traceparent(v: &HeaderValue) -> Option<TraceParent> {
     if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
     }
-    let trace_id: [u8; 16] = hex(trace)?.try_into().ok()?;
-    let parent_id: [u8; 8] = hex(parent)?.try_into().ok()?;
-    let flags = hex(flags)?;
-    if flags.len() != 1 || trace_id == [0; 16] || parent_id == [0; 8] {
+    let trace_id: [u8; 16] = hex(trace)?;
+    let parent_id: [u8; 8] = hex(parent)?;
+    let [flags]: [u8; 1] = hex(flags)?;
+    if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
     Some(TraceParent {
         trace_id,
         parent_id,
-        sampled: flags[0] & 1 == 1,
+        sampled: flags & 1 == 1,
     })
 }
 
-/// Lower-case hex only, as W3C requires.
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+/// Exactly `N` bytes as `2N` lower-case hex digits (W3C allows no other case); no allocation.
+fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = digit(s[2 * i])? << 4 | digit(s[2 * i + 1])?;
+    }
+    Some(out)
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `00-<trace id>-<span id>-<flags>`, written on the stack.
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u8; 55] {
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+    };
+    put(3, trace_id);
+    put(36, span_id);
+    put(53, &[u8::from(sampled)]);
+    out
+}
+
+#[cfg(test)]
 fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -158,13 +184,8 @@ impl Plugin for OpenTelemetry {
             .map_or_else(|| fastrand::u128(1..).to_be_bytes(), |p| p.trace_id);
         let span_id = fastrand::u64(1..).to_be_bytes();
         let sampled = self.sampled(&trace_id, parent.as_ref());
-        let header = format!(
-            "00-{}-{}-{}",
-            to_hex(&trace_id),
-            to_hex(&span_id),
-            if sampled { "01" } else { "00" }
-        );
-        if let Ok(v) = HeaderValue::from_str(&header) {
+        let header = traceparent(&trace_id, &span_id, sampled);
+        if let Ok(v) = HeaderValue::from_bytes(&header) {
             req.headers.insert(TRACEPARENT.clone(), v);
         }
         if !sampled {
@@ -280,6 +301,8 @@ mod tests {
             );
         }
         // A later version may carry more fields; the first four are read.
+        let out = traceparent(&p.trace_id, &p.parent_id, true);
+        assert_eq!(&out[..], ok.as_bytes(), "written back as read");
         let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-more";
         assert!(
             !parse_traceparent(&HeaderValue::from_static(v1))
