@@ -75,6 +75,10 @@ impl Plugin for ConsumerRestriction {
         "consumer-restriction"
     }
 
+    fn is_auth(&self) -> bool {
+        true
+    }
+
     fn access<'a>(
         &'a self,
         _req: &'a mut http::request::Parts,

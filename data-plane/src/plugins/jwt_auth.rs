@@ -174,6 +174,10 @@ impl Plugin for JwtAuth {
         "jwt-auth"
     }
 
+    fn is_auth(&self) -> bool {
+        true
+    }
+
     fn access<'a>(
         &'a self,
         req: &'a mut http::request::Parts,

@@ -81,6 +81,10 @@ impl Plugin for KeyAuth {
         "key-auth"
     }
 
+    fn is_auth(&self) -> bool {
+        true
+    }
+
     fn access<'a>(
         &'a self,
         req: &'a mut http::request::Parts,

@@ -153,6 +153,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// The name users write (`request-termination`).
     fn name(&self) -> &'static str;
 
+    /// Authenticates or authorises: its refusals count in `postern_auth_failures_total`.
+    fn is_auth(&self) -> bool {
+        false
+    }
+
     /// Runs first, before any access check: may change the request or answer it.
     fn rewrite(&self, _req: &mut http::request::Parts, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
@@ -288,9 +293,6 @@ fn build(
 
 /// `postern_auth_failures_total{route, plugin, reason}` for an answer an auth plugin gave.
 fn count_auth_failure(plugin: &'static str, route: &str, status: StatusCode) {
-    if !matches!(plugin, "jwt-auth" | "key-auth" | "consumer-restriction") {
-        return;
-    }
     let reason = match status {
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",
@@ -371,7 +373,9 @@ impl PluginChain {
         }
         for p in &self.plugins {
             if let Flow::Respond(r) = p.access(req, ctx).resolve().await {
-                count_auth_failure(p.name(), &ctx.route_id, r.status);
+                if p.is_auth() {
+                    count_auth_failure(p.name(), &ctx.route_id, r.status);
+                }
                 return Some(r);
             }
         }
