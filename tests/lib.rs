@@ -32,10 +32,28 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a process the test starts.
+///
+/// Taken below the kernel's ephemeral range (32768+), so a port-0 bind elsewhere (an upstream
+/// in another test, an outgoing connection) never lands on it between this check and the
+/// child's own bind; test processes pick from a random start to keep out of each other's way.
 pub fn free_addr() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one((std::process::id(), Instant::now()))
+    };
+    let _ = NEXT.compare_exchange(0, seed % SPAN + 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if let Ok(l) = StdListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().expect("addr");
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` with `what`.

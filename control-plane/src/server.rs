@@ -169,7 +169,20 @@ pub async fn run(config: CpConfig, shutdown: CancellationToken) -> anyhow::Resul
             cache_dir: config.data_dir.join("dp-cache"),
             ..postern_data_plane::config::DpConfig::default()
         };
-        Some(tokio::spawn(postern_data_plane::run(dp, shutdown.clone())))
+        // A DP that cannot start (its port taken) must not leave a CP that looks healthy and
+        // serves nothing: stop the whole process with the DP's error.
+        let stop = shutdown.clone();
+        Some(tokio::spawn(async move {
+            let res = postern_data_plane::run(dp, stop.clone()).await;
+            if let Err(e) = &res {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "the in-process data plane failed; stopping"
+                );
+                stop.cancel();
+            }
+            res
+        }))
     } else {
         None
     };
