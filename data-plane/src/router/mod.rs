@@ -7,13 +7,15 @@
 //! method constraints (and, with [`Router::find_with`], the caller's predicate) accept the
 //! request wins:
 //!
-//! 1. An exact path (`/a/b`), then parameterised paths (`/a/:id`), then prefix paths (`/a/*`,
-//!    `/a*`).
+//! 1. An exact path (`/a/b`), then parameterised paths (`/a/:id`), then regular expressions
+//!    (`~/a/v\d+/`), then prefix paths (`/a/*`, `/a*`).
 //! 2. Among parameterised paths matching the request, the more literal one first, compared
 //!    segment by segment from the left (`/users/me/:x` before `/users/:id/posts` before
 //!    `/:kind/1/posts`), then by the path text.
-//! 3. Among prefixes, the longer prefix first (`/api/v1/*` before `/api/*` before `/*`).
-//! 4. Within one path:
+//! 3. Among regular expressions matching the request, the one whose routes have the higher
+//!    `priority` first, then the longer pattern, then by pattern text.
+//! 4. Among prefixes, the longer prefix first (`/api/v1/*` before `/api/*` before `/*`).
+//! 5. Within one path:
 //!    1. higher `priority` first;
 //!    2. then routes matched through an exact host (`a.example.com`), then through a wildcard
 //!       host (`*.example.com`), then host-less routes (a route listing both kinds counts as
@@ -33,6 +35,8 @@
 //!   `/api/` and `/api/x/y` but not `/api`; `/foo*` matches `/foo` and `/foobar`. A `:name`
 //!   segment matches exactly one non-empty segment: `/users/:id` matches `/users/42`, not
 //!   `/users`, `/users/` or `/users/42/x` (nor `/users/42/`, which has an empty third segment).
+//!   `~pattern` is a regular expression matched from the start of the path (an implicit `^`,
+//!   as in Kong; end it with `$` to match the whole path).
 //! * Hosts: compared case-insensitively after dropping a `:port` (`[v6]:port` too) and a
 //!   trailing dot. `*.example.com` matches `a.example.com` and `a.b.example.com`, not
 //!   `example.com`. A route without hosts accepts any host, and requests without a Host.
@@ -47,13 +51,17 @@
 //! a request looks at one group (a hash lookup on its segment count and one on its first
 //! segment) and scans only the patterns in it, never all parameterised routes. Within a path,
 //! candidates are scanned in order; paths shared by many routes (e.g. thousands of virtual hosts
-//! on `/*`) get a per-host index so that case stays flat too.
+//! on `/*`) get a per-host index so that case stays flat too. Regular expressions are compiled
+//! into one `RegexSet`: one pass over the path finds every pattern that matches, however many
+//! there are (the pass costs more than a hash lookup, so prefer plain paths where they do).
 
 use std::collections::HashMap;
 use std::fmt;
 
 use http::Method;
-use postern_proto::model::validate::{check_host_pattern, check_uri, uri_has_params};
+use postern_proto::model::validate::{
+    REGEX_SIZE_LIMIT, check_host_pattern, check_uri, uri_has_params, uri_regex,
+};
 
 #[cfg(test)]
 mod tests;
@@ -84,7 +92,13 @@ pub enum RouterError {
     },
     #[error("too many routes: {count} (at most {MAX_ROUTES})")]
     TooManyRoutes { count: usize },
+    #[error("the routes' regular expressions together are too large: {0}")]
+    RegexSet(String),
 }
+
+/// Compiled-size cap for all `~` paths of a snapshot together (each is capped on its own at
+/// write time).
+const REGEX_SET_SIZE_LIMIT: usize = 64 * REGEX_SIZE_LIMIT;
 
 /// Route indexes are stored as `u32` to keep buckets compact.
 pub const MAX_ROUTES: usize = u32::MAX as usize / 4;
@@ -105,6 +119,15 @@ pub struct Router {
     nodes: Vec<Node>,
     /// Parameterised paths.
     params: ParamIndex,
+    /// `~` paths, if any.
+    regexes: Option<RegexIndex>,
+}
+
+/// Regular-expression paths: one set tried in one pass; `buckets[k]` holds the routes of the
+/// set's pattern `k`, patterns in precedence order.
+struct RegexIndex {
+    set: regex::RegexSet,
+    buckets: Box<[u32]>,
 }
 
 impl fmt::Debug for Router {
@@ -114,6 +137,10 @@ impl fmt::Debug for Router {
             .field("exact_paths", &self.exact.len())
             .field("prefix_nodes", &self.nodes.len())
             .field("param_paths", &self.params.patterns.len())
+            .field(
+                "regex_paths",
+                &self.regexes.as_ref().map_or(0, |r| r.buckets.len()),
+            )
             .finish()
     }
 }
@@ -320,6 +347,7 @@ impl Router {
         let mut exact: HashMap<&str, Vec<Entry>> = HashMap::new();
         let mut prefix: HashMap<&str, Vec<Entry>> = HashMap::new();
         let mut param: HashMap<&str, Vec<Entry>> = HashMap::new();
+        let mut regex: HashMap<&str, Vec<Entry>> = HashMap::new();
         for (i, spec) in routes.iter().enumerate() {
             let err = |reason: String| RouterError::InvalidRoute {
                 index: i,
@@ -351,6 +379,7 @@ impl Router {
             let index = u32::try_from(i).map_err(|_| err("index out of range".into()))?;
             for p in paths {
                 let bucket = match p.strip_suffix('*') {
+                    _ if uri_regex(p).is_some() => regex.entry(p).or_default(),
                     Some(pre) => prefix.entry(pre).or_default(),
                     None if uri_has_params(p) => param.entry(p).or_default(),
                     None => exact.entry(p).or_default(),
@@ -365,7 +394,8 @@ impl Router {
             data.push(route);
         }
 
-        let mut buckets = Vec::with_capacity(exact.len() + prefix.len() + param.len());
+        let mut buckets =
+            Vec::with_capacity(exact.len() + prefix.len() + param.len() + regex.len());
         let mut add = |entries: Vec<Entry>| {
             buckets.push(Bucket::new(entries, &data, routes));
             (buckets.len() - 1) as u32
@@ -380,12 +410,14 @@ impl Router {
         }
         link(&mut nodes);
         let params = ParamIndex::build(param.into_iter().map(|(p, entries)| (p, add(entries))));
+        let regexes = RegexIndex::build(regex, routes, &mut add)?;
         Ok(Router {
             routes: data,
             buckets,
             exact,
             nodes,
             params,
+            regexes,
         })
     }
 
@@ -425,6 +457,16 @@ impl Router {
             .find_map(|b| self.bucket_find(b, &req, accept))
         {
             return Some(i);
+        }
+        if let Some(rx) = &self.regexes {
+            let found = rx
+                .set
+                .matches(path)
+                .iter()
+                .find_map(|k| self.bucket_find(rx.buckets.get(k).copied()?, &req, accept));
+            if found.is_some() {
+                return found;
+            }
         }
         let mut next = self.deepest_prefix(path.as_bytes());
         while let Some(n) = next.and_then(|n| self.nodes.get(n as usize)) {
@@ -512,6 +554,44 @@ struct ParamGroup {
     by_first: HashMap<Box<str>, Box<[u32]>>,
     /// Patterns whose first segment is a parameter (all less specific than `by_first`'s).
     any_first: Box<[u32]>,
+}
+
+impl RegexIndex {
+    /// `None` when no route has a `~` path.
+    fn build(
+        paths: HashMap<&str, Vec<Entry>>,
+        specs: &[RouteSpec],
+        add: &mut impl FnMut(Vec<Entry>) -> u32,
+    ) -> Result<Option<RegexIndex>, RouterError> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let top_priority = |entries: &[Entry]| {
+            entries
+                .iter()
+                .filter_map(|e| specs.get(e.route as usize))
+                .map(|s| s.priority)
+                .max()
+                .unwrap_or(0)
+        };
+        let mut paths: Vec<(&str, Vec<Entry>)> = paths.into_iter().collect();
+        paths.sort_by(|(pa, ea), (pb, eb)| {
+            top_priority(eb)
+                .cmp(&top_priority(ea))
+                .then(pb.len().cmp(&pa.len()))
+                .then(pa.cmp(pb))
+        });
+        let patterns: Vec<String> = paths
+            .iter()
+            .map(|(p, _)| format!("^(?:{})", uri_regex(p).unwrap_or_default()))
+            .collect();
+        let set = regex::RegexSetBuilder::new(&patterns)
+            .size_limit(REGEX_SET_SIZE_LIMIT)
+            .build()
+            .map_err(|e| RouterError::RegexSet(e.to_string()))?;
+        let buckets = paths.into_iter().map(|(_, entries)| add(entries)).collect();
+        Ok(Some(RegexIndex { set, buckets }))
+    }
 }
 
 /// Parameterised paths, grouped by segment count, then by literal first segment.

@@ -785,3 +785,44 @@ fn many_param_routes_are_grouped() {
     }
     assert_eq!(router.find(&Method::GET, None, "/svc1/7/items"), None);
 }
+
+#[test]
+fn regex_paths_rank_between_params_and_prefixes() {
+    let routes = [
+        path("exact", &["/api/v1/users"]),
+        path("param", &["/api/v1/:what"]),
+        path("versioned", &[r"~/api/v\d+/users$"]),
+        path("any-version", &[r"~/api/v\d+/"]),
+        route("urgent", &[r"~/api/v9"], &[], &[], 5),
+        route("get-only", &[r"~/reports/\d{4}$"], &[], &["GET"], 0),
+        path("prefix", &["/api/*"]),
+    ];
+    check(
+        &routes,
+        &[
+            ("GET", None, "/api/v1/users", Some("exact")),
+            ("GET", None, "/api/v1/orders", Some("param")),
+            ("GET", None, "/api/v2/users", Some("versioned")),
+            // `$` anchors the end; without it the pattern is a prefix.
+            ("GET", None, "/api/v2/users/7", Some("any-version")),
+            ("GET", None, "/api/v22/x/y", Some("any-version")),
+            // A higher priority wins over a longer pattern.
+            ("GET", None, "/api/v9/users", Some("urgent")),
+            // Anchored at the start: the pattern must match from the first byte.
+            ("GET", None, "/x/api/v2/users", None),
+            ("GET", None, "/api/vx/users", Some("prefix")),
+            ("GET", None, "/reports/2026", Some("get-only")),
+            ("POST", None, "/reports/2026", None),
+            ("GET", None, "/reports/20261", None),
+        ],
+    );
+}
+
+#[test]
+fn a_bad_regex_path_names_the_route() {
+    let err = Router::build(&[path("ok", &["/a"]), path("bad", &["~/a("])]).unwrap_err();
+    assert!(
+        matches!(&err, RouterError::InvalidRoute { id, .. } if id == "bad"),
+        "{err}"
+    );
+}

@@ -82,17 +82,44 @@ pub fn check_method(m: &str) -> Result<()> {
     }
 }
 
-/// A route uri: starts with `/`, may end with `*` (prefix match), no `*` elsewhere, no
-/// whitespace or control characters. A whole segment `:name` (name = `[A-Za-z_][A-Za-z0-9_]*`)
+/// Compiled-size cap for every regular expression taken from config (the regex crate's default
+/// is 10 MiB per regex; a snapshot may hold thousands).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A route uri written as a regular expression: `~` then the pattern (Kong's notation), matched
+/// from the start of the normalised path (an implicit `^`; end it with `$` to match the whole
+/// path). `None` for other uris.
+pub fn uri_regex(uri: &str) -> Option<&str> {
+    uri.strip_prefix('~')
+}
+
+/// The regex a `~` route uri compiles to: anchored at the start, size-bounded.
+pub fn compile_uri_regex(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+/// A route uri: `~regex` (see [`uri_regex`]), or a path that starts with `/`, may end with
+/// `*` (prefix match), no `*` elsewhere, no whitespace or control characters. A whole segment `:name` (name = `[A-Za-z_][A-Za-z0-9_]*`)
 /// matches any one non-empty request segment; such a parameterised uri cannot also be a prefix,
 /// and `:` is not allowed anywhere else.
 pub fn check_uri(uri: &str) -> Result<()> {
     let err = |m: &str| Err(ValidationError::new("", format!("'{uri}': {m}")));
-    if !uri.starts_with('/') {
-        return err("must start with '/'");
-    }
     if uri.len() > 4096 {
         return err("longer than 4096 bytes");
+    }
+    if let Some(pattern) = uri_regex(uri) {
+        if pattern.is_empty() {
+            return err("'~' needs a regular expression after it");
+        }
+        return match compile_uri_regex(pattern) {
+            Ok(_) => Ok(()),
+            Err(e) => err(&format!("invalid regular expression: {e}")),
+        };
+    }
+    if !uri.starts_with('/') {
+        return err("must start with '/' (or '~' for a regular expression)");
     }
     if uri
         .bytes()
@@ -173,10 +200,28 @@ mod tests {
 
     #[test]
     fn uris() {
-        for ok in ["/", "/*", "/api/v1/products/*", "/exact", "/foo*"] {
+        for ok in [
+            "/",
+            "/*",
+            "/api/v1/products/*",
+            "/exact",
+            "/foo*",
+            r"~/api/v\d+/users$",
+            "~/a|/b",
+        ] {
             assert!(check_uri(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "api", "/a*b", "/a**", "/a b", "/a\n"] {
+        for bad in [
+            "",
+            "api",
+            "/a*b",
+            "/a**",
+            "/a b",
+            "/a\n",
+            "~",
+            "~/a(",
+            "~/a{1000000}",
+        ] {
             assert!(check_uri(bad).is_err(), "{bad}");
         }
     }

@@ -18,9 +18,9 @@ use serde_json::Value;
 
 use super::error::{Result, ValidationError};
 
-/// Longest regex source accepted, and the compiled size bound.
+/// Longest regex source accepted (the compiled size is bounded by REGEX_SIZE_LIMIT).
 pub const MAX_REGEX_LEN: usize = 1024;
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+use super::validate::REGEX_SIZE_LIMIT;
 
 /// A request variable a condition reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

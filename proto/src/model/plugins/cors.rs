@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::PluginConfig;
 use crate::model::error::{Result, ValidationError};
 
-/// Upper bound for one compiled origin regex (the regex crate's default is 10 MiB per regex).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+use crate::model::validate::REGEX_SIZE_LIMIT;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,8 +15,7 @@ pub const METHODS: [&str; 14] = [
     "UNLOCK", "PATCH", "TRACE",
 ];
 
-/// Largest compiled `regex_uri` regex (bytes of automaton), to keep a config from eating memory.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+use crate::model::validate::REGEX_SIZE_LIMIT;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
