@@ -227,12 +227,51 @@ pub struct Upstream {
     pub retry_timeout: Option<Duration>,
     /// Bulkhead: most requests in flight to this upstream; `None`: no limit.
     pub max_concurrent: Option<u32>,
-    /// `keepalive_pool`: this upstream's own client (pool) and its requests-per-connection cap;
-    /// `None`: the proxy's shared pool.
+    /// This upstream's own client (pool) and its requests-per-connection cap, for a
+    /// `keepalive_pool` or TLS to the nodes; `None`: the proxy's shared pool.
     pub pool: Option<(crate::proxy::UpstreamClient, u32)>,
     /// Requests in flight to this upstream (counted for the bulkhead and the status page).
     pub in_flight: std::sync::atomic::AtomicU32,
     _checker: Option<tokio_util::sync::DropGuard>,
+}
+
+/// The upstream's own client, when it needs one: TLS settings are per upstream (a pool shared
+/// with other upstreams could hand out a connection made for another name), and so is a
+/// `keepalive_pool`.
+fn own_client(
+    cfg: &UpstreamConfig,
+) -> Result<Option<(crate::proxy::UpstreamClient, u32)>, ValidationError> {
+    use crate::proxy::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST, TimedConnector, pooled_client};
+    if !cfg.scheme.is_tls() && cfg.keepalive_pool.is_none() {
+        return Ok(None);
+    }
+    let connector = if cfg.scheme.is_tls() {
+        let sni_default = match cfg.pass_host {
+            PassHost::Rewrite => cfg.upstream_host.as_deref(),
+            _ => None,
+        };
+        let tls = crate::proxy::upstream_tls::settings(
+            cfg.tls.as_ref(),
+            cfg.scheme.is_grpc(),
+            sni_default,
+        )
+        .map_err(|(field, e)| ValidationError::new(field, e).under("tls"))?;
+        TimedConnector::with_tls(tls)
+    } else {
+        TimedConnector::new()
+    };
+    let (size, idle, requests) = match cfg.keepalive_pool {
+        Some(p) => (
+            usize::try_from(p.size).unwrap_or(usize::MAX),
+            Duration::from_secs_f64(p.idle_timeout),
+            p.requests,
+        ),
+        None => (POOL_MAX_IDLE_PER_HOST, POOL_IDLE_TIMEOUT, u32::MAX),
+    };
+    Ok(Some((
+        pooled_client(size, idle, connector, cfg.scheme.is_grpc()),
+        requests,
+    )))
 }
 
 /// `chash`'s key, resolved once.
@@ -330,15 +369,7 @@ impl Upstream {
                 .filter(|&t| t > 0.0)
                 .map(Duration::from_secs_f64),
             max_concurrent: cfg.max_concurrent,
-            pool: cfg.keepalive_pool.map(|p| {
-                (
-                    crate::proxy::pooled_client(
-                        usize::try_from(p.size).unwrap_or(usize::MAX),
-                        Duration::from_secs_f64(p.idle_timeout),
-                    ),
-                    p.requests,
-                )
-            }),
+            pool: own_client(cfg)?,
             in_flight: std::sync::atomic::AtomicU32::new(0),
             _checker: checker,
         })

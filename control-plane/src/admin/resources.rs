@@ -122,6 +122,26 @@ pub(super) fn prepare_put(
             AdminError::invalid(field, e)
         })?;
     }
+    // Likewise an upstream's CA bundle or client certificate that rustls cannot use.
+    let upstream = match &resource {
+        Resource::Upstream(u) => Some(("tls", u)),
+        Resource::Route(r) => r.upstream.as_ref().map(|u| ("upstream.tls", u)),
+        Resource::Service(s) => s.upstream.as_ref().map(|u| ("upstream.tls", u)),
+        _ => None,
+    };
+    if let Some((under, u)) = upstream
+        && u.scheme.is_tls()
+    {
+        postern_data_plane::proxy::upstream_tls::settings(u.tls.as_ref(), u.scheme.is_grpc(), None)
+            .map_err(|(field, e)| {
+                let field = if field.is_empty() {
+                    under.to_string()
+                } else {
+                    format!("{under}.{field}")
+                };
+                AdminError::invalid(field, e)
+            })?;
+    }
     let claims = resource
         .claims()
         .into_iter()

@@ -11,6 +11,7 @@ pub mod normalize;
 pub mod real_ip;
 mod upgrade;
 mod upstream_call;
+pub mod upstream_tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
 use limited_body::LimitedBody;
-use upstream_call::{CallGuard, Progress, SendBody, TimedConnector, UpstreamBody};
+pub(crate) use upstream_call::TimedConnector;
+use upstream_call::{CallGuard, Progress, SendBody, UpstreamBody};
 
 /// What one request takes from the config it was matched with.
 struct MatchedRoute {
@@ -95,8 +97,8 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Longest request target accepted; longer → 414.
 const MAX_URI_BYTES: usize = 8 * 1024;
 /// Idle upstream connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 /// Request bodies go out wrapped in `LimitedBody`, which enforces `client-control`'s
 /// `max_body_size` on bodies without a `Content-Length` (and passes bodies through otherwise),
@@ -104,13 +106,26 @@ const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// applies each request's connect timeout.
 pub(crate) type UpstreamClient = Client<TimedConnector, SendBody>;
 
-/// A client with its own pool: for an upstream with `keepalive_pool`.
-pub(crate) fn pooled_client(max_idle_per_node: usize, idle_timeout: Duration) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
+/// A client with its own pool: the proxy's shared ones, and those of upstreams with a
+/// `keepalive_pool` or TLS. `http2`: HTTP/2 only (gRPC), one multiplexed connection per node.
+pub(crate) fn pooled_client(
+    max_idle_per_node: usize,
+    idle_timeout: Duration,
+    connector: TimedConnector,
+    http2: bool,
+) -> UpstreamClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(idle_timeout)
         .pool_max_idle_per_host(max_idle_per_node)
-        .pool_timer(TokioTimer::new())
-        .build(TimedConnector::new())
+        .pool_timer(TokioTimer::new());
+    if http2 {
+        builder
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(Some(H2_KEEPALIVE));
+    }
+    builder.build(connector)
 }
 
 /// Shared by every connection of one proxy listener.
@@ -136,15 +151,19 @@ pub struct ProxySettings {
 
 impl Proxy {
     pub fn new(state: Arc<DpState>, settings: ProxySettings) -> Proxy {
-        let client = pooled_client(POOL_MAX_IDLE_PER_HOST, POOL_IDLE_TIMEOUT);
+        let client = pooled_client(
+            POOL_MAX_IDLE_PER_HOST,
+            POOL_IDLE_TIMEOUT,
+            TimedConnector::new(),
+            false,
+        );
         // One multiplexed connection per node carries every gRPC call to it.
-        let h2c_client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_keep_alive_interval(Some(H2_KEEPALIVE))
-            .build(TimedConnector::new());
+        let h2c_client = pooled_client(
+            POOL_MAX_IDLE_PER_HOST,
+            POOL_IDLE_TIMEOUT,
+            TimedConnector::new(),
+            true,
+        );
         Proxy {
             state,
             client,
@@ -498,7 +517,7 @@ impl Proxy {
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
-        let grpc = upstream.scheme == postern_proto::model::Scheme::Grpc;
+        let grpc = upstream.scheme.is_grpc();
         // WebSocket and other HTTP/1.1 upgrades (not to gRPC upstreams, which speak HTTP/2).
         let upgrade = if grpc {
             None
@@ -614,11 +633,8 @@ impl Proxy {
                     p.1,
                 )
             });
-            let client = if grpc {
-                &self.h2c_client
-            } else {
-                upstream.pool.as_ref().map_or(&self.client, |p| &p.0)
-            };
+            let shared = if grpc { &self.h2c_client } else { &self.client };
+            let client = upstream.pool.as_ref().map_or(shared, |p| &p.0);
             exchange.upstream = Some(node.authority.clone());
             let started = tokio::time::Instant::now();
             let result = Self::send(client, req, &timeouts, progress, body_too_large).await;

@@ -1,8 +1,9 @@
 //! The pieces of one upstream call that enforce its timeouts and keep the upstream's counters:
 //!
 //! - `connect`: [`TimedConnector`] wraps hyper's `HttpConnector` and bounds each new TCP
-//!   connection by the route's connect timeout, passed in a task-local for the duration of the
-//!   request ([`with_call`]); a pooled connection skips it. Timed out → 504, refused → 502.
+//!   connection (and, for `https`/`grpcs` upstreams, its TLS handshake) by the route's connect
+//!   timeout, passed in a task-local for the duration of the request ([`with_call`]); a pooled
+//!   connection skips it. Timed out → 504, refused or a failed handshake → 502.
 //! - `send`: [`SendBody`] wraps the request body and notes when each chunk is handed to the
 //!   connection; more than `send` without progress while the body is being sent → 504.
 //! - `read`: from the end of sending to the response head, and then between two chunks of the
@@ -31,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::limited_body::LimitedBody;
+use super::upstream_tls::UpstreamTlsSettings;
 use crate::compile::{Timeouts, Upstream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -114,10 +116,12 @@ pub async fn with_call<F: Future>(
     .await
 }
 
-/// `HttpConnector` with the calling request's connect timeout.
+/// `HttpConnector` with the calling request's connect timeout, and TLS on top for an upstream
+/// that has it (one connector, and so one pool, per such upstream).
 #[derive(Clone)]
 pub struct TimedConnector {
     inner: HttpConnector,
+    tls: Option<UpstreamTlsSettings>,
 }
 
 impl TimedConnector {
@@ -125,8 +129,22 @@ impl TimedConnector {
         let mut inner = HttpConnector::new();
         inner.set_nodelay(true);
         inner.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
-        TimedConnector { inner }
+        TimedConnector { inner, tls: None }
     }
+
+    pub fn with_tls(tls: UpstreamTlsSettings) -> TimedConnector {
+        TimedConnector {
+            tls: Some(tls),
+            ..TimedConnector::new()
+        }
+    }
+}
+
+/// A connection to a node: plain TCP or TLS over it.
+#[derive(Debug)]
+enum NodeStream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 /// Requests served so far on one upstream connection (for `keepalive_pool.requests`), attached
@@ -134,17 +152,39 @@ impl TimedConnector {
 #[derive(Clone, Debug, Default)]
 pub struct ConnRequests(pub Arc<std::sync::atomic::AtomicU32>);
 
-/// An upstream TCP connection carrying its [`ConnRequests`] counter.
+/// An upstream connection carrying its [`ConnRequests`] counter.
 #[derive(Debug)]
 pub struct UpstreamIo {
-    inner: TokioIo<TcpStream>,
+    inner: NodeStream,
     requests: ConnRequests,
 }
 
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
-        self.inner.connected().extra(self.requests.clone())
+        let connected = match &self.inner {
+            NodeStream::Plain(io) => io.connected(),
+            NodeStream::Tls(io) => {
+                let (tcp, session) = io.inner().get_ref();
+                let c = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        };
+        connected.extra(self.requests.clone())
     }
+}
+
+/// Calls `$method` on whichever stream `$self` (a `Pin<&mut UpstreamIo>`) holds.
+macro_rules! on_stream {
+    ($self:ident, $method:ident($($arg:expr),*)) => {
+        match &mut $self.get_mut().inner {
+            NodeStream::Plain(io) => Pin::new(io).$method($($arg),*),
+            NodeStream::Tls(io) => Pin::new(&mut **io).$method($($arg),*),
+        }
+    };
 }
 
 impl hyper::rt::Read for UpstreamIo {
@@ -153,7 +193,7 @@ impl hyper::rt::Read for UpstreamIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        on_stream!(self, poll_read(cx, buf))
     }
 }
 
@@ -163,19 +203,22 @@ impl hyper::rt::Write for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        on_stream!(self, poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        on_stream!(self, poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        on_stream!(self, poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.inner {
+            NodeStream::Plain(io) => io.is_write_vectored(),
+            NodeStream::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_write_vectored(
@@ -183,7 +226,7 @@ impl hyper::rt::Write for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        on_stream!(self, poll_write_vectored(cx, bufs))
     }
 }
 
@@ -221,19 +264,32 @@ impl tower_service::Service<Uri> for TimedConnector {
         if let Some(p) = &progress {
             p.connecting.store(true, Ordering::Relaxed);
         }
+        let tls = self.tls.clone();
+        let host = uri.host().unwrap_or_default().to_string();
         let connecting = self.inner.call(uri);
+        let connect = async move {
+            let io = connecting.await?;
+            let Some(tls) = tls else {
+                return Ok::<_, BoxError>(NodeStream::Plain(io));
+            };
+            let name = tls.name_for(&host)?;
+            let stream = tokio_rustls::TlsConnector::from(tls.config)
+                .connect(name, io.into_inner())
+                .await?;
+            Ok(NodeStream::Tls(Box::new(TokioIo::new(stream))))
+        };
         Box::pin(async move {
-            let result = tokio::time::timeout(timeout, connecting).await;
+            let result = tokio::time::timeout(timeout, connect).await;
             if let Some(p) = &progress {
                 p.mark();
                 p.connecting.store(false, Ordering::Relaxed);
             }
             match result {
-                Ok(Ok(io)) => Ok(UpstreamIo {
-                    inner: io,
+                Ok(Ok(inner)) => Ok(UpstreamIo {
+                    inner,
                     requests: ConnRequests::default(),
                 }),
-                Ok(Err(e)) => Err(e.into()),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as BoxError),
             }
         })

@@ -31,7 +31,7 @@ pub use service::ServiceConfig;
 pub use ssl::SslConfig;
 pub use upstream::{
     BalancerType, HashOn, KeepalivePool, MAX_WEIGHT, Node, NodeConfig, Nodes, PassHost, Scheme,
-    Timeout, UpstreamConfig, parse_address,
+    Timeout, UpstreamConfig, UpstreamTls, parse_address,
 };
 
 /// One validated resource of any kind.

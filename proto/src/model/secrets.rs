@@ -23,10 +23,18 @@ const CONSUMER_SECRETS: &[&[&str]] = &[
 /// An `ssls` resource's private key.
 const SSL_SECRETS: &[&[&str]] = &[&["key"]];
 
+/// An upstream's TLS client key.
+const UPSTREAM_SECRETS: &[&[&str]] = &[&["tls", "client_key"]];
+
+/// The TLS client key of a route's or service's inline upstream.
+const INLINE_UPSTREAM_SECRETS: &[&[&str]] = &[&["upstream", "tls", "client_key"]];
+
 fn secret_paths(kind: ResourceKind) -> &'static [&'static [&'static str]] {
     match kind {
         ResourceKind::Consumers => CONSUMER_SECRETS,
         ResourceKind::Ssls => SSL_SECRETS,
+        ResourceKind::Upstreams => UPSTREAM_SECRETS,
+        ResourceKind::Routes | ResourceKind::Services => INLINE_UPSTREAM_SECRETS,
         _ => &[],
     }
 }

@@ -50,8 +50,14 @@ pub struct UpstreamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
     pub nodes: Nodes,
+    /// `http`, `https` (HTTP/1.1 over TLS), `grpc` (HTTP/2 without TLS), `grpcs` (HTTP/2 over
+    /// TLS, ALPN h2).
     #[serde(default)]
     pub scheme: Scheme,
+    /// TLS to the nodes (`https`/`grpcs`): verification, trusted CAs, SNI, client certificate.
+    /// Without it, `https`/`grpcs` verify against the system's trusted CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
     /// How the `Host` header reaches the upstream: `pass` (client's), `node` (the node's address),
@@ -77,6 +83,70 @@ pub enum BalancerType {
     Chash,
     LeastConn,
     Ewma,
+}
+
+/// TLS towards an upstream's nodes (APISIX's `tls` object, plus `ca` and `sni`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Verify the node's certificate chain and name [default: true]. `false` accepts any
+    /// certificate (encryption without authentication: a test-only setting).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// PEM certificates of the CAs to trust instead of the system's (e.g. an internal CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The server name sent (SNI) and verified [default: `upstream_host` with `pass_host:
+    /// rewrite`, else the node's host; an IP node is verified against the certificate's IP
+    /// addresses].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM client certificate (chain) for mutual TLS with the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert` (write-only: never shown by the Admin API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Largest PEM text accepted in `tls` fields (a CA bundle of a few hundred certificates).
+const MAX_PEM_LEN: usize = 1 << 20;
+
+impl UpstreamTls {
+    fn validate(&self) -> Result<()> {
+        for (field, pem) in [
+            ("ca", &self.ca),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ] {
+            if let Some(pem) = pem {
+                if pem.len() > MAX_PEM_LEN {
+                    return Err(ValidationError::new(
+                        field,
+                        format!("longer than {MAX_PEM_LEN} bytes"),
+                    ));
+                }
+                if !pem.contains("-----BEGIN ") {
+                    return Err(ValidationError::new(field, "must be PEM text"));
+                }
+            }
+        }
+        super::secrets::check_not_marker("client_key", self.client_key.as_deref())?;
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(ValidationError::new(
+                "client_key",
+                "client_cert and client_key go together",
+            ));
+        }
+        if let Some(sni) = &self.sni {
+            check_host(sni).map_err(|e| e.under("sni"))?;
+        }
+        Ok(())
+    }
 }
 
 /// An upstream's own keepalive pool, with APISIX's defaults.
@@ -124,6 +194,17 @@ pub enum Scheme {
     Https,
     Grpc,
     Grpcs,
+}
+
+impl Scheme {
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Https | Scheme::Grpcs)
+    }
+
+    /// gRPC: HTTP/2 end to end, with or without TLS.
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Scheme::Grpc | Scheme::Grpcs)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,11 +329,14 @@ impl UpstreamConfig {
         if self.max_concurrent == Some(0) {
             return Err(ValidationError::new("max_concurrent", "must be at least 1"));
         }
-        if matches!(self.scheme, Scheme::Https | Scheme::Grpcs) {
-            return Err(ValidationError::new(
-                "scheme",
-                "only 'http' and 'grpc' (HTTP/2 without TLS) are supported by this version of Postern",
-            ));
+        if let Some(tls) = &self.tls {
+            if !self.scheme.is_tls() {
+                return Err(ValidationError::new(
+                    "tls",
+                    "applies to scheme 'https' or 'grpcs' only",
+                ));
+            }
+            tls.validate().map_err(|e| e.under("tls"))?;
         }
         if let Some(t) = &self.timeout {
             t.validate().map_err(|e| e.under("timeout"))?;
