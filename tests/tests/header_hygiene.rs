@@ -121,3 +121,106 @@ async fn hop_by_hop_and_identity_headers() {
         "no Connection header reaches the upstream: {resp}"
     );
 }
+
+/// An upstream that records the path of every request it gets.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    log.lock().unwrap().push(req.uri().path().to_string());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_the_connection_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, seen) = recording_upstream().await;
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let rev = cp
+        .client()
+        .put_ok(
+            "/admin/routes/all",
+            json!({"uri": "/*", "upstream": {"nodes": {backend.to_string(): 1}}}),
+        )
+        .await;
+    wait_applied(cp.status.unwrap(), rev).await;
+    let proxy = cp.proxy.unwrap();
+
+    // A body that one reading ends early, hiding a second request; a third request pipelined
+    // behind. Both header orders, after an ordinary keepalive request on the same connection.
+    let smuggled_body = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (name, framing) in [
+        (
+            "CL then TE",
+            format!(
+                "Content-Length: {}\r\nTransfer-Encoding: chunked",
+                smuggled_body.len()
+            ),
+        ),
+        (
+            "TE then CL",
+            format!(
+                "Transfer-Encoding: chunked\r\nContent-Length: {}",
+                smuggled_body.len()
+            ),
+        ),
+    ] {
+        seen.lock().unwrap().clear();
+        let bytes = format!(
+            "GET /first HTTP/1.1\r\nHost: a\r\n\r\n\
+             POST /ambiguous HTTP/1.1\r\nHost: a\r\n{framing}\r\n\r\n{smuggled_body}\
+             GET /third HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        );
+        let resp = raw_request(proxy, bytes.as_bytes()).await;
+        let statuses: Vec<&str> = resp
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &resp[i + 9..i + 12])
+            .collect();
+        assert_eq!(
+            statuses,
+            ["200", "400"],
+            "{name}: the first is served, the ambiguous one refused, nothing after: {resp}"
+        );
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{name}: {resp}"
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["/first"],
+            "{name}: only the first request reached the upstream"
+        );
+    }
+
+    // The same bytes without Content-Length are ordinary chunked requests.
+    seen.lock().unwrap().clear();
+    let bytes = "POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\n\
+                 GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let resp = raw_request(proxy, bytes.as_bytes()).await;
+    assert_eq!(resp.matches("HTTP/1.1 200").count(), 2, "{resp}");
+    assert_eq!(*seen.lock().unwrap(), ["/chunked", "/after"]);
+}

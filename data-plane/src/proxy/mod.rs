@@ -5,6 +5,7 @@
 //! its outcome to passive health checks and retries on another node when that is safe.
 
 mod error;
+mod framing;
 pub mod headers;
 mod limited_body;
 pub mod normalize;
@@ -218,14 +219,27 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
-            let service = service_fn(move |req| {
+            let framing = framing::ConnFraming::new();
+            let conn_framing = framing.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(client_addr, req, https).await) }
+                // Content-Length with Transfer-Encoding (seen below hyper, which would accept
+                // it): refused, and the connection closed (hyper does not keep it alive).
+                let ambiguous =
+                    req.version() < Version::HTTP_2 && conn_framing.next_request_is_ambiguous();
+                async move {
+                    if ambiguous {
+                        return Ok::<_, Infallible>(proxy.refuse_ambiguous_framing());
+                    }
+                    Ok::<_, Infallible>(proxy.handle(client_addr, req, https).await)
+                }
             });
             METRICS.connections_accepted.inc();
             METRICS.connections_open.inc();
             match &tls {
                 None => {
+                    let stream =
+                        framing::FramingWatch::new(stream, framing, MAX_REQUEST_HEAD_BYTES);
                     let conn = http
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -246,6 +260,11 @@ impl Proxy {
                             .await
                         {
                             Ok(Ok(tls)) => {
+                                let tls = framing::FramingWatch::new(
+                                    tls,
+                                    framing,
+                                    MAX_REQUEST_HEAD_BYTES,
+                                );
                                 let conn = http
                                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
                                     .into_owned();
@@ -288,6 +307,28 @@ impl Proxy {
                 tracing::warn!("drain timeout: closing the remaining upgraded connections");
             }
         }
+    }
+
+    /// The answer to a request that had both `Content-Length` and `Transfer-Encoding`.
+    fn refuse_ambiguous_framing(&self) -> Response<ClientBody> {
+        let mut response = ProxyError::BadRequest(
+            "a request must not carry both Content-Length and Transfer-Encoding",
+        )
+        .into_response()
+        .map(Either::Right);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let status = response.status().as_u16();
+        response.map(|body| {
+            MeteredBody::new(
+                body,
+                RouteMetrics::unmatched(),
+                Instant::now(),
+                status,
+                None,
+            )
+        })
     }
 
     /// Handles one request and wraps the response so that metrics and the access log see it
