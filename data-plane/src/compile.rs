@@ -235,6 +235,38 @@ pub struct Upstream {
     _checker: Option<tokio_util::sync::DropGuard>,
 }
 
+/// TLS for `https` active probes: the upstream's own `tls` (CA, SNI, client certificate) when
+/// it has one, verification as `https_verify_certificate` says; the name checked is the
+/// probe's `host`, else as for requests.
+fn probe_tls(
+    cfg: &UpstreamConfig,
+) -> Result<Option<crate::proxy::upstream_tls::UpstreamTlsSettings>, ValidationError> {
+    let Some(active) = cfg.checks.as_ref().and_then(|c| c.active.as_ref()) else {
+        return Ok(None);
+    };
+    if active.check_type != postern_proto::model::checks::CheckType::Https {
+        return Ok(None);
+    }
+    let mut tls = cfg
+        .tls
+        .clone()
+        .unwrap_or(postern_proto::model::UpstreamTls {
+            verify: true,
+            ca: None,
+            sni: None,
+            client_cert: None,
+            client_key: None,
+        });
+    tls.verify &= active.https_verify_certificate;
+    let name = active.host.as_deref().or(match cfg.pass_host {
+        PassHost::Rewrite => cfg.upstream_host.as_deref(),
+        _ => None,
+    });
+    crate::proxy::upstream_tls::settings(Some(&tls), false, name)
+        .map(Some)
+        .map_err(|(field, e)| ValidationError::new(field, e).under("tls"))
+}
+
 /// The upstream's own client, when it needs one: TLS settings are per upstream (a pool shared
 /// with other upstreams could hand out a connection made for another name), and so is a
 /// `keepalive_pool`.
@@ -349,7 +381,12 @@ impl Upstream {
                 }
             })
             .collect();
-        let checker = crate::health::spawn_checker(&health, cfg.checks.as_ref(), targets);
+        let checker = crate::health::spawn_checker(
+            &health,
+            cfg.checks.as_ref(),
+            targets,
+            probe_tls(cfg).map_err(|e| e.under("checks.active"))?,
+        );
         Ok(Upstream {
             balancer: Balancer::new(cfg.balancer, &weights, &name_refs),
             loads: nodes.iter().map(|_| NodeLoad::default()).collect(),

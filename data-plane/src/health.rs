@@ -27,6 +27,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::proxy::upstream_tls::UpstreamTlsSettings;
+
 /// What one request or probe to a node came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -238,10 +240,12 @@ pub struct Target {
 
 /// Starts the active checker of `health` when `checks.active` is set and a runtime is
 /// available; the checker stops when the returned guard is dropped.
+/// `tls`: how `https` probes secure their connection.
 pub fn spawn_checker(
     health: &Arc<Health>,
     checks: Option<&HealthChecks>,
     targets: Vec<Target>,
+    tls: Option<UpstreamTlsSettings>,
 ) -> Option<DropGuard> {
     let active = checks?.active.clone()?;
     let handle = tokio::runtime::Handle::try_current().ok()?;
@@ -252,6 +256,7 @@ pub fn spawn_checker(
         let probes = targets.into_iter().enumerate().map(|(i, target)| {
             let health = health.clone();
             let active = active.clone();
+            let tls = tls.clone();
             async move {
                 // Each node is probed every `healthy.interval` while healthy and every
                 // `unhealthy.interval` while unhealthy, looked up every second, so a node that
@@ -267,7 +272,7 @@ pub fn spawn_checker(
                         .is_none_or(|t| t.elapsed() >= Duration::from_secs(u64::from(secs)));
                     if due {
                         last_probe = Some(tokio::time::Instant::now());
-                        let outcome = probe(&active, &target).await;
+                        let outcome = probe(&active, &target, tls.as_ref()).await;
                         HEALTH_METRICS.probes.fetch_add(1, Ordering::Relaxed);
                         health.report_active(i, outcome);
                     }
@@ -283,17 +288,45 @@ pub fn spawn_checker(
     Some(token.drop_guard())
 }
 
-/// One probe: TCP connect, then for `http` a `GET http_path` whose status is judged.
-async fn probe(check: &ActiveCheck, target: &Target) -> Outcome {
+/// One probe: TCP connect, then for `http` a `GET http_path` whose status is judged; `https`
+/// does the same after a TLS handshake (a failed handshake counts as a TCP failure).
+async fn probe(check: &ActiveCheck, target: &Target, tls: Option<&UpstreamTlsSettings>) -> Outcome {
     let timeout = Duration::from_secs_f64(check.timeout);
     let attempt = async {
-        let Ok(mut stream) = TcpStream::connect(target.connect.as_str()).await else {
+        let Ok(stream) = TcpStream::connect(target.connect.as_str()).await else {
             return Outcome::TcpFailure;
         };
-        if check.check_type == CheckType::Tcp {
-            return Outcome::Connected;
-        }
         let host = check.host.as_deref().unwrap_or(&target.host);
+        match (check.check_type, tls) {
+            (CheckType::Tcp, _) => Outcome::Connected,
+            (CheckType::Https, Some(tls)) => {
+                let name_host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                let Ok(name) = tls.name_for(name_host) else {
+                    return Outcome::TcpFailure;
+                };
+                match tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(name, stream)
+                    .await
+                {
+                    Ok(stream) => http_status(check, host, stream).await,
+                    Err(_) => Outcome::TcpFailure,
+                }
+            }
+            // No TLS settings for an https check cannot be built (see compile); probe as http.
+            _ => http_status(check, host, stream).await,
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Outcome::Timeout)
+}
+
+/// `GET http_path` on `stream`, judged by the status line.
+async fn http_status<S>(check: &ActiveCheck, host: &str, mut stream: S) -> Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    {
         let mut req = format!(
             "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: postern-healthcheck\r\nConnection: close\r\n",
             check.http_path
@@ -326,10 +359,7 @@ async fn probe(check: &ActiveCheck, target: &Target) -> Outcome {
                 .unwrap_or(Outcome::TcpFailure),
             _ => Outcome::TcpFailure,
         }
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(Outcome::Timeout)
+    }
 }
 
 #[cfg(test)]
@@ -429,15 +459,15 @@ mod tests {
             connect: a.to_string(),
             host: a.to_string(),
         };
-        assert_eq!(probe(&http, &t(ok)).await, Outcome::Status(200));
-        assert_eq!(probe(&http, &t(bad)).await, Outcome::Status(503));
-        assert_eq!(probe(&http, &t(closed)).await, Outcome::TcpFailure);
+        assert_eq!(probe(&http, &t(ok), None).await, Outcome::Status(200));
+        assert_eq!(probe(&http, &t(bad), None).await, Outcome::Status(503));
+        assert_eq!(probe(&http, &t(closed), None).await, Outcome::TcpFailure);
         assert_eq!(
-            probe(&http, &t(silent.local_addr().unwrap())).await,
+            probe(&http, &t(silent.local_addr().unwrap()), None).await,
             Outcome::Timeout
         );
         assert_eq!(
-            probe(&tcp, &t(silent.local_addr().unwrap())).await,
+            probe(&tcp, &t(silent.local_addr().unwrap()), None).await,
             Outcome::Connected
         );
     }

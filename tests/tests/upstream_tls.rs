@@ -289,3 +289,59 @@ async fn bad_upstream_tls_config_is_refused_naming_the_field() {
     assert_eq!(status, 200);
     assert_eq!(list["total"], 0, "nothing was written: {list}");
 }
+
+#[tokio::test]
+async fn https_probes_use_the_upstreams_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = ca("Postern test internal CA");
+    let ca_pem = internal.pem();
+    let good = tls_backend(&leaf(&["backend.test"], &internal), None).await;
+    // Speaks plain HTTP: the TLS handshake of the probe fails.
+    let plain = upstream("no tls here").await;
+    let cp = ControlPlane::start_dev(dir.path()).await;
+    let admin = cp.client();
+    admin
+        .put_ok(
+            "/admin/upstreams/u",
+            json!({"scheme": "https", "nodes": {good.to_string(): 1, plain.to_string(): 1},
+                   "tls": {"ca": ca_pem, "sni": "backend.test"},
+                   "checks": {"active": {"type": "https", "http_path": "/",
+                       "healthy": {"interval": 1, "successes": 1},
+                       "unhealthy": {"interval": 1, "tcp_failures": 1}}}}),
+        )
+        .await;
+    let rev = admin
+        .put_ok("/admin/routes/r", json!({"uri": "/*", "upstream_id": "u"}))
+        .await;
+    wait_applied(cp.status.unwrap(), rev).await;
+    let status = format!("http://{}/status/upstreams", cp.status.unwrap());
+    let started = std::time::Instant::now();
+    wait_for(
+        "the plain node marked unhealthy",
+        std::time::Duration::from_secs(10),
+        || {
+            let status = status.clone();
+            async move {
+                let v: Value = reqwest::get(&status).await.ok()?.json().await.ok()?;
+                let nodes = v["upstreams"][0]["nodes"].as_array()?.clone();
+                let healthy = |addr: SocketAddr| {
+                    nodes
+                        .iter()
+                        .find(|n| n["address"] == addr.to_string())
+                        .and_then(|n| n["healthy"].as_bool())
+                };
+                (healthy(good) == Some(true) && healthy(plain) == Some(false)).then_some(())
+            }
+        },
+    )
+    .await;
+    println!(
+        "https probe took the plain node out after {:?}",
+        started.elapsed()
+    );
+    for _ in 0..10 {
+        let (status, body) = get_via(cp.proxy.unwrap(), "/x", None).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("sni=backend.test"), "{body}");
+    }
+}

@@ -66,7 +66,8 @@ pub struct ActiveCheck {
     /// Path of HTTP probes [default: /].
     #[serde(default = "root")]
     pub http_path: String,
-    /// Accepted for APISIX compatibility (https probes are refused by this version).
+    /// Verify the node's certificate in `https` probes [default: true] (with the upstream's
+    /// `tls.ca` and `tls.sni` when it has them).
     #[serde(default = "yes")]
     pub https_verify_certificate: bool,
     /// Extra request headers of HTTP probes, `"Name: value"`.
@@ -274,12 +275,6 @@ impl HealthChecks {
 
 impl ActiveCheck {
     fn validate(&self) -> Result<()> {
-        if self.check_type == CheckType::Https {
-            return Err(ValidationError::new(
-                "type",
-                "'https' probes are not supported by this version of Postern (use 'http' or 'tcp')",
-            ));
-        }
         if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= 60.0) {
             return Err(ValidationError::new(
                 "timeout",
@@ -381,7 +376,7 @@ mod tests {
     fn bad_checks_name_the_field() {
         let cases = [
             (json!({"passive": {}}), "active"),
-            (json!({"active": {"type": "https"}}), "active.type"),
+            (json!({"active": {"type": "ftp"}}), "active.type"),
             (
                 json!({"active": {"http_path": "health"}}),
                 "active.http_path",

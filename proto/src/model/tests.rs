@@ -109,8 +109,8 @@ fn bad_routes_name_the_field() {
             "upstream.keepalive_pool.idle_timeout",
         ),
         (
-            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "checks": {"active": {"type": "https"}}}}),
-            "upstream.checks.active.type",
+            json!({"uri": "/a", "upstream": {"nodes": {"h:80": 1}, "checks": {"active": {"timeout": 0}}}}),
+            "upstream.checks.active.timeout",
         ),
         (
             json!({"uri": "/a", "upstream": {"type": "nope", "nodes": {"h:80": 1}}}),
