@@ -64,6 +64,30 @@ pub struct CompiledConfig {
 }
 
 impl CompiledConfig {
+    /// Node health of every upstream with health checks, for the control plane (sorted, so two
+    /// reports of the same state compare equal).
+    pub fn health_report(&self) -> postern_proto::sync::HealthReport {
+        let mut upstreams: Vec<postern_proto::sync::UpstreamHealth> = self
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.health.checked())
+            .map(|(key, u)| postern_proto::sync::UpstreamHealth {
+                owner: key.owner.as_str().to_string(),
+                id: key.id.clone(),
+                nodes: u
+                    .health
+                    .snapshot()
+                    .map(|(address, healthy)| postern_proto::sync::NodeHealth {
+                        address: address.to_string(),
+                        healthy,
+                    })
+                    .collect(),
+            })
+            .collect();
+        upstreams.sort_by(|a, b| (&a.owner, &a.id).cmp(&(&b.owner, &b.id)));
+        postern_proto::sync::HealthReport { upstreams }
+    }
+
     /// Every runtime upstream with its nodes' health and load, for `GET /status/upstreams`:
     /// `{"upstreams": [{"owner": "upstreams", "id": "u1", "in_flight": 0, "nodes":
     /// [{"address": "10.0.0.1:80", "healthy": true, "in_flight": 0, "ewma_ms": 1.2}]}]}`.

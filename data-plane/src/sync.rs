@@ -29,6 +29,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest snapshot accepted.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How often the DP looks whether its upstreams' node health changed (and reports it if so).
+const HEALTH_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct SyncClient {
     /// Tried in turn: a DP whose control plane fails or shuts down moves to the next.
@@ -115,14 +117,34 @@ impl SyncClient {
         tracing::info!(cp = %control_plane, "connected to the control plane");
         self.state.set_connected(true);
         let result = async {
-            while let Some(msg) = inbound.message().await? {
-                let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message else {
-                    continue;
-                };
-                let answer = self.apply(snapshot).await;
-                tx.send(message(answer)).await?;
+            // Node health goes to the CP when it changed, looked at once a second.
+            let mut health_tick = tokio::time::interval(HEALTH_REPORT_INTERVAL);
+            health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The CP starts each stream knowing no health: nothing to send until a check says
+            // something.
+            let mut last_report = postern_proto::sync::HealthReport::default();
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => {
+                        let Some(msg) = msg? else { break };
+                        let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message
+                        else {
+                            continue;
+                        };
+                        let answer = self.apply(snapshot).await;
+                        tx.send(message(answer)).await?;
+                    }
+                    _ = health_tick.tick() => {
+                        let Some(config) = self.state.current() else { continue };
+                        let report = config.health_report();
+                        if report != last_report {
+                            last_report = report.clone();
+                            tx.send(message(data_plane_message::Message::Health(report))).await?;
+                        }
+                    }
+                }
             }
-            Ok(())
+            Ok::<(), anyhow::Error>(())
         }
         .await;
         self.state.set_connected(false);

@@ -63,6 +63,7 @@ pub fn app(state: AdminState) -> Router {
                 .patch(resources::patch)
                 .delete(resources::delete),
         )
+        .route("/{kind}/{id}/health", get(data_planes::upstream_health))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(audit_writes))
         .with_state(state.clone());

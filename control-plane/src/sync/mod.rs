@@ -172,6 +172,10 @@ impl Session {
                 tracing::warn!(node_id = node, version = n.version, error = %n.error, "data plane rejected a snapshot");
                 self.registry.nacked(node, n.version, n.nonce, n.error);
             }
+            Some(data_plane_message::Message::Health(h)) => {
+                tracing::debug!(node_id = node, upstreams = h.upstreams.len(), "health report");
+                self.registry.health_reported(node, h.upstreams);
+            }
             Some(data_plane_message::Message::Hello(_)) | None => {
                 tracing::debug!(node_id = node, "ignoring an unexpected sync message");
             }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postern_proto::sync::Hello;
+use postern_proto::sync::{Hello, UpstreamHealth};
 use serde::Serialize;
 
 /// Disconnected data planes are forgotten after this long.
@@ -33,6 +33,16 @@ pub struct DataPlaneInfo {
     /// dead must not be marked disconnected when the old one ends.
     #[serde(skip)]
     session: u64,
+    /// The DP's last health report: node health of its upstreams with checks.
+    #[serde(skip)]
+    health: Vec<UpstreamHealth>,
+}
+
+/// One data plane's view of one upstream's nodes: `(address, healthy)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataPlaneHealth {
+    pub node_id: String,
+    pub nodes: Vec<(String, bool)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +102,7 @@ impl DataPlaneRegistry {
                     last_ack: prior.as_ref().and_then(|p| p.last_ack.clone()),
                     last_nack: prior.and_then(|p| p.last_nack),
                     session,
+                    health: Vec::new(),
                 },
             );
         });
@@ -132,10 +143,43 @@ impl DataPlaneRegistry {
         });
     }
 
+    pub fn health_reported(&self, node_id: &str, upstreams: Vec<UpstreamHealth>) {
+        self.update(node_id, |n| n.health = upstreams);
+    }
+
+    /// What each connected data plane last reported of the upstream `owner`/`id` (DPs that
+    /// have no checks for it, or have not applied it yet, report nothing), by node id.
+    pub fn upstream_health(&self, owner: &str, id: &str) -> Vec<DataPlaneHealth> {
+        let mut out: Vec<DataPlaneHealth> = self.with(|nodes| {
+            nodes
+                .values()
+                .filter(|n| n.connected)
+                .filter_map(|n| {
+                    let u = n.health.iter().find(|u| u.owner == owner && u.id == id)?;
+                    Some(DataPlaneHealth {
+                        node_id: n.node_id.clone(),
+                        nodes: u
+                            .nodes
+                            .iter()
+                            .map(|h| (h.address.clone(), h.healthy))
+                            .collect(),
+                    })
+                })
+                .collect()
+        });
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.with(|nodes| nodes.values().filter(|n| n.connected).count())
+    }
+
     pub fn disconnected(&self, session: u64, node_id: &str) {
         self.update(node_id, |n| {
             if n.session == session {
                 n.connected = false;
+                n.health.clear();
             }
         });
     }
