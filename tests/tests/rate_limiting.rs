@@ -915,3 +915,77 @@ async fn limit_count_on_a_redis_cluster() {
     }
     assert!(holding >= 2, "keys on {holding} of 3 masters");
 }
+
+/// An upstream that sends its response head at once and the body's last bytes after `delay`.
+async fn slow_body_upstream(delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
+                        let (tx, rx) = tokio::sync::mpsc::channel::<
+                            Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                        >(2);
+                        tokio::spawn(async move {
+                            let _ = tx
+                                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first "))))
+                                .await;
+                            tokio::time::sleep(delay).await;
+                            let _ = tx
+                                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"last"))))
+                                .await;
+                        });
+                        let body = http_body_util::StreamBody::new(
+                            tokio_stream::wrappers::ReceiverStream::new(rx),
+                        );
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn limit_conn_counts_a_request_until_its_body_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let streaming = slow_body_upstream(Duration::from_millis(800)).await;
+    let (cp, admin, proxy) = dev_cp(dir.path()).await;
+    put_routes(
+        &cp,
+        &admin,
+        &[(
+            unique("conn-body"),
+            json!({"uri": "/download", "upstream": {"nodes": {streaming.to_string(): 1}},
+                "plugins": {"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
+                    "key_type": "var", "key": "remote_addr"}}}),
+        )],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    // The first download has its head (200) but its body is still coming…
+    let first = http
+        .get(format!("http://{proxy}/download"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    // …so it still holds the only slot.
+    assert_eq!(get(&http, proxy, "/download").await.status, 503);
+    assert_eq!(first.text().await.unwrap(), "first last");
+    // Sent: the slot is free.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = http
+        .get(format!("http://{proxy}/download"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.text().await.unwrap(), "first last");
+}

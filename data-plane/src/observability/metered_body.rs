@@ -21,6 +21,8 @@ pub struct MeteredBody<B> {
     bytes: u64,
     /// Set only when the access log is on.
     log: Option<(Arc<AccessLog>, Box<Record>)>,
+    /// Dropped with the body: what must last until the response is sent (limit-conn slots).
+    _held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<B> MeteredBody<B> {
@@ -38,7 +40,14 @@ impl<B> MeteredBody<B> {
             status,
             bytes: 0,
             log,
+            _held: Vec::new(),
         }
+    }
+
+    /// Keeps `held` until this body is finished with.
+    pub fn holding(mut self, held: Vec<Box<dyn std::any::Any + Send + Sync>>) -> MeteredBody<B> {
+        self._held = held;
+        self
     }
 }
 

@@ -3,8 +3,9 @@
 //! are delayed (`default_conn_delay` per multiple of `conn` in flight, or exactly
 //! `default_conn_delay` with `only_use_default_delay`) and then go on; beyond, rejected.
 //!
-//! The slot is a guard held in the request context: it is released when the request is done
-//! with — answered, failed, or dropped because the client went away — never leaked.
+//! The slot is a guard held in the request context, which the proxy hands to the response body:
+//! it is released when the response has been sent — or failed, or dropped because the client
+//! went away — never at the response head (a long download still counts), never leaked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};

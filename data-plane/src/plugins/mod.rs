@@ -69,8 +69,9 @@ pub struct RequestCtx {
     /// Set by the proxy when it tried the upstream (whatever came of it): `response` phases
     /// that judge the upstream (api-breaker) ignore answers given by plugins.
     pub upstream_called: bool,
-    /// Held until the request is done with (dropped with the context, also when the client
-    /// goes away mid-request): e.g. `limit-conn`'s in-flight slot.
+    /// Held until the request is done with: the proxy moves these into the response body, so
+    /// they are dropped once the body has been sent, or when the client goes away mid-request
+    /// (e.g. `limit-conn`'s in-flight slot).
     pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 

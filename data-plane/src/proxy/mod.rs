@@ -61,6 +61,10 @@ struct Exchange {
     consumer: Option<Arc<str>>,
     /// The client came in over TLS (`X-Forwarded-Proto: https`).
     https: bool,
+    /// What plugins hold for the whole exchange (`limit-conn`'s slot): kept with the response
+    /// body, so released when the body has been sent (or the client went away), not when the
+    /// head is ready.
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
@@ -373,6 +377,7 @@ impl Proxy {
             request_id: None,
             consumer: None,
             https,
+            held: Vec::new(),
         };
         let http1 = req.version() < Version::HTTP_2;
         let mut response = self
@@ -398,7 +403,9 @@ impl Proxy {
             }
             _ => None,
         };
-        response.map(|body| MeteredBody::new(body, exchange.metrics, start, status, log))
+        let held = std::mem::take(&mut exchange.held);
+        response
+            .map(|body| MeteredBody::new(body, exchange.metrics, start, status, log).holding(held))
     }
 
     async fn route_and_forward(
@@ -467,6 +474,7 @@ impl Proxy {
         };
         route.plugins.log(&ctx, head.status);
         exchange.request_id = ctx.request_id.take();
+        exchange.held = std::mem::take(&mut ctx.held);
         Response::from_parts(head, body)
     }
 
