@@ -69,6 +69,8 @@ fn respond(state: &DpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     // Served from the disk cache, not yet confirmed by a control plane.
                     "stale": state.is_stale(),
                     "control_plane_connected": state.is_connected(),
+                    // As the control plane counts them (`degrade: local` divides by it).
+                    "live_data_planes": crate::ratelimit::live_data_planes(),
                 }),
             ),
             None => (

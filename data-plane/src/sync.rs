@@ -127,12 +127,16 @@ impl SyncClient {
                 tokio::select! {
                     msg = inbound.message() => {
                         let Some(msg) = msg? else { break };
-                        let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message
-                        else {
-                            continue;
-                        };
-                        let answer = self.apply(snapshot).await;
-                        tx.send(message(answer)).await?;
+                        match msg.message {
+                            Some(control_plane_message::Message::Snapshot(snapshot)) => {
+                                let answer = self.apply(snapshot).await;
+                                tx.send(message(answer)).await?;
+                            }
+                            Some(control_plane_message::Message::Cluster(c)) => {
+                                crate::ratelimit::set_live_data_planes(c.data_planes);
+                            }
+                            None => {}
+                        }
                     }
                     _ = health_tick.tick() => {
                         let Some(config) = self.state.current() else { continue };

@@ -989,3 +989,62 @@ async fn limit_conn_counts_a_request_until_its_body_is_sent() {
     assert_eq!(second.status(), 200);
     assert_eq!(second.text().await.unwrap(), "first last");
 }
+
+#[tokio::test]
+async fn degrade_local_shares_the_limit_among_live_data_planes_while_redis_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = upstream("ok").await;
+    // No Redis listens here: every decision fails over to the degraded mode.
+    let no_redis = free_addr();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.client();
+    let limit = |degrade: &str| {
+        json!({"count": 10, "time_window": 60, "key_type": "constant", "key": "all",
+               "policy": "redis", "redis_host": "127.0.0.1", "redis_port": no_redis.port(),
+               "redis_timeout": 200, "rejected_code": 429, "degrade": degrade})
+    };
+    admin
+        .put_ok(
+            "/admin/routes/local",
+            json!({"uri": "/local", "upstream": {"nodes": {backend.to_string(): 1}},
+                   "plugins": {"limit-count": limit("local")}}),
+        )
+        .await;
+    let rev = admin
+        .put_ok(
+            "/admin/routes/closed",
+            json!({"uri": "/closed", "upstream": {"nodes": {backend.to_string(): 1}},
+                   "plugins": {"limit-count": limit("closed")}}),
+        )
+        .await;
+    let dp1 = DataPlane::start(dir.path(), "dp-1", &cp.sync_url()).await;
+    let dp2 = DataPlane::start(dir.path(), "dp-2", &cp.sync_url()).await;
+    for dp in [&dp1, &dp2] {
+        wait_applied(dp.status, rev).await;
+        wait_for(
+            "the DP to know of 2 DPs",
+            Duration::from_secs(10),
+            || async {
+                let (_, v) = readyz(dp.status).await?;
+                (v["live_data_planes"] == 2).then_some(())
+            },
+        )
+        .await;
+    }
+    let http = reqwest::Client::new();
+    // 10 per window across 2 live DPs: each admits 5 on its own while Redis is down.
+    for dp in [&dp1, &dp2] {
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            statuses.push(get(&http, dp.proxy, "/local").await.status);
+        }
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 200, 200, 429, 429, 429],
+            "{}",
+            dp.node_id
+        );
+    }
+    // The fail-closed limit answers 503 instead.
+    assert_eq!(get(&http, dp1.proxy, "/closed").await.status, 503);
+}

@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures_util::Stream;
 use postern_proto::sync::config_sync_server::{ConfigSync, ConfigSyncServer};
 use postern_proto::sync::{
-    ControlPlaneMessage, DataPlaneMessage, Hello, Snapshot as WireSnapshot, control_plane_message,
-    data_plane_message,
+    ClusterInfo, ControlPlaneMessage, DataPlaneMessage, Hello, Snapshot as WireSnapshot,
+    control_plane_message, data_plane_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -132,6 +132,9 @@ impl Session {
         let node = hello.node_id.as_str();
         let mut sent_version = None;
         let mut nonce = 0u64;
+        // The DP learns how many DPs there are after its first snapshot, then on every change.
+        let mut data_planes = self.registry.watch_connected();
+        let mut tell_data_planes = true;
         loop {
             let latest = self.snapshots.borrow_and_update().clone();
             if let Some(snap) = latest.filter(|s| Some(s.version) != sent_version) {
@@ -150,8 +153,23 @@ impl Session {
                 sent_version = Some(snap.version);
                 self.registry.sent(node, snap.version);
             }
+            if std::mem::take(&mut tell_data_planes) {
+                let n = *data_planes.borrow_and_update();
+                let msg = ControlPlaneMessage {
+                    message: Some(control_plane_message::Message::Cluster(ClusterInfo {
+                        data_planes: u32::try_from(n).unwrap_or(u32::MAX),
+                    })),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return "stream closed";
+                }
+            }
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { return "shutting down" },
+                changed = data_planes.changed() => match changed {
+                    Ok(()) => tell_data_planes = true,
+                    Err(_) => return "shutting down",
+                },
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => self.record(node, m),
                     Ok(None) => return "stream closed by the data plane",
@@ -173,7 +191,11 @@ impl Session {
                 self.registry.nacked(node, n.version, n.nonce, n.error);
             }
             Some(data_plane_message::Message::Health(h)) => {
-                tracing::debug!(node_id = node, upstreams = h.upstreams.len(), "health report");
+                tracing::debug!(
+                    node_id = node,
+                    upstreams = h.upstreams.len(),
+                    "health report"
+                );
                 self.registry.health_reported(node, h.upstreams);
             }
             Some(data_plane_message::Message::Hello(_)) | None => {

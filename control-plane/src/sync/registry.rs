@@ -62,9 +62,20 @@ pub struct NackInfo {
 
 /// Connected and recently seen data planes, keyed by node id. Touched once per sync message,
 /// never on the proxy path, so a plain mutex is enough.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DataPlaneRegistry {
     nodes: Mutex<HashMap<String, DataPlaneInfo>>,
+    /// How many are connected, for the sessions to tell their DPs.
+    connected: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for DataPlaneRegistry {
+    fn default() -> Self {
+        DataPlaneRegistry {
+            nodes: Mutex::default(),
+            connected: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 fn now() -> i64 {
@@ -78,7 +89,16 @@ impl DataPlaneRegistry {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, DataPlaneInfo>) -> R) -> R {
         // A poisoned lock only means another sync task panicked mid-update; the map is still usable.
         let mut guard = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        let out = f(&mut guard);
+        let n = guard.values().filter(|n| n.connected).count();
+        self.connected
+            .send_if_modified(|c| std::mem::replace(c, n) != n);
+        out
+    }
+
+    /// The number of connected data planes, now and as it changes.
+    pub fn watch_connected(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.connected.subscribe()
     }
 
     pub fn connected(&self, session: u64, hello: &Hello, address: String) {

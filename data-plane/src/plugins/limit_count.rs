@@ -6,6 +6,7 @@ use http::StatusCode;
 use postern_proto::model::ValidationError;
 use postern_proto::model::plugins::limit_count::LimitCountConfig;
 use postern_proto::model::plugins::limits::Algorithm;
+use postern_proto::model::plugins::limits::Degrade;
 use postern_proto::model::plugins::parse;
 use serde_json::Value;
 
@@ -56,7 +57,7 @@ impl LimitCount {
                 config,
                 rule(c.algorithm, c.count, c.time_window),
                 redis.as_ref(),
-                c.allow_degradation,
+                Degrade::resolve(c.degrade, c.allow_degradation),
                 status,
                 c.rejected_msg
                     .clone()

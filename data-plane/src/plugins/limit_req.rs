@@ -5,6 +5,7 @@
 use http::StatusCode;
 use postern_proto::model::ValidationError;
 use postern_proto::model::plugins::limit_req::LimitReqConfig;
+use postern_proto::model::plugins::limits::Degrade;
 use postern_proto::model::plugins::parse;
 use serde_json::Value;
 
@@ -35,7 +36,7 @@ impl LimitReq {
                     nodelay: c.nodelay,
                 },
                 redis.as_ref(),
-                c.allow_degradation,
+                Degrade::resolve(c.degrade, c.allow_degradation),
                 status,
                 c.rejected_msg
                     .clone()

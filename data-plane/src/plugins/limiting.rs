@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use postern_proto::model::plugins::limits::RedisSettings;
+use postern_proto::model::plugins::limits::{Degrade, RedisSettings};
 
 use super::{Flow, PluginResponse, RequestCtx, Step};
 use crate::observability::metrics::METRICS;
@@ -67,14 +67,20 @@ impl PeriodHeaders {
     }
 }
 
+/// The outcome while Redis fails: decided outright, or by the local share.
+enum Degraded {
+    Decided(Flow),
+    Local(Decision),
+}
+
 pub struct Limit {
     pub plugin: &'static str,
     pub rule: Rule,
     /// `<plugin>:<config hash>`.
     scope: Box<str>,
     pub backend: Backend,
-    /// Let requests through when Redis fails (else 503).
-    pub fail_open: bool,
+    /// What happens while Redis fails: let requests through, 503, or a local share.
+    pub degrade: Degrade,
     pub rejected_status: StatusCode,
     pub rejected_msg: String,
     pub headers: Headers,
@@ -94,7 +100,7 @@ impl Limit {
         config: &serde_json::Value,
         rule: Rule,
         redis: Option<&RedisSettings>,
-        fail_open: bool,
+        degrade: Degrade,
         rejected_status: StatusCode,
         rejected_msg: String,
         headers: Headers,
@@ -108,7 +114,7 @@ impl Limit {
             rule,
             scope: scope.into(),
             backend: Backend::new(redis),
-            fail_open,
+            degrade,
             rejected_status,
             rejected_msg,
             headers,
@@ -157,34 +163,49 @@ impl Limit {
                         }
                         flow
                     }
-                    Err(e) => self.degraded(&e, ctx),
+                    Err(e) => {
+                        let flow = self.degraded(&e, &key, ctx);
+                        match flow {
+                            Degraded::Decided(flow) => flow,
+                            Degraded::Local(d) => {
+                                let (flow, delay) = self.apply(&d, ctx);
+                                if let Some(delay) = delay {
+                                    tokio::time::sleep(delay).await;
+                                }
+                                flow
+                            }
+                        }
+                    }
                 }
             })),
         }
     }
 
-    fn degraded(&self, e: &RedisFailure, ctx: &RequestCtx) -> Flow {
-        let mode = if self.fail_open {
-            "fail_open"
-        } else {
-            "fail_closed"
-        };
+    fn degraded(&self, e: &RedisFailure, key: &str, ctx: &RequestCtx) -> Degraded {
         METRICS
             .rate_limit_degradations
-            .with_label_values(&[self.plugin, mode])
+            .with_label_values(&[self.plugin, self.degrade.as_str()])
             .inc();
-        if self.fail_open {
-            return Flow::Continue;
+        match self.degrade {
+            Degrade::Open => return Degraded::Decided(Flow::Continue),
+            Degrade::Local => {
+                // This DP's share of the limit, counted here until Redis answers again (under
+                // its own key: never mixed with a true local limit's counters).
+                let rule = self.rule.share(crate::ratelimit::live_data_planes());
+                let local_key = format!("degraded:{key}");
+                return Degraded::Local(LocalStore::global().decide(&local_key, &rule));
+            }
+            Degrade::Closed => {}
         }
         METRICS
             .rate_limit_rejections
             .with_label_values(&[&*ctx.route_id, self.plugin])
             .inc();
         tracing::debug!(plugin = self.plugin, error = %e, "rate limit store unavailable: refusing");
-        Flow::Respond(PluginResponse::error(
+        Degraded::Decided(Flow::Respond(PluginResponse::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "rate limiting is unavailable (its Redis store does not answer); retry shortly",
-        ))
+        )))
     }
 
     /// Headers for the decision, and the answer: continue (maybe after a delay) or reject.

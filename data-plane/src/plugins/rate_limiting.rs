@@ -6,6 +6,7 @@
 
 use http::{HeaderName, StatusCode};
 use postern_proto::model::ValidationError;
+use postern_proto::model::plugins::limits::Degrade;
 use postern_proto::model::plugins::parse;
 use postern_proto::model::plugins::rate_limiting::{LimitBy, RateLimitingConfig, Shape};
 use serde_json::Value;
@@ -86,7 +87,7 @@ impl RateLimiting {
                 config,
                 rule,
                 redis.as_ref(),
-                c.fault_tolerant.unwrap_or(true),
+                Degrade::resolve(c.degrade, c.fault_tolerant.unwrap_or(true)),
                 status,
                 c.error_message
                     .clone()

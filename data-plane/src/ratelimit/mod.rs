@@ -17,7 +17,20 @@ pub mod sliding_window_counter;
 pub mod sliding_window_log;
 pub mod token_bucket;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Live data planes, as the control plane last told this one (1 until it does): what
+/// `degrade: local` divides a limit by while Redis is down.
+static LIVE_DATA_PLANES: AtomicU32 = AtomicU32::new(1);
+
+pub fn set_live_data_planes(n: u32) {
+    LIVE_DATA_PLANES.store(n.max(1), Ordering::Relaxed);
+}
+
+pub fn live_data_planes() -> u32 {
+    LIVE_DATA_PLANES.load(Ordering::Relaxed)
+}
 
 /// Wall-clock milliseconds. Windows are aligned to the epoch (as Redis' `TIME` is), so a local
 /// and a Redis fixed window start at the same instants.
@@ -110,6 +123,35 @@ pub enum State {
 }
 
 impl Rule {
+    /// This rule's share for one of `n` data planes: each limit, rate and burst divided by `n`
+    /// (rounded up, so a limit never drops to 0).
+    pub fn share(&self, n: u32) -> Rule {
+        let n64 = u64::from(n.max(1));
+        let nf = f64::from(n.max(1));
+        let w = |w: &Window| Window {
+            limit: w.limit.div_ceil(n64),
+            window_ms: w.window_ms,
+        };
+        match self {
+            Rule::FixedWindow(ws) => Rule::FixedWindow(ws.iter().map(w).collect()),
+            Rule::SlidingWindowLog(x) => Rule::SlidingWindowLog(w(x)),
+            Rule::SlidingWindowCounter(x) => Rule::SlidingWindowCounter(w(x)),
+            Rule::TokenBucket { rate, capacity } => Rule::TokenBucket {
+                rate: rate / nf,
+                capacity: (capacity / nf).ceil().max(1.0),
+            },
+            Rule::LeakyBucket {
+                rate,
+                burst,
+                nodelay,
+            } => Rule::LeakyBucket {
+                rate: rate / nf,
+                burst: (burst / nf).ceil(),
+                nodelay: *nodelay,
+            },
+        }
+    }
+
     /// Decides one request at `now_ms`, updating `state` (created when `None` or of another
     /// rule). Returns the decision and when the state may be forgotten.
     pub fn decide(&self, state: &mut Option<State>, now_ms: u64) -> (Decision, u64) {

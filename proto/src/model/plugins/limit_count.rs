@@ -61,6 +61,10 @@ pub struct LimitCountConfig {
     /// When Redis fails, let requests through instead of answering 503 [default: false].
     #[serde(default)]
     pub allow_degradation: bool,
+    /// Postern extension: `open`, `closed` or `local` while Redis fails (see
+    /// [`super::limits::Degrade`]); overrides the boolean above when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degrade: Option<super::limits::Degrade>,
 }
 
 impl LimitCountConfig {

@@ -47,6 +47,10 @@ pub struct LimitReqConfig {
     pub redis_cluster_name: Option<String>,
     #[serde(default)]
     pub allow_degradation: bool,
+    /// Postern extension: `open`, `closed` or `local` while Redis fails (see
+    /// [`super::limits::Degrade`]); overrides the boolean above when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degrade: Option<super::limits::Degrade>,
 }
 
 impl LimitReqConfig {

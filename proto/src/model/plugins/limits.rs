@@ -142,6 +142,39 @@ impl LimitKey {
     }
 }
 
+/// What a Redis-backed limit does while Redis fails (Postern's `degrade`, which overrides
+/// `allow_degradation` / `fault_tolerant` when set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Degrade {
+    /// Let requests through unlimited.
+    Open,
+    /// Answer 503.
+    Closed,
+    /// Limit each data plane locally to limit ÷ live data planes (as the control plane counts
+    /// them) until Redis answers again.
+    Local,
+}
+
+impl Degrade {
+    /// `degrade` if set, else the plugin's own boolean (`allow_degradation`, `fault_tolerant`).
+    pub fn resolve(degrade: Option<Degrade>, fail_open: bool) -> Degrade {
+        degrade.unwrap_or(if fail_open {
+            Degrade::Open
+        } else {
+            Degrade::Closed
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Degrade::Open => "fail_open",
+            Degrade::Closed => "fail_closed",
+            Degrade::Local => "local",
+        }
+    }
+}
+
 /// The Redis settings of a limit, whichever plugin shape they came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RedisSettings {

@@ -69,6 +69,10 @@ pub struct RateLimitingConfig {
     /// When Redis fails, let requests through [default: true].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_tolerant: Option<bool>,
+    /// Postern extension: `open`, `closed` or `local` while Redis fails (see
+    /// [`super::limits::Degrade`]); overrides the boolean above when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degrade: Option<super::limits::Degrade>,
     /// Send no rate-limit headers [default: false].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hide_client_headers: Option<bool>,
