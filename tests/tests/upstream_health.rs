@@ -51,10 +51,7 @@ async fn control_plane_aggregates_node_health_from_every_data_plane() {
         },
     )
     .await;
-    println!(
-        "aggregated health after {:?}: {health}",
-        started.elapsed()
-    );
+    println!("aggregated health after {:?}: {health}", started.elapsed());
     assert_eq!(health["checked"], true);
     assert_eq!(health["connected_data_planes"], 2);
     let node = |addr: std::net::SocketAddr| {
@@ -80,7 +77,10 @@ async fn control_plane_aggregates_node_health_from_every_data_plane() {
     let (_, plain) = admin.get("/admin/upstreams/plain/health").await.unwrap();
     assert_eq!(plain["checked"], false, "{plain}");
     assert_eq!(plain["nodes"], json!([]));
-    assert_eq!(admin.get("/admin/upstreams/nope/health").await.unwrap().0, 404);
+    assert_eq!(
+        admin.get("/admin/upstreams/nope/health").await.unwrap().0,
+        404
+    );
     assert_eq!(admin.get("/admin/consumers/x/health").await.unwrap().0, 404);
 
     // A DP that goes away stops counting.
