@@ -16,6 +16,8 @@ mod consumer_restriction;
 pub mod consumers;
 mod cors;
 mod header_ops;
+pub mod idp_client;
+pub mod jwks;
 mod jwt_auth;
 mod key_auth;
 mod limit_conn;

@@ -13,6 +13,7 @@ pub mod limit_conn;
 pub mod limit_count;
 pub mod limit_req;
 pub mod limits;
+pub mod openid_connect;
 pub mod opentelemetry;
 pub mod prometheus;
 pub mod proxy_rewrite;
