@@ -50,7 +50,8 @@ pub enum Lookup {
     /// The set (fetched) has no key for this `kid` (or the token has none and the set has
     /// several keys).
     Unknown,
-    /// Nothing usable is cached and the endpoint could not be fetched.
+    /// The endpoint could not be fetched, and the key is not among what is cached (if
+    /// anything is).
     Unavailable(String),
 }
 
@@ -182,10 +183,11 @@ impl JwksSource {
                 let may_refetch = st
                     .last_refetch
                     .is_none_or(|t| now.duration_since(t) >= REFETCH_INTERVAL);
-                if may_refetch && !stale {
+                let fetch = stale || may_refetch;
+                if fetch {
                     st.last_refetch = Some(now);
                 }
-                stale || may_refetch
+                fetch
             }
         };
         if !fetch {
@@ -205,7 +207,14 @@ impl JwksSource {
 
     fn answer(&self, st: &State, kid: Option<&str>) -> Lookup {
         match &st.keys {
-            Some(keys) => keys.find(kid).map_or(Lookup::Unknown, Lookup::Found),
+            Some(keys) => match keys.find(kid) {
+                Some(k) => Lookup::Found(k),
+                // The set could not be refreshed: the key may exist, so no verdict on it.
+                None => match &st.last_error {
+                    Some(e) => Lookup::Unavailable(e.clone()),
+                    None => Lookup::Unknown,
+                },
+            },
             None => Lookup::Unavailable(
                 st.last_error
                     .clone()

@@ -70,6 +70,7 @@ impl JwtAuth {
             jwks: c.jwks_uri.as_deref().map(JwksSource::shared),
             jwks_validation: {
                 let mut v = Validation::new(Algorithm::RS256);
+                v.leeway = 0;
                 v.validate_aud = false;
                 v.set_required_spec_claims(&["exp"]);
                 v

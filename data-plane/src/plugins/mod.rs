@@ -24,6 +24,7 @@ mod limit_conn;
 mod limit_count;
 mod limit_req;
 mod limiting;
+mod openid_connect;
 mod opentelemetry;
 mod proxy_rewrite;
 mod rate_limiting;
@@ -281,6 +282,10 @@ fn build(
         "key-auth" => {
             Arc::new(key_auth::KeyAuth::new(config, env.consumers.clone()).map_err(invalid)?)
         }
+        "openid-connect" => Arc::new(
+            openid_connect::OpenIdConnect::new(config, env.consumers.clone(), scope)
+                .map_err(invalid)?,
+        ),
         "consumer-restriction" => {
             Arc::new(consumer_restriction::ConsumerRestriction::new(config).map_err(invalid)?)
         }

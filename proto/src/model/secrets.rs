@@ -20,6 +20,9 @@ const CONSUMER_SECRETS: &[&[&str]] = &[
     &["plugins", "key-auth", "key"],
 ];
 
+/// Plugin secrets of routes, services and global rules.
+const PLUGIN_SECRETS: &[&[&str]] = &[&["plugins", "openid-connect", "client_secret"]];
+
 /// An `ssls` resource's private key.
 const SSL_SECRETS: &[&[&str]] = &[&["key"]];
 
@@ -27,6 +30,7 @@ fn secret_paths(kind: ResourceKind) -> &'static [&'static [&'static str]] {
     match kind {
         ResourceKind::Consumers => CONSUMER_SECRETS,
         ResourceKind::Ssls => SSL_SECRETS,
+        ResourceKind::Routes | ResourceKind::Services | ResourceKind::GlobalRules => PLUGIN_SECRETS,
         _ => &[],
     }
 }
@@ -129,9 +133,18 @@ mod tests {
         // Nothing stored to keep: refused, naming the field.
         let e = restore(ResourceKind::Consumers, &mut shown.clone(), None).unwrap_err();
         assert_eq!(e.field, "plugins.jwt-auth.secret");
-        // Other kinds have no secrets.
-        let mut route = json!({"plugins": {"key-auth": {"key": "x"}}});
+        // Other kinds have other secrets (a route's key-auth config holds none).
+        let mut route = json!({"plugins": {"key-auth": {"key": "x"},
+            "openid-connect": {"client_id": "gw", "client_secret": "oidc-s3cret"}}});
+        let stored = route.clone();
         redact(ResourceKind::Routes, &mut route);
         assert_eq!(route["plugins"]["key-auth"]["key"], "x");
+        assert_eq!(
+            route["plugins"]["openid-connect"]["client_secret"],
+            REDACTED
+        );
+        assert_eq!(route["plugins"]["openid-connect"]["client_id"], "gw");
+        restore(ResourceKind::Routes, &mut route, Some(&stored)).unwrap();
+        assert_eq!(route, stored);
     }
 }

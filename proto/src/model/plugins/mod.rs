@@ -86,6 +86,11 @@ pub const PLUGINS: &[PluginSpec] = &[
         validate: check::<request_termination::RequestTerminationConfig>,
     },
     PluginSpec {
+        name: "openid-connect",
+        priority: 2599,
+        validate: check::<openid_connect::OpenIdConnectConfig>,
+    },
+    PluginSpec {
         name: "jwt-auth",
         priority: 2510,
         validate: check::<jwt_auth::JwtAuthConfig>,

@@ -292,7 +292,7 @@ mod tests {
     use crate::model::plugins::parse;
 
     /// The guide's Kong config, as written.
-    pub fn guide() -> Value {
+    fn guide() -> Value {
         json!({
             "issuer": "https://auth.example.com/realms/production",
             "client_id": "api-gateway",
