@@ -421,6 +421,23 @@ async fn jwt_auth_with_a_jwks_uri() {
         assert_eq!(a.seen("x-credential-identifier"), Some("partner-key"));
     }
     assert_eq!(idp.hits("/realms/r/jwks"), 1, "one fetch for three keys");
+    // A new snapshot (an unrelated route, and the consumer edited) keeps the cache.
+    gw.route("other", "/other/*", json!({})).await;
+    let rev = gw
+        .admin
+        .put_ok(
+            "/admin/consumers/partner",
+            json!({"desc": "edited", "plugins": {"jwt-auth": {"key": "partner-key",
+                "jwks_uri": format!("{}/realms/r/jwks", idp.base())}}}),
+        )
+        .await;
+    gw.applied(rev).await;
+    assert_eq!(gw.status("/c/1", &mint("ec-1", claims.clone())).await, 200);
+    assert_eq!(
+        idp.hits("/realms/r/jwks"),
+        1,
+        "no refetch after a snapshot swap"
+    );
 
     // The algorithm is the JWK's: alg none, or HS256 with the kid of an RSA key, fail.
     let forged = [
@@ -862,6 +879,12 @@ async fn openid_connect_with_opaque_tokens() {
     assert_eq!(a.body["message"], "token not active");
     assert_eq!(gw.status("/post/x", "never-issued").await, 401);
     assert_eq!(gw.status("/post/x", "opaque-narrow").await, 403);
+
+    // A new snapshot that leaves the route alone keeps its cached answers.
+    let n = introspections();
+    gw.route("other", "/other/*", json!({})).await;
+    assert_eq!(gw.status("/post/x", "opaque-active").await, 200);
+    assert_eq!(introspections(), n, "cached across a snapshot swap");
 
     // client_secret_basic, and a cache_ttl of 1 s honoured.
     assert_eq!(gw.status("/basic/x", "opaque-active").await, 200);
