@@ -796,6 +796,56 @@ async fn openid_connect_with_jwt_access_tokens() {
     let other = mint("rsa-1", claims(json!({"jti": "t-2"})));
     assert_eq!(gw.status("/api/x", &other).await, 200);
 
+    // consumer_claim: the token names a consumer, who is then the caller (group, restriction,
+    // consumer revocation); a token naming none is refused.
+    gw.admin
+        .put_ok("/admin/consumer_groups/staff", json!({"desc": "staff"}))
+        .await;
+    gw.admin
+        .put_ok(
+            "/admin/consumers/alice",
+            json!({"username": "alice", "group_id": "staff"}),
+        )
+        .await;
+    let mut mapped = guide_config(&idp);
+    mapped["consumer_claim"] = json!(["preferred_username"]);
+    gw.route(
+        "mapped",
+        "/mapped/*",
+        json!({"openid-connect": mapped, "consumer-restriction": {
+            "type": "consumer_group_id", "whitelist": ["staff"]}}),
+    )
+    .await;
+    let alice = mint(
+        "rsa-1",
+        claims(json!({"preferred_username": "alice", "jti": "t-3"})),
+    );
+    let a = gw
+        .call(
+            "/mapped/x",
+            Some(&alice),
+            &[("x-consumer-username", "root")],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.seen("x-consumer-username"), Some("alice"));
+    assert_eq!(a.seen("x-consumer-group"), Some("staff"));
+    assert_eq!(a.seen("x-credential-identifier"), Some("user-1"));
+    let mallory = mint(
+        "rsa-1",
+        claims(json!({"preferred_username": "mallory", "jti": "t-4"})),
+    );
+    assert_eq!(gw.status("/mapped/x", &mallory).await, 401);
+    let rev = gw
+        .admin
+        .put_ok(
+            "/admin/revocations/alice",
+            json!({"type": "consumer", "value": "alice"}),
+        )
+        .await;
+    gw.applied(rev).await;
+    assert_eq!(gw.status("/mapped/x", &alice).await, 401);
+
     // Verification cost with the key cached, against the same route without the plugin.
     gw.route("plain", "/plain/*", json!({})).await;
     let n = 300;

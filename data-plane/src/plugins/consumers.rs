@@ -64,6 +64,8 @@ pub struct Consumers {
     jwt: HashMap<String, JwtKey>,
     /// By SHA-256 of the key: the lookup compares digests, never the secret itself.
     api_keys: HashMap<[u8; 32], ApiKey>,
+    /// Every consumer by username (openid-connect's `consumer_claim`).
+    by_username: HashMap<String, Arc<Consumer>>,
     /// Revoked values by type, each with its expiry (`None`: until deleted).
     revoked: HashMap<(RevocationType, String), Option<u64>>,
 }
@@ -78,6 +80,7 @@ impl Consumers {
                 username: username.as_str().into(),
                 group: c.group_id.as_deref().map(Arc::from),
             });
+            index.by_username.insert(username.clone(), consumer.clone());
             if let Some(cred) = c.jwt_credential() {
                 let cred = cred.map_err(|e| fail(e.under("plugins.jwt-auth")))?;
                 let source = match cred
@@ -161,6 +164,10 @@ impl Consumers {
     pub fn is_consumer_revoked(&self, consumer: &Consumer, credential_id: &str, now: u64) -> bool {
         self.is_revoked(RevocationType::Consumer, &consumer.username, now)
             || self.is_revoked(RevocationType::Credential, credential_id, now)
+    }
+
+    pub fn consumer(&self, username: &str) -> Option<&Arc<Consumer>> {
+        self.by_username.get(username)
     }
 
     pub fn jwt(&self, key: &str) -> Option<&JwtKey> {

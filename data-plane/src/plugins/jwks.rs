@@ -387,6 +387,58 @@ mod tests {
         assert!(keys.find(None).is_none(), "several keys: a kid is needed");
     }
 
+    /// Cost of finding a cached key by `kid` and verifying with it, per algorithm (run with
+    /// `--release -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_with_a_cached_key() {
+        use jsonwebtoken::{EncodingKey, Header};
+        let pem = |name: &str| {
+            let path = format!(
+                "{}/../tests/fixtures/auth/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            std::fs::read(path).unwrap()
+        };
+        let keys = parse_keys(&set()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+        validation.set_required_spec_claims(&["exp"]);
+        let claims = json!({"sub": "u", "exp": jsonwebtoken::get_current_timestamp() + 600});
+        let cases = [
+            (
+                "rsa-1",
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(&pem("rsa-private.pem")),
+            ),
+            (
+                "ec-1",
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(&pem("ec-private.pem")),
+            ),
+            (
+                "ed-1",
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(&pem("ed-private.pem")),
+            ),
+        ];
+        for (kid, alg, key) in cases {
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.to_string());
+            let token = jsonwebtoken::encode(&header, &claims, &key.unwrap()).unwrap();
+            let n = 2000;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let kid = header_kid(&token).unwrap();
+                let key = keys.find(kid.as_deref()).unwrap();
+                verify(&token, &key, &validation).unwrap();
+            }
+            println!(
+                "JWKS {alg:?}, key cached: {:.1} µs per token",
+                start.elapsed().as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
+
     #[test]
     fn unusable_keys_are_skipped() {
         let full = set();

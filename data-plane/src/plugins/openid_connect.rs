@@ -13,8 +13,9 @@
 //! 5. revocations (the token's `jti`, a `credential` revocation of its `sub`) → 401, even for
 //!    a cached answer;
 //! 6. every `scopes_required` scope must be in `scope`/`scp`, else 403;
-//! 7. the chosen claims go to the upstream as headers; the caller is identified by `sub`
-//!    (X-Credential-Identifier; no consumer).
+//! 7. the chosen claims go to the upstream as headers; the caller is the consumer named by
+//!    `consumer_claim` when set (a token naming none → 401 unless `consumer_optional`), and is
+//!    identified by `sub` (X-Credential-Identifier).
 //!
 //! A provider that cannot be reached (discovery, JWKS, introspection) with nothing cached gives
 //! 503: the token may be good, so neither 401 nor 403.
@@ -34,7 +35,7 @@ use postern_proto::model::{RevocationType, ValidationError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::consumers::{Consumers, message};
+use super::consumers::{Consumers, identify, message};
 use super::idp_client::{self, ClientAuth};
 use super::jwks::{self, JwksSource, Lookup};
 use super::jwt_auth::MAX_TOKEN_LEN;
@@ -63,6 +64,8 @@ pub struct OpenIdConnect {
     /// `(claim path, header)` pairs.
     headers: Vec<(Vec<String>, HeaderName)>,
     use_jwks: bool,
+    consumer_claim: Vec<String>,
+    consumer_optional: bool,
     hide_credentials: bool,
     timeout: Duration,
     challenge: HeaderValue,
@@ -114,6 +117,8 @@ impl OpenIdConnect {
             cache_ttl: Duration::from_secs(c.cache_ttl),
             headers,
             use_jwks: c.use_jwks,
+            consumer_claim: c.consumer_claim.clone().unwrap_or_default(),
+            consumer_optional: c.consumer_optional,
             hide_credentials: c.hide_credentials,
             timeout: Duration::from_secs(c.timeout),
             challenge: challenge("")?,
@@ -198,6 +203,25 @@ impl OpenIdConnect {
         }) {
             return self.invalid("credential revoked");
         }
+        let consumer = if self.consumer_claim.is_empty() {
+            None
+        } else {
+            let name = self
+                .consumer_claim
+                .iter()
+                .find_map(|c| claims.get(c).and_then(Value::as_str));
+            match name.and_then(|n| self.consumers.consumer(n)) {
+                Some(c) => Some(c.clone()),
+                None if self.consumer_optional => None,
+                None => return self.invalid("token names no consumer"),
+            }
+        };
+        if consumer.as_ref().is_some_and(|c| {
+            self.consumers
+                .is_revoked(RevocationType::Consumer, &c.username, now)
+        }) {
+            return self.invalid("consumer revoked");
+        }
         if !self.scopes_required.is_empty() {
             let granted = scopes(&claims);
             if !self
@@ -217,8 +241,10 @@ impl OpenIdConnect {
                 req.headers.insert(name.clone(), v);
             }
         }
-        if let Some(sub) = sub {
-            ctx.credential_id = Some(sub.into());
+        match (consumer, sub) {
+            (Some(c), sub) => identify(ctx, &c, &Arc::from(sub.unwrap_or(&c.username))),
+            (None, Some(sub)) => ctx.credential_id = Some(sub.into()),
+            (None, None) => {}
         }
         if self.hide_credentials {
             req.headers.remove(AUTHORIZATION);

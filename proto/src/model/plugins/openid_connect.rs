@@ -91,6 +91,15 @@ pub struct OpenIdConnectConfig {
     pub scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
+    /// Claims whose value is a consumer's `username` (Kong; the first one the token has):
+    /// the caller is then that consumer (X-Consumer-Username, group, consumer revocations,
+    /// `consumer-restriction`). Unset: the caller is known by `sub` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<Vec<String>>,
+    /// With `consumer_claim`: let a token that names no consumer through, known by `sub`,
+    /// instead of 401 [default: false].
+    #[serde(default)]
+    pub consumer_optional: bool,
     /// Realm of the `WWW-Authenticate` challenge [default: `postern`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
@@ -227,6 +236,7 @@ impl PluginConfig for OpenIdConnectConfig {
         for (field, list) in [
             ("scopes_required", &self.scopes_required),
             ("audience", &self.audience),
+            ("consumer_claim", &self.consumer_claim),
         ] {
             if let Some(list) = list {
                 if list.is_empty() {
@@ -383,6 +393,7 @@ mod tests {
             ),
             (with("redirect_uri", json!(3)), "redirect_uri"),
             (with("timeout", json!(0)), "timeout"),
+            (with("consumer_claim", json!([])), "consumer_claim"),
             (with("colour", json!(1)), "colour"),
         ];
         for (c, field) in cases {
