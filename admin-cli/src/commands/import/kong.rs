@@ -672,6 +672,8 @@ impl Kong {
                     "upstream_headers_names",
                     "auth_methods",
                     "hide_credentials",
+                    "consumer_claim",
+                    "consumer_optional",
                 ] {
                     copy(&mut conf, f, f);
                 }
@@ -717,6 +719,8 @@ impl Kong {
                         "hide_credentials",
                         "audience_required",
                         "timeout",
+                        "consumer_claim",
+                        "consumer_optional",
                     ],
                 )
             }
@@ -883,7 +887,7 @@ plugins:
     config: {origins: ["https://a.example", "https://b.example"], credentials: true, max_age: 600, preflight_continue: false}
   - name: openid-connect
     service: old
-    config: {issuer: "https://auth.example.com/realms/p", client_id: c, client_secret: s, redirect_uri: ["https://x/cb"], scopes_required: [openid], auth_methods: [password]}
+    config: {issuer: "https://auth.example.com/realms/p", client_id: c, client_secret: s, redirect_uri: ["https://x/cb"], scopes_required: [openid, api:read], auth_methods: [password], cache_ttl: 300, upstream_headers_claims: [sub], upstream_headers_names: [X-User-ID], timeout: 2500, consumer_claim: null}
   - name: rate-limiting
     consumer: bob
     config: {minute: 1}
@@ -906,7 +910,9 @@ certificates: []
                 {"id": "old", "name": "old", "upstream_id": "old", "plugins": {"openid-connect": {
                     "discovery": "https://auth.example.com/realms/p/.well-known/openid-configuration",
                     "client_id": "c", "client_secret": "s", "redirect_uri": "https://x/cb",
-                    "scopes_required": ["openid"], "auth_methods": ["password"]}}},
+                    "scopes_required": ["openid", "api:read"], "auth_methods": ["password"],
+                    "cache_ttl": 300, "upstream_headers_claims": ["sub"],
+                    "upstream_headers_names": ["X-User-ID"], "timeout": 3}}},
                 {"id": "orders", "name": "orders", "upstream_id": "orders-up"}
             ])
         );
@@ -950,6 +956,7 @@ certificates: []
             "routes/orders-route.plugins.acl: `hide_groups_header: true` not mapped",
             "routes/orders-route.plugins.bot-detection: plugin bot-detection has no Postern mapping; left out",
             "routes/orders-route.plugins.jwt: `claims_to_verify: [\"exp\"]` not mapped",
+            "services/old.plugins.openid-connect: scopes_required: Postern requires every listed scope (Kong: any one)",
             "upstreams/orders-up: `healthchecks: {\"active\":{}}` not mapped",
             "upstreams/orders-up: algorithm least-connections not mapped: Postern balances round-robin",
         ];
