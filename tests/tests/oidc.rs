@@ -1055,8 +1055,22 @@ async fn openid_connect_while_the_idp_is_down() {
             "identity provider unavailable (discovery): the token cannot be checked now"
         );
     }
+    // A discovery document naming another issuer than the configured one is not trusted.
+    let mut elsewhere = guide_config(&idp);
+    elsewhere["discovery"] = json!(format!("{}/.well-known/openid-configuration", idp.issuer()));
+    elsewhere["issuer"] = json!("http://idp.example/realms/r");
+    fresh
+        .route(
+            "elsewhere",
+            "/elsewhere/*",
+            json!({"openid-connect": elsewhere}),
+        )
+        .await;
+
     // Back up: served again.
     idp.down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fresh.status("/api/x", &token).await, 200);
+    let a = fresh.call("/elsewhere/x", Some(&token), &[]).await;
+    assert_eq!(a.status, 503, "{}", a.body);
 }

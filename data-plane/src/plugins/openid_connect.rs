@@ -54,6 +54,9 @@ const MAX_CACHED_TOKENS: usize = 10_000;
 
 pub struct OpenIdConnect {
     provider: Arc<Provider>,
+    /// The configured `issuer`: the discovery document must name the same one (OIDC
+    /// Discovery §4.3), or a wrong URL could vouch for another provider's tokens.
+    issuer: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
     introspection_endpoint: Option<String>,
@@ -104,6 +107,11 @@ impl OpenIdConnect {
         let scopes_required = c.scopes_required.clone().unwrap_or_default();
         Ok(OpenIdConnect {
             provider: Provider::shared(&discovery),
+            issuer: c.issuer.as_deref().map(|i| {
+                i.trim_end_matches('/')
+                    .trim_end_matches("/.well-known/openid-configuration")
+                    .to_string()
+            }),
             client_id: c.client_id.clone(),
             client_secret: c.client_secret.clone(),
             introspection_endpoint: c.introspection_endpoint.clone(),
@@ -180,6 +188,12 @@ impl OpenIdConnect {
             Ok(d) => d,
             Err(detail) => return unavailable("discovery", &detail),
         };
+        if let Some(want) = &self.issuer
+            && doc.issuer.trim_end_matches('/') != want
+        {
+            let detail = format!("the document names issuer '{}', not '{want}'", doc.issuer);
+            return unavailable("discovery", &detail);
+        }
         let claims = if self.use_jwks && looks_like_jwt(&token) {
             match self.verify_jwt(&token, &doc).await {
                 Ok(c) => c,
