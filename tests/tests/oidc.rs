@@ -605,6 +605,22 @@ async fn the_guides_kong_config_as_written() {
     assert_eq!(shown["client_secret"], "<redacted>", "{body}");
     assert!(!body.to_string().contains("gateway-secret-value"));
     assert_eq!(shown["client_id"], "api-gateway");
+    // GET → PUT back keeps the stored secret; the marker on a route with none stored is refused.
+    let mut back = body["value"].clone();
+    back["desc"] = json!("edited");
+    let rev = gw.admin.put_ok("/admin/routes/guide", back.clone()).await;
+    gw.applied(rev).await;
+    let (status, resp) = gw
+        .admin
+        .request(
+            reqwest::Method::PUT,
+            "/admin/routes/copy",
+            Some(&back.to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{resp}");
+    assert_eq!(resp["field"], "plugins.openid-connect.client_secret");
 
     // Unreachable (https is not spoken to IdPs yet; no such host either): 503, never 401.
     let token = mint("rsa-1", json!({"sub": "u", "exp": now() + 60}));
