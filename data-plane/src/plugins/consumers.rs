@@ -13,9 +13,11 @@ use bytes::Bytes;
 use http::header::{COOKIE, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 use jsonwebtoken::{DecodingKey, Validation};
+use postern_proto::model::plugins::jwt_auth::JwtAlgorithm;
 use postern_proto::model::{ConfigSet, RevocationType, ValidationError};
 use sha2::{Digest, Sha256};
 
+use super::jwks::JwksSource;
 use super::{PluginResponse, RequestCtx};
 use crate::router::vars::decode;
 
@@ -31,11 +33,22 @@ pub struct JwtKey {
     pub consumer: Arc<Consumer>,
     /// The credential's `key` (X-Credential-Identifier).
     pub key: Arc<str>,
-    pub decoding_key: DecodingKey,
-    /// The credential's algorithm only; `exp` required; `nbf` checked; leeway, audience and
+    pub source: KeySource,
+    /// The credential's algorithm only (for a JWKS key: the key's own); `exp` required; `nbf` checked; leeway, audience and
     /// issuer as configured.
     pub validation: Validation,
     pub max_lifetime: Option<u64>,
+}
+
+/// Where a jwt-auth credential's verification key comes from.
+pub enum KeySource {
+    Static(DecodingKey),
+    /// Fetched from `jwks_uri`, chosen by the token's `kid`; `pin`: the credential's
+    /// (non-HMAC) `algorithm`, which the key's must equal too.
+    Jwks {
+        source: Arc<JwksSource>,
+        pin: Option<jsonwebtoken::Algorithm>,
+    },
 }
 
 /// A key-auth credential.
@@ -51,6 +64,8 @@ pub struct Consumers {
     jwt: HashMap<String, JwtKey>,
     /// By SHA-256 of the key: the lookup compares digests, never the secret itself.
     api_keys: HashMap<[u8; 32], ApiKey>,
+    /// Every consumer by username (openid-connect's `consumer_claim`).
+    by_username: HashMap<String, Arc<Consumer>>,
     /// Revoked values by type, each with its expiry (`None`: until deleted).
     revoked: HashMap<(RevocationType, String), Option<u64>>,
 }
@@ -65,11 +80,23 @@ impl Consumers {
                 username: username.as_str().into(),
                 group: c.group_id.as_deref().map(Arc::from),
             });
+            index.by_username.insert(username.clone(), consumer.clone());
             if let Some(cred) = c.jwt_credential() {
                 let cred = cred.map_err(|e| fail(e.under("plugins.jwt-auth")))?;
-                let decoding_key = cred
+                let source = match cred
                     .decoding_key()
-                    .map_err(|e| fail(e.under("plugins.jwt-auth")))?;
+                    .map_err(|e| fail(e.under("plugins.jwt-auth")))?
+                {
+                    Some(key) => KeySource::Static(key),
+                    None => KeySource::Jwks {
+                        source: JwksSource::shared(cred.jwks_uri.as_deref().unwrap_or_default()),
+                        pin: (!matches!(
+                            cred.algorithm,
+                            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+                        ))
+                        .then(|| cred.algorithm.to_jwt()),
+                    },
+                };
                 let mut validation = Validation::new(cred.algorithm.to_jwt());
                 validation.leeway = cred.leeway;
                 validation.validate_exp = true;
@@ -92,7 +119,7 @@ impl Consumers {
                     JwtKey {
                         consumer: consumer.clone(),
                         key: cred.key.as_str().into(),
-                        decoding_key,
+                        source,
                         validation,
                         max_lifetime: cred.max_lifetime,
                     },
@@ -137,6 +164,10 @@ impl Consumers {
     pub fn is_consumer_revoked(&self, consumer: &Consumer, credential_id: &str, now: u64) -> bool {
         self.is_revoked(RevocationType::Consumer, &consumer.username, now)
             || self.is_revoked(RevocationType::Credential, credential_id, now)
+    }
+
+    pub fn consumer(&self, username: &str) -> Option<&Arc<Consumer>> {
+        self.by_username.get(username)
     }
 
     pub fn jwt(&self, key: &str) -> Option<&JwtKey> {

@@ -12,21 +12,28 @@
 //! 5. the credential's `max_lifetime`, if any;
 //! 6. revocations: the token's `jti`, the consumer, the credential.
 //!
-//! The header's `kid`, `jku`, `x5u` are never used: key material comes only from the consumer.
+//! The header's `jku` and `x5u` are never used. Key material comes from the consumer's
+//! credential, or from a JWKS (`jwks_uri` on the credential, or on the route for every token):
+//! then the header's `kid` picks a key of the fetched set (see `jwks.rs`), the key's algorithm
+//! is the only one accepted, an unknown `kid` is a 401 and an unreachable JWKS endpoint with
+//! nothing cached a 503. A route JWKS token whose key claim names no consumer is identified by
+//! its `sub` (X-Credential-Identifier), with no consumer.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine;
-use http::HeaderName;
+use http::{HeaderName, StatusCode};
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
 use postern_proto::model::plugins::jwt_auth::JwtAuthConfig;
 use postern_proto::model::plugins::parse;
 use postern_proto::model::{RevocationType, ValidationError};
 use serde_json::Value;
 
-use super::consumers::{self, Consumers, identify, unauthorized};
-use super::{Flow, Plugin, RequestCtx, Step};
+use super::consumers::{self, Consumers, JwtKey, KeySource, identify, unauthorized};
+use super::jwks::{self, JwkKey, JwksSource, Lookup};
+use super::{Flow, Plugin, PluginResponse, RequestCtx, Step};
 use crate::router::vars::{args, cookie};
 
 /// Longest token accepted; longer ones are refused before they are decoded.
@@ -42,6 +49,10 @@ pub struct JwtAuth {
     hide_credentials: bool,
     key_claim: String,
     consumers: Arc<Consumers>,
+    /// The route's `jwks_uri`: every token is verified against these keys.
+    jwks: Option<Arc<JwksSource>>,
+    /// For route JWKS tokens: `exp` required, `nbf` checked (the algorithm is the key's).
+    jwks_validation: Validation,
 }
 
 impl JwtAuth {
@@ -56,6 +67,14 @@ impl JwtAuth {
             hide_credentials: c.hide_credentials,
             key_claim: c.key_claim_name,
             consumers,
+            jwks: c.jwks_uri.as_deref().map(JwksSource::shared),
+            jwks_validation: {
+                let mut v = Validation::new(Algorithm::RS256);
+                v.leeway = 0;
+                v.validate_aud = false;
+                v.set_required_spec_claims(&["exp"]);
+                v
+            },
         })
     }
 
@@ -84,34 +103,67 @@ impl JwtAuth {
         header.chain(query).chain(cookie).filter(|t| !t.is_empty())
     }
 
-    fn check(&self, req: &mut http::request::Parts, ctx: &mut RequestCtx) -> Flow {
-        let fail = |msg: &str| Flow::Respond(unauthorized(CHALLENGE_INVALID, msg));
+    /// The one token of the request, or the answer when there is none or too many.
+    fn token(&self, req: &http::request::Parts) -> Result<String, Box<Flow>> {
         let token = match consumers::single(self.tokens(req)) {
             Ok(Some(t)) => t,
             Ok(None) => {
-                return Flow::Respond(unauthorized(CHALLENGE, "Missing JWT token in request"));
+                return Err(Box::new(Flow::Respond(unauthorized(
+                    CHALLENGE,
+                    "Missing JWT token in request",
+                ))));
             }
-            Err(consumers::Conflicting) => return fail("different JWT tokens in one request"),
+            Err(consumers::Conflicting) => {
+                return Err(Box::new(fail("different JWT tokens in one request")));
+            }
         };
         if token.len() > MAX_TOKEN_LEN {
-            return fail("JWT token too long");
+            return Err(Box::new(fail("JWT token too long")));
         }
-        let Some(key) = claim(&token, &self.key_claim) else {
-            return fail("JWT token invalid");
+        Ok(token)
+    }
+
+    /// Picks what verifies `token`: the route's JWKS, or the credential named by the key claim
+    /// (its static key or its JWKS).
+    fn plan<'a>(&'a self, token: &str) -> Result<Plan<'a>, Box<Flow>> {
+        let key = claim(token, &self.key_claim);
+        if let Some(source) = &self.jwks {
+            // The key claim only names the consumer, if any: the route's keys verify.
+            let cred = key.as_deref().and_then(|k| self.consumers.jwt(k));
+            return Ok(Plan::Jwks {
+                cred,
+                source: source.clone(),
+                pin: None,
+                validation: &self.jwks_validation,
+            });
+        }
+        let Some(key) = key else {
+            return Err(Box::new(fail("JWT token invalid")));
         };
         let Some(cred) = self.consumers.jwt(&key) else {
-            return fail("Invalid user key in JWT token");
+            return Err(Box::new(fail("Invalid user key in JWT token")));
         };
-        let claims = match jsonwebtoken::decode::<Value>(
-            token.as_bytes(),
-            &cred.decoding_key,
-            &cred.validation,
-        ) {
-            Ok(data) => data.claims,
-            Err(e) => return fail(reason(e.kind())),
-        };
+        Ok(match &cred.source {
+            KeySource::Static(k) => Plan::Static(cred, k),
+            KeySource::Jwks { source, pin } => Plan::Jwks {
+                cred: Some(cred),
+                source: source.clone(),
+                pin: *pin,
+                validation: &cred.validation,
+            },
+        })
+    }
+
+    /// The checks after the signature: lifetime, revocations; then who the caller is.
+    fn finish(
+        &self,
+        req: &mut http::request::Parts,
+        ctx: &mut RequestCtx,
+        cred: Option<&JwtKey>,
+        claims: Value,
+    ) -> Flow {
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(max) = cred.max_lifetime {
+        if let Some(max) = cred.and_then(|c| c.max_lifetime) {
             let exp = claims
                 .get("exp")
                 .and_then(Value::as_u64)
@@ -124,13 +176,30 @@ impl JwtAuth {
         if jti.is_some_and(|j| self.consumers.is_revoked(RevocationType::Jti, j, now)) {
             return fail("JWT token revoked");
         }
-        if self
-            .consumers
-            .is_consumer_revoked(&cred.consumer, &cred.key, now)
-        {
-            return fail("JWT credential revoked");
+        match cred {
+            Some(cred) => {
+                if self
+                    .consumers
+                    .is_consumer_revoked(&cred.consumer, &cred.key, now)
+                {
+                    return fail("JWT credential revoked");
+                }
+                identify(ctx, &cred.consumer, &cred.key);
+            }
+            None => {
+                // A route JWKS token that names no consumer: known by its subject.
+                let Some(sub) = claims.get("sub").and_then(Value::as_str) else {
+                    return fail("JWT token lacks a required claim");
+                };
+                if self
+                    .consumers
+                    .is_revoked(RevocationType::Credential, sub, now)
+                {
+                    return fail("JWT credential revoked");
+                }
+                ctx.credential_id = Some(sub.into());
+            }
         }
-        identify(ctx, &cred.consumer, &cred.key);
         if self.hide_credentials {
             req.headers.remove(&self.header);
             consumers::remove_query_arg(req, &self.query);
@@ -138,6 +207,110 @@ impl JwtAuth {
         }
         Flow::Continue
     }
+
+    /// The whole check when it needs no fetch (static keys, cached JWKS keys); `Err` carries
+    /// what to wait for otherwise.
+    fn check_now<'a>(
+        &'a self,
+        req: &mut http::request::Parts,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, Pending<'a>> {
+        let token = match self.token(req) {
+            Ok(t) => t,
+            Err(flow) => return Ok(*flow),
+        };
+        let plan = match self.plan(&token) {
+            Ok(p) => p,
+            Err(flow) => return Ok(*flow),
+        };
+        match plan {
+            Plan::Static(cred, key) => {
+                match jsonwebtoken::decode::<Value>(token.as_bytes(), key, &cred.validation) {
+                    Ok(data) => Ok(self.finish(req, ctx, Some(cred), data.claims)),
+                    Err(e) => Ok(fail(reason(e.kind()))),
+                }
+            }
+            Plan::Jwks {
+                cred,
+                source,
+                pin,
+                validation,
+            } => {
+                let Some(kid) = jwks::header_kid(&token) else {
+                    return Ok(fail("JWT token invalid"));
+                };
+                match source.cached(kid.as_deref()) {
+                    Some(key) => Ok(match check_jwk(&token, &key, pin, validation) {
+                        Ok(claims) => self.finish(req, ctx, cred, claims),
+                        Err(flow) => *flow,
+                    }),
+                    None => Err(Pending {
+                        token,
+                        kid,
+                        cred,
+                        source,
+                        pin,
+                        validation,
+                    }),
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn check(&self, req: &mut http::request::Parts, ctx: &mut RequestCtx) -> Flow {
+        match self.check_now(req, ctx) {
+            Ok(flow) => flow,
+            Err(_) => panic!("a fetch is needed"),
+        }
+    }
+}
+
+fn fail(msg: &str) -> Flow {
+    Flow::Respond(unauthorized(CHALLENGE_INVALID, msg))
+}
+
+enum Plan<'a> {
+    Static(&'a JwtKey, &'a jsonwebtoken::DecodingKey),
+    Jwks {
+        cred: Option<&'a JwtKey>,
+        source: Arc<JwksSource>,
+        pin: Option<Algorithm>,
+        validation: &'a Validation,
+    },
+}
+
+/// A JWKS check that must wait for the keys.
+struct Pending<'a> {
+    token: String,
+    kid: Option<String>,
+    cred: Option<&'a JwtKey>,
+    source: Arc<JwksSource>,
+    pin: Option<Algorithm>,
+    validation: &'a Validation,
+}
+
+/// Verifies with a JWKS key: its algorithm only (and the credential's, when pinned).
+fn check_jwk(
+    token: &str,
+    key: &JwkKey,
+    pin: Option<Algorithm>,
+    validation: &Validation,
+) -> Result<Value, Box<Flow>> {
+    if pin.is_some_and(|p| p != key.alg) {
+        return Err(Box::new(fail("JWT token algorithm not accepted")));
+    }
+    jwks::verify(token, key, validation).map_err(|e| Box::new(fail(reason(e.kind()))))
+}
+
+/// The answer when the JWKS endpoint cannot be reached and nothing usable is cached: the
+/// token may well be good, so neither 401 nor 403.
+pub fn keys_unavailable(detail: &str) -> PluginResponse {
+    tracing::warn!(error = %detail, "JWT signing keys unavailable");
+    consumers::message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "JWT signing keys unavailable: the JWKS endpoint cannot be reached",
+    )
 }
 
 /// A string claim of the unverified payload (only used to choose the credential that then
@@ -183,7 +356,20 @@ impl Plugin for JwtAuth {
         req: &'a mut http::request::Parts,
         ctx: &'a mut RequestCtx,
     ) -> Step<'a> {
-        Step::Ready(self.check(req, ctx))
+        let p = match self.check_now(req, ctx) {
+            Ok(flow) => return Step::Ready(flow),
+            Err(p) => p,
+        };
+        Step::Pending(Box::pin(async move {
+            match p.source.key(p.kid.as_deref()).await {
+                Lookup::Found(key) => match check_jwk(&p.token, &key, p.pin, p.validation) {
+                    Ok(claims) => self.finish(req, ctx, p.cred, claims),
+                    Err(flow) => *flow,
+                },
+                Lookup::Unknown => fail("JWT token signing key unknown"),
+                Lookup::Unavailable(detail) => Flow::Respond(keys_unavailable(&detail)),
+            }
+        }))
     }
 }
 

@@ -16,12 +16,15 @@ mod consumer_restriction;
 pub mod consumers;
 mod cors;
 mod header_ops;
+pub mod idp_client;
+pub mod jwks;
 mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
 mod limit_req;
 mod limiting;
+mod openid_connect;
 mod opentelemetry;
 mod proxy_rewrite;
 mod rate_limiting;
@@ -280,6 +283,10 @@ fn build(
         "key-auth" => {
             Arc::new(key_auth::KeyAuth::new(config, env.consumers.clone()).map_err(invalid)?)
         }
+        "openid-connect" => Arc::new(
+            openid_connect::OpenIdConnect::new(config, env.consumers.clone(), scope)
+                .map_err(invalid)?,
+        ),
         "consumer-restriction" => {
             Arc::new(consumer_restriction::ConsumerRestriction::new(config).map_err(invalid)?)
         }

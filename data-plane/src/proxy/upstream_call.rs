@@ -132,11 +132,13 @@ impl TimedConnector {
         TimedConnector { inner, tls: None }
     }
 
+    /// TLS on every connection. `https://` URIs are accepted too (port 443 by default), for
+    /// the gateway's own calls (identity providers); the proxy always names the node's port.
     pub fn with_tls(tls: UpstreamTlsSettings) -> TimedConnector {
-        TimedConnector {
-            tls: Some(tls),
-            ..TimedConnector::new()
-        }
+        let mut c = TimedConnector::new();
+        c.inner.enforce_http(false);
+        c.tls = Some(tls);
+        c
     }
 }
 

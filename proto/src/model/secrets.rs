@@ -20,21 +20,28 @@ const CONSUMER_SECRETS: &[&[&str]] = &[
     &["plugins", "key-auth", "key"],
 ];
 
+/// Plugin secrets of routes, services and global rules.
+const PLUGIN_SECRETS: &[&[&str]] = &[&["plugins", "openid-connect", "client_secret"]];
+
 /// An `ssls` resource's private key.
 const SSL_SECRETS: &[&[&str]] = &[&["key"]];
 
 /// An upstream's TLS client key.
 const UPSTREAM_SECRETS: &[&[&str]] = &[&["tls", "client_key"]];
 
-/// The TLS client key of a route's or service's inline upstream.
-const INLINE_UPSTREAM_SECRETS: &[&[&str]] = &[&["upstream", "tls", "client_key"]];
+/// Routes and services: plugin secrets, and the TLS client key of an inline upstream.
+const ROUTE_SECRETS: &[&[&str]] = &[
+    &["plugins", "openid-connect", "client_secret"],
+    &["upstream", "tls", "client_key"],
+];
 
 fn secret_paths(kind: ResourceKind) -> &'static [&'static [&'static str]] {
     match kind {
         ResourceKind::Consumers => CONSUMER_SECRETS,
         ResourceKind::Ssls => SSL_SECRETS,
         ResourceKind::Upstreams => UPSTREAM_SECRETS,
-        ResourceKind::Routes | ResourceKind::Services => INLINE_UPSTREAM_SECRETS,
+        ResourceKind::Routes | ResourceKind::Services => ROUTE_SECRETS,
+        ResourceKind::GlobalRules => PLUGIN_SECRETS,
         _ => &[],
     }
 }
@@ -137,9 +144,18 @@ mod tests {
         // Nothing stored to keep: refused, naming the field.
         let e = restore(ResourceKind::Consumers, &mut shown.clone(), None).unwrap_err();
         assert_eq!(e.field, "plugins.jwt-auth.secret");
-        // Other kinds have no secrets.
-        let mut route = json!({"plugins": {"key-auth": {"key": "x"}}});
+        // Other kinds have other secrets (a route's key-auth config holds none).
+        let mut route = json!({"plugins": {"key-auth": {"key": "x"},
+            "openid-connect": {"client_id": "gw", "client_secret": "oidc-s3cret"}}});
+        let stored = route.clone();
         redact(ResourceKind::Routes, &mut route);
         assert_eq!(route["plugins"]["key-auth"]["key"], "x");
+        assert_eq!(
+            route["plugins"]["openid-connect"]["client_secret"],
+            REDACTED
+        );
+        assert_eq!(route["plugins"]["openid-connect"]["client_id"], "gw");
+        restore(ResourceKind::Routes, &mut route, Some(&stored)).unwrap();
+        assert_eq!(route, stored);
     }
 }

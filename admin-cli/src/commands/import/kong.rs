@@ -660,23 +660,46 @@ impl Kong {
                         json!(format!("{base}/.well-known/openid-configuration")),
                     );
                 }
+                // Postern's openid-connect takes Kong's field names as they are.
                 for f in [
                     "client_id",
                     "client_secret",
                     "introspection_endpoint",
                     "token_endpoint_auth_method",
+                    "scopes_required",
+                    "cache_ttl",
+                    "upstream_headers_claims",
+                    "upstream_headers_names",
+                    "auth_methods",
+                    "hide_credentials",
+                    "consumer_claim",
+                    "consumer_optional",
                 ] {
                     copy(&mut conf, f, f);
                 }
+                copy(&mut conf, "audience_required", "audience");
                 if let Some(uri) = c.get("redirect_uri") {
                     // Kong takes a list, APISIX one URI.
                     let first = uri.as_array().and_then(|a| a.first()).unwrap_or(uri);
                     conf.insert("redirect_uri".into(), first.clone());
                 }
-                copy(&mut conf, "scopes_required", "required_scopes");
                 if let Some(scopes) = c.get("scopes").and_then(Value::as_array) {
                     let s: Vec<&str> = scopes.iter().filter_map(Value::as_str).collect();
                     conf.insert("scope".into(), json!(s.join(" ")));
+                }
+                if let Some(ms) = c.get("timeout").and_then(Value::as_u64) {
+                    // Kong: milliseconds; Postern: seconds (1-60).
+                    conf.insert("timeout".into(), json!(ms.div_ceil(1000).clamp(1, 60)));
+                }
+                if c.get("scopes_required")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.len() > 1)
+                {
+                    self.out.note(
+                        &at,
+                        "scopes_required: Postern requires every listed scope (Kong: any one)"
+                            .to_string(),
+                    );
                 }
                 (
                     "openid-connect",
@@ -689,6 +712,15 @@ impl Kong {
                         "redirect_uri",
                         "scopes_required",
                         "scopes",
+                        "cache_ttl",
+                        "upstream_headers_claims",
+                        "upstream_headers_names",
+                        "auth_methods",
+                        "hide_credentials",
+                        "audience_required",
+                        "timeout",
+                        "consumer_claim",
+                        "consumer_optional",
                     ],
                 )
             }
@@ -855,7 +887,7 @@ plugins:
     config: {origins: ["https://a.example", "https://b.example"], credentials: true, max_age: 600, preflight_continue: false}
   - name: openid-connect
     service: old
-    config: {issuer: "https://auth.example.com/realms/p", client_id: c, client_secret: s, redirect_uri: ["https://x/cb"], scopes_required: [openid], auth_methods: [password]}
+    config: {issuer: "https://auth.example.com/realms/p", client_id: c, client_secret: s, redirect_uri: ["https://x/cb"], scopes_required: [openid, api:read], auth_methods: [password], cache_ttl: 300, upstream_headers_claims: [sub], upstream_headers_names: [X-User-ID], timeout: 2500, consumer_claim: null}
   - name: rate-limiting
     consumer: bob
     config: {minute: 1}
@@ -878,7 +910,9 @@ certificates: []
                 {"id": "old", "name": "old", "upstream_id": "old", "plugins": {"openid-connect": {
                     "discovery": "https://auth.example.com/realms/p/.well-known/openid-configuration",
                     "client_id": "c", "client_secret": "s", "redirect_uri": "https://x/cb",
-                    "required_scopes": ["openid"]}}},
+                    "scopes_required": ["openid", "api:read"], "auth_methods": ["password"],
+                    "cache_ttl": 300, "upstream_headers_claims": ["sub"],
+                    "upstream_headers_names": ["X-User-ID"], "timeout": 3}}},
                 {"id": "orders", "name": "orders", "upstream_id": "orders-up"}
             ])
         );
@@ -922,7 +956,7 @@ certificates: []
             "routes/orders-route.plugins.acl: `hide_groups_header: true` not mapped",
             "routes/orders-route.plugins.bot-detection: plugin bot-detection has no Postern mapping; left out",
             "routes/orders-route.plugins.jwt: `claims_to_verify: [\"exp\"]` not mapped",
-            "services/old.plugins.openid-connect: `auth_methods: [\"password\"]` not mapped",
+            "services/old.plugins.openid-connect: scopes_required: Postern requires every listed scope (Kong: any one)",
             "upstreams/orders-up: `healthchecks: {\"active\":{}}` not mapped",
             "upstreams/orders-up: algorithm least-connections not mapped: Postern balances round-robin",
         ];

@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 
 use super::PluginConfig;
+use super::openid_connect::check_url;
 use crate::model::error::{Result, ValidationError};
 use crate::model::secrets::check_not_marker;
 
@@ -40,6 +41,11 @@ pub struct JwtAuthConfig {
     /// APISIX ignores it: the key material is always the consumer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Verify every token of this route against the keys published at this URL (by `kid`),
+    /// instead of the consumer's credential. The consumer is the one whose credential
+    /// `key` equals the key claim, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
 }
 
 fn default_header() -> String {
@@ -67,6 +73,9 @@ impl PluginConfig for JwtAuthConfig {
             if value.is_empty() {
                 return Err(ValidationError::new(field, "must not be empty"));
             }
+        }
+        if let Some(uri) = &self.jwks_uri {
+            check_url("jwks_uri", uri)?;
         }
         Ok(())
     }
@@ -158,6 +167,11 @@ pub struct JwtCredential {
     /// When set, the token's `iss` must be one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<Vec<String>>,
+    /// Verify this consumer's tokens against the keys published at this URL (a JWKS, keys
+    /// chosen by `kid`) instead of `secret`/`public_key`. Each key's algorithm comes from the
+    /// JWK; `algorithm`, when not an HMAC one, must match it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
 }
 
 fn default_exp() -> u64 {
@@ -169,7 +183,15 @@ const MAX_KEY_LEN: usize = 256;
 
 impl JwtCredential {
     /// The verification key, decoded once (the data plane keeps it per snapshot).
-    pub fn decoding_key(&self) -> Result<DecodingKey> {
+    /// `None` for a `jwks_uri` credential (its keys are fetched).
+    pub fn decoding_key(&self) -> Result<Option<DecodingKey>> {
+        if self.jwks_uri.is_some() {
+            return Ok(None);
+        }
+        self.static_key().map(Some)
+    }
+
+    fn static_key(&self) -> Result<DecodingKey> {
         let alg = self.algorithm;
         if alg.is_hmac() {
             let Some(secret) = self.secret.as_deref().filter(|s| !s.is_empty()) else {
@@ -271,6 +293,20 @@ impl PluginConfig for JwtCredential {
                 "must be at least 1 second",
             ));
         }
+        if let Some(uri) = &self.jwks_uri {
+            check_url("jwks_uri", uri)?;
+            for (field, set) in [
+                ("secret", self.secret.is_some()),
+                ("public_key", self.public_key.is_some()),
+            ] {
+                if set {
+                    return Err(ValidationError::new(
+                        field,
+                        "the keys come from jwks_uri; leave this out",
+                    ));
+                }
+            }
+        }
         if !self.algorithm.is_hmac() && self.secret.is_some() {
             return Err(ValidationError::new(
                 "secret",
@@ -335,6 +371,8 @@ mod tests {
             json!({"key": "mobile-app-key", "secret": "mobile-app-secret-256bit-key-here",
                    "algorithm": "HS256", "exp": 86400, "base64_secret": false}),
             json!({"key": "k", "secret": "s", "lifetime_grace_period": 5, "max_lifetime": 60}),
+            json!({"key": "k", "jwks_uri": "https://idp.example/jwks"}),
+            json!({"key": "k", "jwks_uri": "http://127.0.0.1:8080/jwks", "algorithm": "ES256"}),
         ];
         for c in ok {
             parse::<JwtCredential>(&c).unwrap_or_else(|e| panic!("{c}: {e}"));
@@ -373,6 +411,15 @@ mod tests {
                 "audience",
             ),
             (json!({"key": "k", "secret": "s", "colour": 1}), "colour"),
+            (
+                json!({"key": "k", "jwks_uri": "ftp://idp/jwks"}),
+                "jwks_uri",
+            ),
+            (json!({"key": "k", "jwks_uri": "/jwks"}), "jwks_uri"),
+            (
+                json!({"key": "k", "jwks_uri": "http://idp/jwks", "secret": "s"}),
+                "secret",
+            ),
         ];
         for (c, field) in bad {
             let e = parse::<JwtCredential>(&c).expect_err(&c.to_string());

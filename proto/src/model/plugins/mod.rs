@@ -13,6 +13,7 @@ pub mod limit_conn;
 pub mod limit_count;
 pub mod limit_req;
 pub mod limits;
+pub mod openid_connect;
 pub mod opentelemetry;
 pub mod prometheus;
 pub mod proxy_rewrite;
@@ -83,6 +84,11 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "request-termination",
         priority: 2990,
         validate: check::<request_termination::RequestTerminationConfig>,
+    },
+    PluginSpec {
+        name: "openid-connect",
+        priority: 2599,
+        validate: check::<openid_connect::OpenIdConnectConfig>,
     },
     PluginSpec {
         name: "jwt-auth",
