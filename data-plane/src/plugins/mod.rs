@@ -23,6 +23,7 @@ mod limit_count;
 mod limit_req;
 mod limiting;
 mod opentelemetry;
+pub mod proxy_cache;
 mod proxy_rewrite;
 mod rate_limiting;
 mod redirect;
@@ -72,6 +73,19 @@ pub struct RequestCtx {
     /// Held until the request is done with (dropped with the context, also when the client
     /// goes away mid-request): e.g. `limit-conn`'s in-flight slot.
     pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// `proxy-cache`'s state for this request (what it found, what it may store).
+    pub cache: Option<Box<proxy_cache::CacheCtx>>,
+    /// Set by a `response` phase to see the upstream's body as it streams to the client.
+    pub body_tap: Option<Box<dyn BodyTap>>,
+}
+
+/// Sees an upstream response body's chunks as they go to the client (`proxy-cache` copies
+/// them). Dropped without `end` when the body failed, was replaced or the client went away.
+pub trait BodyTap: Send + Sync {
+    /// One chunk; false to stop seeing the rest (the tap is then dropped).
+    fn data(&mut self, chunk: &Bytes) -> bool;
+    /// The body ended normally.
+    fn end(self: Box<Self>);
 }
 
 impl RequestCtx {
@@ -90,6 +104,8 @@ impl RequestCtx {
             credential_id: None,
             upstream_called: false,
             held: Vec::new(),
+            cache: None,
+            body_tap: None,
         }
     }
 }
@@ -287,6 +303,7 @@ fn build(
         "limit-req" => Arc::new(limit_req::LimitReq::new(config).map_err(invalid)?),
         "limit-conn" => Arc::new(limit_conn::LimitConn::new(config).map_err(invalid)?),
         "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config).map_err(invalid)?),
+        "proxy-cache" => Arc::new(proxy_cache::ProxyCache::new(config, scope).map_err(invalid)?),
         other => return Err(PluginError::Unknown(other.to_string())),
     }))
 }
@@ -383,6 +400,10 @@ impl PluginChain {
     }
 
     pub fn response(&self, resp: &mut http::response::Parts, ctx: &mut RequestCtx) {
+        // The cache stores the upstream's head as it came, not as later plugins change it.
+        if let Some(c) = ctx.cache.as_mut() {
+            c.capture_head(resp);
+        }
         for p in &self.plugins {
             p.response(resp, ctx);
         }
