@@ -410,6 +410,13 @@ impl Body for UpstreamBody {
                     }
                     Err(_) => this.tap = None,
                 }
+                // hyper stops polling a body that says it has ended (all of its
+                // Content-Length read): the tap sees the end here, not as a `None`.
+                if this.inner.is_end_stream()
+                    && let Some(tap) = this.tap.take()
+                {
+                    tap.end();
+                }
                 Poll::Ready(Some(r.map_err(Into::into)))
             }
             Poll::Pending => {
