@@ -369,12 +369,7 @@ async fn the_disk_store_keeps_entries_in_files() {
     )
     .await;
     let proxy = cp.proxy.unwrap();
-    let files = || {
-        walk(&cache_dir)
-            .into_iter()
-            .filter(|p| p.is_file())
-            .count()
-    };
+    let files = || walk(&cache_dir).into_iter().filter(|p| p.is_file()).count();
     let (_, c, first) = fetch(proxy, "/c/d", &[]).await;
     assert_eq!(c, "MISS");
     let second = wait_for("the entry's file", Duration::from_secs(5), || async {
@@ -412,13 +407,31 @@ async fn bad_configs_are_refused_naming_the_field() {
     let cp = ControlPlane::start(dir.path()).await;
     let admin = cp.client();
     let cases = [
-        (json!({"cache_strategy": "redis"}), "plugins.proxy-cache.cache_strategy"),
-        (json!({"cache_strategy": "disk"}), "plugins.proxy-cache.cache_dir"),
-        (json!({"cache_key": ["$host", "$bogus"]}), "plugins.proxy-cache.cache_key.1"),
-        (json!({"cache_method": ["GET", "POST"]}), "plugins.proxy-cache.cache_method.1"),
-        (json!({"cache_http_status": [700]}), "plugins.proxy-cache.cache_http_status.0"),
+        (
+            json!({"cache_strategy": "redis"}),
+            "plugins.proxy-cache.cache_strategy",
+        ),
+        (
+            json!({"cache_strategy": "disk"}),
+            "plugins.proxy-cache.cache_dir",
+        ),
+        (
+            json!({"cache_key": ["$host", "$bogus"]}),
+            "plugins.proxy-cache.cache_key.1",
+        ),
+        (
+            json!({"cache_method": ["GET", "POST"]}),
+            "plugins.proxy-cache.cache_method.1",
+        ),
+        (
+            json!({"cache_http_status": [700]}),
+            "plugins.proxy-cache.cache_http_status.0",
+        ),
         (json!({"cache_ttl": 0}), "plugins.proxy-cache.cache_ttl"),
-        (json!({"no_cache": ["$arg_"]}), "plugins.proxy-cache.no_cache.0"),
+        (
+            json!({"no_cache": ["$arg_"]}),
+            "plugins.proxy-cache.no_cache.0",
+        ),
     ];
     for (config, field) in cases {
         let body = json!({"uri": "/x", "upstream": {"nodes": {"127.0.0.1:1": 1}},
@@ -466,7 +479,11 @@ async fn a_purge_reaches_every_data_plane_within_a_second() {
     // One key.
     let started = Instant::now();
     let (status, resp) = admin
-        .request(reqwest::Method::DELETE, "/admin/routes/c/cache?key=/c/p1", None)
+        .request(
+            reqwest::Method::DELETE,
+            "/admin/routes/c/cache?key=/c/p1",
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{resp}");

@@ -208,6 +208,8 @@ pub enum PluginError {
 pub struct BuildEnv {
     /// The snapshot's consumers (the auth plugins look credentials up here).
     pub consumers: Arc<consumers::Consumers>,
+    /// The snapshot's `cache_purges`, by id: `proxy-cache` applies its route's new ones.
+    pub cache_purges: Arc<BTreeMap<String, postern_proto::model::CachePurgeConfig>>,
 }
 
 /// State of plugin instances that must outlive one snapshot (a breaker's counters), keyed by
@@ -303,7 +305,9 @@ fn build(
         "limit-req" => Arc::new(limit_req::LimitReq::new(config).map_err(invalid)?),
         "limit-conn" => Arc::new(limit_conn::LimitConn::new(config).map_err(invalid)?),
         "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config).map_err(invalid)?),
-        "proxy-cache" => Arc::new(proxy_cache::ProxyCache::new(config, scope).map_err(invalid)?),
+        "proxy-cache" => {
+            Arc::new(proxy_cache::ProxyCache::new(config, env, scope).map_err(invalid)?)
+        }
         other => return Err(PluginError::Unknown(other.to_string())),
     }))
 }

@@ -89,7 +89,12 @@ pub fn remote_addr(ctx: &RequestCtx) -> String {
 }
 
 /// Appends the variable's value; false when the request has none.
-pub(crate) fn push_var(out: &mut String, var: &Var, parts: &http::request::Parts, ctx: &RequestCtx) -> bool {
+pub(crate) fn push_var(
+    out: &mut String,
+    var: &Var,
+    parts: &http::request::Parts,
+    ctx: &RequestCtx,
+) -> bool {
     let value: Option<&str> = match var {
         Var::Request(source) => {
             let req = RequestVars {

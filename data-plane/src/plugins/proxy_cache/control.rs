@@ -280,7 +280,12 @@ mod tests {
                 true,
                 Storable::Yes(None),
             ),
-            (vec![("vary", "Accept, *")], false, true, Storable::No("vary: *")),
+            (
+                vec![("vary", "Accept, *")],
+                false,
+                true,
+                Storable::No("vary: *"),
+            ),
         ];
         for (h, auth, follow, want) in cases {
             assert_eq!(storable(&headers(&h), auth, follow, now), want, "{h:?}");

@@ -25,7 +25,7 @@ use postern_proto::model::plugins::proxy_cache::{
 };
 use serde_json::Value;
 
-use super::{BodyTap, Flow, Plugin, PluginResponse, RequestCtx, StateScope, Step};
+use super::{BodyTap, BuildEnv, Flow, Plugin, PluginResponse, RequestCtx, StateScope, Step};
 use crate::observability::metrics::CacheMetrics;
 use crate::ratelimit::key::{Var, compile, push_var};
 use store::{BodyAt, Entry, FillGuard, Filled, Join, Store};
@@ -149,7 +149,11 @@ pub struct ProxyCache {
 }
 
 impl ProxyCache {
-    pub fn new(config: &Value, scope: &mut StateScope<'_>) -> Result<ProxyCache, ValidationError> {
+    pub fn new(
+        config: &Value,
+        env: &BuildEnv,
+        scope: &mut StateScope<'_>,
+    ) -> Result<ProxyCache, ValidationError> {
         let c: ProxyCacheConfig = postern_proto::model::plugins::parse(config)?;
         let route = scope.route_id.to_string();
         let dir = match (c.cache_strategy, &c.cache_dir) {
@@ -170,30 +174,18 @@ impl ProxyCache {
             }
             _ => None,
         };
-        let mut made: Option<std::io::Error> = None;
         let store = scope.state("proxy-cache", config, || {
             let metrics = Arc::new(CacheMetrics::new(&route));
-            match Store::new(c.cache_size, c.cache_max_body, dir.clone(), metrics.clone()) {
-                Ok(s) => Some(Arc::new(s)),
-                Err(e) => {
-                    made = Some(e);
-                    None
-                }
-            }
+            Store::new(c.cache_size, c.cache_max_body, dir, metrics)
         });
-        let store = match (&*store, made) {
-            (Some(s), _) => s.clone(),
-            (None, e) => {
-                return Err(ValidationError::new(
-                    "cache_dir",
-                    format!(
-                        "cannot create {}: {}",
-                        dir.map(|d| d.display().to_string()).unwrap_or_default(),
-                        e.map(|e| e.to_string()).unwrap_or_default()
-                    ),
-                ));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (id, purge) in env.cache_purges.iter() {
+            if purge.route_id == route && purge.expires_at > now {
+                store.apply_purge(id, purge.key.as_deref());
             }
-        };
+        }
         Ok(ProxyCache {
             store,
             key: compile_parts("cache_key", &c.cache_key)?,
@@ -469,28 +461,30 @@ impl BodyTap for Tap {
             expires: now + tap.ttl,
             size,
         };
-        match tap.store.file_path() {
-            None => {
-                entry.body = BodyAt::Memory(body);
-                tap.store.insert(&tap.key, tap.vary.clone(), tap.variant.clone(), entry);
-                if let Some(g) = tap.guard.as_mut() {
-                    g.stored();
-                }
+        if !tap.store.is_disk() {
+            entry.body = BodyAt::Memory(body);
+            tap.store
+                .insert(&tap.key, tap.vary.clone(), tap.variant.clone(), entry);
+            if let Some(g) = tap.guard.as_mut() {
+                g.stored();
             }
-            Some(path) => {
-                // Files are written off the async workers; waiters wake when it is in.
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = std::fs::write(&path, &body) {
-                        tracing::warn!(path = %path.display(), error = %e, "proxy-cache: cannot write an entry");
-                        return;
-                    }
-                    entry.body = BodyAt::File(path);
-                    tap.store.insert(&tap.key, tap.vary.clone(), tap.variant.clone(), entry);
-                    if let Some(g) = tap.guard.as_mut() {
-                        g.stored();
-                    }
-                });
-            }
+            return;
         }
+        // Files are written off the async workers; waiters wake when the entry is in.
+        tokio::task::spawn_blocking(move || {
+            let Some(path) = tap.store.file_path() else {
+                return;
+            };
+            if let Err(e) = std::fs::write(&path, &body) {
+                tracing::warn!(path = %path.display(), error = %e, "proxy-cache: cannot write an entry");
+                return;
+            }
+            entry.body = BodyAt::File(path);
+            tap.store
+                .insert(&tap.key, tap.vary.clone(), tap.variant.clone(), entry);
+            if let Some(g) = tap.guard.as_mut() {
+                g.stored();
+            }
+        });
     }
 }

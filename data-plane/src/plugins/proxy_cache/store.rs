@@ -99,6 +99,8 @@ pub struct Store {
     hasher: std::collections::hash_map::RandomState,
     /// The disk store's directory (this store's own, removed with it).
     dir: Option<PathBuf>,
+    /// Whether `dir` was made (on the first entry: building a config never touches the disk).
+    dir_ready: std::sync::OnceLock<bool>,
     next_file: AtomicU64,
     /// Keys being fetched from the upstream right now: later misses wait for that response.
     inflight: Mutex<HashMap<String, watch::Receiver<Filled>>>,
@@ -154,32 +156,44 @@ impl Store {
         max_entry: u64,
         dir: Option<PathBuf>,
         metrics: Arc<CacheMetrics>,
-    ) -> std::io::Result<Store> {
+    ) -> Store {
         // Each shard must hold the largest entry.
         let shards = (capacity / max_entry.max(1)).clamp(1, MAX_SHARDS);
-        if let Some(d) = &dir {
-            let _ = std::fs::remove_dir_all(d);
-            std::fs::create_dir_all(d)?;
-        }
-        Ok(Store {
+        Store {
             shards: (0..shards).map(|_| Mutex::default()).collect(),
             shard_cap: capacity / shards,
             hasher: Default::default(),
             dir,
+            dir_ready: std::sync::OnceLock::new(),
             next_file: AtomicU64::new(0),
             inflight: Mutex::default(),
             purges: Mutex::default(),
             metrics,
-        })
+        }
     }
 
     pub fn is_disk(&self) -> bool {
         self.dir.is_some()
     }
 
-    /// A fresh file name for a body of the disk store.
+    /// A fresh file name for a body of the disk store; `None` when its directory cannot be
+    /// made (logged once). Blocking: call it off the async workers.
     pub fn file_path(&self) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
+        let ready = *self.dir_ready.get_or_init(|| {
+            // A directory of this process's: whatever is in it is left from an earlier run.
+            let _ = std::fs::remove_dir_all(dir);
+            match std::fs::create_dir_all(dir) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "proxy-cache: cannot create the cache directory; nothing is stored");
+                    false
+                }
+            }
+        });
+        if !ready {
+            return None;
+        }
         Some(dir.join(format!(
             "{:016x}",
             self.next_file.fetch_add(1, Ordering::Relaxed)
@@ -226,10 +240,7 @@ impl Store {
             if shard.keys.get(key).is_some_and(|v| v.vary != vary) {
                 shard.remove_key(key, &mut dropped);
             }
-            if let Some((old, tick)) = shard
-                .keys
-                .get_mut(key)
-                .and_then(|v| v.map.remove(&variant))
+            if let Some((old, tick)) = shard.keys.get_mut(key).and_then(|v| v.map.remove(&variant))
             {
                 shard.lru.remove(&tick);
                 shard.bytes -= old.size;
@@ -260,7 +271,8 @@ impl Store {
             shard.bytes += size;
             self.metrics.evicted(evicted);
         }
-        self.metrics.stored(size, dropped.iter().map(|e| e.size).sum());
+        self.metrics
+            .stored(size, dropped.iter().map(|e| e.size).sum());
         // Files are removed here, outside the lock, unless a reader still holds the entry.
         drop(dropped);
     }
@@ -335,7 +347,9 @@ impl Drop for Store {
                     shard.keys.clear();
                 }
             }
-            let _ = std::fs::remove_dir_all(d);
+            if self.dir_ready.get().is_some() {
+                let _ = std::fs::remove_dir_all(d);
+            }
         }
     }
 }
@@ -358,7 +372,7 @@ mod tests {
     }
 
     fn store(capacity: u64, max_entry: u64) -> Store {
-        Store::new(capacity, max_entry, None, Arc::new(CacheMetrics::new("t"))).unwrap()
+        Store::new(capacity, max_entry, None, Arc::new(CacheMetrics::new("t")))
     }
 
     fn none() -> Arc<[HeaderName]> {
@@ -436,8 +450,7 @@ mod tests {
             100,
             Some(path.clone()),
             Arc::new(CacheMetrics::new("t")),
-        )
-        .unwrap();
+        );
         let mut files = Vec::new();
         for i in 0..3 {
             let f = s.file_path().unwrap();

@@ -158,7 +158,10 @@ impl PluginConfig for ProxyCacheConfig {
         if self.cache_size < self.cache_max_body || self.cache_size > MAX_CACHE_SIZE {
             return Err(ValidationError::new(
                 "cache_size",
-                format!("must be between cache_max_body ({}) and 1 TiB", self.cache_max_body),
+                format!(
+                    "must be between cache_max_body ({}) and 1 TiB",
+                    self.cache_max_body
+                ),
             ));
         }
         if self.cache_key.is_empty() {
@@ -180,7 +183,10 @@ impl PluginConfig for ProxyCacheConfig {
             }
         }
         if self.cache_http_status.is_empty() {
-            return Err(ValidationError::new("cache_http_status", "must not be empty"));
+            return Err(ValidationError::new(
+                "cache_http_status",
+                "must not be empty",
+            ));
         }
         for (i, s) in self.cache_http_status.iter().enumerate() {
             if !(200..=599).contains(s) {
@@ -244,11 +250,17 @@ mod tests {
             (json!({"no_cache": ["$arg_"]}), "no_cache.0"),
             (json!({"cache_method": ["POST"]}), "cache_method.0"),
             (json!({"cache_method": []}), "cache_method"),
-            (json!({"cache_http_status": [200, 99]}), "cache_http_status.1"),
+            (
+                json!({"cache_http_status": [200, 99]}),
+                "cache_http_status.1",
+            ),
             (json!({"cache_ttl": 0}), "cache_ttl"),
             (json!({"cache_ttl": -1}), "cache_ttl"),
             (json!({"cache_max_body": 0}), "cache_max_body"),
-            (json!({"cache_size": 10, "cache_max_body": 100}), "cache_size"),
+            (
+                json!({"cache_size": 10, "cache_max_body": 100}),
+                "cache_size",
+            ),
             (json!({"cache_zone": "disk_cache_one"}), "cache_zone"),
         ];
         for (config, field) in cases {
