@@ -251,7 +251,8 @@ async fn responses_that_must_not_be_stored_are_not() {
     .await;
     let proxy = cp.proxy.unwrap();
     // (path, request headers): each asked twice, both times from the upstream.
-    let cases: [(&str, &[(&str, &str)], &str); 6] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
         ("/c/s?cc=no-store", &[], "MISS"),
         ("/c/s?cc=private%2C+max-age%3D60", &[], "MISS"),
         ("/c/s?cc=no-cache", &[], "MISS"),

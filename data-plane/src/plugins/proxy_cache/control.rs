@@ -88,23 +88,20 @@ pub fn storable(
     }
     let ttl = match cc.s_maxage.or(cc.max_age) {
         Some(s) => Some(Duration::from_secs(s)),
-        None => match resp.get(header::EXPIRES) {
-            // An invalid date (`0`, `-1`) means already expired.
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|s| httpdate::parse_http_date(s).ok())
-                    .map_or(Duration::ZERO, |expires| {
-                        let date = resp
-                            .get(header::DATE)
-                            .and_then(|d| d.to_str().ok())
-                            .and_then(|d| httpdate::parse_http_date(d).ok())
-                            .unwrap_or(now);
-                        expires.duration_since(date).unwrap_or(Duration::ZERO)
-                    }),
-            ),
-            None => None,
-        },
+        // An invalid date (`0`, `-1`) means already expired.
+        None => resp.get(header::EXPIRES).map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| httpdate::parse_http_date(s).ok())
+                .map_or(Duration::ZERO, |expires| {
+                    let date = resp
+                        .get(header::DATE)
+                        .and_then(|d| d.to_str().ok())
+                        .and_then(|d| httpdate::parse_http_date(d).ok())
+                        .unwrap_or(now);
+                    expires.duration_since(date).unwrap_or(Duration::ZERO)
+                })
+        }),
     };
     match ttl {
         Some(Duration::ZERO) => Storable::No("expired at once"),
@@ -201,7 +198,9 @@ mod tests {
         let in_2m = httpdate::fmt_http_date(now + Duration::from_secs(120));
         let past = httpdate::fmt_http_date(now - Duration::from_secs(120));
         let secs = |s| Storable::Yes(Some(Duration::from_secs(s)));
-        let cases: Vec<(Vec<(&str, &str)>, bool, bool, Storable)> = vec![
+        // (response headers, request had Authorization, cache_control on, decision)
+        type Case<'a> = (Vec<(&'a str, &'a str)>, bool, bool, Storable);
+        let cases: Vec<Case> = vec![
             (vec![], false, true, Storable::Yes(None)),
             (vec![("cache-control", "max-age=60")], false, true, secs(60)),
             (

@@ -8,7 +8,7 @@
 //! varies on). Purging a key drops every variant of it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -201,9 +201,8 @@ impl Store {
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+        let h = self.hasher.hash_one(key);
+        &self.shards[(h % self.shards.len() as u64) as usize]
     }
 
     /// The entry for `key` and the variant `variant` computes from the key's `Vary` names
