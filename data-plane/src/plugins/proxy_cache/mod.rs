@@ -322,7 +322,10 @@ impl ProxyCache {
         if !self.statuses.contains(&status.as_u16()) {
             return None;
         }
-        let authorized = fill.request_headers.contains_key(header::AUTHORIZATION);
+        // A consumer identified by an auth plugin is part of the variant: its credentials
+        // cannot leak, so `Authorization` (jwt-auth's) does not forbid storing.
+        let authorized =
+            fill.request_headers.contains_key(header::AUTHORIZATION) && ctx.consumer_name.is_none();
         let ttl = match control::storable(&headers, authorized, self.follow_ttl, SystemTime::now())
         {
             control::Storable::Yes(ttl) => ttl.unwrap_or(self.ttl),
