@@ -412,7 +412,8 @@ impl Body for UpstreamBody {
                 }
                 // hyper stops polling a body that says it has ended (all of its
                 // Content-Length read): the tap sees the end here, not as a `None`.
-                if this.inner.is_end_stream()
+                if this.tap.is_some()
+                    && this.inner.is_end_stream()
                     && let Some(tap) = this.tap.take()
                 {
                     tap.end();
