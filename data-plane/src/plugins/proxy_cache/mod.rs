@@ -491,3 +491,69 @@ impl BodyTap for Tap {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_conditions_resolve_from_the_request() {
+        let (parts, _) = http::Request::builder()
+            .uri("/p/q?page=2&off=0")
+            .header("host", "Example.com:8080")
+            .header("x-tenant", "blue")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut ctx = RequestCtx::new("10.0.0.7:5555".parse().unwrap(), "r1".into());
+        ctx.consumer_name = Some("alice".into());
+        let items = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (cache_key pieces, resolved key)
+        let keys: [(&[&str], &str); 5] = [
+            (&["$host", "$request_uri"], "example.com/p/q?page=2&off=0"),
+            (&["$uri", "-", "$arg_page"], "/p/q-2"),
+            (&["$http_x_tenant", ":", "$consumer_name"], "blue:alice"),
+            (&["$http_x_missing", "$route_id"], "r1"),
+            (&["$request_method", " ", "$remote_addr"], "GET 10.0.0.7"),
+        ];
+        for (pieces, want) in keys {
+            let parts_c = compile_parts("cache_key", &items(pieces)).unwrap();
+            assert_eq!(resolve(&parts_c, &parts, &ctx), want, "{pieces:?}");
+        }
+        // (cache_bypass / no_cache pieces, set?)
+        let conditions: [(&[&str], bool); 5] = [
+            (&[], false),
+            (&["$arg_page"], true),
+            (&["$arg_off"], false),
+            (&["$arg_none", "$http_x_none"], false),
+            (&["$arg_off", "$http_x_tenant"], true),
+        ];
+        for (pieces, want) in conditions {
+            let parts_c = compile_parts("cache_bypass", &items(pieces)).unwrap();
+            assert_eq!(any_set(&parts_c, &parts, &ctx), want, "{pieces:?}");
+        }
+    }
+
+    #[test]
+    fn variants_take_the_vary_headers_values() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let cases: [(Vec<HeaderName>, &str); 3] = [
+            (vec![], "GET"),
+            (vec![header::ACCEPT], "GET\ntext/html"),
+            (
+                vec![
+                    header::ACCEPT,
+                    HeaderName::from_static("x-a"),
+                    header::COOKIE,
+                ],
+                "GET\ntext/html\n1,2\n",
+            ),
+        ];
+        for (vary, want) in cases {
+            assert_eq!(ProxyCache::variant("GET", &vary, &headers), want);
+        }
+    }
+}
