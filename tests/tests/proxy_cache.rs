@@ -328,6 +328,22 @@ async fn a_hundred_concurrent_misses_make_one_upstream_request() {
     assert!(results.iter().all(|(s, _, b)| *s == 200 && b == body));
     let misses = results.iter().filter(|r| r.1 == "MISS").count();
     assert_eq!(misses, 1, "the one that went upstream; the others waited");
+
+    // A key whose response cannot be stored: after the first such answer, concurrent misses
+    // no longer wait for each other (one round trip, not two).
+    let path = "/c/nostore?sleep=500&cc=no-store";
+    assert_eq!(fetch(proxy, path, &[]).await.1, "MISS");
+    let before = origin.hits();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { fetch(proxy, path, &[]).await }))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().1, "MISS");
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(origin.hits(), before + 10);
+    assert!(elapsed < Duration::from_millis(900), "{elapsed:?}");
 }
 
 #[tokio::test]

@@ -265,8 +265,8 @@ impl ProxyCache {
             Status::Miss
         };
         let mut guard = None;
-        if store_it {
-            let lock_key = format!("{key}\n{base}");
+        let lock_key = format!("{key}\n{base}");
+        if store_it && !self.store.is_pass(&lock_key) {
             match self.store.join(lock_key.clone()) {
                 Join::Lead(g) => guard = Some(g),
                 Join::Wait(mut rx) => {
@@ -317,7 +317,7 @@ impl ProxyCache {
     }
 
     /// The body tap that stores this response, when it may be stored.
-    fn tap_for(&self, fill: Fill, ctx: &RequestCtx) -> Option<Box<dyn BodyTap>> {
+    fn tap_for(&self, fill: Fill, ctx: &RequestCtx) -> Option<Tap> {
         let (status, mut headers) = fill.head?;
         if !self.statuses.contains(&status.as_u16()) {
             return None;
@@ -345,7 +345,7 @@ impl ProxyCache {
         let variant = Self::variant(&fill.base, &vary, &fill.request_headers);
         headers.remove(header::TRANSFER_ENCODING);
         headers.remove(STATUS_HEADER);
-        Some(Box::new(Tap {
+        Some(Tap {
             store: self.store.clone(),
             key: fill.key,
             vary,
@@ -356,8 +356,8 @@ impl ProxyCache {
             max: if fill.head_request { 0 } else { self.max_body },
             keep_length: fill.head_request,
             ttl,
-            guard: fill.guard,
-        }))
+            guard: None,
+        })
     }
 }
 
@@ -403,10 +403,18 @@ impl Plugin for ProxyCache {
         let Some(mut state) = ctx.cache.take() else {
             return;
         };
-        if let Some(fill) = state.fill.take()
+        if let Some(mut fill) = state.fill.take()
             && ctx.upstream_called
         {
-            ctx.body_tap = self.tap_for(fill, ctx);
+            let guard = fill.guard.take();
+            match self.tap_for(fill, ctx) {
+                Some(mut tap) => {
+                    tap.guard = guard;
+                    ctx.body_tap = Some(Box::new(tap));
+                }
+                // Requests for this key stop waiting for each other for a while.
+                None => guard.into_iter().for_each(FillGuard::uncacheable),
+            }
         }
         resp.headers.insert(STATUS_HEADER, state.status.header());
         if self.hide_headers {
@@ -436,6 +444,9 @@ struct Tap {
 impl BodyTap for Tap {
     fn data(&mut self, chunk: &Bytes) -> bool {
         if (self.body.len() + chunk.len()) as u64 > self.max {
+            if let Some(g) = self.guard.take() {
+                g.uncacheable();
+            }
             return false;
         }
         self.body.extend_from_slice(chunk);

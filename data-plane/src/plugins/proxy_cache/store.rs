@@ -91,7 +91,15 @@ pub enum Filled {
     Pending,
     Stored,
     NotStored,
+    /// The response may not be stored (no-store, too big…): misses for the key stop waiting
+    /// for each other for `PASS_FOR`.
+    Uncacheable,
 }
+
+/// How long a key whose response could not be stored is fetched without coalescing.
+const PASS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most keys remembered as uncacheable; beyond, the list starts again.
+const MAX_PASS_KEYS: usize = 10_000;
 
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
@@ -104,6 +112,8 @@ pub struct Store {
     next_file: AtomicU64,
     /// Keys being fetched from the upstream right now: later misses wait for that response.
     inflight: Mutex<HashMap<String, watch::Receiver<Filled>>>,
+    /// Keys whose last response could not be stored, until when (hit-for-pass).
+    pass: Mutex<HashMap<String, Instant>>,
     /// Purges already applied (ids), so a snapshot applies each one once.
     purges: Mutex<HashSet<String>>,
     pub metrics: Arc<CacheMetrics>,
@@ -127,6 +137,17 @@ pub struct FillGuard {
 impl FillGuard {
     pub fn stored(&mut self) {
         self.outcome = Filled::Stored;
+    }
+
+    /// The response cannot be stored: wakes the waiters now, and lets later misses for the
+    /// key go upstream without waiting for each other for a while.
+    pub fn uncacheable(mut self) {
+        self.outcome = Filled::Uncacheable;
+        let mut pass = self.store.pass.lock().expect("pass lock");
+        if pass.len() >= MAX_PASS_KEYS {
+            pass.clear();
+        }
+        pass.insert(self.key.clone(), Instant::now() + PASS_FOR);
     }
 }
 
@@ -167,6 +188,7 @@ impl Store {
             dir_ready: std::sync::OnceLock::new(),
             next_file: AtomicU64::new(0),
             inflight: Mutex::default(),
+            pass: Mutex::default(),
             purges: Mutex::default(),
             metrics,
         }
@@ -317,6 +339,20 @@ impl Store {
             .iter()
             .map(|s| s.lock().expect("cache shard lock").bytes)
             .sum()
+    }
+
+    /// Whether misses for `lock_key` go upstream without coalescing (its last response could
+    /// not be stored).
+    pub fn is_pass(&self, lock_key: &str) -> bool {
+        let mut pass = self.pass.lock().expect("pass lock");
+        match pass.get(lock_key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                pass.remove(lock_key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Leads the fetch of `lock_key`, or joins the request already fetching it.
