@@ -258,7 +258,7 @@ async fn responses_that_must_not_be_stored_are_not() {
     let cp = cached_route(
         dir.path(),
         &origin,
-        json!({"cache_bypass": ["$arg_bypass"], "no_cache": ["$http_x_no_cache"],
+        json!({"cache_bypass": ["$arg_bypass", "$http_x_bypass"], "no_cache": ["$http_x_no_cache"],
                "cache_max_body": 1000, "hide_cache_headers": true}),
     )
     .await;
@@ -286,6 +286,13 @@ async fn responses_that_must_not_be_stored_are_not() {
             assert_ne!(b1, b2, "{path}");
         }
     }
+    // A bypass is not read from the cache but refreshes it (as nginx's proxy_cache_bypass).
+    let (_, c, old) = fetch(proxy, "/c/r", &[]).await;
+    assert_eq!(c, "MISS");
+    let (_, c, fresh) = fetch(proxy, "/c/r", &[("x-bypass", "yes")]).await;
+    assert_eq!(c, "BYPASS");
+    assert_ne!(fresh, old);
+    assert_eq!(fetch(proxy, "/c/r", &[]).await, (200, "HIT".into(), fresh));
     // `bypass=0` does not bypass; hide_cache_headers hides the upstream's Cache-Control.
     let path = "/c/s?n=3&bypass=0&cc=max-age%3D60";
     assert_eq!(fetch(proxy, path, &[]).await.1, "MISS");

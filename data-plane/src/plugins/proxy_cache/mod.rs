@@ -379,14 +379,6 @@ impl Plugin for ProxyCache {
         if !cacheable {
             return Step::Ready(Flow::Continue);
         }
-        if any_set(&self.bypass, req, ctx) {
-            self.store.metrics.bypasses.inc();
-            ctx.cache = Some(Box::new(CacheCtx {
-                status: Status::Bypass,
-                fill: None,
-            }));
-            return Step::Ready(Flow::Continue);
-        }
         let key = resolve(&self.key, req, ctx);
         let mut base = req.method.as_str().to_string();
         if self.add_consumer
@@ -396,6 +388,23 @@ impl Plugin for ProxyCache {
             base.push_str(c);
         }
         let store_it = !any_set(&self.no_cache, req, ctx);
+        if any_set(&self.bypass, req, ctx) {
+            // As nginx's proxy_cache_bypass: not read from the cache, but the answer is stored
+            // (a way to refresh an entry), without waiting for other misses.
+            self.store.metrics.bypasses.inc();
+            ctx.cache = Some(Box::new(CacheCtx {
+                status: Status::Bypass,
+                fill: store_it.then(|| Fill {
+                    key,
+                    base,
+                    request_headers: req.headers.clone(),
+                    head: None,
+                    head_request: req.method == Method::HEAD,
+                    guard: None,
+                }),
+            }));
+            return Step::Ready(Flow::Continue);
+        }
         Step::Pending(Box::pin(self.serve_or_fill(key, base, req, ctx, store_it)))
     }
 
