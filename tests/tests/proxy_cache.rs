@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 /// An upstream that counts requests and answers `<path> #<n> <consumer> <accept>`. Query
 /// arguments shape the answer: `cc` (Cache-Control), `vary`, `expires`, `sleep` (ms before
-/// answering), `size` (a body of that many bytes instead).
+/// answering), `size` (a body of that many bytes instead), `fail` (status 500).
 struct Origin {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
@@ -69,6 +69,9 @@ impl Origin {
                                 ),
                             };
                             let mut resp = hyper::Response::builder();
+                            if args.contains_key("fail") {
+                                resp = resp.status(500);
+                            }
                             if let Some(cc) = args.get("cc") {
                                 resp = resp.header("cache-control", cc);
                             }
@@ -224,6 +227,49 @@ async fn entries_expire_after_their_ttl() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fetch(proxy, "/c/m?cc=max-age%3D1", &[]).await.1, "EXPIRED");
     assert_eq!(origin.hits(), 4);
+}
+
+#[tokio::test]
+async fn an_expired_entry_is_served_when_the_upstream_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    // The key is the path only, so `?fail=1` asks for the same entry.
+    let cp = cached_route(
+        dir.path(),
+        &origin,
+        json!({"cache_ttl": 1, "cache_key": ["$uri"], "stale_on_error": true}),
+    )
+    .await;
+    let proxy = cp.proxy.unwrap();
+    let (_, c, first) = fetch(proxy, "/c/s", &[]).await;
+    assert_eq!(c, "MISS");
+    // Fresh: the upstream is not asked, failing or not.
+    assert_eq!(
+        fetch(proxy, "/c/s?fail=1", &[]).await,
+        (200, "HIT".into(), first.clone())
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        fetch(proxy, "/c/s?fail=1", &[]).await,
+        (200, "STALE".into(), first.clone())
+    );
+    assert_eq!(origin.hits(), 2);
+    // The upstream answers again: the entry is refreshed.
+    let (status, c, fresh) = fetch(proxy, "/c/s", &[]).await;
+    assert_eq!((status, c.as_str()), (200, "EXPIRED"));
+    assert_ne!(fresh, first);
+    // Without stale_on_error the error goes through.
+    let cp2 = cached_route(
+        &dir.path().join("two"),
+        &origin,
+        json!({"cache_ttl": 1, "cache_key": ["$uri"]}),
+    )
+    .await;
+    let proxy = cp2.proxy.unwrap();
+    fetch(proxy, "/c/s", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, c, _) = fetch(proxy, "/c/s?fail=1", &[]).await;
+    assert_eq!((status, c.as_str()), (500, "EXPIRED"));
 }
 
 #[tokio::test]

@@ -65,12 +65,13 @@ pub struct Metrics {
     pub upstream_node_healthy: IntGaugeVec,
     /// `postern_otlp_spans_total{result}`: exported, export_failed, queue_full, no_collector.
     pub otlp_spans: IntCounterVec,
-    /// `proxy-cache`: `postern_cache_{hits,misses,expired,bypasses,stores,evictions}_total{route}`
+    /// `proxy-cache`: `postern_cache_{hits,misses,expired,bypasses,stale,stores,evictions}_total{route}`
     /// and `postern_cache_bytes{route}`.
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
     cache_expired: IntCounterVec,
     cache_bypasses: IntCounterVec,
+    cache_stale: IntCounterVec,
     cache_stores: IntCounterVec,
     cache_evictions: IntCounterVec,
     cache_bytes: IntGaugeVec,
@@ -251,6 +252,12 @@ impl Metrics {
                 "proxy-cache: requests that skipped the cache (cache_bypass)",
                 &["route"],
             ),
+            cache_stale: counter_vec(
+                &r,
+                "postern_cache_stale_total",
+                "proxy-cache: expired entries answered because the upstream failed",
+                &["route"],
+            ),
             cache_stores: counter_vec(
                 &r,
                 "postern_cache_stores_total",
@@ -372,6 +379,7 @@ pub struct CacheMetrics {
     pub misses: IntCounter,
     pub expired: IntCounter,
     pub bypasses: IntCounter,
+    pub stale: IntCounter,
     stores: IntCounter,
     evictions: IntCounter,
     bytes: IntGauge,
@@ -385,6 +393,7 @@ impl CacheMetrics {
             misses: m.cache_misses.with_label_values(&[route]),
             expired: m.cache_expired.with_label_values(&[route]),
             bypasses: m.cache_bypasses.with_label_values(&[route]),
+            stale: m.cache_stale.with_label_values(&[route]),
             stores: m.cache_stores.with_label_values(&[route]),
             evictions: m.cache_evictions.with_label_values(&[route]),
             bytes: m.cache_bytes.with_label_values(&[route]),

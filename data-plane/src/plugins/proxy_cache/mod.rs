@@ -91,6 +91,8 @@ enum Status {
     Miss,
     Expired,
     Bypass,
+    /// An expired entry answered because the upstream failed.
+    Stale,
 }
 
 impl Status {
@@ -100,6 +102,7 @@ impl Status {
             Status::Miss => "MISS",
             Status::Expired => "EXPIRED",
             Status::Bypass => "BYPASS",
+            Status::Stale => "STALE",
         })
     }
 }
@@ -108,6 +111,8 @@ impl Status {
 pub struct CacheCtx {
     status: Status,
     fill: Option<Fill>,
+    /// The expired entry, answered instead of an upstream error (`stale_on_error`).
+    stale: Option<Arc<Entry>>,
 }
 
 /// A miss that may be stored once the response is in.
@@ -143,6 +148,7 @@ pub struct ProxyCache {
     ttl: Duration,
     follow_ttl: bool,
     hide_headers: bool,
+    stale_on_error: bool,
     max_body: u64,
     /// Add the consumer to the variant (the key does not name it).
     add_consumer: bool,
@@ -197,6 +203,7 @@ impl ProxyCache {
             ttl: Duration::from_secs(c.cache_ttl),
             follow_ttl: c.cache_control,
             hide_headers: c.hide_cache_headers,
+            stale_on_error: c.stale_on_error,
             max_body: c.cache_max_body,
             add_consumer: !c.key_names_consumer(),
         })
@@ -293,8 +300,10 @@ impl ProxyCache {
             Status::Expired => self.store.metrics.expired.inc(),
             _ => self.store.metrics.misses.inc(),
         }
+        let stale = found.filter(|_| self.stale_on_error && status == Status::Expired);
         ctx.cache = Some(Box::new(CacheCtx {
             status,
+            stale,
             fill: store_it.then(|| Fill {
                 key,
                 base,
@@ -312,6 +321,7 @@ impl ProxyCache {
         ctx.cache = Some(Box::new(CacheCtx {
             status: Status::Hit,
             fill: None,
+            stale: None,
         }));
         Flow::Respond(answer)
     }
@@ -393,6 +403,7 @@ impl Plugin for ProxyCache {
             // (a way to refresh an entry), without waiting for other misses.
             self.store.metrics.bypasses.inc();
             ctx.cache = Some(Box::new(CacheCtx {
+                stale: None,
                 status: Status::Bypass,
                 fill: store_it.then(|| Fill {
                     key,
@@ -425,11 +436,35 @@ impl Plugin for ProxyCache {
                 None => guard.into_iter().for_each(FillGuard::uncacheable),
             }
         }
+        if let Some(stale) = state.stale.take()
+            && ctx.upstream_called
+            && resp.status.is_server_error()
+            && let Some(body) = stale_body(&stale)
+        {
+            self.store.metrics.stale.inc();
+            resp.status = stale.status;
+            resp.headers = stale.headers.clone();
+            resp.headers.insert(
+                header::AGE,
+                HeaderValue::from(stale.stored.elapsed().as_secs()),
+            );
+            ctx.replace_body = Some(body);
+            state.status = Status::Stale;
+        }
         resp.headers.insert(STATUS_HEADER, state.status.header());
         if self.hide_headers {
             resp.headers.remove(header::CACHE_CONTROL);
             resp.headers.remove(header::EXPIRES);
         }
+    }
+}
+
+/// An entry's body for a stale answer (from a `response` phase, which cannot wait: a disk
+/// entry's file is read in place, at most `cache_max_body`).
+fn stale_body(entry: &Entry) -> Option<Bytes> {
+    match &entry.body {
+        BodyAt::Memory(b) => Some(b.clone()),
+        BodyAt::File(path) => std::fs::read(path).ok().map(Bytes::from),
     }
 }
 

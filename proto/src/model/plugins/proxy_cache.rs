@@ -54,6 +54,10 @@ pub struct ProxyCacheConfig {
     /// Remove `Cache-Control` and `Expires` from responses to clients.
     #[serde(default)]
     pub hide_cache_headers: bool,
+    /// Answer an expired entry (`STALE`) when the upstream fails (5xx, unreachable, timeout)
+    /// instead of the error [default: false].
+    #[serde(default)]
+    pub stale_on_error: bool,
 }
 
 /// One piece of a `cache_key`, `cache_bypass` or `no_cache` list.
@@ -222,7 +226,7 @@ mod tests {
         assert_eq!(c.cache_http_status, [200, 301, 404]);
         assert_eq!(c.cache_ttl, 300);
         assert_eq!(c.cache_max_body, 1 << 20);
-        assert!(c.cache_control && !c.hide_cache_headers);
+        assert!(c.cache_control && !c.hide_cache_headers && !c.stale_on_error);
         assert!(!c.key_names_consumer());
         let c: ProxyCacheConfig =
             parse(&json!({"cache_key": ["$uri", "-", "$consumer_name"]})).unwrap();
