@@ -209,11 +209,6 @@ impl ProxyCache {
         })
     }
 
-    /// Purges the route's entries (one key, or all) unless this store applied `id` already.
-    pub fn apply_purge(&self, id: &str, key: Option<&str>) {
-        self.store.apply_purge(id, key);
-    }
-
     fn variant(base: &str, vary: &[HeaderName], headers: &HeaderMap) -> String {
         let mut v = base.to_string();
         for name in vary {
@@ -287,8 +282,8 @@ impl ProxyCache {
                     {
                         return self.hit(ctx, answer);
                     }
-                    // Not stored (or varied differently): fetch for ourselves, and store if we
-                    // can, without making others wait in line behind us.
+                    // Not stored (or varied differently): fetch for ourselves and store if we
+                    // can; lead later misses only if nobody else has taken the lead already.
                     if let Join::Lead(g) = self.store.join(lock_key) {
                         guard = Some(g);
                     }
