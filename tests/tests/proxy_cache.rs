@@ -608,10 +608,29 @@ async fn a_purge_reaches_every_data_plane_within_a_second() {
             assert_eq!(fetch(dp.proxy, path, &[]).await.1, "MISS", "{path}");
         }
     }
+    // `PURGE` with the key in the body, through the APISIX alias.
+    let (status, resp) = admin
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").unwrap(),
+            "/apisix/admin/routes/c/cache",
+            Some(r#"{"key": "/c/p2"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["purge"]["key"], "/c/p2");
+    let purge_rev = resp["revision"].as_u64().unwrap();
+    for dp in [&dp1, &dp2] {
+        wait_applied(dp.status, purge_rev).await;
+        assert_eq!(fetch(dp.proxy, "/c/p1", &[]).await.1, "HIT");
+        assert_eq!(fetch(dp.proxy, "/c/p2", &[]).await.1, "MISS");
+    }
     // A purge of a route that does not exist is a 404, and writes nothing.
     let (status, _) = admin
         .request(reqwest::Method::DELETE, "/admin/routes/nope/cache", None)
         .await
         .unwrap();
     assert_eq!(status, 404);
+    let (_, purges) = admin.get("/admin/cache_purges").await.unwrap();
+    assert_eq!(purges["total"], 3, "{purges}");
 }
