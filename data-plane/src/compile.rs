@@ -548,6 +548,7 @@ pub fn compile(
     let consumers = Consumers::build(&set).map_err(|(id, e)| invalid("consumers", &id, e))?;
     let env = BuildEnv {
         consumers: Arc::new(consumers),
+        cache_purges: Arc::new(set.cache_purges.clone()),
     };
 
     // Each global rule's plugins are built on their own first, so a bad one is reported

@@ -3,6 +3,7 @@
 //! Native paths are `/admin/<kind>/<id>`; `/apisix/admin/...` is an alias so existing APISIX
 //! scripts run unchanged. `app()` builds the router without a socket so tests can drive it.
 
+mod cache;
 mod config;
 mod data_planes;
 mod error;
@@ -50,6 +51,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/history", get(resources::history))
         .route("/status", get(status::status))
         .route("/store/adopt", axum::routing::post(status::adopt))
+        .route("/routes/{id}/cache", axum::routing::any(cache::purge))
         .route(
             "/{kind}",
             get(resources::list)

@@ -65,6 +65,16 @@ pub struct Metrics {
     pub upstream_node_healthy: IntGaugeVec,
     /// `postern_otlp_spans_total{result}`: exported, export_failed, queue_full, no_collector.
     pub otlp_spans: IntCounterVec,
+    /// `proxy-cache`: `postern_cache_{hits,misses,expired,bypasses,stale,stores,evictions}_total{route}`
+    /// and `postern_cache_bytes{route}`.
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    cache_expired: IntCounterVec,
+    cache_bypasses: IntCounterVec,
+    cache_stale: IntCounterVec,
+    cache_stores: IntCounterVec,
+    cache_evictions: IntCounterVec,
+    cache_bytes: IntGaugeVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -218,6 +228,54 @@ impl Metrics {
                 "Trace spans by what became of them (exported, export_failed, queue_full, no_collector)",
                 &["result"],
             ),
+            cache_hits: counter_vec(
+                &r,
+                "postern_cache_hits_total",
+                "proxy-cache: responses served from the cache",
+                &["route"],
+            ),
+            cache_misses: counter_vec(
+                &r,
+                "postern_cache_misses_total",
+                "proxy-cache: cacheable requests not found in the cache",
+                &["route"],
+            ),
+            cache_expired: counter_vec(
+                &r,
+                "postern_cache_expired_total",
+                "proxy-cache: requests whose entry had expired (fetched again)",
+                &["route"],
+            ),
+            cache_bypasses: counter_vec(
+                &r,
+                "postern_cache_bypasses_total",
+                "proxy-cache: requests that skipped the cache (cache_bypass)",
+                &["route"],
+            ),
+            cache_stale: counter_vec(
+                &r,
+                "postern_cache_stale_total",
+                "proxy-cache: expired entries answered because the upstream failed",
+                &["route"],
+            ),
+            cache_stores: counter_vec(
+                &r,
+                "postern_cache_stores_total",
+                "proxy-cache: responses stored",
+                &["route"],
+            ),
+            cache_evictions: counter_vec(
+                &r,
+                "postern_cache_evictions_total",
+                "proxy-cache: entries evicted to stay within cache_size",
+                &["route"],
+            ),
+            cache_bytes: gauge_vec(
+                &r,
+                "postern_cache_bytes",
+                "proxy-cache: bytes held in the route's store",
+                &["route"],
+            ),
             registry: r,
         }
     }
@@ -312,6 +370,46 @@ impl RouteMetrics {
                 .get_or_init(|| METRICS.bandwidth.with_label_values(&self.labels("ingress")))
                 .inc_by(bytes);
         }
+    }
+}
+
+/// One route's `proxy-cache` series, resolved when the cache is created.
+pub struct CacheMetrics {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub expired: IntCounter,
+    pub bypasses: IntCounter,
+    pub stale: IntCounter,
+    stores: IntCounter,
+    evictions: IntCounter,
+    bytes: IntGauge,
+}
+
+impl CacheMetrics {
+    pub fn new(route: &str) -> CacheMetrics {
+        let m = &*METRICS;
+        CacheMetrics {
+            hits: m.cache_hits.with_label_values(&[route]),
+            misses: m.cache_misses.with_label_values(&[route]),
+            expired: m.cache_expired.with_label_values(&[route]),
+            bypasses: m.cache_bypasses.with_label_values(&[route]),
+            stale: m.cache_stale.with_label_values(&[route]),
+            stores: m.cache_stores.with_label_values(&[route]),
+            evictions: m.cache_evictions.with_label_values(&[route]),
+            bytes: m.cache_bytes.with_label_values(&[route]),
+        }
+    }
+
+    /// `added` bytes stored (0: nothing stored), `removed` bytes dropped.
+    pub fn stored(&self, added: u64, removed: u64) {
+        if added > 0 {
+            self.stores.inc();
+        }
+        self.bytes.add(added as i64 - removed as i64);
+    }
+
+    pub fn evicted(&self, n: u64) {
+        self.evictions.inc_by(n);
     }
 }
 

@@ -26,6 +26,7 @@ mod limit_req;
 mod limiting;
 mod openid_connect;
 mod opentelemetry;
+pub mod proxy_cache;
 mod proxy_rewrite;
 mod rate_limiting;
 mod redirect;
@@ -76,6 +77,19 @@ pub struct RequestCtx {
     /// they are dropped once the body has been sent, or when the client goes away mid-request
     /// (e.g. `limit-conn`'s in-flight slot).
     pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// `proxy-cache`'s state for this request (what it found, what it may store).
+    pub cache: Option<Box<proxy_cache::CacheCtx>>,
+    /// Set by a `response` phase to see the upstream's body as it streams to the client.
+    pub body_tap: Option<Box<dyn BodyTap>>,
+}
+
+/// Sees an upstream response body's chunks as they go to the client (`proxy-cache` copies
+/// them). Dropped without `end` when the body failed, was replaced or the client went away.
+pub trait BodyTap: Send + Sync {
+    /// One chunk; false to stop seeing the rest (the tap is then dropped).
+    fn data(&mut self, chunk: &Bytes) -> bool;
+    /// The body ended normally.
+    fn end(self: Box<Self>);
 }
 
 impl RequestCtx {
@@ -94,6 +108,8 @@ impl RequestCtx {
             credential_id: None,
             upstream_called: false,
             held: Vec::new(),
+            cache: None,
+            body_tap: None,
         }
     }
 }
@@ -196,6 +212,8 @@ pub enum PluginError {
 pub struct BuildEnv {
     /// The snapshot's consumers (the auth plugins look credentials up here).
     pub consumers: Arc<consumers::Consumers>,
+    /// The snapshot's `cache_purges`, by id: `proxy-cache` applies its route's new ones.
+    pub cache_purges: Arc<BTreeMap<String, postern_proto::model::CachePurgeConfig>>,
 }
 
 /// State of plugin instances that must outlive one snapshot (a breaker's counters), keyed by
@@ -295,6 +313,9 @@ fn build(
         "limit-req" => Arc::new(limit_req::LimitReq::new(config).map_err(invalid)?),
         "limit-conn" => Arc::new(limit_conn::LimitConn::new(config).map_err(invalid)?),
         "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config).map_err(invalid)?),
+        "proxy-cache" => {
+            Arc::new(proxy_cache::ProxyCache::new(config, env, scope).map_err(invalid)?)
+        }
         other => return Err(PluginError::Unknown(other.to_string())),
     }))
 }
@@ -391,6 +412,10 @@ impl PluginChain {
     }
 
     pub fn response(&self, resp: &mut http::response::Parts, ctx: &mut RequestCtx) {
+        // The cache stores the upstream's head as it came, not as later plugins change it.
+        if let Some(c) = ctx.cache.as_mut() {
+            c.capture_head(resp);
+        }
         for p in &self.plugins {
             p.response(resp, ctx);
         }

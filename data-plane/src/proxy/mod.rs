@@ -463,7 +463,7 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_response().map(Either::Right))
             .into_parts();
         route.plugins.response(&mut head, &mut ctx);
-        let body = match ctx.replace_body.take() {
+        let mut body = match ctx.replace_body.take() {
             Some(replacement) => {
                 head.headers.remove(header::TRANSFER_ENCODING);
                 head.headers
@@ -472,6 +472,9 @@ impl Proxy {
             }
             None => body,
         };
+        if let (Some(tap), Either::Left(upstream_body)) = (ctx.body_tap.take(), &mut body) {
+            upstream_body.tap(tap);
+        }
         route.plugins.log(&ctx, head.status);
         exchange.request_id = ctx.request_id.take();
         exchange.held = std::mem::take(&mut ctx.held);

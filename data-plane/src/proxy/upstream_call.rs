@@ -34,6 +34,7 @@ use tokio::time::{Instant, Sleep};
 use super::limited_body::LimitedBody;
 use super::upstream_tls::UpstreamTlsSettings;
 use crate::compile::{Timeouts, Upstream};
+use crate::plugins::BodyTap;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -411,6 +412,8 @@ pub struct UpstreamBody {
     /// Created the first time the body has to wait.
     timer: Option<Pin<Box<Sleep>>>,
     guard: Option<CallGuard>,
+    /// Sees the chunks as they pass (`proxy-cache`).
+    tap: Option<Box<dyn BodyTap>>,
 }
 
 impl UpstreamBody {
@@ -420,6 +423,16 @@ impl UpstreamBody {
             read,
             timer: None,
             guard: Some(guard),
+            tap: None,
+        }
+    }
+
+    /// Shows the body to `tap` as it streams; a body that has already ended ends it at once.
+    pub fn tap(&mut self, tap: Box<dyn BodyTap>) {
+        if self.inner.is_end_stream() {
+            tap.end();
+        } else {
+            self.tap = Some(tap);
         }
     }
 }
@@ -436,11 +449,32 @@ impl Body for UpstreamBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 this.guard = None;
+                if let Some(tap) = this.tap.take() {
+                    tap.end();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(r)) => {
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + this.read);
+                }
+                match &r {
+                    Ok(frame) => {
+                        if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref())
+                            && !tap.data(data)
+                        {
+                            this.tap = None;
+                        }
+                    }
+                    Err(_) => this.tap = None,
+                }
+                // hyper stops polling a body that says it has ended (all of its
+                // Content-Length read): the tap sees the end here, not as a `None`.
+                if this.tap.is_some()
+                    && this.inner.is_end_stream()
+                    && let Some(tap) = this.tap.take()
+                {
+                    tap.end();
                 }
                 Poll::Ready(Some(r.map_err(Into::into)))
             }

@@ -11,7 +11,7 @@ use crate::plugins::RequestCtx;
 use crate::router::vars::{RequestVars, VarSource};
 
 /// A key variable resolved for fast lookup (header names parsed once).
-enum Var {
+pub(crate) enum Var {
     Request(VarSource),
     ConsumerName,
     ConsumerGroupId,
@@ -34,7 +34,7 @@ enum Key {
 /// A limit key compiled once per snapshot, read from each request.
 pub struct KeyResolver(Key);
 
-fn compile(v: KeyVar) -> Result<Var, ValidationError> {
+pub(crate) fn compile(v: KeyVar) -> Result<Var, ValidationError> {
     Ok(match v {
         KeyVar::Request(r) => Var::Request(VarSource::new(r).map_err(|e| e.under("key"))?),
         KeyVar::ConsumerName => Var::ConsumerName,
@@ -89,7 +89,12 @@ pub fn remote_addr(ctx: &RequestCtx) -> String {
 }
 
 /// Appends the variable's value; false when the request has none.
-fn push_var(out: &mut String, var: &Var, parts: &http::request::Parts, ctx: &RequestCtx) -> bool {
+pub(crate) fn push_var(
+    out: &mut String,
+    var: &Var,
+    parts: &http::request::Parts,
+    ctx: &RequestCtx,
+) -> bool {
     let value: Option<&str> = match var {
         Var::Request(source) => {
             let req = RequestVars {

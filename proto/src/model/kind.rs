@@ -18,11 +18,14 @@ pub enum ResourceKind {
     Revocations,
     /// TLS certificates for the proxy's TLS listener, chosen by SNI. References nothing.
     Ssls,
+    /// `proxy-cache` purges (one key or a whole route), written by `DELETE
+    /// /admin/routes/<id>/cache`. References nothing (the route may be deleted meanwhile).
+    CachePurges,
 }
 
 impl ResourceKind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [ResourceKind; 8] = [
+    pub const ALL: [ResourceKind; 9] = [
         ResourceKind::Upstreams,
         ResourceKind::Services,
         ResourceKind::Routes,
@@ -31,6 +34,7 @@ impl ResourceKind {
         ResourceKind::Consumers,
         ResourceKind::Revocations,
         ResourceKind::Ssls,
+        ResourceKind::CachePurges,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +47,7 @@ impl ResourceKind {
             ResourceKind::Consumers => "consumers",
             ResourceKind::Revocations => "revocations",
             ResourceKind::Ssls => "ssls",
+            ResourceKind::CachePurges => "cache_purges",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The configuration model: one serde type per resource kind, each with `validate()`, plus the
 //! checks that span resources (references between them).
 
+mod cache_purge;
 pub mod checks;
 mod consumer;
 mod error;
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use cache_purge::{CachePurgeConfig, PURGE_LIFETIME_SECS};
 pub use consumer::{CREDENTIAL_PLUGINS, ConsumerConfig, ConsumerGroupConfig, CredentialClaim};
 pub use error::{Result, ValidationError};
 pub use global_rule::GlobalRuleConfig;
@@ -45,6 +47,7 @@ pub enum Resource {
     Consumer(ConsumerConfig),
     Revocation(RevocationConfig),
     Ssl(SslConfig),
+    CachePurge(CachePurgeConfig),
 }
 
 impl Resource {
@@ -61,6 +64,7 @@ impl Resource {
             ResourceKind::Consumers => Resource::Consumer(decode::<ConsumerConfig>(body)?),
             ResourceKind::Revocations => Resource::Revocation(decode::<RevocationConfig>(body)?),
             ResourceKind::Ssls => Resource::Ssl(decode::<SslConfig>(body)?),
+            ResourceKind::CachePurges => Resource::CachePurge(decode::<CachePurgeConfig>(body)?),
         };
         match &r {
             Resource::Upstream(u) => u.validate()?,
@@ -71,6 +75,7 @@ impl Resource {
             Resource::Consumer(c) => c.validate()?,
             Resource::Revocation(r) => r.validate()?,
             Resource::Ssl(s) => s.validate()?,
+            Resource::CachePurge(p) => p.validate()?,
         }
         Ok(r)
     }
@@ -82,7 +87,8 @@ impl Resource {
             | Resource::GlobalRule(_)
             | Resource::ConsumerGroup(_)
             | Resource::Revocation(_)
-            | Resource::Ssl(_) => Vec::new(),
+            | Resource::Ssl(_)
+            | Resource::CachePurge(_) => Vec::new(),
             Resource::Consumer(c) => c.references().collect(),
             Resource::Service(s) => s.references().collect(),
             Resource::Route(r) => r.references().collect(),
@@ -139,6 +145,7 @@ pub struct ConfigSet {
     pub consumers: BTreeMap<String, ConsumerConfig>,
     pub revocations: BTreeMap<String, RevocationConfig>,
     pub ssls: BTreeMap<String, SslConfig>,
+    pub cache_purges: BTreeMap<String, CachePurgeConfig>,
 }
 
 impl ConfigSet {
@@ -170,6 +177,9 @@ impl ConfigSet {
             Resource::Ssl(s) => {
                 self.ssls.insert(id, s);
             }
+            Resource::CachePurge(p) => {
+                self.cache_purges.insert(id, p);
+            }
         }
     }
 
@@ -185,6 +195,7 @@ impl ConfigSet {
             ResourceKind::Consumers => self.consumers.contains_key(id),
             ResourceKind::Revocations => self.revocations.contains_key(id),
             ResourceKind::Ssls => self.ssls.contains_key(id),
+            ResourceKind::CachePurges => self.cache_purges.contains_key(id),
         };
         let services = self.services.iter().map(|(id, s)| {
             (

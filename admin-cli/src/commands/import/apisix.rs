@@ -173,7 +173,8 @@ plugins:
                 "consumers": [{"id": "jack", "username": "jack", "plugins": {"key-auth": {"key": "k"}}}],
                 "consumer_groups": [],
                 "revocations": [],
-                "ssls": []
+                "ssls": [],
+                "cache_purges": []
             }})
         );
         assert_eq!(got.unmapped.len(), 2, "{:?}", got.unmapped);

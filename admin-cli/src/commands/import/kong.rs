@@ -834,7 +834,8 @@ mod tests {
                 "consumer_groups": [],
                 "consumers": [],
                 "revocations": [],
-                "ssls": []
+                "ssls": [],
+                "cache_purges": []
             }})
         );
         assert!(got.unmapped.is_empty(), "{:?}", got.unmapped);

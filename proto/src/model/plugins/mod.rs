@@ -16,6 +16,7 @@ pub mod limits;
 pub mod openid_connect;
 pub mod opentelemetry;
 pub mod prometheus;
+pub mod proxy_cache;
 pub mod proxy_rewrite;
 pub mod rate_limiting;
 pub mod redirect;
@@ -104,6 +105,11 @@ pub const PLUGINS: &[PluginSpec] = &[
         name: "consumer-restriction",
         priority: 2400,
         validate: check::<consumer_restriction::ConsumerRestrictionConfig>,
+    },
+    PluginSpec {
+        name: "proxy-cache",
+        priority: 1085,
+        validate: check::<proxy_cache::ProxyCacheConfig>,
     },
     PluginSpec {
         name: "proxy-rewrite",
