@@ -474,9 +474,13 @@ mod tests {
     fn refuses_every_attack_with_401() {
         let n = now();
         let good = hs256(json!({"key": "mobile-app-key", "exp": n + 60}));
+        // Change the signature's first character: its 6 bits are all data, so the result is
+        // still canonical base64url (the last character carries padding bits, and changing it
+        // can make the token undecodable instead of wrongly signed).
+        let sig = good.rfind('.').expect("three parts") + 1;
         let mut tampered = good.clone();
-        tampered.pop();
-        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        let first = if good[sig..].starts_with('A') { "B" } else { "A" };
+        tampered.replace_range(sig..sig + 1, first);
         let cases: Vec<(&str, String, &str)> = vec![
             (
                 "alg none",
