@@ -252,15 +252,18 @@ pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 's
     false
 }
 
+/// A request body: the client's, streamed, or one the gateway made (`grpc-transcode`).
+pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+
 /// The request body sent upstream: the client's (size-limited) or none (a retry of a request
 /// without body), noting progress for the send timeout.
 pub struct SendBody {
-    inner: Option<LimitedBody<Incoming>>,
+    inner: Option<LimitedBody<RequestBody>>,
     progress: Arc<Progress>,
 }
 
 impl SendBody {
-    pub fn new(inner: Option<LimitedBody<Incoming>>, progress: Arc<Progress>) -> SendBody {
+    pub fn new(inner: Option<LimitedBody<RequestBody>>, progress: Arc<Progress>) -> SendBody {
         SendBody { inner, progress }
     }
 }
