@@ -106,7 +106,7 @@ impl Transcoder {
         path: &str,
         query: Option<&str>,
         body: &[u8],
-    ) -> Result<Bytes, PluginResponse> {
+    ) -> Result<Bytes, Box<PluginResponse>> {
         let mut fields = if body.iter().all(u8::is_ascii_whitespace) {
             Map::new()
         } else {
@@ -284,14 +284,17 @@ fn upstream_error(message: &str) -> PluginResponse {
 }
 
 /// `{"error_msg": "field: message", "field": …}` with 400.
-fn bad_request(field: &str, message: &str) -> PluginResponse {
+fn bad_request(field: &str, message: &str) -> Box<PluginResponse> {
     let error_msg = if field.is_empty() {
         message.to_string()
     } else {
         format!("{field}: {message}")
     };
     let body = json!({"error_msg": error_msg, "field": field}).to_string();
-    PluginResponse::json(StatusCode::BAD_REQUEST, Bytes::from(body))
+    Box::new(PluginResponse::json(
+        StatusCode::BAD_REQUEST,
+        Bytes::from(body),
+    ))
 }
 
 /// The usual mapping of gRPC status codes to HTTP (as grpc-gateway and Envoy map them).
@@ -365,10 +368,10 @@ fn set_field(
     };
     let key = field.name().to_string();
     // The JSON body may have used the json name: one spelling only, or the parser refuses.
-    if field.json_name() != field.name() {
-        if let Some(v) = object.remove(field.json_name()) {
-            object.entry(key.clone()).or_insert(v);
-        }
+    if field.json_name() != field.name()
+        && let Some(v) = object.remove(field.json_name())
+    {
+        object.entry(key.clone()).or_insert(v);
     }
     match (field.kind(), rest) {
         (Kind::Message(inner), Some(rest)) if !field.is_list() && !field.is_map() => {

@@ -52,7 +52,7 @@ impl Proxy {
         };
         let framed = match t.encode_request(parts.uri.path(), parts.uri.query(), &json) {
             Ok(f) => f,
-            Err(answer) => return Ok(plugin_response(answer)),
+            Err(answer) => return Ok(plugin_response(*answer)),
         };
 
         parts.method = Method::POST;
