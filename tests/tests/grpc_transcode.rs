@@ -254,6 +254,22 @@ async fn get_maps_path_parameters_and_query_arguments_to_fields() {
         })
     );
     assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+
+    // explain names the method the route calls.
+    let (status, explained) =
+        s.cp.client()
+            .request(
+                reqwest::Method::POST,
+                "/admin/explain",
+                Some(&json!({"method": "GET", "url": "/users/7"}).to_string()),
+            )
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{explained}");
+    assert_eq!(
+        explained["grpc_transcode"],
+        "/postern.test.users.v1.Users/GetUser"
+    );
 }
 
 #[tokio::test]
