@@ -401,6 +401,10 @@ async fn bad_requests_are_400_naming_the_field_and_never_sent() {
             "{got}"
         );
     }
+    // Over the 4 MiB a message may have: 413, also before anything is sent.
+    let big = json!({"user": {"name": "x".repeat(5 * 1024 * 1024)}}).to_string();
+    let (status, _, _) = call(s.proxy, reqwest::Method::POST, "/users", Some(&big)).await;
+    assert_eq!(status, 413);
     assert_eq!(
         s.calls.load(Ordering::SeqCst),
         0,
