@@ -9,6 +9,7 @@
 //! field is an error, as is a value of the wrong type: 400 naming the field, nothing sent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -48,6 +49,8 @@ pub struct Transcoder {
     serialize: SerializeOptions,
     /// The route's parameterised paths (`/users/:id`), split in segments.
     patterns: Vec<Vec<Segment>>,
+    /// Answered as newline-delimited JSON, one line per message ([`NdjsonFrames`]).
+    pub server_streaming: bool,
 }
 
 impl Transcoder {
@@ -89,6 +92,7 @@ impl Transcoder {
             })
             .collect();
         Ok(Transcoder {
+            server_streaming: method.is_server_streaming(),
             serialize: serialize_options(options, &output),
             input: method.input(),
             output,
@@ -205,21 +209,25 @@ impl Transcoder {
             Ok(m) => m,
             Err(e) => return upstream_error(e),
         };
-        let msg = match DynamicMessage::decode(self.output.clone(), message) {
-            Ok(m) => m,
-            Err(e) => {
-                return upstream_error(&format!(
-                    "the upstream's message is not a {}: {e}",
-                    self.output.full_name()
-                ));
-            }
-        };
+        match self.message_json(message) {
+            Ok(json) => PluginResponse::json(StatusCode::OK, Bytes::from(json)),
+            Err(e) => upstream_error(&e),
+        }
+    }
+
+    /// One response message (without its prefix) as JSON.
+    fn message_json(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let msg = DynamicMessage::decode(self.output.clone(), message).map_err(|e| {
+            format!(
+                "the upstream's message is not a {}: {e}",
+                self.output.full_name()
+            )
+        })?;
         let mut out = Vec::with_capacity(message.len() * 2 + 16);
         let mut ser = serde_json::Serializer::new(&mut out);
-        if let Err(e) = msg.serialize_with_options(&mut ser, &self.serialize) {
-            return upstream_error(&format!("cannot write the response as JSON: {e}"));
-        }
-        PluginResponse::json(StatusCode::OK, Bytes::from(out))
+        msg.serialize_with_options(&mut ser, &self.serialize)
+            .map_err(|e| format!("cannot write the response as JSON: {e}"))?;
+        Ok(out)
     }
 
     /// `name → value` of the first of the route's parameterised paths that `path` matches.
@@ -246,6 +254,73 @@ impl Transcoder {
             }
         }
         Vec::new()
+    }
+}
+
+/// A server stream's messages as newline-delimited JSON, as they arrive: one line per message,
+/// and a last `{"code", "message"}` line when the stream ends with a non-zero `grpc-status`
+/// (the HTTP status, 200, went out with the first bytes).
+pub struct NdjsonFrames {
+    transcoder: Arc<Transcoder>,
+    /// Bytes of a message not complete yet.
+    pending: BytesMut,
+}
+
+impl NdjsonFrames {
+    pub fn new(transcoder: Arc<Transcoder>) -> NdjsonFrames {
+        NdjsonFrames {
+            transcoder,
+            pending: BytesMut::new(),
+        }
+    }
+
+    /// The lines for the complete messages `data` finishes (possibly none).
+    pub fn data(&mut self, data: &[u8]) -> Result<Bytes, String> {
+        self.pending.extend_from_slice(data);
+        let mut out = BytesMut::new();
+        while self.pending.len() >= 5 {
+            if self.pending[0] != 0 {
+                return Err("the upstream sent a compressed message, which was not offered".into());
+            }
+            let len = u32::from_be_bytes([
+                self.pending[1],
+                self.pending[2],
+                self.pending[3],
+                self.pending[4],
+            ]) as usize;
+            if len > MAX_MESSAGE_BYTES {
+                return Err(format!("a message of {len} bytes is over the limit"));
+            }
+            if self.pending.len() < 5 + len {
+                break;
+            }
+            let frame = self.pending.split_to(5 + len);
+            out.extend_from_slice(&self.transcoder.message_json(&frame[5..])?);
+            out.put_u8(b'\n');
+        }
+        Ok(out.freeze())
+    }
+
+    /// The last line, when the stream ended in an error (or cut a message short).
+    pub fn trailers(&mut self, trailers: &HeaderMap) -> Bytes {
+        let code = trailers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u32>().ok());
+        let line = match code {
+            Some(0) if self.pending.is_empty() => return Bytes::new(),
+            Some(0) => json!({"code": 13, "message": "the stream ended inside a message"}),
+            Some(code) => {
+                let message = trailers
+                    .get("grpc-message")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|m| decode_component(m, false))
+                    .unwrap_or_default();
+                json!({"code": code, "message": message})
+            }
+            None => json!({"code": 13, "message": "the upstream's stream has no grpc-status"}),
+        };
+        Bytes::from(format!("{line}\n"))
     }
 }
 
@@ -594,6 +669,42 @@ message Resp { int64 id = 1; string name = 2; Color color = 3; repeated Inner pl
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         let r = t.decode_response(&HeaderMap::new(), &[0, 0, 0, 0, 9, 1], Some(&trailers));
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn server_streams_become_ndjson_lines() {
+        let t = Arc::new(transcoder(json!({"pb_option": ["no_default_values"]}), &[]));
+        let one = |id: &str| {
+            framed(&DynamicMessage::deserialize(t.output.clone(), json!({ "id": id })).unwrap())
+        };
+        let mut stream: Vec<u8> = one("1");
+        stream.extend(one("2"));
+        stream.extend(one("3"));
+        // Cut anywhere: lines come out when their message is complete.
+        let mut n = NdjsonFrames::new(t.clone());
+        let mut out = Vec::new();
+        for chunk in stream.chunks(3) {
+            out.extend_from_slice(&n.data(chunk).unwrap());
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        assert!(n.trailers(&trailers).is_empty());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n"
+        );
+        // An error at the end is a last line.
+        trailers.insert("grpc-status", HeaderValue::from_static("14"));
+        trailers.insert("grpc-message", HeaderValue::from_static("gone%21"));
+        assert_eq!(
+            &n.trailers(&trailers)[..],
+            b"{\"code\":14,\"message\":\"gone!\"}\n"
+        );
+        // A stream cut inside a message.
+        let mut n = NdjsonFrames::new(t.clone());
+        n.data(&one("4")[..4]).unwrap();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        assert!(String::from_utf8_lossy(&n.trailers(&trailers)).contains("inside a message"));
     }
 
     #[test]

@@ -4,15 +4,32 @@
 //! turned into JSON. The message work is the plugin's (`plugins/grpc_transcode.rs`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
 use super::limited_body::LimitedBody;
+use super::upstream_call::FrameMap;
 use super::{Exchange, MatchedRoute, Proxy, ProxyBody, ProxyError, plugin_response};
 use crate::plugins::PluginResponse;
-use crate::plugins::grpc_transcode::{MAX_MESSAGE_BYTES, Transcoder};
+use crate::plugins::grpc_transcode::{MAX_MESSAGE_BYTES, NdjsonFrames, Transcoder};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl FrameMap for NdjsonFrames {
+    fn data(&mut self, data: &[u8]) -> Result<bytes::Bytes, BoxError> {
+        NdjsonFrames::data(self, data).map_err(|e| {
+            tracing::warn!(error = %e, "grpc-transcode: bad message in a server stream");
+            e.into()
+        })
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) -> bytes::Bytes {
+        NdjsonFrames::trailers(self, trailers)
+    }
+}
 
 impl Proxy {
     #[allow(clippy::too_many_arguments)]
@@ -23,7 +40,7 @@ impl Proxy {
         body: Incoming,
         max_body_size: Option<u64>,
         route: &MatchedRoute,
-        t: &Transcoder,
+        t: &Arc<Transcoder>,
         upstream_host: Option<HeaderValue>,
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -85,30 +102,49 @@ impl Proxy {
                 .await?;
             let (head, body) = response.into_parts();
             if head.status != StatusCode::OK {
-                return Ok::<_, ProxyError>(PluginResponse::error(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("the upstream answered HTTP {}, not gRPC", head.status),
-                ));
+                return Ok::<_, ProxyError>(
+                    PluginResponse::error(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("the upstream answered HTTP {}, not gRPC", head.status),
+                    )
+                    .into(),
+                );
             }
             // Trailers-only: an error with no message.
             if head.headers.contains_key("grpc-status") {
-                return Ok(t.decode_response(&head.headers, b"", None));
+                return Ok(t.decode_response(&head.headers, b"", None).into());
+            }
+            if t.server_streaming
+                && let Either::Left(upstream) = body
+            {
+                // Streamed as the messages come: one JSON line each.
+                let body = upstream.mapped(Box::new(NdjsonFrames::new(t.clone())));
+                let mut response = Response::new(Either::Left(body));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-ndjson"),
+                );
+                return Ok(Answer::Streamed(response));
             }
             match Limited::new(body, MAX_MESSAGE_BYTES + 5).collect().await {
                 Ok(collected) => {
                     let trailers = collected.trailers().cloned();
                     let bytes = collected.to_bytes();
-                    Ok(t.decode_response(&head.headers, &bytes, trailers.as_ref()))
+                    Ok(t.decode_response(&head.headers, &bytes, trailers.as_ref())
+                        .into())
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "grpc-transcode: reading the upstream's response failed");
                     Ok(PluginResponse::error(
                         StatusCode::BAD_GATEWAY,
                         "the upstream's gRPC response could not be read",
-                    ))
+                    )
+                    .into())
                 }
             }
         };
+        // For a server stream the deadline bounds the wait for its first bytes here; the
+        // upstream enforces the rest (`grpc-timeout`).
         let answer = match t.deadline {
             None => call.await?,
             Some(deadline) => match tokio::time::timeout(deadline, call).await {
@@ -121,9 +157,25 @@ impl Proxy {
                     })
                     .to_string()
                     .into(),
-                ),
+                )
+                .into(),
             },
         };
-        Ok(plugin_response(answer))
+        Ok(match answer {
+            Answer::Whole(r) => plugin_response(r),
+            Answer::Streamed(r) => r,
+        })
+    }
+}
+
+/// A transcoded answer: whole (a unary message, an error) or streamed (NDJSON).
+enum Answer {
+    Whole(PluginResponse),
+    Streamed(Response<ProxyBody>),
+}
+
+impl From<PluginResponse> for Answer {
+    fn from(r: PluginResponse) -> Answer {
+        Answer::Whole(r)
     }
 }

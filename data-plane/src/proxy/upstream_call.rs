@@ -348,6 +348,13 @@ impl Drop for CallGuard {
     }
 }
 
+/// Rewrites a response body as it streams (grpc-transcode: a server stream → NDJSON). Data
+/// frames become the returned bytes (nothing yet: empty); trailers become a last data frame.
+pub trait FrameMap: Send + Sync {
+    fn data(&mut self, data: &[u8]) -> Result<Bytes, BoxError>;
+    fn trailers(&mut self, trailers: &http::HeaderMap) -> Bytes;
+}
+
 /// The upstream's response body: cut when no chunk arrives for `read`; holds the call's place in
 /// the in-flight counts until it ends.
 pub struct UpstreamBody {
@@ -356,6 +363,7 @@ pub struct UpstreamBody {
     /// Created the first time the body has to wait.
     timer: Option<Pin<Box<Sleep>>>,
     guard: Option<CallGuard>,
+    map: Option<Box<dyn FrameMap>>,
 }
 
 impl UpstreamBody {
@@ -365,7 +373,14 @@ impl UpstreamBody {
             read,
             timer: None,
             guard: Some(guard),
+            map: None,
         }
+    }
+
+    /// The same body, rewritten by `map` frame by frame.
+    pub fn mapped(mut self, map: Box<dyn FrameMap>) -> UpstreamBody {
+        self.map = Some(map);
+        self
     }
 }
 
@@ -387,7 +402,28 @@ impl Body for UpstreamBody {
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + this.read);
                 }
-                Poll::Ready(Some(r.map_err(Into::into)))
+                let Some(map) = this.map.as_mut() else {
+                    return Poll::Ready(Some(r.map_err(Into::into)));
+                };
+                let mapped = match r {
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => map.data(&data),
+                        Err(frame) => Ok(frame
+                            .trailers_ref()
+                            .map(|t| map.trailers(t))
+                            .unwrap_or_default()),
+                    },
+                };
+                match mapped {
+                    // Nothing to send yet: ask for more now (no empty frames).
+                    Ok(bytes) if bytes.is_empty() => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Ok(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                    Err(e) => Poll::Ready(Some(Err(e))),
+                }
             }
             Poll::Pending => {
                 let read = this.read;
@@ -411,6 +447,9 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.map.is_some() {
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }
