@@ -112,6 +112,21 @@ impl Users for Service {
             items.truncate(2);
             items.push(Err(tonic::Status::unavailable("stream broke")));
         }
+        if r.fields.iter().any(|f| f == "slow") {
+            // 300 ms between messages: the client must see each one before the next exists.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                for item in items {
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            });
+            return Ok(tonic::Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
+        }
         Ok(tonic::Response::new(Box::pin(tokio_stream::iter(items))))
     }
 
@@ -333,6 +348,23 @@ async fn server_streams_are_newline_delimited_json() {
             json!({"id": 2, "name": "user 2"}),
             json!({"code": 14, "message": "stream broke"}),
         ]
+    );
+    // Not buffered: each line arrives as its message does.
+    let started = Instant::now();
+    let mut resp = reqwest::get(format!("http://{}/users/3/watch?fields=slow", s.proxy))
+        .await
+        .unwrap();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        arrivals.push(started.elapsed());
+    }
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(arrivals[0] < Duration::from_millis(250), "{arrivals:?}");
+    assert!(
+        *arrivals.last().unwrap() >= Duration::from_millis(550),
+        "{arrivals:?}"
     );
 }
 
