@@ -286,6 +286,42 @@ message Order { int64 id = 1; google.protobuf.Timestamp at = 2; }
     }
 
     #[test]
+    fn config_sets_check_transcodes_against_their_protos() {
+        use crate::model::ConfigSet;
+        let route = |method: &str, proto: &str| {
+            json!({"uri": "/o", "upstream": {"nodes": {"127.0.0.1:1": 1}},
+                   "plugins": {"grpc-transcode": {"proto_id": proto, "service": "shop.v1.Orders",
+                                                  "method": method}}})
+        };
+        let cases = [
+            (route("Get", "p"), None),
+            (route("Watch", "p"), None),
+            (
+                route("Gone", "p"),
+                Some("routes/r.plugins.grpc-transcode.method"),
+            ),
+            (
+                route("Upload", "p"),
+                Some("routes/r.plugins.grpc-transcode.method"),
+            ),
+            (
+                route("Get", "q"),
+                Some("routes/r.plugins.grpc-transcode.proto_id"),
+            ),
+        ];
+        for (body, want) in cases {
+            let mut set = ConfigSet::default();
+            set.insert(
+                "p",
+                Resource::parse(ResourceKind::Protos, &json!({"content": GOOD})).unwrap(),
+            );
+            set.insert("r", Resource::parse(ResourceKind::Routes, &body).unwrap());
+            let got = set.check_references().err().map(|e| e.field);
+            assert_eq!(got.as_deref(), want, "{body}");
+        }
+    }
+
+    #[test]
     fn methods_are_found_and_client_streaming_refused() {
         let pool = compile_source(GOOD).unwrap();
         assert!(find_method(&pool, "shop.v1.Orders", "Get").is_ok());
