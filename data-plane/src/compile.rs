@@ -19,6 +19,7 @@ use crate::balancer::{Balancer, NodeLoad};
 use crate::health::{Health, Target};
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::consumers::Consumers;
+use crate::plugins::grpc_transcode::Transcoder;
 use crate::plugins::{BuildEnv, PluginChain, PluginStates, StateScope};
 use crate::router::vars::{Conditions, RequestVars, VarSource};
 use crate::router::{RouteSpec, Router};
@@ -200,6 +201,8 @@ pub struct CompiledRoute {
     /// The route's `vars`; empty when it has none.
     pub vars: Conditions,
     pub metrics: Arc<RouteMetrics>,
+    /// `grpc-transcode` (the route's, else its service's): the upstream is called over gRPC.
+    pub transcode: Option<Arc<Transcoder>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -645,7 +648,16 @@ pub fn compile(
             (Some(name), true) => Arc::from(name.as_str()),
             _ => route_id.clone(),
         };
+        // Descriptors come compiled with the snapshot's protos (once per snapshot).
+        let transcode = [&route.plugins, service_plugins]
+            .into_iter()
+            .find_map(|layer| layer.get("grpc-transcode"))
+            .map(|config| Transcoder::new(config, &set.protos, route.paths()))
+            .transpose()
+            .map_err(|e| invalid("routes", id, e.under("plugins.grpc-transcode")))?
+            .map(Arc::new);
         routes.push(CompiledRoute {
+            transcode,
             metrics: Arc::new(RouteMetrics::new(label, route.service_id.as_deref())),
             id: route_id,
             upstream,

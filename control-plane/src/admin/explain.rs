@@ -107,6 +107,10 @@ pub async fn explain(
         "matched_by": matchers,
     });
     answer["plugins"] = json!(route.plugins.names().collect::<Vec<_>>());
+    // Not a phase plugin, so not in the list above: the gRPC method the route calls instead.
+    if let Some(t) = &route.transcode {
+        answer["grpc_transcode"] = json!(t.path.as_str());
+    }
     answer["upstream_nodes"] = json!(
         route
             .upstream

@@ -167,6 +167,75 @@ pub(super) fn prepare_put(
     })
 }
 
+/// `grpc-transcode` names a method inside a proto: a reference the store cannot check by id
+/// alone. Writing a route or service checks its method against the stored proto; writing a
+/// proto checks every route and service that uses it. (Not in the store's transaction: a race
+/// between two such writes is caught by the snapshot builder, which never publishes a config
+/// whose transcodes do not resolve.)
+async fn check_transcodes(state: &AdminState, req: &PutRequest) -> Result<(), AdminError> {
+    use postern_proto::model::plugins::grpc_transcode::GrpcTranscodeConfig;
+    use postern_proto::model::plugins::parse;
+    use postern_proto::model::protos::find_method;
+    let transcode_of = |value: &Value| {
+        value
+            .get("plugins")
+            .and_then(|p| p.get("grpc-transcode"))
+            .and_then(|c| parse::<GrpcTranscodeConfig>(c).ok())
+    };
+    match req.kind {
+        ResourceKind::Routes | ResourceKind::Services => {
+            let Some(config) = transcode_of(&req.value) else {
+                return Ok(());
+            };
+            // A missing proto is the store's to refuse (dangling reference), in its transaction.
+            let Some(stored) = state
+                .store
+                .get(ResourceKind::Protos, &config.proto_id)
+                .await?
+            else {
+                return Ok(());
+            };
+            let Resource::Proto(proto) = Resource::parse(ResourceKind::Protos, &stored.value)?
+            else {
+                return Ok(());
+            };
+            if let Some(pool) = proto.pool() {
+                find_method(pool, &config.service, &config.method).map_err(|e| {
+                    AdminError::invalid(
+                        format!("plugins.grpc-transcode.{}", e.field),
+                        format!("{} (protos/{})", e.message, config.proto_id),
+                    )
+                })?;
+            }
+            Ok(())
+        }
+        ResourceKind::Protos => {
+            let Resource::Proto(proto) = Resource::parse(ResourceKind::Protos, &req.value)? else {
+                return Ok(());
+            };
+            let Some(pool) = proto.pool() else {
+                return Ok(());
+            };
+            for kind in [ResourceKind::Services, ResourceKind::Routes] {
+                for user in state.store.list(kind).await? {
+                    let Some(config) = transcode_of(&user.value).filter(|c| c.proto_id == req.id)
+                    else {
+                        continue;
+                    };
+                    find_method(pool, &config.service, &config.method).map_err(|e| {
+                        AdminError::invalid(
+                            "content",
+                            format!("{kind}/{} uses it: {}", user.id, e.message),
+                        )
+                    })?;
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn parse_json(body: &Bytes) -> Result<Value, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::invalid("", format!("invalid JSON: {e}")))
 }
@@ -293,6 +362,7 @@ async fn put_value(
     let explicit = if_match(headers)?;
     if !secrets::has_marker(kind, &value) {
         let req = prepare_put(kind, id, value, explicit.unwrap_or_default(), actor)?;
+        check_transcodes(state, &req).await?;
         return Ok(write_response(state.store.put(req).await?));
     }
     const ATTEMPTS: usize = 3;
@@ -304,6 +374,7 @@ async fn put_value(
         let rev = current.map(|c| c.mod_revision).unwrap_or_default();
         let precondition = explicit.unwrap_or(Precondition::ModRevision(rev));
         let req = prepare_put(kind, id, merged, precondition, actor)?;
+        check_transcodes(state, &req).await?;
         match state.store.put(req).await {
             Err(StoreError::PreconditionFailed { .. })
                 if explicit.is_none() && attempt < ATTEMPTS => {}
@@ -339,6 +410,7 @@ pub async fn create(
     // Time-ordered, so generated ids list in creation order.
     let id = uuid::Uuid::now_v7().simple().to_string();
     let req = prepare_put(kind, &id, value, Precondition::MustNotExist, &actor)?;
+    check_transcodes(&state, &req).await?;
     Ok(write_response(state.store.put(req).await?))
 }
 
@@ -375,6 +447,7 @@ pub async fn patch(
         secrets::restore(kind, &mut merged, Some(&current.value))?;
         let precondition = explicit.unwrap_or(Precondition::ModRevision(current.mod_revision));
         let req = prepare_put(kind, &id, merged, precondition, &actor)?;
+        check_transcodes(&state, &req).await?;
         match state.store.put(req).await {
             Err(StoreError::PreconditionFailed { .. })
                 if explicit.is_none() && attempt < ATTEMPTS => {}

@@ -479,7 +479,11 @@ mod tests {
         // can make the token undecodable instead of wrongly signed).
         let sig = good.rfind('.').expect("three parts") + 1;
         let mut tampered = good.clone();
-        let first = if good[sig..].starts_with('A') { "B" } else { "A" };
+        let first = if good[sig..].starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
         tampered.replace_range(sig..sig + 1, first);
         let cases: Vec<(&str, String, &str)> = vec![
             (

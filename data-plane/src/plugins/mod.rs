@@ -15,6 +15,7 @@ mod client_control;
 mod consumer_restriction;
 pub mod consumers;
 mod cors;
+pub mod grpc_transcode;
 mod header_ops;
 pub mod idp_client;
 pub mod jwks;
@@ -283,6 +284,9 @@ fn build(
     };
     Ok(Some(match name {
         "prometheus" => return Ok(None),
+        // Not a phase plugin: the route's `Transcoder` (built with the snapshot's protos, see
+        // `compile`) changes how the proxy calls the upstream.
+        "grpc-transcode" => return Ok(None),
         "request-termination" => {
             Arc::new(request_termination::RequestTermination::new(config).map_err(invalid)?)
         }

@@ -10,6 +10,7 @@ pub mod headers;
 mod limited_body;
 pub mod normalize;
 pub mod real_ip;
+mod transcode;
 mod upgrade;
 mod upstream_call;
 pub mod upstream_tls;
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ProxyError;
 use limited_body::LimitedBody;
 pub(crate) use upstream_call::TimedConnector;
-use upstream_call::{CallGuard, Progress, SendBody, UpstreamBody};
+use upstream_call::{CallGuard, Progress, RequestBody, SendBody, UpstreamBody};
 
 /// What one request takes from the config it was matched with.
 struct MatchedRoute {
@@ -45,6 +46,7 @@ struct MatchedRoute {
     timeouts: Timeouts,
     plugins: Arc<PluginChain>,
     metrics: Arc<RouteMetrics>,
+    transcode: Option<Arc<crate::plugins::grpc_transcode::Transcoder>>,
 }
 
 /// What the metrics and the access log learn about a request while it is handled.
@@ -431,9 +433,8 @@ impl Proxy {
         exchange.route = Some(route.id.clone());
         if route.plugins.is_empty() {
             exchange.request_id = Some(ensure_request_id(&mut parts.headers));
-            let body = LimitedBody::new(body, None).metered(route.metrics.clone());
             return self
-                .forward(peer, parts, body, &route, None, exchange)
+                .call_upstream(peer, parts, body, None, &route, None, exchange)
                 .await
                 .unwrap_or_else(|e| e.into_response().map(Either::Right));
         }
@@ -454,9 +455,16 @@ impl Proxy {
                 let upstream_host = ctx.upstream_host.take();
                 exchange.consumer = ctx.consumer_name.clone();
                 ctx.upstream_called = true;
-                let body = LimitedBody::new(body, ctx.max_body_size).metered(route.metrics.clone());
-                self.forward(peer, parts, body, &route, upstream_host, exchange)
-                    .await
+                self.call_upstream(
+                    peer,
+                    parts,
+                    body,
+                    ctx.max_body_size,
+                    &route,
+                    upstream_host,
+                    exchange,
+                )
+                .await
             }
         };
         let (mut head, body) = result
@@ -540,14 +548,47 @@ impl Proxy {
             timeouts: route.timeouts,
             plugins: route.plugins.clone(),
             metrics: route.metrics.clone(),
+            transcode: route.transcode.clone(),
         })
+    }
+
+    /// The upstream call: the request as it is, or transcoded to gRPC (`grpc-transcode`).
+    #[allow(clippy::too_many_arguments)]
+    async fn call_upstream(
+        &self,
+        client_addr: SocketAddr,
+        parts: http::request::Parts,
+        body: Incoming,
+        max_body_size: Option<u64>,
+        route: &MatchedRoute,
+        upstream_host: Option<HeaderValue>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if let Some(t) = &route.transcode {
+            return self
+                .forward_transcoded(
+                    client_addr,
+                    parts,
+                    body,
+                    max_body_size,
+                    route,
+                    t,
+                    upstream_host,
+                    exchange,
+                )
+                .await;
+        }
+        let body =
+            LimitedBody::new(Either::Left(body), max_body_size).metered(route.metrics.clone());
+        self.forward(client_addr, parts, body, route, upstream_host, exchange)
+            .await
     }
 
     async fn forward(
         &self,
         client_addr: SocketAddr,
         mut parts: http::request::Parts,
-        body: LimitedBody<Incoming>,
+        body: LimitedBody<RequestBody>,
         route: &MatchedRoute,
         // A plugin's choice of upstream `Host` (proxy-rewrite's `host`): wins over `pass_host`.
         upstream_host: Option<HeaderValue>,
@@ -569,7 +610,8 @@ impl Proxy {
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
-        let grpc = upstream.scheme.is_grpc();
+        // A transcoded call is gRPC whatever the upstream's scheme says.
+        let grpc = route.transcode.is_some() || upstream.scheme.is_grpc();
         // WebSocket and other HTTP/1.1 upgrades (not to gRPC upstreams, which speak HTTP/2).
         let upgrade = if grpc {
             None

@@ -311,15 +311,18 @@ pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 's
     false
 }
 
+/// A request body: the client's, streamed, or one the gateway made (`grpc-transcode`).
+pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+
 /// The request body sent upstream: the client's (size-limited) or none (a retry of a request
 /// without body), noting progress for the send timeout.
 pub struct SendBody {
-    inner: Option<LimitedBody<Incoming>>,
+    inner: Option<LimitedBody<RequestBody>>,
     progress: Arc<Progress>,
 }
 
 impl SendBody {
-    pub fn new(inner: Option<LimitedBody<Incoming>>, progress: Arc<Progress>) -> SendBody {
+    pub fn new(inner: Option<LimitedBody<RequestBody>>, progress: Arc<Progress>) -> SendBody {
         SendBody { inner, progress }
     }
 }
@@ -404,6 +407,13 @@ impl Drop for CallGuard {
     }
 }
 
+/// Rewrites a response body as it streams (grpc-transcode: a server stream → NDJSON). Data
+/// frames become the returned bytes (nothing yet: empty); trailers become a last data frame.
+pub trait FrameMap: Send + Sync {
+    fn data(&mut self, data: &[u8]) -> Result<Bytes, BoxError>;
+    fn trailers(&mut self, trailers: &http::HeaderMap) -> Bytes;
+}
+
 /// The upstream's response body: cut when no chunk arrives for `read`; holds the call's place in
 /// the in-flight counts until it ends.
 pub struct UpstreamBody {
@@ -412,8 +422,10 @@ pub struct UpstreamBody {
     /// Created the first time the body has to wait.
     timer: Option<Pin<Box<Sleep>>>,
     guard: Option<CallGuard>,
-    /// Sees the chunks as they pass (`proxy-cache`).
+    /// Sees the chunks as they pass, after `map` (`proxy-cache`).
     tap: Option<Box<dyn BodyTap>>,
+    /// Rewrites the frames (`grpc-transcode`).
+    map: Option<Box<dyn FrameMap>>,
 }
 
 impl UpstreamBody {
@@ -424,6 +436,7 @@ impl UpstreamBody {
             timer: None,
             guard: Some(guard),
             tap: None,
+            map: None,
         }
     }
 
@@ -434,6 +447,12 @@ impl UpstreamBody {
         } else {
             self.tap = Some(tap);
         }
+    }
+
+    /// The same body, rewritten by `map` frame by frame.
+    pub fn mapped(mut self, map: Box<dyn FrameMap>) -> UpstreamBody {
+        self.map = Some(map);
+        self
     }
 }
 
@@ -458,6 +477,29 @@ impl Body for UpstreamBody {
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + this.read);
                 }
+                let r: Result<Frame<Bytes>, BoxError> = match this.map.as_mut() {
+                    None => r.map_err(Into::into),
+                    Some(map) => match r {
+                        Err(e) => Err(e.into()),
+                        Ok(frame) => match frame.into_data() {
+                            Ok(data) => map.data(&data).map(Frame::data),
+                            Err(frame) => Ok(Frame::data(
+                                frame
+                                    .trailers_ref()
+                                    .map(|t| map.trailers(t))
+                                    .unwrap_or_default(),
+                            )),
+                        },
+                    },
+                };
+                // A map with nothing to send yet: ask for more now (no empty frames).
+                if this.map.is_some()
+                    && r.as_ref()
+                        .is_ok_and(|f| f.data_ref().is_some_and(|d| d.is_empty()))
+                {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 match &r {
                     Ok(frame) => {
                         if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref())
@@ -476,7 +518,7 @@ impl Body for UpstreamBody {
                 {
                     tap.end();
                 }
-                Poll::Ready(Some(r.map_err(Into::into)))
+                Poll::Ready(Some(r))
             }
             Poll::Pending => {
                 let read = this.read;
@@ -500,6 +542,9 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.map.is_some() {
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }

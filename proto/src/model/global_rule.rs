@@ -44,6 +44,14 @@ impl GlobalRuleConfig {
                 "a global rule needs at least one plugin",
             ));
         }
+        if self.plugins.contains_key("grpc-transcode") {
+            // One gRPC method for every route makes no sense, and a global rule holds no
+            // references (a proto could not be kept from deletion under it).
+            return Err(ValidationError::new(
+                "plugins.grpc-transcode",
+                "grpc-transcode belongs on a route or a service, not a global rule",
+            ));
+        }
         validate_plugins(&self.plugins).map_err(|e| e.under("plugins"))
     }
 }

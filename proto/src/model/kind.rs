@@ -5,6 +5,9 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKind {
     Upstreams,
+    /// Protobuf definitions for `grpc-transcode`. References nothing; routes and services
+    /// reference them (`plugins.grpc-transcode.proto_id`).
+    Protos,
     Services,
     Routes,
     /// Plugins run on every route; named `global_rules` as in APISIX. References nothing.
@@ -25,8 +28,9 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind, in dependency order: a kind only references kinds before it.
-    pub const ALL: [ResourceKind; 9] = [
+    pub const ALL: [ResourceKind; 10] = [
         ResourceKind::Upstreams,
+        ResourceKind::Protos,
         ResourceKind::Services,
         ResourceKind::Routes,
         ResourceKind::GlobalRules,
@@ -40,6 +44,7 @@ impl ResourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Upstreams => "upstreams",
+            ResourceKind::Protos => "protos",
             ResourceKind::Services => "services",
             ResourceKind::Routes => "routes",
             ResourceKind::GlobalRules => "global_rules",

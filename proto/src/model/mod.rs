@@ -8,6 +8,7 @@ mod error;
 mod global_rule;
 mod kind;
 pub mod plugins;
+pub mod protos;
 mod revocation;
 mod route;
 pub mod secrets;
@@ -27,6 +28,7 @@ pub use consumer::{CREDENTIAL_PLUGINS, ConsumerConfig, ConsumerGroupConfig, Cred
 pub use error::{Result, ValidationError};
 pub use global_rule::GlobalRuleConfig;
 pub use kind::{Reference, ResourceKind, UnknownKind};
+pub use protos::ProtoConfig;
 pub use revocation::{RevocationConfig, RevocationType};
 pub use route::RouteConfig;
 pub use service::ServiceConfig;
@@ -40,6 +42,7 @@ pub use upstream::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Upstream(UpstreamConfig),
+    Proto(ProtoConfig),
     Service(ServiceConfig),
     Route(RouteConfig),
     GlobalRule(GlobalRuleConfig),
@@ -55,6 +58,12 @@ impl Resource {
     pub fn parse(kind: ResourceKind, body: &Value) -> Result<Resource> {
         let r = match kind {
             ResourceKind::Upstreams => Resource::Upstream(decode::<UpstreamConfig>(body)?),
+            ResourceKind::Protos => {
+                // Compiled here, once: the descriptors travel with the parsed resource.
+                let mut p = decode::<ProtoConfig>(body)?;
+                p.compile()?;
+                Resource::Proto(p)
+            }
             ResourceKind::Services => Resource::Service(decode::<ServiceConfig>(body)?),
             ResourceKind::Routes => Resource::Route(decode::<RouteConfig>(body)?),
             ResourceKind::GlobalRules => Resource::GlobalRule(decode::<GlobalRuleConfig>(body)?),
@@ -68,6 +77,7 @@ impl Resource {
         };
         match &r {
             Resource::Upstream(u) => u.validate()?,
+            Resource::Proto(_) => {}
             Resource::Service(s) => s.validate()?,
             Resource::Route(rt) => rt.validate()?,
             Resource::GlobalRule(g) => g.validate()?,
@@ -84,6 +94,7 @@ impl Resource {
     pub fn references(&self) -> Vec<Reference<'_>> {
         match self {
             Resource::Upstream(_)
+            | Resource::Proto(_)
             | Resource::GlobalRule(_)
             | Resource::ConsumerGroup(_)
             | Resource::Revocation(_)
@@ -136,6 +147,8 @@ fn unknown_field_name(message: &str) -> Option<&str> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigSet {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Compiled (see [`ProtoConfig::pool`]).
+    pub protos: BTreeMap<String, ProtoConfig>,
     pub services: BTreeMap<String, ServiceConfig>,
     pub routes: BTreeMap<String, RouteConfig>,
     /// By id: their plugins are merged in this order, before a route's service's and its own.
@@ -155,6 +168,9 @@ impl ConfigSet {
         match resource {
             Resource::Upstream(u) => {
                 self.upstreams.insert(id, u);
+            }
+            Resource::Proto(p) => {
+                self.protos.insert(id, p);
             }
             Resource::Service(s) => {
                 self.services.insert(id, s);
@@ -188,6 +204,7 @@ impl ConfigSet {
     pub fn check_references(&self) -> Result<()> {
         let exists = |kind: ResourceKind, id: &str| match kind {
             ResourceKind::Upstreams => self.upstreams.contains_key(id),
+            ResourceKind::Protos => self.protos.contains_key(id),
             ResourceKind::Services => self.services.contains_key(id),
             ResourceKind::Routes => self.routes.contains_key(id),
             ResourceKind::GlobalRules => self.global_rules.contains_key(id),
@@ -225,7 +242,48 @@ impl ConfigSet {
                 }
             }
         }
-        self.check_credentials()
+        self.check_credentials()?;
+        self.check_transcodes()
+    }
+
+    /// Every `grpc-transcode` (on a route or a service) names a unary method its proto has.
+    pub fn check_transcodes(&self) -> Result<()> {
+        let services = self
+            .services
+            .iter()
+            .map(|(id, s)| (ResourceKind::Services, id, &s.plugins));
+        let routes = self
+            .routes
+            .iter()
+            .map(|(id, r)| (ResourceKind::Routes, id, &r.plugins));
+        for (kind, id, plugins) in services.chain(routes) {
+            let Some(config) = plugins.get("grpc-transcode") else {
+                continue;
+            };
+            let at = format!("{kind}/{id}.plugins.grpc-transcode");
+            let config = plugins::parse::<plugins::grpc_transcode::GrpcTranscodeConfig>(config)
+                .map_err(|e| e.under(&at))?;
+            let pool = self
+                .protos
+                .get(&config.proto_id)
+                .and_then(ProtoConfig::pool)
+                .ok_or_else(|| {
+                    ValidationError::new(
+                        format!("{at}.proto_id"),
+                        format!(
+                            "references protos '{}' which does not exist",
+                            config.proto_id
+                        ),
+                    )
+                })?;
+            protos::find_method(pool, &config.service, &config.method).map_err(|e| {
+                ValidationError::new(
+                    format!("{at}.{}", e.field),
+                    format!("{} (protos/{})", e.message, config.proto_id),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// A credential (jwt-auth key, key-auth key) belongs to one consumer only: otherwise which

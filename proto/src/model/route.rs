@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::error::{Result, ValidationError};
 use super::kind::{Reference, ResourceKind};
-use super::plugins::validate_plugins;
+use super::plugins::{plugin_references, validate_plugins};
 use super::upstream::{Timeout, UpstreamConfig};
 use super::validate::{check_host_pattern, check_id, check_method, check_text, check_uri};
 use super::vars::parse_vars;
@@ -155,7 +155,10 @@ impl RouteConfig {
             kind: ResourceKind::Services,
             id,
         });
-        upstream.into_iter().chain(service)
+        upstream
+            .into_iter()
+            .chain(service)
+            .chain(plugin_references(&self.plugins))
     }
 
     /// Every path this route matches on (`uri` or `uris`).

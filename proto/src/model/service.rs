@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::error::{Result, ValidationError};
 use super::kind::{Reference, ResourceKind};
-use super::plugins::validate_plugins;
+use super::plugins::{plugin_references, validate_plugins};
 use super::upstream::UpstreamConfig;
 use super::validate::{check_host_pattern, check_id, check_text};
 
@@ -69,6 +69,6 @@ impl ServiceConfig {
             kind: ResourceKind::Upstreams,
             id,
         });
-        upstream.into_iter()
+        upstream.into_iter().chain(plugin_references(&self.plugins))
     }
 }

@@ -1,5 +1,5 @@
 //! APISIX standalone (`apisix.yaml`) → Postern. The resource shapes are APISIX's already, so
-//! routes, services, upstreams, global rules and consumers carry over by id; `plugin_configs`
+//! routes, services, upstreams, protos, global rules and consumers carry over by id; `plugin_configs`
 //! are inlined into the routes that use them (Postern has no such kind).
 
 use anyhow::bail;
@@ -7,8 +7,9 @@ use serde_json::{Map, Value};
 
 use super::{Imported, Out};
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "upstreams",
+    "protos",
     "services",
     "routes",
     "global_rules",
@@ -90,6 +91,13 @@ pub fn import(input: &Value) -> anyhow::Result<Imported> {
                     ),
                 }
             }
+            if let Some(Value::Object(plugins)) = obj.get_mut("plugins")
+                && let Some(Value::Object(gt)) = plugins.get_mut("grpc-transcode")
+                && let Some(Value::Number(n)) = gt.get("proto_id")
+            {
+                let s = n.to_string();
+                gt.insert("proto_id".into(), Value::String(s));
+            }
             out.push(kind, Value::Object(obj));
         }
     }
@@ -153,6 +161,9 @@ plugin_configs:
 ssls:
   - id: 1
     cert: x
+protos:
+  - id: 7
+    content: 'syntax = "proto3";'
 plugins:
   - name: cors
 #END
@@ -164,6 +175,7 @@ plugins:
             got.doc,
             json!({"postern_backup": 1, "resources": {
                 "upstreams": [{"id": "1", "nodes": {"127.0.0.1:1980": 1}, "type": "roundrobin"}],
+                "protos": [{"id": "7", "content": "syntax = \"proto3\";"}],
                 "services": [{"id": "s1", "upstream_id": "1"}],
                 "routes": [{"id": "1", "uri": "/hello", "upstream_id": "1", "plugins": {
                     "cors": {"allow_origins": "https://a.example"},

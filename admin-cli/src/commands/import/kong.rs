@@ -819,6 +819,7 @@ mod tests {
             got.doc,
             json!({"postern_backup": 1, "resources": {
                 "upstreams": [{"id": "user-service", "nodes": {"user-service:8080": 1}, "pass_host": "node"}],
+                "protos": [],
                 "services": [{"id": "user-service", "name": "user-service", "upstream_id": "user-service", "plugins": {
                     "rate-limiting": {
                         "minute": 100, "hour": 1000, "policy": "redis",

@@ -6,6 +6,7 @@ pub mod api_breaker;
 pub mod client_control;
 pub mod consumer_restriction;
 pub mod cors;
+pub mod grpc_transcode;
 pub mod header_ops;
 pub mod jwt_auth;
 pub mod key_auth;
@@ -153,11 +154,33 @@ pub const PLUGINS: &[PluginSpec] = &[
         validate: check::<response_rewrite::ResponseRewriteConfig>,
     },
     PluginSpec {
+        name: "grpc-transcode",
+        priority: 506,
+        validate: check::<grpc_transcode::GrpcTranscodeConfig>,
+    },
+    PluginSpec {
         name: "prometheus",
         priority: 500,
         validate: check::<prometheus::PrometheusConfig>,
     },
 ];
+
+/// The resources a plugin map names by id: `grpc-transcode`'s `proto_id`. Read from the raw
+/// config (validated before this is asked).
+pub fn plugin_references(
+    plugins: &BTreeMap<String, Value>,
+) -> impl Iterator<Item = super::Reference<'_>> {
+    plugins
+        .get("grpc-transcode")
+        .and_then(|c| c.get("proto_id"))
+        .and_then(Value::as_str)
+        .map(|id| super::Reference {
+            field: "plugins.grpc-transcode.proto_id",
+            kind: super::ResourceKind::Protos,
+            id,
+        })
+        .into_iter()
+}
 
 pub fn find_plugin(name: &str) -> Option<&'static PluginSpec> {
     PLUGINS.iter().find(|p| p.name == name)
