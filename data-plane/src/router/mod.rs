@@ -51,16 +51,17 @@
 //! a request looks at one group (a hash lookup on its segment count and one on its first
 //! segment) and scans only the patterns in it, never all parameterised routes. Within a path,
 //! candidates are scanned in order; paths shared by many routes (e.g. thousands of virtual hosts
-//! on `/*`) get a per-host index so that case stays flat too. Regular expressions are compiled
-//! into one `RegexSet`: one pass over the path finds every pattern that matches, however many
-//! there are (the pass costs more than a hash lookup, so prefer plain paths where they do).
+//! on `/*`) get a per-host index so that case stays flat too. Regular expressions are indexed
+//! by their literal prefix (`~/api/v\d+` by `/api/v`) in a radix tree like the prefixes': a
+//! request walks it once along its path and runs only the patterns whose literal prefix it
+//! starts with (plus those without one, e.g. `~(?i)/x` or `~/a|/b`, which every request runs).
 
 use std::collections::HashMap;
 use std::fmt;
 
 use http::Method;
 use postern_proto::model::validate::{
-    REGEX_SIZE_LIMIT, check_host_pattern, check_uri, uri_has_params, uri_regex,
+    check_host_pattern, check_uri, compile_uri_regex, uri_has_params, uri_regex,
 };
 
 #[cfg(test)]
@@ -92,13 +93,7 @@ pub enum RouterError {
     },
     #[error("too many routes: {count} (at most {MAX_ROUTES})")]
     TooManyRoutes { count: usize },
-    #[error("the routes' regular expressions together are too large: {0}")]
-    RegexSet(String),
 }
-
-/// Compiled-size cap for all `~` paths of a snapshot together (each is capped on its own at
-/// write time).
-const REGEX_SET_SIZE_LIMIT: usize = 64 * REGEX_SIZE_LIMIT;
 
 /// Route indexes are stored as `u32` to keep buckets compact.
 pub const MAX_ROUTES: usize = u32::MAX as usize / 4;
@@ -123,11 +118,15 @@ pub struct Router {
     regexes: Option<RegexIndex>,
 }
 
-/// Regular-expression paths: one set tried in one pass; `buckets[k]` holds the routes of the
-/// set's pattern `k`, patterns in precedence order.
+/// Regular-expression paths.
 struct RegexIndex {
-    set: regex::RegexSet,
-    buckets: Box<[u32]>,
+    /// In precedence order: the compiled pattern (anchored at the start) and its routes' bucket.
+    patterns: Box<[(regex::Regex, u32)]>,
+    /// Radix tree of the patterns' literal prefixes (node 0: the empty prefix); a node's
+    /// `bucket` indexes `lists`.
+    nodes: Vec<Node>,
+    /// Positions in `patterns`, ascending, of the patterns sharing one literal prefix.
+    lists: Vec<Vec<u32>>,
 }
 
 impl fmt::Debug for Router {
@@ -139,7 +138,7 @@ impl fmt::Debug for Router {
             .field("param_paths", &self.params.patterns.len())
             .field(
                 "regex_paths",
-                &self.regexes.as_ref().map_or(0, |r| r.buckets.len()),
+                &self.regexes.as_ref().map_or(0, |r| r.patterns.len()),
             )
             .finish()
     }
@@ -459,13 +458,15 @@ impl Router {
             return Some(i);
         }
         if let Some(rx) = &self.regexes {
-            let found = rx
-                .set
-                .matches(path)
-                .iter()
-                .find_map(|k| self.bucket_find(rx.buckets.get(k).copied()?, &req, accept));
-            if found.is_some() {
-                return found;
+            for k in rx.candidates(path) {
+                let Some((regex, bucket)) = rx.patterns.get(k as usize) else {
+                    continue;
+                };
+                if regex.is_match(path)
+                    && let Some(i) = self.bucket_find(*bucket, &req, accept)
+                {
+                    return Some(i);
+                }
             }
         }
         let mut next = self.deepest_prefix(path.as_bytes());
@@ -499,25 +500,31 @@ impl Router {
 
     /// The deepest tree node with a bucket whose prefix starts `path`.
     fn deepest_prefix(&self, path: &[u8]) -> Option<u32> {
-        let mut deepest = None;
-        let mut id = 0u32;
-        let mut rest = path;
-        while let Some(node) = self.nodes.get(id as usize) {
-            if node.bucket.is_some() {
-                deepest = Some(id);
-            }
-            let Some(child) = rest.first().and_then(|&b| node.child(b)) else {
-                break;
-            };
-            let label = match self.nodes.get(child as usize) {
-                Some(c) if rest.starts_with(&c.label) => &c.label,
-                _ => break,
-            };
-            rest = &rest[label.len()..];
-            id = child;
-        }
-        deepest
+        deepest(&self.nodes, path)
     }
+}
+
+/// The deepest node of a radix tree (`nodes[0]` its root) with a bucket whose key starts
+/// `path`; its `up` links lead to the shorter ones.
+fn deepest(nodes: &[Node], path: &[u8]) -> Option<u32> {
+    let mut deepest = None;
+    let mut id = 0u32;
+    let mut rest = path;
+    while let Some(node) = nodes.get(id as usize) {
+        if node.bucket.is_some() {
+            deepest = Some(id);
+        }
+        let Some(child) = rest.first().and_then(|&b| node.child(b)) else {
+            break;
+        };
+        let label = match nodes.get(child as usize) {
+            Some(c) if rest.starts_with(&c.label) => &c.label,
+            _ => break,
+        };
+        rest = &rest[label.len()..];
+        id = child;
+    }
+    deepest
 }
 
 /// One segment of a parameterised path.
@@ -581,16 +588,72 @@ impl RegexIndex {
                 .then(pb.len().cmp(&pa.len()))
                 .then(pa.cmp(pb))
         });
-        let patterns: Vec<String> = paths
-            .iter()
-            .map(|(p, _)| format!("^(?:{})", uri_regex(p).unwrap_or_default()))
-            .collect();
-        let set = regex::RegexSetBuilder::new(&patterns)
-            .size_limit(REGEX_SET_SIZE_LIMIT)
-            .build()
-            .map_err(|e| RouterError::RegexSet(e.to_string()))?;
-        let buckets = paths.into_iter().map(|(_, entries)| add(entries)).collect();
-        Ok(Some(RegexIndex { set, buckets }))
+        let mut patterns = Vec::with_capacity(paths.len());
+        let mut by_literal: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (k, (p, entries)) in (0u32..).zip(paths) {
+            let source = uri_regex(p).unwrap_or_default();
+            let regex = compile_uri_regex(source).map_err(|e| {
+                let index = entries.first().map_or(0, |e| e.route as usize);
+                RouterError::InvalidRoute {
+                    index,
+                    id: specs.get(index).map(|s| s.id.clone()).unwrap_or_default(),
+                    reason: format!("path '{p}': invalid regular expression: {e}"),
+                }
+            })?;
+            patterns.push((regex, add(entries)));
+            by_literal
+                .entry(literal_prefix(source))
+                .or_default()
+                .push(k);
+        }
+        let mut nodes = vec![Node::new(b"", None)];
+        let mut lists = Vec::with_capacity(by_literal.len());
+        for (literal, list) in by_literal {
+            lists.push(list);
+            insert(&mut nodes, literal.as_bytes(), (lists.len() - 1) as u32);
+        }
+        link(&mut nodes);
+        Ok(Some(RegexIndex {
+            patterns: patterns.into_boxed_slice(),
+            nodes,
+            lists,
+        }))
+    }
+
+    /// The patterns `path` may match (those whose literal prefix it starts with), in
+    /// precedence order.
+    fn candidates(&self, path: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut next = deepest(&self.nodes, path.as_bytes());
+        while let Some(n) = next.and_then(|n| self.nodes.get(n as usize)) {
+            if let Some(list) = n.bucket.and_then(|b| self.lists.get(b as usize)) {
+                out.extend_from_slice(list);
+            }
+            next = n.up;
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// The text every match of `pattern` (anchored at the start) begins with: its leading
+/// characters up to the first regex syntax, less the last one if a quantifier follows it. Empty
+/// when the pattern has an alternation anywhere (its branches need not share a prefix).
+fn literal_prefix(pattern: &str) -> &str {
+    const SYNTAX: &str = "\\.+*?()[]{}^$|#";
+    if pattern.contains('|') {
+        return "";
+    }
+    let end = pattern
+        .find(|c: char| SYNTAX.contains(c) || c.is_whitespace())
+        .unwrap_or(pattern.len());
+    let literal = &pattern[..end];
+    match pattern[end..].chars().next() {
+        Some('?' | '*' | '{' | '+') => {
+            let cut = literal.char_indices().last().map_or(0, |(i, _)| i);
+            &literal[..cut]
+        }
+        _ => literal,
     }
 }
 

@@ -826,3 +826,49 @@ fn a_bad_regex_path_names_the_route() {
         "{err}"
     );
 }
+
+#[test]
+fn regex_literal_prefixes() {
+    for (pattern, literal) in [
+        (r"/api/v\d+/users$", "/api/v"),
+        ("/exact", "/exact"),
+        ("/files/a?b", "/files/"),
+        ("/x*", "/"),
+        ("/ab{2}", "/a"),
+        ("/a.c", "/a"),
+        ("(?i)/api", ""),
+        ("/a|/b", ""),
+        ("/caf\u{e9}s?", "/caf\u{e9}"),
+        (r"\/escaped", ""),
+    ] {
+        assert_eq!(literal_prefix(pattern), literal, "{pattern}");
+    }
+}
+
+#[test]
+fn many_regex_paths_cost_what_their_literal_prefixes_select() {
+    // 2,000 regex routes plus a catch-all one without a literal prefix; every request is
+    // answered by the right one, and a lookup runs only the few patterns sharing its prefix.
+    let mut routes: Vec<RouteSpec> = (0..2000)
+        .map(|i| path(&format!("re{i}"), &[&format!(r"~/svc{i}/v\d+/")]))
+        .collect();
+    routes.push(path("anything-json", &[r"~(?i)/.*\.JSON$"]));
+    let router = Router::build(&routes).expect("compiles");
+    let id = |p: &str| {
+        router
+            .find(&Method::GET, None, p)
+            .map(|i| routes[i].id.as_str())
+    };
+    assert_eq!(id("/svc7/v2/x"), Some("re7"));
+    assert_eq!(id("/svc1999/v10/"), Some("re1999"));
+    assert_eq!(id("/svc7/vx/"), None);
+    assert_eq!(id("/data/report.json"), Some("anything-json"));
+    // Both match; the longer pattern ranks first.
+    assert_eq!(id("/svc7/v2/x.json"), Some("anything-json"));
+    let rx = router.regexes.as_ref().expect("regex index");
+    assert!(
+        rx.candidates("/svc7/v2/x").len() <= 3,
+        "{:?}",
+        rx.candidates("/svc7/v2/x")
+    );
+}
