@@ -126,7 +126,11 @@ fn main() {
         let started = Instant::now();
         for k in 0..lookups {
             let (path, host) = &requests[k % 20.min(n)];
-            black_box(config.router.find(&Method::GET, host.as_deref(), black_box(path)));
+            black_box(
+                config
+                    .router
+                    .find(&Method::GET, host.as_deref(), black_box(path)),
+            );
         }
         let hot = per_op(started.elapsed(), lookups);
         let misses = ["/nowhere", "/svc1/unknown/deep/path", "/svc/x"];

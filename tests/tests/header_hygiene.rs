@@ -4,8 +4,14 @@ use postern_tests::*;
 use serde_json::json;
 
 async fn gateway() -> (tempfile::TempDir, ControlPlane, std::net::SocketAddr) {
+    gateway_to(upstream("backend").await).await
+}
+
+/// A dev control plane whose proxy sends everything (`/*`) to `backend`.
+async fn gateway_to(
+    backend: std::net::SocketAddr,
+) -> (tempfile::TempDir, ControlPlane, std::net::SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
-    let backend = upstream("backend").await;
     let cp = ControlPlane::start_dev(dir.path()).await;
     let rev = cp
         .client()
@@ -156,18 +162,8 @@ async fn recording_upstream() -> (
 
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused_and_the_connection_closed() {
-    let dir = tempfile::tempdir().unwrap();
     let (backend, seen) = recording_upstream().await;
-    let cp = ControlPlane::start_dev(dir.path()).await;
-    let rev = cp
-        .client()
-        .put_ok(
-            "/admin/routes/all",
-            json!({"uri": "/*", "upstream": {"nodes": {backend.to_string(): 1}}}),
-        )
-        .await;
-    wait_applied(cp.status.unwrap(), rev).await;
-    let proxy = cp.proxy.unwrap();
+    let (_dir, _cp, proxy) = gateway_to(backend).await;
 
     // A body that one reading ends early, hiding a second request; a third request pipelined
     // behind. Both header orders, after an ordinary keepalive request on the same connection.
