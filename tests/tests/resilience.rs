@@ -1091,3 +1091,27 @@ async fn chash_on_consumer_sticks_each_consumer_to_a_node() {
     }
     assert!(seen.len() > 1, "every consumer on one node: {seen:?}");
 }
+
+/// A node given as a host name is resolved by the connector (each new connection), falling
+/// back over the name's addresses: `localhost` works whether it lists `::1` (nothing listens
+/// there) before `127.0.0.1` or not.
+#[tokio::test]
+async fn a_node_given_by_name_is_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = upstream("by name").await;
+    let cp = dev_gateway(dir.path()).await;
+    apply(
+        &cp,
+        &[(
+            "/admin/routes/named",
+            json!({"uri": "/named", "upstream": {
+                "nodes": {format!("localhost:{}", backend.port()): 1}}}),
+        )],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let a = call(&client, &format!("http://{}/named", cp.proxy.unwrap()), &[]).await;
+        assert_eq!((a.status, a.body.as_str()), (200, "by name"));
+    }
+}

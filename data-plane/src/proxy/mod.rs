@@ -4,6 +4,7 @@
 //! (`upstream_call`), takes a place in the upstream's bulkhead, skips unhealthy nodes, reports
 //! its outcome to passive health checks and retries on another node when that is safe.
 
+mod dns;
 mod error;
 mod framing;
 pub mod headers;

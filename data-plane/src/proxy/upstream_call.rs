@@ -31,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use super::dns::RotatingResolver;
 use super::limited_body::LimitedBody;
 use super::upstream_tls::UpstreamTlsSettings;
 use crate::compile::{Timeouts, Upstream};
@@ -118,16 +119,17 @@ pub async fn with_call<F: Future>(
 }
 
 /// `HttpConnector` with the calling request's connect timeout, and TLS on top for an upstream
-/// that has it (one connector, and so one pool, per such upstream).
+/// that has it (one connector, and so one pool, per such upstream). Names are resolved for each
+/// new connection, addresses rotated (see `dns`).
 #[derive(Clone)]
 pub struct TimedConnector {
-    inner: HttpConnector,
+    inner: HttpConnector<RotatingResolver>,
     tls: Option<UpstreamTlsSettings>,
 }
 
 impl TimedConnector {
     pub fn new() -> TimedConnector {
-        let mut inner = HttpConnector::new();
+        let mut inner = HttpConnector::new_with_resolver(RotatingResolver);
         inner.set_nodelay(true);
         inner.set_connect_timeout(Some(CONNECT_TIMEOUT_CAP));
         TimedConnector { inner, tls: None }
