@@ -254,6 +254,13 @@ pub struct Upstream {
     pub retry_timeout: Option<Duration>,
     /// Bulkhead: most requests in flight to this upstream; `None`: no limit.
     pub max_concurrent: Option<u32>,
+    /// Requests that may wait for a place beyond `max_concurrent`, and for how long.
+    pub max_queue: u32,
+    pub queue_timeout: Duration,
+    /// Waiting now.
+    pub queued: std::sync::atomic::AtomicU32,
+    /// Signalled when a request leaves (for the queue).
+    pub slot_freed: tokio::sync::Notify,
     /// This upstream's own client (pool) and its requests-per-connection cap, for a
     /// `keepalive_pool` or TLS to the nodes; `None`: the proxy's shared pool.
     pub pool: Option<(crate::proxy::UpstreamClient, u32)>,
@@ -433,6 +440,10 @@ impl Upstream {
                 .filter(|&t| t > 0.0)
                 .map(Duration::from_secs_f64),
             max_concurrent: cfg.max_concurrent,
+            max_queue: cfg.max_queue.unwrap_or(0),
+            queue_timeout: Duration::from_secs_f64(cfg.queue_timeout.unwrap_or(1.0)),
+            queued: std::sync::atomic::AtomicU32::new(0),
+            slot_freed: tokio::sync::Notify::new(),
             pool: own_client(cfg)?,
             in_flight: std::sync::atomic::AtomicU32::new(0),
             _checker: checker,

@@ -1115,3 +1115,85 @@ async fn a_node_given_by_name_is_resolved() {
         assert_eq!((a.status, a.body.as_str()), (200, "by name"));
     }
 }
+
+/// `max_queue`: over `max_concurrent`, up to `max_queue` requests wait (at most
+/// `queue_timeout`) for a place instead of a 503 at once; beyond the queue, 503 at once.
+#[tokio::test]
+async fn a_bulkhead_queue_waits_a_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Backend::start().await;
+    slow.knobs.delay_ms.store(400, Ordering::SeqCst);
+    let cp = dev_gateway(dir.path()).await;
+    apply(
+        &cp,
+        &[
+            (
+                "/admin/routes/queued",
+                json!({"uri": "/queued", "upstream": {"nodes": {slow.addr.to_string(): 1},
+                    "max_concurrent": 1, "max_queue": 1, "queue_timeout": 2}}),
+            ),
+            (
+                "/admin/routes/short-queue",
+                json!({"uri": "/short-queue", "upstream": {"nodes": {slow.addr.to_string(): 1},
+                    "max_concurrent": 1, "max_queue": 5, "queue_timeout": 0.1}}),
+            ),
+        ],
+    )
+    .await;
+    let proxy = cp.proxy.unwrap();
+    let client = reqwest::Client::new();
+    let run = |path: &'static str, n: usize| {
+        let client = client.clone();
+        async move {
+            let mut calls = Vec::new();
+            for i in 0..n {
+                let (c, u) = (client.clone(), format!("http://{proxy}{path}"));
+                calls.push(tokio::spawn(async move {
+                    // The first one takes the place, the next one the queue.
+                    tokio::time::sleep(Duration::from_millis(100 * i as u64)).await;
+                    call(&c, &u, &[]).await
+                }));
+            }
+            let mut out = Vec::new();
+            for c in calls {
+                out.push(c.await.unwrap());
+            }
+            out
+        }
+    };
+    // One in flight, one waiting (and served after ~400 ms), the third refused at once.
+    let answers = run("/queued", 3).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 200, 503], "{statuses:?}");
+    assert!(
+        answers[1].took >= Duration::from_millis(250),
+        "{:?}",
+        answers[1].took
+    );
+    assert!(
+        answers[2].took < Duration::from_millis(200),
+        "{:?}",
+        answers[2].took
+    );
+    // A queue wait longer than queue_timeout ends in 503 after it.
+    let answers = run("/short-queue", 2).await;
+    assert_eq!((answers[0].status, answers[1].status), (200, 503));
+    assert!(
+        answers[1].took >= Duration::from_millis(90)
+            && answers[1].took < Duration::from_millis(1000),
+        "{:?}",
+        answers[1].took
+    );
+
+    let (status, body) = cp
+        .client()
+        .request(
+            reqwest::Method::PUT,
+            "/admin/upstreams/bad",
+            Some(r#"{"nodes": {"127.0.0.1:1": 1}, "max_queue": 3}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("max_queue"), "{body}");
+}

@@ -597,8 +597,10 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = route.upstream.as_ref().ok_or(ProxyError::NoUpstream)?;
         let timeouts = route.timeouts;
-        // Bulkhead: a full upstream answers at once instead of queueing.
-        let mut guard = CallGuard::admit(upstream).ok_or(ProxyError::Overloaded)?;
+        // Bulkhead: a full upstream answers at once, or after a bounded wait with `max_queue`.
+        let mut guard = CallGuard::admit_or_wait(upstream)
+            .await
+            .ok_or(ProxyError::Overloaded)?;
         let hash = upstream.request_hash(&parts, client_addr.ip(), exchange.consumer.as_deref());
 
         let path_and_query = parts

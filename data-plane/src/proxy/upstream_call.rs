@@ -386,6 +386,34 @@ impl CallGuard {
         })
     }
 
+    /// Like [`CallGuard::admit`], but a full upstream with `max_queue` lets the request wait
+    /// up to `queue_timeout` for a place (while fewer than `max_queue` wait). Not strictly
+    /// first come, first served: a place freed goes to whoever takes it first.
+    pub async fn admit_or_wait(upstream: &Arc<Upstream>) -> Option<CallGuard> {
+        if let Some(guard) = Self::admit(upstream) {
+            return Some(guard);
+        }
+        if upstream.queued.fetch_add(1, Ordering::AcqRel) >= upstream.max_queue {
+            upstream.queued.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let deadline = Instant::now() + upstream.queue_timeout;
+        let guard = loop {
+            // Registered before the re-check, so a place freed in between is not missed.
+            let freed = upstream.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(guard) = Self::admit(upstream) {
+                break Some(guard);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break None;
+            }
+        };
+        upstream.queued.fetch_sub(1, Ordering::AcqRel);
+        guard
+    }
+
     /// Moves the node count to `node` (a retry leaves the previous node).
     pub fn on_node(&mut self, node: usize) {
         self.leave_node();
@@ -406,6 +434,9 @@ impl Drop for CallGuard {
     fn drop(&mut self) {
         self.leave_node();
         self.upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.upstream.max_queue > 0 {
+            self.upstream.slot_freed.notify_one();
+        }
     }
 }
 

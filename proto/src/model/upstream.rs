@@ -49,6 +49,13 @@ pub struct UpstreamConfig {
     /// more are answered 503 at once [default: no limit].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Postern extension (with `max_concurrent`): requests that may wait for a place when the
+    /// upstream is full, each at most `queue_timeout`; beyond, 503 at once [default: 0].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
+    /// Seconds a queued request waits for a place before its 503 [default: 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<f64>,
     pub nodes: Nodes,
     /// `http`, `https` (HTTP/1.1 over TLS), `grpc` (HTTP/2 without TLS), `grpcs` (HTTP/2 over
     /// TLS, ALPN h2).
@@ -328,6 +335,20 @@ impl UpstreamConfig {
         }
         if self.max_concurrent == Some(0) {
             return Err(ValidationError::new("max_concurrent", "must be at least 1"));
+        }
+        if self.max_queue.is_some_and(|q| q > 0) && self.max_concurrent.is_none() {
+            return Err(ValidationError::new(
+                "max_queue",
+                "needs max_concurrent (the queue is for requests over it)",
+            ));
+        }
+        if let Some(t) = self.queue_timeout
+            && !(t.is_finite() && t > 0.0 && t <= 60.0)
+        {
+            return Err(ValidationError::new(
+                "queue_timeout",
+                "must be a number of seconds in (0, 60]",
+            ));
         }
         if let Some(tls) = &self.tls {
             if !self.scheme.is_tls() {
