@@ -440,6 +440,44 @@ impl AdminClient {
     }
 }
 
+/// An HTTP/1.1 upstream in the test process whose answers come from `handler`.
+pub async fn serve_upstream<H, Fut, B>(handler: H) -> SocketAddr
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers `slow` after `delay`.
+pub async fn slow_upstream(delay: Duration) -> SocketAddr {
+    serve_upstream(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        hyper::Response::new(Full::new(Bytes::from_static(b"slow")))
+    })
+    .await
+}
+
 /// An HTTP/1.1 upstream in the test process that answers every request with `body` and echoes
 /// a few request details in headers (`x-seen-path`, `x-seen-host`, `x-seen-xff`,
 /// `x-seen-method`, `x-seen-request-id`, `x-seen-traceparent`, and `x-seen-custom`: every `x-custom` value, joined).

@@ -133,30 +133,13 @@ async fn recording_upstream() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    log.lock().unwrap().push(req.uri().path().to_string());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                        ))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serve_upstream(move |req: hyper::Request<hyper::body::Incoming>| {
+        log.lock().unwrap().push(req.uri().path().to_string());
+        async { hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))) }
+    })
+    .await;
     (addr, seen)
 }
 

@@ -5,41 +5,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use postern_tests::*;
 use serde_json::{Value, json};
-
-/// An upstream that answers `slow` after `delay`.
-async fn slow_upstream(delay: Duration) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(
-                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"slow"),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 fn route(uri: &str, node: SocketAddr) -> Value {
     json!({"uri": uri, "upstream": {"nodes": {node.to_string(): 1}}})

@@ -11,9 +11,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use postern_tests::*;
 use serde_json::{Value, json};
 
@@ -514,30 +511,6 @@ async fn redis_that_comes_back_is_used_again_without_a_restart() {
     assert!(cp.log_text().contains("rate limits: Redis answers again"));
 }
 
-/// An upstream that answers after `delay`.
-async fn slow_upstream(delay: Duration) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(
-                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"slow"),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn limit_conn_caps_requests_in_flight_and_releases_slots() {
     let dir = tempfile::tempdir().unwrap();
@@ -918,38 +891,24 @@ async fn limit_count_on_a_redis_cluster() {
 
 /// An upstream that sends its response head at once and the body's last bytes after `delay`.
 async fn slow_body_upstream(delay: Duration) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(
-                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
-                        let (tx, rx) = tokio::sync::mpsc::channel::<
-                            Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-                        >(2);
-                        tokio::spawn(async move {
-                            let _ = tx
-                                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first "))))
-                                .await;
-                            tokio::time::sleep(delay).await;
-                            let _ = tx
-                                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"last"))))
-                                .await;
-                        });
-                        let body = http_body_util::StreamBody::new(
-                            tokio_stream::wrappers::ReceiverStream::new(rx),
-                        );
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_upstream(move |_req| async move {
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+        >(2);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first "))))
+                .await;
+            tokio::time::sleep(delay).await;
+            let _ = tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"last"))))
+                .await;
+        });
+        hyper::Response::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    })
+    .await
 }
 
 #[tokio::test]
