@@ -257,9 +257,17 @@ async fn backup_wipe_restore_is_identical() {
     assert_eq!(after["resources"], before["resources"]);
     let (code, out, _) = run_cli(&cp, &["diff", "--exit-code", file]);
     assert_eq!((code, out.as_str()), (0, ""));
-    // One write of five changes: the revision moved by five, the data plane got the last one.
+    // One write of five changes: one new revision, with a history row per change.
     let rev = after["revision"].as_u64().unwrap();
-    assert_eq!(rev, wiped["revision"].as_u64().unwrap() + 5);
+    assert_eq!(rev, wiped["revision"].as_u64().unwrap() + 1);
+    let (_, history) = cp
+        .client()
+        .get(&format!("/admin/history?after={}", rev - 1))
+        .await
+        .unwrap();
+    let rows = history["list"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "{history}");
+    assert!(rows.iter().all(|r| r["revision"] == rev), "{history}");
     wait_applied(cp.status.unwrap(), rev).await;
     let proxy = cp.proxy.unwrap();
     assert_eq!(
@@ -295,7 +303,7 @@ async fn apply_is_idempotent_and_rollback_restores_exactly() {
     );
     cli_ok(&cp, &["apply", &first]);
     let rev1 = live_config(&cp).await["revision"].as_u64().unwrap();
-    assert_eq!(rev1, 3);
+    assert_eq!(rev1, 1, "one apply, one revision");
     let out = cli_ok(&cp, &["apply", &first]);
     assert_eq!(out.trim(), "no changes");
     assert_eq!(live_config(&cp).await["revision"], rev1);
@@ -310,7 +318,7 @@ async fn apply_is_idempotent_and_rollback_restores_exactly() {
     let out = cli_ok(&cp, &["apply", &second]);
     assert!(out.contains("update routes/a\ncreate routes/c\ndelete routes/b\n1 to create, 1 to update, 1 to delete"), "{out}");
     let rev2 = live_config(&cp).await["revision"].as_u64().unwrap();
-    assert_eq!(rev2, rev1 + 3);
+    assert_eq!(rev2, rev1 + 1);
 
     // The diff between the two revisions: exactly the changed field of `a`, all of `b` and `c`.
     let (code, diff, err) = run_cli(
@@ -352,11 +360,11 @@ async fn apply_is_idempotent_and_rollback_restores_exactly() {
     );
     let (code, diff, _) = run_cli(
         &cp,
-        &["diff", "--exit-code", "--from-rev", "2", "--to-rev", "2"],
+        &["diff", "--exit-code", "--from-rev", "1", "--to-rev", "1"],
     );
     assert_eq!((code, diff.as_str()), (0, ""));
 
-    // Rollback: the route table of rev1 exactly, as new revisions, served by the data plane.
+    // Rollback: the route table of rev1 exactly, as one new revision, served by the data plane.
     let out = cli_ok(&cp, &["rollback", "--to-rev", &rev1.to_string()]);
     assert!(
         out.contains("1 to create, 1 to update, 1 to delete"),
@@ -365,7 +373,7 @@ async fn apply_is_idempotent_and_rollback_restores_exactly() {
     let live = live_config(&cp).await;
     assert_eq!(live["resources"]["routes"], routes_at_rev1);
     let rev3 = live["revision"].as_u64().unwrap();
-    assert_eq!(rev3, rev2 + 3);
+    assert_eq!(rev3, rev2 + 1);
     wait_applied(cp.status.unwrap(), rev3).await;
     let proxy = cp.proxy.unwrap();
     assert_eq!(get_via(proxy, "/b", None).await.unwrap().0, 200);
@@ -525,12 +533,13 @@ async fn config_endpoint_is_all_or_nothing() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"revision": 4, "created": 2, "updated": 0, "deleted": 1})
+        json!({"revision": 2, "created": 2, "updated": 0, "deleted": 1}),
+        "three changes, one revision"
     );
     let (status, body) = put(doc, None).await;
     assert_eq!(
         (status, &body["revision"], &body["created"]),
-        (200, &json!(4), &json!(0))
+        (200, &json!(2), &json!(0))
     );
     let (_, history) = admin.get("/admin/history?after=1").await.unwrap();
     let ops: Vec<String> = history["list"]
@@ -550,8 +559,8 @@ async fn config_endpoint_is_all_or_nothing() {
         .collect();
     assert_eq!(ops.len(), 3, "{ops:?}");
     assert!(ops[0].starts_with("2 put upstreams/u "), "{ops:?}");
-    assert!(ops[1].starts_with("3 put routes/r "), "{ops:?}");
-    assert!(ops[2].starts_with("4 delete routes/keep "), "{ops:?}");
+    assert!(ops[1].starts_with("2 put routes/r "), "{ops:?}");
+    assert!(ops[2].starts_with("2 delete routes/keep "), "{ops:?}");
     assert!(
         ops.iter().all(|o| !o.ends_with(" -")),
         "the key's name is the actor: {ops:?}"

@@ -8,7 +8,8 @@
 //!   `<from_kind>/<from_id>`, so "is it in use" is one prefix read;
 //! - `credentials/<plugin>/<sha-256 hex>`: one per credential a resource holds (a consumer's
 //!   jwt-auth or key-auth key), valued `<kind>/<id>`, so a second holder is one key read;
-//! - `history/<revision, 20 digits>`: a [`HistoryRecord`] (JSON).
+//! - `history/<revision, 20 digits>`: a [`HistoryRecord`] (JSON); a whole-config replace is one
+//!   revision with one record per change, under `history/<revision>/<seq, 6 digits>`.
 //!
 //! Ids are escaped in keys (`%` → `%25`, `/` → `%2F`) so a key always splits at its slashes.
 //!
@@ -185,6 +186,12 @@ impl Keys {
     fn history_at(&self, revision: u64) -> String {
         format!("{}/history/{revision:020}", self.root)
     }
+
+    /// Change `seq` of the replace that made `revision` (sorts after `history_at(revision)`
+    /// and before `history_at(revision + 1)`).
+    fn history_entry(&self, revision: u64, seq: usize) -> String {
+        format!("{}/history/{revision:020}/{seq:06}", self.root)
+    }
 }
 
 /// One key segment: no `/` inside, and distinct ids stay distinct.
@@ -277,7 +284,11 @@ fn decode_history(kv: &KeyValue) -> StoreResult<HistoryEntry> {
     let key = String::from_utf8_lossy(kv.key());
     let h: HistoryRecord = serde_json::from_slice(kv.value())
         .map_err(|e| StoreError::Corrupt(format!("{key}: not a history record: {e}")))?;
-    if !key.ends_with(&format!("/{:020}", h.revision)) {
+    let own_key = format!("/{:020}", h.revision);
+    let seq_key = key.rsplit_once('/').filter(|(rest, seq)| {
+        rest.ends_with(&own_key) && seq.len() == 6 && seq.bytes().all(|b| b.is_ascii_digit())
+    });
+    if !key.ends_with(&own_key) && seq_key.is_none() {
         return Err(StoreError::Corrupt(format!(
             "{key}: holds revision {}",
             h.revision
@@ -983,8 +994,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// A whole-config replace: the plan's writes as one etcd transaction (one counter move to the
-    /// last revision, one history key per change), applied only if the counter did not move.
+    /// A whole-config replace: the plan's writes as one etcd transaction (one counter move to one
+    /// new revision, one history key per change under it), applied only if the counter did not
+    /// move.
     /// etcd caps the operations per transaction (`--max-txn-ops`, 128 by default): a replace
     /// that changes more than that needs the cluster's limit raised.
     async fn replace(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
@@ -1016,13 +1028,12 @@ impl Inner {
                 return Ok(outcome);
             }
             let now = unix_now();
+            let revision = counter
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt("revision overflow".to_string()))?;
+            outcome.revision = revision;
             let mut ops = Vec::new();
-            for write in writes {
-                let revision = outcome
-                    .revision
-                    .checked_add(1)
-                    .ok_or_else(|| StoreError::Corrupt("revision overflow".to_string()))?;
-                outcome.revision = revision;
+            for (seq, write) in writes.into_iter().enumerate() {
                 let (kind, id) = match &write {
                     Write::Put(p) => (p.kind, p.id.clone()),
                     Write::Delete(d) => (d.kind, d.id.clone()),
@@ -1091,7 +1102,7 @@ impl Inner {
                     None => ops.push(TxnOp::delete(self.keys.resource(kind, &id), None)),
                 }
                 ops.push(TxnOp::put(
-                    self.keys.history_at(revision),
+                    self.keys.history_entry(revision, seq),
                     encode(&history)?,
                     None,
                 ));
@@ -1311,7 +1322,33 @@ impl ConfigStore for EtcdStore {
         let resp = inner
             .get("history", inner.keys.history_at(first), Some(options))
             .await?;
-        resp.kvs().iter().map(decode_history).collect()
+        let mut entries = resp
+            .kvs()
+            .iter()
+            .map(decode_history)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // A page never splits a replace: when it ends inside one revision's changes, the rest of
+        // that revision comes too.
+        if let (Some(last_kv), Some(last)) = (resp.kvs().last(), entries.last())
+            && resp.more()
+        {
+            let revision_prefix = format!("{}/", inner.keys.history_at(last.revision));
+            if last_kv.key().starts_with(revision_prefix.as_bytes()) {
+                // The first key after the page's last one.
+                let from = format!("{}\0", String::from_utf8_lossy(last_kv.key()));
+                let rest = inner
+                    .get(
+                        "history",
+                        from,
+                        Some(GetOptions::new().with_range(prefix_end(&revision_prefix))),
+                    )
+                    .await?;
+                for kv in rest.kvs() {
+                    entries.push(decode_history(kv)?);
+                }
+            }
+        }
+        Ok(entries)
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

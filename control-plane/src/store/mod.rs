@@ -221,9 +221,8 @@ pub struct ReplaceRequest {
     pub actor: Option<String>,
 }
 
-/// What a replace changed. Each change is its own history row with its own revision (history is
-/// keyed by revision), but all of them commit in one transaction: nothing in between is ever
-/// visible, and only the last revision is announced.
+/// What a replace changed. The whole replace is one new revision: every change is a history row
+/// of that revision (in the order applied), all committed in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplaceOutcome {
     /// The global revision after the replace (unchanged when nothing differed).
@@ -316,6 +315,15 @@ pub(super) fn plan_replace(
     Ok((writes, outcome))
 }
 
+/// The revision a write takes. A single write moves the global revision by one; the writes of
+/// one replace all take the one revision the replace moved to, each as the next row (`seq`) of
+/// that revision's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteRevision {
+    Next,
+    Shared { revision: u64, at: i64, seq: u32 },
+}
+
 /// One write, for backends that run puts and deletes through the same transaction wrapper.
 pub(super) enum Write {
     Put(PutRequest),
@@ -366,7 +374,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// Makes the store hold exactly the given resources, in one transaction: all or nothing.
     async fn replace_all(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome>;
 
-    /// History entries with `revision > after`, oldest first, at most `limit`.
+    /// History entries with `revision > after`, oldest first: at most `limit`, except that a
+    /// page never splits a revision (a replace writes several rows under one revision), so the
+    /// last revision of a page comes whole and `after = <its revision>` fetches the next page.
     async fn history(&self, after: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>>;
 
     /// Announces every committed revision (latest wins; a slow reader sees only the newest).

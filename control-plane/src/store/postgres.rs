@@ -38,7 +38,7 @@ use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
     PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
-use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
+use super::{ReplaceOutcome, ReplaceRequest, Write, WriteRevision, plan_replace, run_detached};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -219,8 +219,8 @@ impl Inner {
             .await
             .map_err(db_err)?;
         let result = match write {
-            Write::Put(req) => put_in(&mut tx, req).await,
-            Write::Delete(req) => delete_in(&mut tx, req).await,
+            Write::Put(req) => put_in(&mut tx, req, WriteRevision::Next).await,
+            Write::Delete(req) => delete_in(&mut tx, req, WriteRevision::Next).await,
         };
         match result {
             Ok(outcome) => {
@@ -450,7 +450,11 @@ async fn rollback(tx: sqlx::Transaction<'static, Postgres>) {
     }
 }
 
-async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOutcome> {
+async fn put_in(
+    conn: &mut PgConnection,
+    req: PutRequest,
+    rev: WriteRevision,
+) -> StoreResult<WriteOutcome> {
     let PutRequest {
         kind,
         id,
@@ -461,7 +465,7 @@ async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOu
         actor,
     } = req;
     // First, so that everything below sees every write committed before this one.
-    let (revision, now) = bump_revision(conn).await?;
+    let (revision, now, seq) = take_revision(conn, rev).await?;
     let current = fetch_resource(&mut *conn, kind, &id).await?;
     match (precondition, &current) {
         (Precondition::None, _) | (Precondition::MustNotExist, None) => {}
@@ -530,6 +534,7 @@ async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOu
         conn,
         HistoryRow {
             revision: db_revision,
+            seq,
             at: now,
             kind,
             id: &id,
@@ -540,7 +545,9 @@ async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOu
         },
     )
     .await?;
-    notify(conn, revision).await?;
+    if rev == WriteRevision::Next {
+        notify(conn, revision).await?;
+    }
 
     Ok(WriteOutcome {
         revision,
@@ -557,14 +564,18 @@ async fn put_in(conn: &mut PgConnection, req: PutRequest) -> StoreResult<WriteOu
     })
 }
 
-async fn delete_in(conn: &mut PgConnection, req: DeleteRequest) -> StoreResult<WriteOutcome> {
+async fn delete_in(
+    conn: &mut PgConnection,
+    req: DeleteRequest,
+    rev: WriteRevision,
+) -> StoreResult<WriteOutcome> {
     let DeleteRequest {
         kind,
         id,
         precondition,
         actor,
     } = req;
-    let (revision, now) = bump_revision(conn).await?;
+    let (revision, now, seq) = take_revision(conn, rev).await?;
     let current = fetch_resource(&mut *conn, kind, &id).await?;
     if let Precondition::ModRevision(expected) = precondition {
         check_mod_revision(kind, &id, expected, &current)?;
@@ -615,6 +626,7 @@ async fn delete_in(conn: &mut PgConnection, req: DeleteRequest) -> StoreResult<W
         conn,
         HistoryRow {
             revision: to_db(revision)?,
+            seq,
             at: now,
             kind,
             id: &id,
@@ -625,7 +637,9 @@ async fn delete_in(conn: &mut PgConnection, req: DeleteRequest) -> StoreResult<W
         },
     )
     .await?;
-    notify(conn, revision).await?;
+    if rev == WriteRevision::Next {
+        notify(conn, revision).await?;
+    }
 
     Ok(WriteOutcome {
         revision,
@@ -672,13 +686,35 @@ async fn replace_in(conn: &mut PgConnection, req: &ReplaceRequest) -> StoreResul
             .map_err(db_err)?;
     }
     outcome.revision = actual;
-    for write in writes {
-        outcome.revision = match write {
-            Write::Put(req) => put_in(conn, req).await?.revision,
-            Write::Delete(req) => delete_in(conn, req).await?.revision,
+    if writes.is_empty() {
+        return Ok(outcome);
+    }
+    let (revision, at) = bump_revision(conn).await?;
+    outcome.revision = revision;
+    for (seq, write) in (0u32..).zip(writes) {
+        let rev = WriteRevision::Shared { revision, at, seq };
+        match write {
+            Write::Put(req) => put_in(conn, req, rev).await?,
+            Write::Delete(req) => delete_in(conn, req, rev).await?,
         };
     }
+    notify(conn, revision).await?;
     Ok(outcome)
+}
+
+/// The revision, time and history row number a write records: a single write moves the global
+/// revision; a replace's writes share the one it moved to.
+async fn take_revision(
+    conn: &mut PgConnection,
+    rev: WriteRevision,
+) -> StoreResult<(u64, i64, i64)> {
+    match rev {
+        WriteRevision::Next => {
+            let (revision, now) = bump_revision(conn).await?;
+            Ok((revision, now, 0))
+        }
+        WriteRevision::Shared { revision, at, seq } => Ok((revision, at, i64::from(seq))),
+    }
 }
 
 /// Increments the global revision as the first statement of a write transaction, taking the
@@ -854,10 +890,11 @@ async fn replace_refs(
 async fn append_history(conn: &mut PgConnection, h: HistoryRow<'_>) -> StoreResult<()> {
     let op = op_text(h.op);
     sqlx::query(
-        "INSERT INTO history (revision, at, kind, id, op, before, after, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO history (revision, seq, at, kind, id, op, before, after, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(h.revision)
+    .bind(h.seq)
     .bind(h.at)
     .bind(h.kind.as_str())
     .bind(h.id)
@@ -1004,9 +1041,13 @@ impl ConfigStore for PostgresStore {
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
+        // The first `limit` rows after `after`, then the rest of the last revision they reach:
+        // a page never splits a replace.
         let rows = sqlx::query(
             "SELECT revision, at, kind, id, op, before, after, actor FROM history \
-             WHERE revision > $1 ORDER BY revision LIMIT $2",
+             WHERE revision > $1 AND revision <= (SELECT MAX(revision) FROM \
+             (SELECT revision FROM history WHERE revision > $1 ORDER BY revision, seq LIMIT $2) \
+             AS page) ORDER BY revision, seq",
         )
         .bind(after)
         .bind(i64::from(limit))

@@ -19,6 +19,8 @@ pub(super) trait RowAccess {
 /// One history row about to be written.
 pub(super) struct HistoryRow<'a> {
     pub revision: i64,
+    /// The row's place within its revision (0 but for the changes of one replace).
+    pub seq: i64,
     pub at: i64,
     pub kind: ResourceKind,
     pub id: &'a str,

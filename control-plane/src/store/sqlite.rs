@@ -27,7 +27,7 @@ use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
     PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
-use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
+use super::{ReplaceOutcome, ReplaceRequest, Write, WriteRevision, plan_replace, run_detached};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -97,6 +97,19 @@ impl SqliteStore {
         self.inner.pool.close().await;
     }
 
+    /// The migrations up to and including `version`, to build a store as an older Postern left it.
+    #[cfg(test)]
+    pub(super) fn migrator_upto(version: i64) -> Migrator {
+        let mut migrator = sqlx::migrate!("../migrations/sqlite");
+        migrator.migrations = MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version <= version)
+            .cloned()
+            .collect();
+        migrator
+    }
+
     #[cfg(test)]
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.inner.pool
@@ -113,8 +126,8 @@ impl Inner {
             .await
             .map_err(db_err)?;
         let result = match write {
-            Write::Put(req) => put_in(&mut tx, req, unix_now()).await,
-            Write::Delete(req) => delete_in(&mut tx, req, unix_now()).await,
+            Write::Put(req) => put_in(&mut tx, req, WriteRevision::Next).await,
+            Write::Delete(req) => delete_in(&mut tx, req, WriteRevision::Next).await,
         };
         match result {
             Ok(outcome) => {
@@ -189,11 +202,20 @@ async fn replace_in(
             .map_err(db_err)?;
     }
     outcome.revision = actual;
-    let now = unix_now();
-    for write in writes {
-        outcome.revision = match write {
-            Write::Put(req) => put_in(conn, req, now).await?.revision,
-            Write::Delete(req) => delete_in(conn, req, now).await?.revision,
+    if writes.is_empty() {
+        return Ok(outcome);
+    }
+    outcome.revision = bump_revision(conn).await?;
+    let at = unix_now();
+    for (seq, write) in (0u32..).zip(writes) {
+        let rev = WriteRevision::Shared {
+            revision: outcome.revision,
+            at,
+            seq,
+        };
+        match write {
+            Write::Put(req) => put_in(conn, req, rev).await?,
+            Write::Delete(req) => delete_in(conn, req, rev).await?,
         };
     }
     Ok(outcome)
@@ -212,7 +234,7 @@ async fn rollback(tx: sqlx::Transaction<'static, Sqlite>) {
 async fn put_in(
     conn: &mut SqliteConnection,
     req: PutRequest,
-    now: i64,
+    rev: WriteRevision,
 ) -> StoreResult<WriteOutcome> {
     let PutRequest {
         kind,
@@ -243,7 +265,7 @@ async fn put_in(
         }
     }
     check_claims(conn, kind, &id, &claims).await?;
-    let revision = bump_revision(conn).await?;
+    let (revision, now, seq) = take_revision(conn, rev).await?;
 
     if let Value::Object(map) = &mut value {
         map.insert("id".to_string(), Value::String(id.clone()));
@@ -292,6 +314,7 @@ async fn put_in(
         conn,
         HistoryRow {
             revision: db_revision,
+            seq,
             at: now,
             kind,
             id: &id,
@@ -321,7 +344,7 @@ async fn put_in(
 async fn delete_in(
     conn: &mut SqliteConnection,
     req: DeleteRequest,
-    now: i64,
+    rev: WriteRevision,
 ) -> StoreResult<WriteOutcome> {
     let DeleteRequest {
         kind,
@@ -366,7 +389,7 @@ async fn delete_in(
         return Err(StoreError::InUse { kind, id, used_by });
     }
 
-    let revision = bump_revision(conn).await?;
+    let (revision, now, seq) = take_revision(conn, rev).await?;
     sqlx::query("DELETE FROM resources WHERE kind = ? AND id = ?")
         .bind(kind.as_str())
         .bind(&id)
@@ -380,6 +403,7 @@ async fn delete_in(
         conn,
         HistoryRow {
             revision: to_db(revision)?,
+            seq,
             at: now,
             kind,
             id: &id,
@@ -396,6 +420,18 @@ async fn delete_in(
         resource: current,
         created: false,
     })
+}
+
+/// The revision, time and history row number a write records: a single write moves the global
+/// revision; a replace's writes share the one it moved to.
+async fn take_revision(
+    conn: &mut SqliteConnection,
+    rev: WriteRevision,
+) -> StoreResult<(u64, i64, i64)> {
+    match rev {
+        WriteRevision::Next => Ok((bump_revision(conn).await?, unix_now(), 0)),
+        WriteRevision::Shared { revision, at, seq } => Ok((revision, at, i64::from(seq))),
+    }
 }
 
 /// Increments the global revision inside the caller's write transaction and returns the new one.
@@ -549,10 +585,11 @@ async fn replace_refs(
 async fn append_history(conn: &mut SqliteConnection, h: HistoryRow<'_>) -> StoreResult<()> {
     let op = op_text(h.op);
     sqlx::query(
-        "INSERT INTO history (revision, at, kind, id, op, before, after, actor) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO history (revision, seq, at, kind, id, op, before, after, actor) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(h.revision)
+    .bind(h.seq)
     .bind(h.at)
     .bind(h.kind.as_str())
     .bind(h.id)
@@ -706,10 +743,15 @@ impl ConfigStore for SqliteStore {
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
+        // The first `limit` rows after `after`, then the rest of the last revision they reach:
+        // a page never splits a replace.
         let rows = sqlx::query(
             "SELECT revision, at, kind, id, op, before, after, actor FROM history \
-             WHERE revision > ? ORDER BY revision LIMIT ?",
+             WHERE revision > ? AND revision <= (SELECT MAX(revision) FROM \
+             (SELECT revision FROM history WHERE revision > ? ORDER BY revision, seq LIMIT ?)) \
+             ORDER BY revision, seq",
         )
+        .bind(after)
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.inner.pool)

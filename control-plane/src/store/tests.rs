@@ -234,18 +234,19 @@ pub(super) async fn replace_all_is_all_or_nothing(store: Arc<dyn ConfigStore>) {
         actor: Some("restore".to_string()),
     };
     let outcome = s.replace_all(desired.clone()).await.expect("replace");
-    // created u2 and g, updated s1, deleted old and u1: one revision per change.
+    // created u2 and g, updated s1, deleted old and u1: all of it one new revision.
+    let after = before + 1;
     assert_eq!(
         outcome,
         ReplaceOutcome {
-            revision: before + 5,
+            revision: after,
             created: 2,
             updated: 1,
             deleted: 2,
         }
     );
-    assert_eq!(revision(s).await, before + 5);
-    tokio::time::timeout(WAIT, rx.wait_for(|r| *r == before + 5))
+    assert_eq!(revision(s).await, after);
+    tokio::time::timeout(WAIT, rx.wait_for(|r| *r == after))
         .await
         .expect("the replace is announced")
         .expect("store alive");
@@ -256,6 +257,7 @@ pub(super) async fn replace_all_is_all_or_nothing(store: Arc<dyn ConfigStore>) {
     );
     let s1 = snap.resources.iter().find(|r| r.id == "s1").unwrap();
     assert_eq!(s1.value, with_id(json!({"upstream_id": "u2"}), "s1"));
+    assert_eq!((s1.mod_revision, snap.revision), (after, after));
     // Unchanged resources keep their mod_revision.
     assert_eq!(s.get(ROUTE, "keep").await.unwrap().unwrap(), keep_before);
     let history: Vec<_> = all_history(s)
@@ -265,34 +267,28 @@ pub(super) async fn replace_all_is_all_or_nothing(store: Arc<dyn ConfigStore>) {
         .map(|h| (h.revision, h.kind, h.id, h.op, h.actor))
         .collect();
     let actor = Some("restore".to_string());
+    // One row per change, in the order applied: creates and updates in dependency order,
+    // then deletes, dependents first.
     assert_eq!(
         history,
         vec![
-            (before + 1, UP, "u2".into(), HistoryOp::Put, actor.clone()),
-            (before + 2, SVC, "s1".into(), HistoryOp::Put, actor.clone()),
-            (
-                before + 3,
-                GLOBAL,
-                "g".into(),
-                HistoryOp::Put,
-                actor.clone()
-            ),
-            (
-                before + 4,
-                ROUTE,
-                "old".into(),
-                HistoryOp::Delete,
-                actor.clone()
-            ),
-            (
-                before + 5,
-                UP,
-                "u1".into(),
-                HistoryOp::Delete,
-                actor.clone()
-            ),
+            (after, UP, "u2".into(), HistoryOp::Put, actor.clone()),
+            (after, SVC, "s1".into(), HistoryOp::Put, actor.clone()),
+            (after, GLOBAL, "g".into(), HistoryOp::Put, actor.clone()),
+            (after, ROUTE, "old".into(), HistoryOp::Delete, actor.clone()),
+            (after, UP, "u1".into(), HistoryOp::Delete, actor.clone()),
         ]
     );
+    // A page never splits a revision: a limit that ends inside the replace's rows gets all of
+    // them, and the next page starts after it.
+    let page = s.history(before - 1, 2).await.expect("history page");
+    assert_eq!(
+        page.iter().map(|h| h.revision).collect::<Vec<_>>(),
+        [before, after, after, after, after, after]
+    );
+    let page = s.history(before, 1).await.expect("history page");
+    assert_eq!(page.len(), 5);
+    assert!(s.history(after, 1).await.expect("history page").is_empty());
     // u1 no longer holds refs: deleting u2 is refused (s1 uses it), u1 is simply gone.
     assert!(matches!(
         delete_err(s, del_req(UP, "u2")).await,
@@ -310,7 +306,7 @@ pub(super) async fn replace_all_is_all_or_nothing(store: Arc<dyn ConfigStore>) {
             outcome.updated,
             outcome.deleted
         ),
-        (before + 5, 0, 0, 0)
+        (after, 0, 0, 0)
     );
 
     // Rejected replaces leave everything as it was.
@@ -320,7 +316,7 @@ pub(super) async fn replace_all_is_all_or_nothing(store: Arc<dyn ConfigStore>) {
     stale.expected_revision = Some(before);
     assert!(matches!(
         s.replace_all(stale).await,
-        Err(StoreError::RevisionMismatch { expected, actual }) if expected == before && actual == before + 5
+        Err(StoreError::RevisionMismatch { expected, actual }) if expected == before && actual == after
     ));
     let dangling = ReplaceRequest {
         resources: vec![
@@ -348,7 +344,7 @@ pub(super) async fn replace_all_is_all_or_nothing(store: Arc<dyn ConfigStore>) {
         .replace_all(ReplaceRequest::default())
         .await
         .expect("wipe");
-    assert_eq!((outcome.deleted, outcome.revision), (4, before + 9));
+    assert_eq!((outcome.deleted, outcome.revision), (4, after + 1));
     assert!(s.snapshot().await.unwrap().resources.is_empty());
 }
 
@@ -1099,6 +1095,61 @@ mod sqlite {
         .await;
     }
 
+    /// A store written before history was keyed by (revision, seq) opens with its history
+    /// intact, and takes a replace as one revision afterwards.
+    #[tokio::test]
+    async fn history_of_an_older_store_survives_the_upgrade() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.db");
+        {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.expect("pool");
+            SqliteStore::migrator_upto(2)
+                .run(&pool)
+                .await
+                .expect("old schema");
+            for (revision, id) in [(1, "a"), (2, "b")] {
+                sqlx::query(
+                    "INSERT INTO history (revision, at, kind, id, op, before, after, actor) \
+                     VALUES (?, 0, 'routes', ?, 'put', NULL, '{}', NULL)",
+                )
+                .bind(revision)
+                .bind(id)
+                .execute(&pool)
+                .await
+                .expect("old history row");
+            }
+            sqlx::query("UPDATE meta SET revision = 2")
+                .execute(&pool)
+                .await
+                .expect("revision");
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path).await.expect("open and migrate");
+        let history = store.history(0, 100).await.expect("history");
+        assert_eq!(
+            history
+                .iter()
+                .map(|h| (h.revision, h.id.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "a"), (2, "b")]
+        );
+        let outcome = store
+            .replace_all(ReplaceRequest {
+                resources: vec![
+                    item(UP, "u1", json!({}), vec![]),
+                    item(UP, "u2", json!({}), vec![]),
+                ],
+                ..Default::default()
+            })
+            .await
+            .expect("replace");
+        assert_eq!((outcome.revision, outcome.created), (3, 2));
+        assert_eq!(store.history(2, 100).await.expect("history").len(), 2);
+    }
+
     #[tokio::test]
     async fn each_store_has_its_own_id() {
         let (_a, a) = fresh().await;
@@ -1428,7 +1479,7 @@ mod postgres {
                 .expect("migrations");
         assert_eq!(
             migrations,
-            vec![(1, true), (2, true)],
+            vec![(1, true), (2, true), (3, true)],
             "each migration applied once"
         );
         let meta_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM meta")
