@@ -6,10 +6,13 @@ mod client;
 mod commands;
 mod document;
 mod output;
+mod progress;
 mod secrets;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,7 +38,8 @@ struct Cli {
     /// A named context of ~/.config/postern/cli.toml (or $POSTERN_CLI_CONFIG)
     #[arg(long, env = "POSTERN_CONTEXT", global = true)]
     context: Option<String>,
-    /// Output format of status, list, get and of backup to stdout
+    /// Output format of status, list, get, explain and of backup to stdout [default: table on
+    /// a terminal, else json]
     #[arg(long, short = 'O', value_enum, global = true)]
     output: Option<Format>,
     /// Same as --output json
@@ -86,21 +90,21 @@ enum Command {
     /// Make the live config equal FILE (creates, updates, deletes) in one transaction
     Apply {
         file: PathBuf,
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        write: WriteArgs,
     },
     /// Restore a backup, all or nothing, in one transaction
     Restore {
         file: PathBuf,
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        write: WriteArgs,
     },
-    /// Make the live config equal to revision N, as one new write
+    /// Make the live config equal to revision N, as one new revision
     Rollback {
         #[arg(long)]
         to_rev: u64,
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        write: WriteArgs,
     },
     /// Which route the current config gives a request, why, its plugins in order and its nodes
     Explain {
@@ -123,6 +127,30 @@ enum Command {
     },
 }
 
+/// How `apply`, `restore` and `rollback` write.
+#[derive(Debug, clap::Args)]
+struct WriteArgs {
+    /// Print the plan, change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// After the write, wait for every connected data plane to serve it (exit 1 if they do not
+    /// within --wait-timeout)
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, requires = "wait")]
+    wait_timeout: u64,
+}
+
+impl WriteArgs {
+    fn options(&self) -> cfg::WriteOptions {
+        cfg::WriteOptions {
+            dry_run: self.dry_run,
+            wait: self.wait.then(|| Duration::from_secs(self.wait_timeout)),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum ListAction {
     /// List every route
@@ -130,7 +158,7 @@ enum ListAction {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let format = Format::pick(cli.output, cli.json);
+    let format = Format::pick(cli.output, cli.json, std::io::stdout().is_terminal());
     // Offline commands first: they need no connection.
     match &cli.command {
         Command::Validate { file } => {
@@ -194,9 +222,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(cfg::EXIT_DIFFERENT));
             }
         }
-        Command::Apply { file, dry_run } => cfg::apply(&admin, &file, dry_run).await?,
-        Command::Restore { file, dry_run } => cfg::restore(&admin, &file, dry_run).await?,
-        Command::Rollback { to_rev, dry_run } => cfg::rollback(&admin, to_rev, dry_run)
+        Command::Apply { file, write } => cfg::apply(&admin, &file, write.options()).await?,
+        Command::Restore { file, write } => cfg::restore(&admin, &file, write.options()).await?,
+        Command::Rollback { to_rev, write } => cfg::rollback(&admin, to_rev, write.options())
             .await
             .with_context(|| format!("rollback to revision {to_rev}"))?,
         Command::Validate { .. } | Command::Import { .. } => unreachable!("handled above"),

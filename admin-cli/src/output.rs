@@ -10,13 +10,14 @@ pub enum Format {
 }
 
 impl Format {
-    /// `--output` if given (`--json` is the older spelling), else a table: scripts that pipe
-    /// the output keep the same table a terminal shows unless they ask for JSON or YAML.
-    pub fn pick(explicit: Option<Format>, json: bool) -> Format {
+    /// `--output` if given (`--json` is the older spelling), else a table for a person at a
+    /// terminal and JSON for a script reading a pipe or a file.
+    pub fn pick(explicit: Option<Format>, json: bool, terminal: bool) -> Format {
         match (explicit, json) {
             (Some(f), _) => f,
             (None, true) => Format::Json,
-            (None, false) => Format::Table,
+            (None, false) if terminal => Format::Table,
+            (None, false) => Format::Json,
         }
     }
 }
@@ -58,5 +59,22 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_only_on_a_terminal_unless_asked() {
+        assert_eq!(Format::pick(None, false, true), Format::Table);
+        assert_eq!(Format::pick(None, false, false), Format::Json);
+        assert_eq!(Format::pick(None, true, true), Format::Json);
+        assert_eq!(
+            Format::pick(Some(Format::Table), false, false),
+            Format::Table
+        );
+        assert_eq!(Format::pick(Some(Format::Yaml), true, true), Format::Yaml);
     }
 }

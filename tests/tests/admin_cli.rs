@@ -73,7 +73,7 @@ async fn status_and_routes_list() {
         "the ACK to reach the CP",
         std::time::Duration::from_secs(5),
         || async {
-            let r = admin_cli(&cp, &["status"]);
+            let r = admin_cli(&cp, &["-O", "table", "status"]);
             r.1.contains(&format!("version {rev} applied on 1 of 1"))
                 .then_some(r)
         },
@@ -89,7 +89,7 @@ async fn status_and_routes_list() {
         "{row}"
     );
 
-    let (ok, out, err) = admin_cli(&cp, &["routes", "list"]);
+    let (ok, out, err) = admin_cli(&cp, &["--output", "table", "routes", "list"]);
     assert!(ok, "{err}");
     let row = out
         .lines()
@@ -100,10 +100,14 @@ async fn status_and_routes_list() {
         "{row}"
     );
 
-    let (ok, out, _) = admin_cli(&cp, &["--json", "routes", "list"]);
-    assert!(ok);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["total"], 1);
+    // Not on a terminal (stdout is a pipe here), the default is JSON; --json is its old name.
+    for args in [&["routes", "list"][..], &["--json", "routes", "list"]] {
+        let (ok, out, _) = admin_cli(&cp, args);
+        assert!(ok);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(v["total"], 1, "{args:?}");
+    }
     let (ok, out, _) = admin_cli(&cp, &["--output", "yaml", "get", "routes", "products"]);
     assert!(ok);
     assert!(out.contains("uri: /api/v1/products/*"), "{out}");
@@ -315,10 +319,15 @@ async fn apply_is_idempotent_and_rollback_restores_exactly() {
             "resources:\n  upstreams:\n  - id: be\n    nodes: {{\"{backend}\": 1}}\n  routes:\n  - id: a\n    uri: /a2\n    methods: [GET]\n    upstream_id: be\n    priority: 3\n  - id: c\n    uri: /c\n    upstream_id: be\n"
         ),
     );
-    let out = cli_ok(&cp, &["apply", &second]);
+    let out = cli_ok(&cp, &["apply", "--wait", &second]);
     assert!(out.contains("update routes/a\ncreate routes/c\ndelete routes/b\n1 to create, 1 to update, 1 to delete"), "{out}");
     let rev2 = live_config(&cp).await["revision"].as_u64().unwrap();
     assert_eq!(rev2, rev1 + 1);
+    // --wait returned only once the (dev) data plane served the new revision.
+    assert!(
+        out.contains(&format!("revision {rev2} served by 1 of 1 data planes")),
+        "{out}"
+    );
 
     // The diff between the two revisions: exactly the changed field of `a`, all of `b` and `c`.
     let (code, diff, err) = run_cli(
@@ -602,13 +611,19 @@ async fn explain_uses_the_data_plane_router() {
     )
     .await;
 
-    let out = cli_ok(&cp, &["explain", "GET", "http://b.example/api/v1"]);
+    let out = cli_ok(
+        &cp,
+        &["-O", "table", "explain", "GET", "http://b.example/api/v1"],
+    );
     assert!(out.contains("route: wide "), "{out}");
     assert!(
         out.contains("upstream nodes: 127.0.0.1:7001, 127.0.0.1:7002"),
         "{out}"
     );
-    let out = cli_ok(&cp, &["explain", "GET", "http://a.example/api/v1"]);
+    let out = cli_ok(
+        &cp,
+        &["-O", "table", "explain", "GET", "http://a.example/api/v1"],
+    );
     assert!(out.contains("route: host "), "{out}");
     let out = cli_ok(
         &cp,
@@ -638,7 +653,10 @@ async fn explain_uses_the_data_plane_router() {
         v["route"]["matched_by"]["vars"],
         json!([["http_x_beta", "==", "1"]])
     );
-    let out = cli_ok(&cp, &["explain", "GET", "http://b.example/other"]);
+    let out = cli_ok(
+        &cp,
+        &["-O", "table", "explain", "GET", "http://b.example/other"],
+    );
     assert!(out.contains("no route matches"), "{out}");
 }
 

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use postern_proto::model::ResourceKind;
@@ -132,33 +133,101 @@ pub async fn diff_revisions(admin: &Admin, a: u64, b: u64) -> anyhow::Result<boo
     ))
 }
 
+/// How `apply`, `restore` and `rollback` write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Print the plan, write nothing.
+    pub dry_run: bool,
+    /// After the write, wait this long at most for every connected data plane to serve it.
+    pub wait: Option<Duration>,
+}
+
 /// Makes the live config equal `target` in one transaction (`PUT /admin/config`, guarded by
 /// the revision the plan was computed against).
-async fn converge(admin: &Admin, target: &Document, dry_run: bool) -> anyhow::Result<()> {
+async fn converge(admin: &Admin, target: &Document, opts: WriteOptions) -> anyhow::Result<()> {
     let live = live(admin).await?;
     let plan = changes(&live, target);
     println!("{}", summary(&plan));
-    if plan.is_empty() || dry_run {
+    if plan.is_empty() || opts.dry_run {
         return Ok(());
     }
     let mut body = target.to_value();
     if let Some(obj) = body.as_object_mut() {
         obj.remove("revision");
     }
-    let answer = admin.put_config(&body, live.revision).await?;
+    let writing =
+        crate::progress::spinner(format!("writing {} changes in one transaction", plan.len()));
+    let answer = admin.put_config(&body, live.revision).await;
+    writing.finish_and_clear();
+    let answer = answer?;
     println!(
         "applied as revision {} ({} created, {} updated, {} deleted)",
         answer["revision"], answer["created"], answer["updated"], answer["deleted"]
     );
+    if let (Some(timeout), Some(revision)) = (opts.wait, answer["revision"].as_u64()) {
+        wait_for_data_planes(admin, revision, timeout).await?;
+    }
     Ok(())
 }
 
-pub async fn apply(admin: &Admin, path: &Path, dry_run: bool) -> anyhow::Result<()> {
-    let doc = load_valid(path)?;
-    converge(admin, &doc, dry_run).await
+/// Waits until every connected data plane serves `revision` (or a newer one), with a bar;
+/// fails after `timeout` naming how many do.
+async fn wait_for_data_planes(
+    admin: &Admin,
+    revision: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut bar = None;
+    loop {
+        let v = admin.get("/admin/data-planes").await?;
+        let connected: Vec<&Value> = v["list"]
+            .as_array()
+            .map(|l| l.iter().filter(|d| d["connected"] == true).collect())
+            .unwrap_or_default();
+        if connected.is_empty() {
+            println!("no data plane is connected: nothing to wait for");
+            return Ok(());
+        }
+        let serving = connected
+            .iter()
+            .filter(|d| d["applied_version"].as_u64().is_some_and(|a| a >= revision))
+            .count();
+        let total = connected.len();
+        let bar = bar.get_or_insert_with(|| {
+            crate::progress::bar(
+                total as u64,
+                format!("data planes serving revision {revision}"),
+            )
+        });
+        bar.set_length(total as u64);
+        bar.set_position(serving as u64);
+        if serving == total {
+            bar.finish_and_clear();
+            println!(
+                "revision {revision} served by {serving} of {total} data planes ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            bar.abandon();
+            bail!(
+                "revision {revision} is served by {serving} of {total} connected data planes \
+                 after {} s (see `admin-cli status`)",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
-pub async fn restore(admin: &Admin, path: &Path, dry_run: bool) -> anyhow::Result<()> {
+pub async fn apply(admin: &Admin, path: &Path, opts: WriteOptions) -> anyhow::Result<()> {
+    let doc = load_valid(path)?;
+    converge(admin, &doc, opts).await
+}
+
+pub async fn restore(admin: &Admin, path: &Path, opts: WriteOptions) -> anyhow::Result<()> {
     let doc = load_valid(path)?;
     if doc.revision.is_none() {
         eprintln!(
@@ -166,16 +235,16 @@ pub async fn restore(admin: &Admin, path: &Path, dry_run: bool) -> anyhow::Resul
             path.display()
         );
     }
-    converge(admin, &doc, dry_run).await
+    converge(admin, &doc, opts).await
 }
 
-pub async fn rollback(admin: &Admin, rev: u64, dry_run: bool) -> anyhow::Result<()> {
+pub async fn rollback(admin: &Admin, rev: u64, opts: WriteOptions) -> anyhow::Result<()> {
     let target = config_at(admin, rev).await?;
-    converge(admin, &target, dry_run).await
+    converge(admin, &target, opts).await
 }
 
-/// The config as it was at revision `rev`, replayed from the CP's history (every write is one
-/// history row with the body after it).
+/// The config as it was at revision `rev`, replayed from the CP's history (every change is a
+/// history row with the body after it; a whole-config write is one revision of several rows).
 pub async fn config_at(admin: &Admin, rev: u64) -> anyhow::Result<Document> {
     let now = admin.get("/admin/config").await?["revision"]
         .as_u64()
