@@ -837,3 +837,103 @@ pub fn raw_status(response: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
 }
+
+/// Counts of a [`start_load`] load generator, read while it runs.
+#[derive(Default)]
+pub struct Load {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Unix millis of the last failure.
+    pub last_failure: std::sync::atomic::AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Load {
+    /// (served, failed) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.ok.load(Relaxed), self.failed.load(Relaxed))
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// `clients` keepalive clients sending `GET http://addr{path}` back to back; an answer counts as
+/// served when it is a 200 with the body `ok` (what [`upstream`]`("ok")` says).
+pub fn start_load(
+    addr: SocketAddr,
+    path: &str,
+    clients: usize,
+) -> (std::sync::Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let load = std::sync::Arc::new(Load::default());
+    let url = format!("http://{addr}{path}");
+    let tasks = (0..clients)
+        .map(|_| {
+            let (load, url) = (load.clone(), url.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                while !load.stop.load(Relaxed) {
+                    let ok = match http.get(&url).send().await {
+                        Ok(r) => r.status() == 200 && r.text().await.is_ok_and(|b| b == "ok"),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        load.ok.fetch_add(1, Relaxed);
+                    } else {
+                        load.failed.fetch_add(1, Relaxed);
+                        load.last_failure.store(now_ms(), Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    (load, tasks)
+}
+
+/// Waits until `load` has served `n` more requests (so traffic is really flowing).
+pub async fn flowing(load: &Load, n: u64) {
+    let start = load.counts().0;
+    wait_for(
+        "traffic through the load balancer",
+        Duration::from_secs(10),
+        || async { (load.counts().0 >= start + n).then_some(()) },
+    )
+    .await;
+}
+
+pub fn haproxy_available() -> bool {
+    Command::new("haproxy").arg("-v").output().is_ok()
+}
+
+/// HAProxy in TCP mode on `bind` in front of two data planes, with deploy/haproxy/haproxy.cfg
+/// as committed (health checks on each DP's `/readyz`).
+pub fn start_haproxy(dir: &Path, bind: SocketAddr, dps: [&DataPlane; 2]) -> Process {
+    assert!(
+        haproxy_available(),
+        "haproxy is not installed: apt-get install -y haproxy (scripts/test.sh does it)"
+    );
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg");
+    let log = dir.join("haproxy.log");
+    let mut command = Command::new("haproxy");
+    command
+        .args(["-db", "-f", cfg])
+        .env("POSTERN_LB_BIND", bind.to_string())
+        .env("POSTERN_DP1", dps[0].proxy.to_string())
+        .env("POSTERN_DP2", dps[1].proxy.to_string())
+        .env("POSTERN_DP1_STATUS_PORT", dps[0].status.port().to_string())
+        .env("POSTERN_DP2_STATUS_PORT", dps[1].status.port().to_string());
+    Process::spawn_command("haproxy", command, log)
+}

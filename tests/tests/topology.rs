@@ -5,82 +5,14 @@
 //! - SIGTERM a CP: its DPs move to the other and keep receiving config;
 //! - kill -9 one DP: only requests in flight on it fail, and HAProxy stops sending to it.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use postern_tests::*;
 use serde_json::json;
 
 const CLIENTS: usize = 8;
-
-fn haproxy_available() -> bool {
-    Command::new("haproxy").arg("-v").output().is_ok()
-}
-
-fn start_haproxy(dir: &Path, bind: SocketAddr, dps: [&DataPlane; 2]) -> Process {
-    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg");
-    let log = dir.join("haproxy.log");
-    let mut command = Command::new("haproxy");
-    command
-        .args(["-db", "-f", cfg])
-        .env("POSTERN_LB_BIND", bind.to_string())
-        .env("POSTERN_DP1", dps[0].proxy.to_string())
-        .env("POSTERN_DP2", dps[1].proxy.to_string())
-        .env("POSTERN_DP1_STATUS_PORT", dps[0].status.port().to_string())
-        .env("POSTERN_DP2_STATUS_PORT", dps[1].status.port().to_string());
-    Process::spawn_command("haproxy", command, log)
-}
-
-/// Counts of the load generator, read while it runs.
-#[derive(Default)]
-struct Load {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    /// Unix millis of the last failure.
-    last_failure: AtomicU64,
-    stop: AtomicBool,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// `CLIENTS` keepalive clients sending GETs back to back through the balancer.
-fn start_load(lb: SocketAddr) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
-    let load = Arc::new(Load::default());
-    let tasks = (0..CLIENTS)
-        .map(|_| {
-            let load = load.clone();
-            tokio::spawn(async move {
-                let http = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
-                let url = format!("http://{lb}/api/x");
-                while !load.stop.load(Ordering::Relaxed) {
-                    let ok = match http.get(&url).send().await {
-                        Ok(r) => r.status() == 200 && r.text().await.is_ok_and(|b| b == "ok"),
-                        Err(_) => false,
-                    };
-                    if ok {
-                        load.ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        load.failed.fetch_add(1, Ordering::Relaxed);
-                        load.last_failure.store(now_ms(), Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    (load, tasks)
-}
 
 fn sigterm(pid: u32) {
     let status = Command::new("kill")
@@ -90,23 +22,8 @@ fn sigterm(pid: u32) {
     assert!(status.success());
 }
 
-/// Waits until `load` has made `n` more successful requests (so traffic is really flowing).
-async fn flowing(load: &Load, n: u64) {
-    let start = load.ok.load(Ordering::Relaxed);
-    wait_for(
-        "traffic through HAProxy",
-        Duration::from_secs(10),
-        || async { (load.ok.load(Ordering::Relaxed) >= start + n).then_some(()) },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn rolling_restart_and_crash_behind_haproxy() {
-    assert!(
-        haproxy_available(),
-        "haproxy is not installed: apt-get install -y haproxy (scripts/test.sh does it)"
-    );
     let dir = tempfile::tempdir().unwrap();
     let db = PgDatabase::create().await;
     let cp_a = ControlPlane::start_with(&dir.path().join("a"), false, &["--store", &db.url]).await;
@@ -142,7 +59,7 @@ async fn rolling_restart_and_crash_behind_haproxy() {
         },
     )
     .await;
-    let (load, tasks) = start_load(lb);
+    let (load, tasks) = start_load(lb, "/api/x", CLIENTS);
     flowing(&load, 200).await;
 
     // 1. Rolling restart of dp-1: SIGTERM, wait for it to exit, start it again.
@@ -221,7 +138,7 @@ async fn rolling_restart_and_crash_behind_haproxy() {
         "requests kept failing after the crash"
     );
 
-    load.stop.store(true, Ordering::Relaxed);
+    load.stop();
     for t in tasks {
         let _ = t.await;
     }
