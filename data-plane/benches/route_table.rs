@@ -64,6 +64,7 @@ fn snapshot(n: usize) -> (Snapshot, Vec<(String, Option<String>)>) {
         nonce: String::new(),
         resources,
         store_id: "bench".into(),
+        ..Snapshot::default()
     };
     (snapshot, requests)
 }

@@ -143,6 +143,7 @@ mod tests {
                 body: br#"{"uri":"/"}"#.to_vec().into(),
             }],
             store_id: "s1".into(),
+            ..Snapshot::default()
         }
     }
 

@@ -45,11 +45,26 @@ pub enum CompileError {
     Router(String),
 }
 
-/// Everything the proxy needs for one config version. Immutable once built.
+/// Everything the proxy needs for one config version. Immutable once built; the compiled part
+/// is shared, so a new version with the same resources (a write that changed nothing the DP
+/// sees) is served by [`CompiledConfig::relabel`] without compiling anything.
 pub struct CompiledConfig {
     pub version: u64,
     /// The config store the snapshot came from; with `version`, names the config exactly.
     pub store_id: String,
+    compiled: Arc<Compiled>,
+}
+
+impl std::ops::Deref for CompiledConfig {
+    type Target = Compiled;
+
+    fn deref(&self) -> &Compiled {
+        &self.compiled
+    }
+}
+
+/// The compiled part of a [`CompiledConfig`].
+pub struct Compiled {
     pub router: Router,
     /// Indexed by the router's match result.
     pub routes: Vec<CompiledRoute>,
@@ -65,6 +80,16 @@ pub struct CompiledConfig {
 }
 
 impl CompiledConfig {
+    /// The same compiled config under another version: for a snapshot whose resources are
+    /// exactly those of this one.
+    pub fn relabel(&self, version: u64) -> CompiledConfig {
+        CompiledConfig {
+            version,
+            store_id: self.store_id.clone(),
+            compiled: self.compiled.clone(),
+        }
+    }
+
     /// Node health of every upstream with health checks, for the control plane (sorted, so two
     /// reports of the same state compare equal).
     pub fn health_report(&self) -> postern_proto::sync::HealthReport {
@@ -682,14 +707,16 @@ pub fn compile(
     let tls = crate::tls::SniCerts::build(&set.ssls)
         .map_err(|(id, e)| invalid("ssls", &id, ValidationError::new("key", e)))?;
     Ok(CompiledConfig {
-        tls,
         version: snapshot.version,
         store_id: snapshot.store_id.clone(),
-        router,
-        routes,
-        any_vars,
-        upstreams: builder.built,
-        plugin_states,
+        compiled: Arc::new(Compiled {
+            tls,
+            router,
+            routes,
+            any_vars,
+            upstreams: builder.built,
+            plugin_states,
+        }),
     })
 }
 
@@ -729,6 +756,7 @@ mod tests {
                 })
                 .collect(),
             store_id: "test".to_string(),
+            ..Snapshot::default()
         }
     }
 

@@ -123,13 +123,28 @@ impl SyncClient {
             // The CP starts each stream knowing no health: nothing to send until a check says
             // something.
             let mut last_report = postern_proto::sync::HealthReport::default();
+            // The whole snapshot this stream stands at: the base of the next delta.
+            let mut received: Option<Arc<Snapshot>> = None;
             loop {
                 tokio::select! {
                     msg = inbound.message() => {
                         let Some(msg) = msg? else { break };
                         match msg.message {
                             Some(control_plane_message::Message::Snapshot(snapshot)) => {
-                                let answer = self.apply(snapshot).await;
+                                // A delta that does not follow on is a broken stream: a new one
+                                // starts with a whole snapshot.
+                                let unchanged = snapshot.delta
+                                    && snapshot.resources.is_empty()
+                                    && snapshot.removed.is_empty();
+                                let whole = Arc::new(assemble(received.as_deref(), snapshot)?);
+                                let base = received.replace(whole.clone()).map(|b| b.version);
+                                let relabelled = base
+                                    .filter(|_| unchanged)
+                                    .and_then(|base| self.relabel(base, &whole));
+                                let answer = match relabelled {
+                                    Some(answer) => answer,
+                                    None => self.apply(whole).await,
+                                };
                                 tx.send(message(answer)).await?;
                             }
                             Some(control_plane_message::Message::Cluster(c)) => {
@@ -155,8 +170,32 @@ impl SyncClient {
         result
     }
 
+    /// A snapshot with exactly the resources of version `base`: when `base` is what is served,
+    /// the new version is served by the same compiled config, with nothing compiled. `None`
+    /// when `base` is not served (it was refused): the snapshot must then be compiled.
+    fn relabel(&self, base: u64, snapshot: &Arc<Snapshot>) -> Option<data_plane_message::Message> {
+        let serving = self.state.current()?;
+        if serving.version != base || serving.store_id != snapshot.store_id {
+            return None;
+        }
+        let version = snapshot.version;
+        self.state.apply(serving.relabel(version));
+        if let Some(cache) = &self.cache {
+            cache.send_replace(Some(snapshot.clone()));
+        }
+        tracing::info!(
+            version,
+            base,
+            "config applied: nothing changed, nothing compiled"
+        );
+        Some(data_plane_message::Message::Ack(Ack {
+            version,
+            nonce: snapshot.nonce.clone(),
+        }))
+    }
+
     /// Compiles and swaps in one snapshot; the answer to send back.
-    async fn apply(&self, snapshot: Snapshot) -> data_plane_message::Message {
+    async fn apply(&self, snapshot: Arc<Snapshot>) -> data_plane_message::Message {
         let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
         let serving = self.state.current();
         if serving.is_some_and(|c| c.version == version && c.store_id == snapshot.store_id) {
@@ -166,7 +205,6 @@ impl SyncClient {
         }
         let started = Instant::now();
         let previous = self.state.current();
-        let snapshot = Arc::new(snapshot);
         let input = snapshot.clone();
         // Compiling thousands of routes is CPU work: keep it off the proxy's async threads.
         let compiled =
@@ -205,6 +243,30 @@ impl SyncClient {
             }
         }
     }
+}
+
+/// The whole snapshot a message stands for: itself, or a delta applied to `received`, the whole
+/// snapshot the stream stood at before.
+fn assemble(received: Option<&Snapshot>, msg: Snapshot) -> anyhow::Result<Snapshot> {
+    if !msg.delta {
+        return Ok(msg);
+    }
+    let Some(base) =
+        received.filter(|b| b.version == msg.base_version && b.store_id == msg.store_id)
+    else {
+        anyhow::bail!(
+            "the control plane sent a delta on version {} but this stream is at {:?}",
+            msg.base_version,
+            received.map(|b| b.version)
+        );
+    };
+    Ok(Snapshot {
+        version: msg.version,
+        nonce: msg.nonce,
+        resources: postern_proto::delta::apply(&base.resources, msg.resources, &msg.removed),
+        store_id: msg.store_id,
+        ..Snapshot::default()
+    })
 }
 
 /// Writes each snapshot sent on `rx` to the disk cache, newest only, one write at a time, off the

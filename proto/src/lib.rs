@@ -4,6 +4,7 @@
 //! The control plane validates Admin API bodies with this crate and the data plane validates
 //! snapshots with the same code, so a config the CP accepts is a config the DP can compile.
 
+pub mod delta;
 pub mod model;
 
 /// Generated gRPC types and service stubs for `postern.sync.v1`.

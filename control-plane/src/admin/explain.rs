@@ -62,6 +62,7 @@ pub async fn explain(
         nonce: String::new(),
         resources: snap.resources.clone(),
         store_id: snap.store_id.clone(),
+        ..WireSnapshot::default()
     };
     let config = postern_data_plane::compile::compile(&wire, None)
         .map_err(|e| AdminError::Internal(format!("the snapshot does not compile: {e}")))?;

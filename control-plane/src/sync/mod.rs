@@ -1,5 +1,7 @@
 //! The gRPC sync server: one bidirectional stream per data plane. The DP says Hello; the CP sends
-//! the current snapshot, then each newer one; the DP ACKs or NACKs each by version and nonce.
+//! the current snapshot whole, then each newer one as a delta from the one it sent before (only
+//! what changed; whole again when the store was replaced or most of it changed); the DP ACKs or
+//! NACKs each by version and nonce.
 
 pub mod registry;
 
@@ -130,28 +132,28 @@ impl Session {
         tx: &Outbox,
     ) -> &'static str {
         let node = hello.node_id.as_str();
-        let mut sent_version = None;
+        // The snapshot last sent on this stream: the base of the next delta.
+        let mut sent: Option<Arc<crate::snapshot::Snapshot>> = None;
         let mut nonce = 0u64;
         // The DP learns how many DPs there are after its first snapshot, then on every change.
         let mut data_planes = self.registry.watch_connected();
         let mut tell_data_planes = true;
         loop {
             let latest = self.snapshots.borrow_and_update().clone();
-            if let Some(snap) = latest.filter(|s| Some(s.version) != sent_version) {
+            if let Some(snap) =
+                latest.filter(|s| sent.as_ref().map(|p| p.version) != Some(s.version))
+            {
                 nonce += 1;
+                let mut wire = wire_snapshot(sent.as_deref(), &snap);
+                wire.nonce = format!("{}-{nonce}", self.id);
                 let msg = ControlPlaneMessage {
-                    message: Some(control_plane_message::Message::Snapshot(WireSnapshot {
-                        version: snap.version,
-                        nonce: format!("{}-{nonce}", self.id),
-                        resources: snap.resources.clone(),
-                        store_id: snap.store_id.clone(),
-                    })),
+                    message: Some(control_plane_message::Message::Snapshot(wire)),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return "stream closed";
                 }
-                sent_version = Some(snap.version);
                 self.registry.sent(node, snap.version);
+                sent = Some(snap);
             }
             if std::mem::take(&mut tell_data_planes) {
                 let n = *data_planes.borrow_and_update();
@@ -202,5 +204,36 @@ impl Session {
                 tracing::debug!(node_id = node, "ignoring an unexpected sync message");
             }
         }
+    }
+}
+
+/// What to send for `next` after `sent` went out on the same stream: a delta when there is a
+/// base of the same store and it is smaller than the whole, else the whole snapshot.
+fn wire_snapshot(
+    sent: Option<&crate::snapshot::Snapshot>,
+    next: &crate::snapshot::Snapshot,
+) -> WireSnapshot {
+    let whole = || WireSnapshot {
+        version: next.version,
+        resources: next.resources.clone(),
+        store_id: next.store_id.clone(),
+        ..WireSnapshot::default()
+    };
+    let Some(base) = sent.filter(|b| b.store_id == next.store_id) else {
+        return whole();
+    };
+    let (changed, removed) = postern_proto::delta::diff(&base.resources, &next.resources);
+    // Most of the config changed: the whole snapshot says it in fewer bytes.
+    if (changed.len() + removed.len()) * 2 > next.resources.len().max(1) {
+        return whole();
+    }
+    WireSnapshot {
+        version: next.version,
+        resources: changed,
+        store_id: next.store_id.clone(),
+        delta: true,
+        base_version: base.version,
+        removed,
+        ..WireSnapshot::default()
     }
 }
