@@ -230,13 +230,16 @@ impl Proxy {
             let conn_framing = framing.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
-                // Content-Length with Transfer-Encoding (seen below hyper, which would accept
-                // it): refused, and the connection closed (hyper does not keep it alive).
-                let ambiguous =
-                    req.version() < Version::HTTP_2 && conn_framing.next_request_is_ambiguous();
+                // Smuggling-prone framing (seen below hyper, which would accept it): refused,
+                // and the connection closed.
+                let refusal = if req.version() < Version::HTTP_2 {
+                    conn_framing.next_request_refusal()
+                } else {
+                    None
+                };
                 async move {
-                    if ambiguous {
-                        return Ok::<_, Infallible>(proxy.refuse_ambiguous_framing());
+                    if let Some(why) = refusal {
+                        return Ok::<_, Infallible>(proxy.refuse_framing(why));
                     }
                     Ok::<_, Infallible>(proxy.handle(client_addr, req, https).await)
                 }
@@ -316,13 +319,9 @@ impl Proxy {
         }
     }
 
-    /// The answer to a request that had both `Content-Length` and `Transfer-Encoding`.
-    fn refuse_ambiguous_framing(&self) -> Response<ClientBody> {
-        let mut response = ProxyError::BadRequest(
-            "a request must not carry both Content-Length and Transfer-Encoding",
-        )
-        .into_response()
-        .map(Either::Right);
+    /// The answer to a request whose framing the watch refused (`framing`).
+    fn refuse_framing(&self, why: framing::Refusal) -> Response<ClientBody> {
+        let mut response = ProxyError::Framing(why).into_response().map(Either::Right);
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
