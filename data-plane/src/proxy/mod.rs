@@ -424,6 +424,13 @@ impl Proxy {
         if let Err(e) = self.normalize(&mut parts) {
             return e.into_response().map(Either::Right);
         }
+        if let Err(why) = headers::settle_host(&mut parts) {
+            return ProxyError::BadRequest(why)
+                .into_response()
+                .map(Either::Right);
+        }
+        // The client's own hop-by-hop and identity headers go before any plugin runs.
+        headers::strip_connection_named(&mut parts.headers);
         headers::strip_identity(&mut parts.headers);
         let route = match self.match_route(client_addr, &parts) {
             Ok(r) => r,
@@ -640,9 +647,15 @@ impl Proxy {
         if let Some(protocol) = &upgrade {
             upgrade::set_headers(&mut parts.headers, protocol.clone());
         }
+        // The hops before the peer are believed only from a trusted proxy.
+        let peer_trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(client_addr.ip()));
         headers::add_forwarded(
             &mut parts.headers,
             client_addr.ip(),
+            peer_trusted,
             if exchange.https { "https" } else { "http" },
             original_host.as_ref(),
         );
