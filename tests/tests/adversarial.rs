@@ -21,8 +21,9 @@ struct Seen {
     headers: hyper::HeaderMap,
 }
 
-/// An upstream that records every request and answers 200 `ok` after `delay`.
+/// An upstream that records every request, reads its body, and answers 200 `ok` after `delay`.
 async fn recording_upstream(delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    use http_body_util::BodyExt;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let addr = serve_upstream(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -31,6 +32,8 @@ async fn recording_upstream(delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<Seen>
             headers: req.headers().clone(),
         });
         async move {
+            // As an application would before answering (a cut-off body fails here).
+            let _ = req.into_body().collect().await;
             tokio::time::sleep(delay).await;
             hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
         }
@@ -308,6 +311,29 @@ async fn smuggling_by_framing_is_refused_and_the_connection_closed() {
         failures.extend(check_refused(&gw, name, &attack, 400).await);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // A malformed chunk that arrives after the request went upstream: hyper finds it; the
+    // upstream request is cut off (never followed by the hidden one) and the client gets 400.
+    gw.take_seen();
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    stream
+        .write_all(
+            b"POST /late HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the upstream to get /late",
+        Duration::from_secs(5),
+        || async { (!gw.seen.lock().unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+    let rest = format!("zz\r\n{HIDDEN}GET /third HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(answer.statuses(), [400], "late bad chunk: {}", answer.text);
+    assert!(answer.closed, "late bad chunk: connection left open");
+    assert_eq!(gw.take_targets(), ["/late"], "late bad chunk");
 
     // Ordinary chunked bodies (with an extension) and keepalive still work.
     let ok = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\

@@ -851,6 +851,11 @@ impl Proxy {
             // answered: that is the client's doing, so 413 rather than 502.
             if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
                 ProxyError::BodyTooLarge
+            } else if progress.body_failed() {
+                // A malformed chunk hyper found after the request was forwarded (see `framing`),
+                // or the client gone mid-body: the upstream request is cut off, and it is the
+                // client's error, not the upstream's.
+                ProxyError::BadRequest("malformed or incomplete request body")
             } else if upstream_call::caused_by::<upstream_call::ConnectTimedOut>(&e) {
                 ProxyError::ConnectTimeout
             } else if e.is_connect() {
