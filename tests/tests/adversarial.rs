@@ -647,6 +647,33 @@ async fn headers_the_upstream_trusts_come_from_the_gateway() {
     .await;
     assert_eq!(seen.headers["host"], "c.example");
     assert_eq!(seen.headers["x-forwarded-host"], "c.example");
+
+    // HTTP/2: a `Host` sent beside `:authority` wins, for routing (not b.example's route) and
+    // the upstream alike (HTTP/2 clients such as hyper's send the caller's Host that way).
+    let (mut stream, mut buf) = h2_connect(gw.proxy).await;
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/host"),
+        (":authority", "b.example"),
+        ("host", "c.example"),
+    ];
+    stream
+        .write_all(&h2raw::headers(1, true, &fields))
+        .await
+        .unwrap();
+    let (frames, _) = h2_read(&mut stream, &mut buf, Duration::from_secs(5), |frames| {
+        frames.iter().any(|f| f.2 == 1 && f.0 == h2raw::HEADERS)
+    })
+    .await;
+    let status = frames
+        .iter()
+        .find(|f| f.2 == 1 && f.0 == h2raw::HEADERS)
+        .and_then(|f| h2raw::static_status(&f.3));
+    assert_eq!(status, Some(200), "HTTP/2 Host c.example: {frames:?}");
+    let seen = gw.take_seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["host"], "c.example");
 }
 
 /// One request that the gateway forwards: what the upstream saw of it.
@@ -703,6 +730,7 @@ async fn slowloris_is_cut_off_by_the_header_timeout() {
 /// Minimal HTTP/2 framing, written by hand so a client can break the rules the `h2` crate
 /// enforces (more streams than the server allows).
 mod h2raw {
+    pub const DATA: u8 = 0;
     pub const HEADERS: u8 = 1;
     pub const RST_STREAM: u8 = 3;
     pub const SETTINGS: u8 = 4;
@@ -728,6 +756,45 @@ mod h2raw {
             stream,
             &[0x82, 0x86, 0x84, 0x01, 0x01, b'a'],
         )
+    }
+
+    /// A header block of literal fields without indexing (names and values under 127 bytes,
+    /// no Huffman coding), so any bytes can be sent.
+    pub fn headers(stream: u32, end_stream: bool, fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in fields {
+            block.push(0x00);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+        frame(HEADERS, flags, stream, &block)
+    }
+
+    pub fn data(stream: u32, end_stream: bool, payload: &[u8]) -> Vec<u8> {
+        frame(
+            DATA,
+            if end_stream { END_STREAM } else { 0 },
+            stream,
+            payload,
+        )
+    }
+
+    /// A response's status when its header block starts with a static-table `:status` (200,
+    /// 204, 206, 304, 400, 404, 500: what hyper sends indexed).
+    pub fn static_status(block: &[u8]) -> Option<u16> {
+        Some(match block.first()? {
+            0x88 => 200,
+            0x89 => 204,
+            0x8a => 206,
+            0x8b => 304,
+            0x8c => 400,
+            0x8d => 404,
+            0x8e => 500,
+            _ => return None,
+        })
     }
 
     pub fn reset(stream: u32) -> Vec<u8> {
@@ -906,4 +973,108 @@ async fn http2_rapid_reset_and_stream_floods_are_bounded() {
         frames.iter().any(|f| f.0 == h2raw::HEADERS && f.2 == 1),
         "HTTP/2 after the attacks: {frames:?}"
     );
+}
+
+/// HTTP/2 requests are forwarded to HTTP/1.1 upstreams: framing an HTTP/2 client sends (a
+/// `content-length` the DATA frames contradict, `transfer-encoding`, CR/LF in a field) must not
+/// turn into a second request upstream (the H2.CL / H2.TE desync attacks).
+#[tokio::test]
+async fn http2_requests_cannot_desync_the_http1_upstream() {
+    let gw = Gateway::start().await;
+    gw.put("/admin/routes/all", json!({"uri": "/*"})).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let post = |path: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut fields = vec![
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "a"),
+        ];
+        fields.extend_from_slice(extra);
+        fields
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "H2.CL: content-length 0 with data",
+            [
+                h2raw::headers(1, false, &post("/attack", &[("content-length", "0")])),
+                h2raw::data(1, true, smuggled.as_bytes()),
+            ]
+            .concat(),
+        ),
+        (
+            "H2.CL: content-length shorter than the data",
+            [
+                h2raw::headers(1, false, &post("/attack", &[("content-length", "5")])),
+                h2raw::data(1, true, format!("hello{smuggled}").as_bytes()),
+            ]
+            .concat(),
+        ),
+        (
+            "H2.TE: transfer-encoding chunked",
+            [
+                h2raw::headers(
+                    1,
+                    false,
+                    &post("/attack", &[("transfer-encoding", "chunked")]),
+                ),
+                h2raw::data(1, true, format!("0\r\n\r\n{smuggled}").as_bytes()),
+            ]
+            .concat(),
+        ),
+        (
+            "CRLF in a header value",
+            h2raw::headers(
+                1,
+                true,
+                &post("/attack", &[("x-a", "b\r\nTransfer-Encoding: chunked")]),
+            ),
+        ),
+        (
+            "CRLF in :path",
+            h2raw::headers(
+                1,
+                true,
+                &post("/attack HTTP/1.1\r\nHost: a\r\n\r\nGET /smuggled", &[]),
+            ),
+        ),
+        (
+            "connection header",
+            h2raw::headers(1, true, &post("/attack", &[("connection", "close")])),
+        ),
+    ];
+    for (name, frames) in cases {
+        gw.take_seen();
+        let (mut stream, mut buf) = h2_connect(gw.proxy).await;
+        let _ = stream.write_all(&frames).await;
+        let (frames, closed) = h2_read(&mut stream, &mut buf, Duration::from_secs(5), |frames| {
+            frames
+                .iter()
+                .any(|f| f.2 == 1 && (f.0 == h2raw::RST_STREAM || f.0 == h2raw::HEADERS))
+        })
+        .await;
+        let reset = frames
+            .iter()
+            .find(|f| f.0 == h2raw::RST_STREAM && f.2 == 1)
+            .map(|f| u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]));
+        let status = frames
+            .iter()
+            .find(|f| f.0 == h2raw::HEADERS && f.2 == 1)
+            .map(|f| h2raw::static_status(&f.3));
+        let goaway = frames.iter().any(|f| f.0 == h2raw::GOAWAY);
+        // Give a forwarded request time to arrive, if one was.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let targets = gw.take_targets();
+        println!(
+            "{name}: RST_STREAM {reset:?}, status {status:?}, GOAWAY {goaway}, closed {closed}, upstream saw {targets:?}"
+        );
+        assert!(
+            reset.is_some() || status == Some(Some(400)) || goaway,
+            "{name}: not refused: {frames:?}"
+        );
+        assert!(
+            !targets.iter().any(|t| t.contains("smuggled")),
+            "{name}: upstream saw {targets:?}"
+        );
+    }
 }

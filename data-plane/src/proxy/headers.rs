@@ -75,8 +75,9 @@ pub fn strip_connection_named(headers: &mut HeaderMap) {
 /// Makes the request's host one value for routing, plugins and the upstream: two `Host` lines,
 /// or a `Host` that is not a plain `host[:port]`, are refused (RFC 9112 §3.2); a request in
 /// absolute form (`GET http://b.example/ HTTP/1.1`) names its host in the target, which wins
-/// over `Host` (RFC 9112 §3.2.2) and replaces it. (HTTP/2 requests carry `:authority` in the
-/// URI; a `Host` beside it is left as it is, and wins, as for HTTP/1.1 without absolute form.)
+/// over `Host` (RFC 9112 §3.2.2) and replaces it. HTTP/2 requests carry `:authority` in the
+/// URI; a `Host` beside it is left as it is and wins for routing and the upstream alike (HTTP/2
+/// clients such as hyper's send the caller's `Host` that way), `:authority` serving without one.
 pub fn settle_host(parts: &mut http::request::Parts) -> Result<(), &'static str> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
@@ -92,11 +93,12 @@ pub fn settle_host(parts: &mut http::request::Parts) -> Result<(), &'static str>
     {
         return Err("invalid Host header");
     }
-    if parts.version < http::Version::HTTP_2
-        && let Some(authority) = parts.uri.authority()
-    {
+    if let Some(authority) = parts.uri.authority() {
         if authority.as_str().contains('@') {
             return Err("user info in the request target");
+        }
+        if parts.version >= http::Version::HTTP_2 {
+            return Ok(());
         }
         let value = HeaderValue::from_str(authority.as_str())
             .map_err(|_| "invalid authority in the request target")?;
@@ -269,6 +271,15 @@ mod tests {
         let mut p = parts("/x", &["a.example:81"]);
         settle_host(&mut p).unwrap();
         assert_eq!(p.headers["host"], "a.example:81");
+        // HTTP/2: a Host beside `:authority` stays; none is added without one.
+        let mut p = parts("http://c.example/x", &["b.example"]);
+        p.version = http::Version::HTTP_2;
+        settle_host(&mut p).unwrap();
+        assert_eq!(p.headers["host"], "b.example");
+        let mut p = parts("http://c.example/x", &[]);
+        p.version = http::Version::HTTP_2;
+        settle_host(&mut p).unwrap();
+        assert!(p.headers.get("host").is_none());
     }
 
     #[test]
