@@ -313,7 +313,20 @@ async fn smuggling_by_framing_is_refused_and_the_connection_closed() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 
     // A malformed chunk that arrives after the request went upstream: hyper finds it; the
-    // upstream request is cut off (never followed by the hidden one) and the client gets 400.
+    // upstream request is cut off (never followed by the hidden one) and the client gets 400,
+    // the client's error: it does not count against the node (one TCP failure would take it
+    // out here, and with it the whole upstream).
+    gw.put(
+        "/admin/routes/late",
+        json!({"uri": "/late", "priority": 10, "upstream": {
+            "nodes": {gw.upstream.to_string(): 1},
+            // (Active checks must come with passive ones; TCP probes send no request to record.)
+            "checks": {"active": {"type": "tcp"},
+                       "passive": {"unhealthy": {"tcp_failures": 1}},
+                       "on_all_unhealthy": "reject"}
+        }}),
+    )
+    .await;
     gw.take_seen();
     let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     stream
@@ -334,6 +347,18 @@ async fn smuggling_by_framing_is_refused_and_the_connection_closed() {
     assert_eq!(answer.statuses(), [400], "late bad chunk: {}", answer.text);
     assert!(answer.closed, "late bad chunk: connection left open");
     assert_eq!(gw.take_targets(), ["/late"], "late bad chunk");
+    let answer = exchange(
+        gw.proxy,
+        b"GET /late HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        answer.statuses(),
+        [200],
+        "node after a late bad chunk: {}",
+        answer.text
+    );
+    gw.take_seen();
 
     // Ordinary chunked bodies (with an extension) and keepalive still work.
     let ok = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
