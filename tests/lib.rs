@@ -272,6 +272,11 @@ impl ControlPlane {
         }
     }
 
+    /// The running process's id (with `--dev`, the data plane's too: it runs inside).
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("running").child.id()
+    }
+
     pub fn sync_url(&self) -> String {
         format!("http://{}", self.sync)
     }

@@ -21,6 +21,9 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("bad request: {0}")]
     BadPath(#[from] super::normalize::PathError),
+    /// Framing the gateway does not forward (smuggling): see `framing`.
+    #[error("bad request: {}", .0.message())]
+    Framing(super::framing::Refusal),
     #[error("request URI too long")]
     UriTooLong,
     /// The request body passed client-control's `max_body_size` while being sent upstream.
@@ -55,6 +58,7 @@ impl ProxyError {
             | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Framing(why) => why.status(),
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamConnect(_)

@@ -1,29 +1,86 @@
-//! A request with both `Content-Length` and `Transfer-Encoding` is the classic smuggling
-//! vector (CL.TE / TE.CL): two parsers can disagree on where its body ends. hyper resolves it
-//! safely (chunked wins, the length is dropped, the connection closes after the response) but
-//! forwards the request, and by then the service can no longer see that both were sent. The
-//! gateway refuses such requests instead (400, connection closed), so [`FramingWatch`] reads the
-//! raw HTTP/1 byte stream beside hyper: it finds each request head, notes whether it carries
-//! both headers, and skips bodies by their framing to find the next head. The service asks
-//! [`ConnFraming::next_request_is_ambiguous`] per request.
+//! Request smuggling lives in framing that two parsers read differently. hyper resolves the
+//! classic cases safely but forwards some of them, and by then the service can no longer see
+//! what was sent: a request with both `Content-Length` and `Transfer-Encoding` (CL.TE / TE.CL:
+//! chunked wins, the length is dropped), `Transfer-Encoding` in two header lines, a coding
+//! before `chunked` (`gzip, chunked`: the body would go on still encoded, unannounced), and head
+//! lines ending in a bare LF. A malformed chunked body (size overflow, a size that is not hex, an
+//! extension with a bare LF or too long, data longer than its size) hyper does refuse, but only
+//! mid-body, after the request head was forwarded. The gateway refuses all of these before
+//! anything is forwarded (400, or 501 for a coding it does not implement; the connection
+//! closed), so [`FramingWatch`] reads the raw HTTP/1 byte stream beside hyper: it finds each
+//! request head, judges its framing, and follows its body by that framing to the next head. The
+//! service asks [`ConnFraming::next_request_refusal`] per request. A body error found in bytes
+//! that arrive after the request was handed to the service is left to hyper (the upstream
+//! request is then cut off, never followed by a second one).
 //!
 //! The watch gives up (and hyper's own handling stands) on anything it does not fully
 //! understand: a head it cannot parse (hyper answers 400/431 itself), HTTP/2's preface, an
-//! upgrade or `CONNECT` (the bytes after it may be another protocol), or framing hyper would
-//! reject. It only ever adds a refusal for a head it parsed the way hyper does.
+//! upgrade or `CONNECT` (the bytes after it may be another protocol), or framing hyper rejects
+//! at the head. It stops after a refusal too: the connection ends with it.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use http::StatusCode;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Why the gateway refuses a request's framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    LengthAndEncoding = 1,
+    /// `Transfer-Encoding` in more than one header line.
+    RepeatedEncoding,
+    /// A transfer coding other than `chunked` (which must be last and alone).
+    UnsupportedCoding,
+    /// A head line ending in LF without CR.
+    BareLf,
+    /// A chunked body that is not well formed.
+    BadChunk,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::LengthAndEncoding => {
+                "a request must not carry both Content-Length and Transfer-Encoding"
+            }
+            Refusal::RepeatedEncoding => "Transfer-Encoding must be one header line",
+            Refusal::UnsupportedCoding => "the only transfer coding accepted is chunked",
+            Refusal::BareLf => "request head lines must end in CRLF",
+            Refusal::BadChunk => "malformed chunked body",
+        }
+    }
+
+    fn from_code(code: u64) -> Option<Refusal> {
+        [
+            Refusal::LengthAndEncoding,
+            Refusal::RepeatedEncoding,
+            Refusal::UnsupportedCoding,
+            Refusal::BareLf,
+            Refusal::BadChunk,
+        ]
+        .into_iter()
+        .find(|r| *r as u64 == code)
+    }
+}
 
 /// What the service and the watch of one connection share.
 #[derive(Debug)]
 pub struct ConnFraming {
-    /// Index (from 0) of the first request head carrying both headers; `u64::MAX`: none.
-    ambiguous: AtomicU64,
+    /// The first refused request: its index (from 0) shifted left by 8, with the [`Refusal`]
+    /// in the low byte; `u64::MAX`: none.
+    refused: AtomicU64,
     /// HTTP/1 requests the service has taken so far.
     served: AtomicU64,
 }
@@ -31,18 +88,45 @@ pub struct ConnFraming {
 impl ConnFraming {
     pub fn new() -> Arc<ConnFraming> {
         Arc::new(ConnFraming {
-            ambiguous: AtomicU64::new(u64::MAX),
+            refused: AtomicU64::new(u64::MAX),
             served: AtomicU64::new(0),
         })
     }
 
-    /// Called once per HTTP/1 request, in order: whether this request's head had both
-    /// `Content-Length` and `Transfer-Encoding`. hyper parses heads in order and only after the
-    /// watch has seen their bytes, so request `n` is head `n`.
-    pub fn next_request_is_ambiguous(&self) -> bool {
+    /// Called once per HTTP/1 request, in order: why this request is refused, if it is. hyper
+    /// parses heads in order and only after the watch has seen their bytes, so request `n` is
+    /// head `n`.
+    pub fn next_request_refusal(&self) -> Option<Refusal> {
         let n = self.served.fetch_add(1, Ordering::Relaxed);
-        self.ambiguous.load(Ordering::Relaxed) == n
+        let refused = self.refused.load(Ordering::Relaxed);
+        if refused == u64::MAX || refused >> 8 != n {
+            return None;
+        }
+        Refusal::from_code(refused & 0xff)
     }
+
+    fn refuse(&self, index: u64, why: Refusal) {
+        let _ = self.refused.compare_exchange(
+            u64::MAX,
+            index << 8 | why as u64,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Longest chunk-size line (size and extensions) the watch accepts (hyper allows 16 KiB of
+/// extensions over a whole body).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// What collecting a line or head found.
+enum Collected {
+    /// Complete, using this many bytes of the new data.
+    Done(usize),
+    /// Needs more bytes.
+    More,
+    /// Longer than allowed.
+    TooLong,
 }
 
 /// Where the watch is in the byte stream.
@@ -64,12 +148,13 @@ enum State {
     Off,
 }
 
-/// An HTTP/1 connection's reading side, watched for ambiguous framing.
+/// An HTTP/1 connection's reading side, watched for framing the gateway refuses.
 pub struct FramingWatch<S> {
     inner: S,
     shared: Arc<ConnFraming>,
     state: State,
     pending: Vec<u8>,
+    /// Heads seen so far; the one being followed (its body) is `heads - 1`.
     heads: u64,
     max_head: usize,
 }
@@ -91,6 +176,12 @@ impl<S> FramingWatch<S> {
         self.pending = Vec::new();
     }
 
+    /// Refuses the current request (the last head seen) and stops: the connection ends there.
+    fn refuse(&mut self, why: Refusal) {
+        self.shared.refuse(self.heads.saturating_sub(1), why);
+        self.stop();
+    }
+
     /// Feeds newly read bytes through the state machine.
     fn scan(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
@@ -108,18 +199,19 @@ impl<S> FramingWatch<S> {
                             return;
                         }
                     }
-                    let Some(used) = self.collect_until(data, b"\r\n\r\n") else {
-                        return;
+                    let used = match self.collect(data, self.max_head, head_end) {
+                        Collected::Done(n) => n,
+                        Collected::More => return,
+                        // Too long: hyper answers 431 (or the line is garbage).
+                        Collected::TooLong => return self.stop(),
                     };
                     data = &data[used..];
                     let verdict = judge_head(&self.pending);
                     self.pending.clear();
+                    self.heads += 1;
                     match verdict {
-                        Some((ambiguous, next)) => {
-                            let index = self.heads;
-                            self.heads += 1;
-                            self.flag_then(index, ambiguous, next);
-                        }
+                        Some(Ok(next)) => self.state = next,
+                        Some(Err(why)) => self.refuse(why),
                         None => self.stop(),
                     }
                 }
@@ -133,8 +225,10 @@ impl<S> FramingWatch<S> {
                     };
                 }
                 State::ChunkSize => {
-                    let Some(used) = self.collect_until(data, b"\r\n") else {
-                        return;
+                    let used = match self.collect(data, MAX_CHUNK_LINE, line_end) {
+                        Collected::Done(n) => n,
+                        Collected::More => return,
+                        Collected::TooLong => return self.refuse(Refusal::BadChunk),
                     };
                     data = &data[used..];
                     let size = chunk_size(&self.pending);
@@ -142,7 +236,7 @@ impl<S> FramingWatch<S> {
                     match size {
                         Some(0) => self.state = State::Trailers,
                         Some(n) => self.state = State::ChunkData(n),
-                        None => self.stop(),
+                        None => return self.refuse(Refusal::BadChunk),
                     }
                 }
                 State::ChunkData(left) => {
@@ -161,7 +255,7 @@ impl<S> FramingWatch<S> {
                         b'\n'
                     };
                     if data[0] != want {
-                        return self.stop();
+                        return self.refuse(Refusal::BadChunk);
                     }
                     data = &data[1..];
                     self.state = if self.state == State::ChunkCr {
@@ -171,11 +265,16 @@ impl<S> FramingWatch<S> {
                     };
                 }
                 State::Trailers => {
-                    let Some(used) = self.collect_until(data, b"\r\n") else {
-                        return;
+                    let used = match self.collect(data, self.max_head, line_end) {
+                        Collected::Done(n) => n,
+                        Collected::More => return,
+                        Collected::TooLong => return self.stop(),
                     };
                     data = &data[used..];
-                    // The line ends with CRLF; an empty line ends the message.
+                    if !self.pending.ends_with(b"\r\n") {
+                        return self.refuse(Refusal::BadChunk);
+                    }
+                    // An empty line ends the message.
                     if self.pending.len() == 2 {
                         self.state = State::Head;
                     }
@@ -185,64 +284,74 @@ impl<S> FramingWatch<S> {
         }
     }
 
-    /// Appends `data` to `pending` up to and including the first `end` (which may straddle
-    /// reads); returns how many bytes of `data` were used once `end` is found.
-    fn collect_until(&mut self, data: &[u8], end: &[u8]) -> Option<usize> {
-        let start = self.pending.len().saturating_sub(end.len() - 1);
+    /// Appends `data` to `pending` up to the end `find` reports (which may straddle reads), at
+    /// most `limit` bytes in all.
+    fn collect(
+        &mut self,
+        data: &[u8],
+        limit: usize,
+        find: fn(&[u8], usize) -> Option<usize>,
+    ) -> Collected {
         let before = self.pending.len();
-        // Look only as far as the head may still grow.
-        let room = self.max_head.saturating_sub(before);
+        let room = limit.saturating_sub(before);
         let take = data.len().min(room);
         self.pending.extend_from_slice(&data[..take]);
-        match self.pending[start..]
-            .windows(end.len())
-            .position(|w| w == end)
-        {
-            Some(i) => {
-                let total = start + i + end.len();
-                self.pending.truncate(total);
-                Some(total - before)
+        match find(&self.pending, before) {
+            Some(end) => {
+                self.pending.truncate(end);
+                Collected::Done(end - before)
             }
-            None => {
-                if take < data.len() || self.pending.len() >= self.max_head {
-                    // Too long: hyper answers 431 (or the line is garbage); stop watching.
-                    self.stop();
-                }
-                None
-            }
+            None if take < data.len() || self.pending.len() >= limit => Collected::TooLong,
+            None => Collected::More,
         }
     }
+}
 
-    fn flag_then(&mut self, index: u64, ambiguous: bool, next: State) {
-        if ambiguous {
-            let _ = self.shared.ambiguous.compare_exchange(
-                u64::MAX,
-                index,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+/// The end of a request head in `buf` (new bytes from `from`): after the first empty line,
+/// which hyper (httparse) also takes from bare LFs: `\n\n` or `\n\r\n`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(2);
+    (start..buf.len()).find_map(|i| {
+        if buf[i] != b'\n' {
+            return None;
         }
-        if next == State::Off {
-            self.stop();
-        } else {
-            self.state = next;
+        match buf.get(i + 1..) {
+            Some([b'\n', ..]) => Some(i + 2),
+            Some([b'\r', b'\n', ..]) => Some(i + 3),
+            _ => None,
         }
-    }
+    })
+}
+
+/// The end of a line: after its first LF.
+fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| from + i + 1)
 }
 
 /// Most headers a head may have (the proxy's own limit; more and hyper answers 431).
 const MAX_HEADERS: usize = 100;
 
-/// One complete request head: whether it carries both framing headers, and what follows it.
-/// `None` when httparse (and so hyper) refuses it.
-fn judge_head(head: &[u8]) -> Option<(bool, State)> {
+/// One complete request head: what follows it, or why it is refused. `None` when httparse (and
+/// so hyper) refuses it, or when hyper answers it itself.
+fn judge_head(head: &[u8]) -> Option<Result<State, Refusal>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
         return None;
     }
+    let bare_lf = head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'));
+    if bare_lf {
+        return Some(Err(Refusal::BareLf));
+    }
     let mut length: Option<u64> = None;
     let mut te: Option<&[u8]> = None;
+    let mut te_lines = 0;
     let mut has_cl = false;
     let mut upgrade = req.method == Some("CONNECT");
     for h in req.headers.iter() {
@@ -251,25 +360,41 @@ fn judge_head(head: &[u8]) -> Option<(bool, State)> {
             match std::str::from_utf8(h.value).ok().and_then(parse_length) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 // Unparsable or conflicting: hyper answers 400 itself.
-                _ => return Some((false, State::Off)),
+                _ => return None,
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = Some(h.value);
+            te_lines += 1;
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         }
     }
-    let ambiguous = te.is_some() && has_cl;
-    let next = match (te, length) {
+    if let Some(te) = te {
+        // HTTP/1.0 with Transfer-Encoding: hyper answers 400 itself.
+        if req.version != Some(1) {
+            return None;
+        }
+        if has_cl {
+            return Some(Err(Refusal::LengthAndEncoding));
+        }
+        if te_lines > 1 {
+            return Some(Err(Refusal::RepeatedEncoding));
+        }
+        // Not ending in chunked: hyper answers 400 itself.
+        if !ends_with_chunked(te) {
+            return None;
+        }
+        if !te.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Some(Err(Refusal::UnsupportedCoding));
+        }
+    }
+    Some(Ok(match (te, length) {
         // If the upstream switches protocols, what follows may not be HTTP/1.
         _ if upgrade => State::Off,
-        (Some(v), _) if ends_with_chunked(v) => State::ChunkSize,
-        // Transfer-Encoding without chunked last: hyper answers 400.
-        (Some(_), _) => State::Off,
+        (Some(_), _) => State::ChunkSize,
         (None, Some(0) | None) => State::Head,
         (None, Some(n)) => State::Body(n),
-    };
-    Some((ambiguous, next))
+    }))
 }
 
 /// `Content-Length` as hyper reads it: digits only.
@@ -289,18 +414,25 @@ fn ends_with_chunked(v: &[u8]) -> bool {
     })
 }
 
-/// The size on a chunk-size line (`1a;ext=x\r\n`); `None` if it is not a plain hex size.
+/// The size on a chunk-size line (`1a;ext=x\r\n`): hex digits (at most 15, so no overflow),
+/// optional blanks, an optional extension without CR, then CRLF. `None` otherwise.
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r\n")?;
-    let end = line
-        .iter()
-        .position(|&b| b == b';' || b == b' ' || b == b'\t')
-        .unwrap_or(line.len());
-    let hex = &line[..end];
-    if hex.is_empty() || hex.len() > 15 {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
+    match rest {
+        [] => {}
+        [b';', ext @ ..] if !ext.contains(&b'\r') && !ext.contains(&b'\n') => {}
+        _ => return None,
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FramingWatch<S> {
@@ -355,16 +487,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingWatch<S> {
 mod tests {
     use super::*;
 
-    /// Feeds `stream` in pieces of `step` bytes; returns the ambiguous head's index and whether
-    /// the watch is still on.
-    fn watch(stream: &[u8], step: usize) -> (Option<u64>, bool) {
+    /// Feeds `stream` in pieces of `step` bytes; returns the refused head's index and why, and
+    /// whether the watch is still on.
+    fn watch(stream: &[u8], step: usize) -> (Option<(u64, Refusal)>, bool) {
         let shared = ConnFraming::new();
         let mut w = FramingWatch::new((), shared.clone(), 64 * 1024);
         for piece in stream.chunks(step) {
             w.scan(piece);
         }
-        let i = shared.ambiguous.load(Ordering::Relaxed);
-        ((i != u64::MAX).then_some(i), w.state != State::Off)
+        let r = shared.refused.load(Ordering::Relaxed);
+        let refused = (r != u64::MAX).then(|| (r >> 8, Refusal::from_code(r & 0xff).unwrap()));
+        (refused, w.state != State::Off)
     }
 
     #[test]
@@ -377,7 +510,11 @@ mod tests {
             POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
             0\r\n\r\n";
         for step in [1, 2, 3, 7, 64, stream.len()] {
-            assert_eq!(watch(stream, step), (Some(3), true), "step {step}");
+            assert_eq!(
+                watch(stream, step),
+                (Some((3, Refusal::LengthAndEncoding)), false),
+                "step {step}"
+            );
         }
     }
 
@@ -385,14 +522,91 @@ mod tests {
     fn either_order_is_ambiguous_and_plain_streams_are_not() {
         let te_first =
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n";
-        assert_eq!(watch(te_first, 5).0, Some(0));
+        assert_eq!(watch(te_first, 5).0, Some((0, Refusal::LengthAndEncoding)));
         let plain = b"GET / HTTP/1.1\r\n\r\n\r\nGET /2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(watch(plain, 4), (None, true));
     }
 
     #[test]
+    fn refuses_disguised_codings_bare_lfs_and_malformed_chunks() {
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        let post = |framing: &str, body: &str| {
+            let mut s = get.to_vec();
+            s.extend(format!("POST / HTTP/1.1\r\n{framing}\r\n\r\n{body}").into_bytes());
+            s
+        };
+        let te = "Transfer-Encoding: chunked";
+        for (name, stream, why) in [
+            (
+                "two TE lines",
+                post(&format!("{te}\r\n{te}"), "0\r\n\r\n"),
+                Refusal::RepeatedEncoding,
+            ),
+            (
+                "gzip, chunked",
+                post("Transfer-Encoding: gzip, chunked", "0\r\n\r\n"),
+                Refusal::UnsupportedCoding,
+            ),
+            (
+                "bare LF head",
+                [&get[..], b"POST / HTTP/1.1\nContent-Length: 1\n\nx"].concat(),
+                Refusal::BareLf,
+            ),
+            (
+                "size overflow",
+                post(te, "ffffffffffffffffff\r\n"),
+                Refusal::BadChunk,
+            ),
+            (
+                "size not hex",
+                post(te, "5g\r\nhello\r\n"),
+                Refusal::BadChunk,
+            ),
+            ("size 0x", post(te, "0x5\r\nhello\r\n"), Refusal::BadChunk),
+            (
+                "bare LF size line",
+                post(te, "5\nhello\r\n"),
+                Refusal::BadChunk,
+            ),
+            (
+                "bare LF in extension",
+                post(te, "5;a\nb\r\n"),
+                Refusal::BadChunk,
+            ),
+            (
+                "long extension",
+                post(te, &format!("5;{}\r\n", "a".repeat(5000))),
+                Refusal::BadChunk,
+            ),
+            (
+                "data too long",
+                post(te, "5\r\nhelloXX\r\n"),
+                Refusal::BadChunk,
+            ),
+            (
+                "bare LF trailer",
+                post(te, "0\r\nT: 1\n\r\n"),
+                Refusal::BadChunk,
+            ),
+        ] {
+            for step in [1, 3, stream.len()] {
+                assert_eq!(
+                    watch(&stream, step),
+                    (Some((1, why)), false),
+                    "{name}, step {step}"
+                );
+            }
+        }
+        // Blanks after the size and an extension are fine.
+        assert_eq!(
+            watch(&post(te, "5 ;a=b\r\nhello\r\n0\r\n\r\n"), 2),
+            (None, true)
+        );
+    }
+
+    #[test]
     fn gives_up_on_what_it_does_not_understand() {
-        // HTTP/2's preface, an upgrade, CONNECT, a bad chunk size, a too-long head.
+        // HTTP/2's preface, an upgrade, CONNECT, chunked not last, a too-long head.
         assert_eq!(watch(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 3), (None, false));
         assert_eq!(
             watch(
@@ -407,7 +621,7 @@ mod tests {
         );
         assert_eq!(
             watch(
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
                 4
             ),
             (None, false)

@@ -1,6 +1,7 @@
 //! Header hygiene between client and upstream: hop-by-hop headers never cross the proxy, and the
-//! gateway's own `X-Forwarded-*` headers are added after the client's were cleaned, so a
-//! `Connection: X-Forwarded-For` from a client cannot remove them.
+//! gateway's own headers (`X-Forwarded-*`, the identity an auth plugin set) are added after the
+//! client's were cleaned, so a `Connection: X-Forwarded-For` or `Connection:
+//! X-Consumer-Username` from a client cannot remove them. One host per request (`settle_host`).
 
 use std::net::IpAddr;
 
@@ -36,6 +37,74 @@ pub fn strip_identity(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
+}
+
+/// Removes the headers a client's `Connection` names (they are for this hop only), before any
+/// plugin runs, and leaves in `Connection` only the standard hop-by-hop names (`upgrade` is
+/// still needed to see an upgrade; all go in `strip_hop_by_hop`). Nothing a plugin or the
+/// gateway sets afterwards can then be removed by the client's `Connection`.
+pub fn strip_connection_named(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let mut kept = Vec::new();
+    let mut named = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        match HeaderName::from_bytes(token.as_bytes()) {
+            Ok(name) if HOP_BY_HOP.contains(&name) => kept.push(token.to_string()),
+            Ok(name) => named.push(name),
+            Err(_) => {}
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => headers.insert(header::CONNECTION, v),
+        _ => headers.remove(header::CONNECTION),
+    };
+}
+
+/// Makes the request's host one value for routing, plugins and the upstream: two `Host` lines,
+/// or a `Host` that is not a plain `host[:port]`, are refused (RFC 9112 §3.2); a request in
+/// absolute form (`GET http://b.example/ HTTP/1.1`) names its host in the target, which wins
+/// over `Host` (RFC 9112 §3.2.2) and replaces it. HTTP/2 requests carry `:authority` in the
+/// URI; a `Host` beside it is left as it is and wins for routing and the upstream alike (HTTP/2
+/// clients such as hyper's send the caller's `Host` that way), `:authority` serving without one.
+pub fn settle_host(parts: &mut http::request::Parts) -> Result<(), &'static str> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(h) = host
+        && !h.is_empty()
+        && h.to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_none_or(|a| a.as_str().contains('@'))
+    {
+        return Err("invalid Host header");
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if authority.as_str().contains('@') {
+            return Err("user info in the request target");
+        }
+        if parts.version >= http::Version::HTTP_2 {
+            return Ok(());
+        }
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "invalid authority in the request target")?;
+        parts.headers.insert(header::HOST, value);
+    }
+    Ok(())
 }
 
 /// Sets the identity headers from what an auth plugin found (nothing when no plugin did).
@@ -75,16 +144,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host` (the gateway's
-/// view replaces whatever the client claimed).
+/// Sets `X-Forwarded-For` to the prior hops (kept only when `keep_prior`: the peer is a trusted
+/// proxy) plus the peer, and `X-Forwarded-Proto`/`-Host` (the gateway's view replaces whatever
+/// the client claimed).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
+    keep_prior: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
     let mut xff = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
+    for v in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter(|_| keep_prior)
+    {
         if let Ok(s) = v.to_str() {
             xff.push_str(s);
             xff.push_str(", ");
@@ -143,10 +218,68 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         let host = HeaderValue::from_static("a.example");
-        add_forwarded(&mut h, "127.0.0.7".parse().unwrap(), "http", Some(&host));
+        add_forwarded(
+            &mut h,
+            "127.0.0.7".parse().unwrap(),
+            true,
+            "http",
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
+    }
+
+    #[test]
+    fn connection_named_headers_go_before_the_plugins_and_hop_by_hop_names_stay() {
+        let mut h = map(&[
+            ("connection", "close, X-Consumer-Username, Upgrade"),
+            ("connection", "x-other, keep-alive"),
+            ("x-consumer-username", "admin"),
+            ("x-other", "1"),
+            ("upgrade", "websocket"),
+            ("x-kept", "2"),
+        ]);
+        strip_connection_named(&mut h);
+        assert_eq!(h["connection"], "Upgrade, keep-alive");
+        assert!(h.get("x-consumer-username").is_none() && h.get("x-other").is_none());
+        assert_eq!(h["upgrade"], "websocket");
+        set_identity(&mut h, Some("alice"), None, None);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["x-consumer-username"], "alice");
+        assert_eq!(h["x-kept"], "2");
+    }
+
+    #[test]
+    fn one_host_per_request() {
+        let parts = |target: &str, hosts: &[&str]| {
+            let mut b = http::Request::builder().uri(target);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let mut p = parts("/x", &["a", "b"]);
+        assert!(settle_host(&mut p).is_err());
+        for bad in ["a/b", "u@a", "a b:80"] {
+            assert!(settle_host(&mut parts("/x", &[bad])).is_err(), "{bad}");
+        }
+        let mut p = parts("http://b.example:8080/x", &["a"]);
+        settle_host(&mut p).unwrap();
+        assert_eq!(p.headers["host"], "b.example:8080");
+        assert!(settle_host(&mut parts("http://u@b/x", &[])).is_err());
+        let mut p = parts("/x", &["a.example:81"]);
+        settle_host(&mut p).unwrap();
+        assert_eq!(p.headers["host"], "a.example:81");
+        // HTTP/2: a Host beside `:authority` stays; none is added without one.
+        let mut p = parts("http://c.example/x", &["b.example"]);
+        p.version = http::Version::HTTP_2;
+        settle_host(&mut p).unwrap();
+        assert_eq!(p.headers["host"], "b.example");
+        let mut p = parts("http://c.example/x", &[]);
+        p.version = http::Version::HTTP_2;
+        settle_host(&mut p).unwrap();
+        assert!(p.headers.get("host").is_none());
     }
 
     #[test]
@@ -170,8 +303,12 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
         ]);
-        add_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, ::1");
-        assert!(h.get("x-forwarded-host").is_none());
+        let mut kept = h.clone();
+        add_forwarded(&mut kept, "::1".parse().unwrap(), true, "http", None);
+        assert_eq!(kept["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, ::1");
+        assert!(kept.get("x-forwarded-host").is_none());
+        // From a peer that is not a trusted proxy, the prior hops are not believed.
+        add_forwarded(&mut h, "::1".parse().unwrap(), false, "http", None);
+        assert_eq!(h["x-forwarded-for"], "::1");
     }
 }

@@ -230,13 +230,16 @@ impl Proxy {
             let conn_framing = framing.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
-                // Content-Length with Transfer-Encoding (seen below hyper, which would accept
-                // it): refused, and the connection closed (hyper does not keep it alive).
-                let ambiguous =
-                    req.version() < Version::HTTP_2 && conn_framing.next_request_is_ambiguous();
+                // Smuggling-prone framing (seen below hyper, which would accept it): refused,
+                // and the connection closed.
+                let refusal = if req.version() < Version::HTTP_2 {
+                    conn_framing.next_request_refusal()
+                } else {
+                    None
+                };
                 async move {
-                    if ambiguous {
-                        return Ok::<_, Infallible>(proxy.refuse_ambiguous_framing());
+                    if let Some(why) = refusal {
+                        return Ok::<_, Infallible>(proxy.refuse_framing(why));
                     }
                     Ok::<_, Infallible>(proxy.handle(client_addr, req, https).await)
                 }
@@ -316,13 +319,9 @@ impl Proxy {
         }
     }
 
-    /// The answer to a request that had both `Content-Length` and `Transfer-Encoding`.
-    fn refuse_ambiguous_framing(&self) -> Response<ClientBody> {
-        let mut response = ProxyError::BadRequest(
-            "a request must not carry both Content-Length and Transfer-Encoding",
-        )
-        .into_response()
-        .map(Either::Right);
+    /// The answer to a request whose framing the watch refused (`framing`).
+    fn refuse_framing(&self, why: framing::Refusal) -> Response<ClientBody> {
+        let mut response = ProxyError::Framing(why).into_response().map(Either::Right);
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -425,6 +424,13 @@ impl Proxy {
         if let Err(e) = self.normalize(&mut parts) {
             return e.into_response().map(Either::Right);
         }
+        if let Err(why) = headers::settle_host(&mut parts) {
+            return ProxyError::BadRequest(why)
+                .into_response()
+                .map(Either::Right);
+        }
+        // The client's own hop-by-hop and identity headers go before any plugin runs.
+        headers::strip_connection_named(&mut parts.headers);
         headers::strip_identity(&mut parts.headers);
         let route = match self.match_route(client_addr, &parts) {
             Ok(r) => r,
@@ -641,9 +647,15 @@ impl Proxy {
         if let Some(protocol) = &upgrade {
             upgrade::set_headers(&mut parts.headers, protocol.clone());
         }
+        // The hops before the peer are believed only from a trusted proxy.
+        let peer_trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|c| c.contains(client_addr.ip()));
         headers::add_forwarded(
             &mut parts.headers,
             client_addr.ip(),
+            peer_trusted,
             if exchange.https { "https" } else { "http" },
             original_host.as_ref(),
         );
@@ -839,6 +851,11 @@ impl Proxy {
             // answered: that is the client's doing, so 413 rather than 502.
             if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
                 ProxyError::BodyTooLarge
+            } else if progress.body_failed() {
+                // A malformed chunk hyper found after the request was forwarded (see `framing`),
+                // or the client gone mid-body: the upstream request is cut off, and it is the
+                // client's error, not the upstream's.
+                ProxyError::BadRequest("malformed or incomplete request body")
             } else if upstream_call::caused_by::<upstream_call::ConnectTimedOut>(&e) {
                 ProxyError::ConnectTimeout
             } else if e.is_connect() {

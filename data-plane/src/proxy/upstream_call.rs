@@ -60,6 +60,8 @@ pub struct Progress {
     connecting: AtomicBool,
     /// The whole request body was handed to the connection (or there is none).
     body_done: AtomicBool,
+    /// Reading the client's body failed (malformed chunk, client gone): the client's doing.
+    body_failed: AtomicBool,
 }
 
 impl Progress {
@@ -69,7 +71,13 @@ impl Progress {
             last_micros: AtomicU64::new(0),
             connecting: AtomicBool::new(false),
             body_done: AtomicBool::new(body_done),
+            body_failed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether reading the client's request body failed.
+    pub fn body_failed(&self) -> bool {
+        self.body_failed.load(Ordering::Relaxed)
     }
 
     fn mark(&self) {
@@ -348,7 +356,8 @@ impl Body for SendBody {
                 this.progress.mark();
                 this.progress.body_done.store(true, Ordering::Relaxed);
             }
-            Poll::Ready(Some(_)) => this.progress.mark(),
+            Poll::Ready(Some(Ok(_))) => this.progress.mark(),
+            Poll::Ready(Some(Err(_))) => this.progress.body_failed.store(true, Ordering::Relaxed),
             Poll::Pending => {}
         }
         polled
