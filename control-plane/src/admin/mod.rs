@@ -8,6 +8,7 @@ mod config;
 mod data_planes;
 mod error;
 mod explain;
+mod extract;
 pub mod listener;
 mod resources;
 mod status;
