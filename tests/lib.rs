@@ -445,6 +445,66 @@ impl AdminClient {
     }
 }
 
+/// One operation of the Admin API's OpenAPI document, made concrete: a path to request (with
+/// its server prefix, path parameters filled in), its method, and whether it needs the key.
+#[derive(Debug, Clone)]
+pub struct DocumentedOperation {
+    /// The path as documented (`/routes/{id}`), without a server prefix.
+    pub template: String,
+    /// The full request path (`/admin/routes/some-id`).
+    pub path: String,
+    pub method: reqwest::Method,
+    pub needs_key: bool,
+}
+
+/// The HTTP methods an OpenAPI path item can name that the Admin API uses.
+pub const OPENAPI_METHODS: [&str; 5] = ["get", "put", "post", "patch", "delete"];
+
+/// Every operation of the served document (`GET /admin/openapi.json`), once per server prefix
+/// (a path's own `servers` override the document's), with `{id}` replaced by `id`.
+pub fn documented_operations(doc: &Value, id: &str) -> Vec<DocumentedOperation> {
+    let server_urls = |servers: &Value| -> Vec<String> {
+        servers
+            .as_array()
+            .expect("servers is a list")
+            .iter()
+            .map(|s| {
+                s["url"]
+                    .as_str()
+                    .expect("server url")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect()
+    };
+    let default_servers = server_urls(&doc["servers"]);
+    let mut ops = Vec::new();
+    for (template, item) in doc["paths"].as_object().expect("paths") {
+        let servers = item
+            .get("servers")
+            .map_or_else(|| default_servers.clone(), server_urls);
+        for method in OPENAPI_METHODS {
+            let Some(op) = item.get(method) else {
+                continue;
+            };
+            // `security: []` on the operation lifts the document-wide key requirement.
+            let needs_key = op
+                .get("security")
+                .and_then(Value::as_array)
+                .is_none_or(|s| !s.is_empty());
+            for server in &servers {
+                ops.push(DocumentedOperation {
+                    template: template.clone(),
+                    path: format!("{server}{}", template.replace("{id}", id)),
+                    method: method.to_uppercase().parse().expect("method"),
+                    needs_key,
+                });
+            }
+        }
+    }
+    ops
+}
+
 /// An HTTP/1.1 upstream in the test process whose answers come from `handler`.
 pub async fn serve_upstream<H, Fut, B>(handler: H) -> SocketAddr
 where

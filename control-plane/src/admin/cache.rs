@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use postern_proto::model::{PURGE_LIFETIME_SECS, ResourceKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::extract::{AdminPath, AdminQuery};
 use super::resources::{parse_json, prepare_put};
 use super::{Actor, AdminError, AdminState};
 use crate::store::{DeleteRequest, Precondition};
@@ -26,8 +27,8 @@ pub async fn purge(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     method: Method,
-    Path(id): Path<String>,
-    Query(query): Query<PurgeQuery>,
+    AdminPath(id): AdminPath<String>,
+    AdminQuery(query): AdminQuery<PurgeQuery>,
     body: Bytes,
 ) -> Result<Response, AdminError> {
     if method != Method::DELETE && method.as_str() != "PURGE" {

@@ -1,10 +1,11 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use postern_proto::model::ResourceKind;
 use serde_json::{Value, json};
 
 use super::AdminState;
 use super::error::AdminError;
+use super::extract::AdminPath;
 
 /// `GET /admin/data-planes`: every known DP, and how many serve the current version.
 pub async fn list(State(state): State<AdminState>) -> Json<Value> {
@@ -40,7 +41,7 @@ pub async fn list(State(state): State<AdminState>) -> Json<Value> {
 /// otherwise (each DP checks on its own).
 pub async fn upstream_health(
     State(state): State<AdminState>,
-    Path((kind, id)): Path<(String, String)>,
+    AdminPath((kind, id)): AdminPath<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
     let kind: ResourceKind = kind
         .parse()

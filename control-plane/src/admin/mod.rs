@@ -8,7 +8,9 @@ mod config;
 mod data_planes;
 mod error;
 mod explain;
+mod extract;
 pub mod listener;
+pub mod openapi;
 mod resources;
 mod status;
 
@@ -45,6 +47,7 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 pub fn app(state: AdminState) -> Router {
     let api = Router::new()
+        .route("/openapi.json", get(openapi::get))
         .route("/config", get(config::get).put(config::put))
         .route("/explain", axum::routing::post(explain::explain))
         .route("/data-planes", get(data_planes::list))

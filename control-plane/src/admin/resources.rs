@@ -1,7 +1,7 @@
 //! CRUD handlers for every resource kind: validate with the model crate, write through the store.
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use postern_proto::model::{Resource, ResourceKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::extract::{AdminPath, AdminQuery};
 use super::{Actor, AdminError, AdminState};
 use crate::store::{
     DeleteRequest, OwnedClaim, OwnedReference, Precondition, PutRequest, StoreError,
@@ -258,7 +259,7 @@ fn from_snapshot(state: &AdminState, kind: ResourceKind) -> Option<(u64, Vec<Sto
 
 pub async fn list(
     State(state): State<AdminState>,
-    Path(kind): Path<String>,
+    AdminPath(kind): AdminPath<String>,
 ) -> Result<Response, AdminError> {
     let kind = parse_kind(&kind)?;
     let (items, stale_version) = match state.store.list(kind).await {
@@ -283,7 +284,7 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<AdminState>,
-    Path((kind, id)): Path<(String, String)>,
+    AdminPath((kind, id)): AdminPath<(String, String)>,
 ) -> Result<Response, AdminError> {
     let kind = parse_kind(&kind)?;
     parse_id(&id)?;
@@ -308,7 +309,7 @@ pub async fn get_one(
 pub async fn put(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
-    Path((kind, id)): Path<(String, String)>,
+    AdminPath((kind, id)): AdminPath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AdminError> {
@@ -322,7 +323,7 @@ pub async fn put(
 pub async fn put_by_body(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
-    Path(kind): Path<String>,
+    AdminPath(kind): AdminPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AdminError> {
@@ -390,7 +391,7 @@ async fn put_value(
 pub async fn create(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
-    Path(kind): Path<String>,
+    AdminPath(kind): AdminPath<String>,
     body: Bytes,
 ) -> Result<Response, AdminError> {
     let kind = parse_kind(&kind)?;
@@ -418,7 +419,7 @@ pub async fn create(
 pub async fn patch(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
-    Path((kind, id)): Path<(String, String)>,
+    AdminPath((kind, id)): AdminPath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AdminError> {
@@ -462,7 +463,7 @@ pub async fn patch(
 pub async fn delete(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
-    Path((kind, id)): Path<(String, String)>,
+    AdminPath((kind, id)): AdminPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AdminError> {
     let kind = parse_kind(&kind)?;
@@ -499,7 +500,7 @@ fn default_history_limit() -> u32 {
 /// `GET /admin/history?after=N&limit=M`: accepted writes after revision N, oldest first.
 pub async fn history(
     State(state): State<AdminState>,
-    Query(q): Query<HistoryQuery>,
+    AdminQuery(q): AdminQuery<HistoryQuery>,
 ) -> Result<Json<Value>, AdminError> {
     if q.limit == 0 || q.limit > 1000 {
         return Err(AdminError::invalid("limit", "must be 1-1000"));

@@ -19,7 +19,7 @@ pub mod grpc_transcode;
 mod header_ops;
 pub mod idp_client;
 pub mod jwks;
-mod jwt_auth;
+pub mod jwt_auth;
 mod key_auth;
 mod limit_conn;
 mod limit_count;
