@@ -157,6 +157,7 @@ fn snapshot(config: &BTreeMap<(ResourceKind, String), Value>, version: u64) -> s
                 body: serde_json::to_vec(value).unwrap().into(),
             })
             .collect(),
+        ..sync::Snapshot::default()
     }
 }
 
@@ -170,6 +171,7 @@ fn run(data: &[u8]) -> usize {
     let mut g = Gen::new(data);
     let mut config: BTreeMap<(ResourceKind, String), Value> = BTreeMap::new();
     let mut previous: Option<CompiledConfig> = None;
+    let mut previous_snap: Option<sync::Snapshot> = None;
     for version in 1..=24 {
         if g.done() {
             break;
@@ -188,6 +190,22 @@ fn run(data: &[u8]) -> usize {
         }
         config = next;
         let snap = snapshot(&config, version);
+        // What a sync stream ships (a delta on the previous snapshot) rebuilds this one exactly.
+        if let Some(prev) = &previous_snap {
+            let (changed, removed) = postern_proto::delta::diff(&prev.resources, &snap.resources);
+            let rebuilt = postern_proto::delta::apply(&prev.resources, changed, &removed);
+            let bodies = |r: &[sync::Resource]| {
+                r.iter()
+                    .map(|r| (r.kind.clone(), r.id.clone(), r.body.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                bodies(&rebuilt),
+                bodies(&snap.resources),
+                "delta round trip"
+            );
+        }
+        previous_snap = Some(snap.clone());
         let compiled = match compile(&snap, previous.as_ref()) {
             Ok(c) => c,
             Err(e) => panic!("accepted config does not compile: {e}\n{config:#?}"),
