@@ -169,14 +169,27 @@ def main():
                               {"uri": f"/big/{n}/*", "upstream": upstream, "desc": f"change {n}"})
             big_times.append(ms)
 
-        compile_ms = []
-        for i in range(DPS):
-            with open(os.path.join(tmp, f"dp{i}.log")) as f:
+        ansi = re.compile(r"\x1b\[[0-9;]*m")
+
+        def logged(name, field):
+            """{version: value of `field`} from the lines of a log that carry both."""
+            out = {}
+            with open(os.path.join(tmp, f"{name}.log")) as f:
                 for line in f:
-                    m = re.search(r"compile_ms=([0-9.]+)", line)
+                    line = ansi.sub("", line)
+                    m = re.search(field + r"=([0-9.]+)", line)
                     v = re.search(r"version=(\d+)", line)
-                    if m and v and int(v.group(1)) == rev:
-                        compile_ms.append(float(m.group(1)))
+                    if m and v:
+                        out[int(v.group(1))] = float(m.group(1))
+            return out
+
+        compile_ms = [logged(f"dp{i}", "compile_ms").get(rev) for i in range(DPS)]
+        compile_ms = [c for c in compile_ms if c is not None]
+        small_revs = range(rev + 1, rev + 21)
+        cp_build = logged("cp", "build_ms")
+        small_build = [cp_build[r] for r in small_revs if r in cp_build]
+        small_compile = [c for i in range(DPS) for r, c in logged(f"dp{i}", "compile_ms").items()
+                         if r in small_revs]
 
         print("| figure | value |")
         print("| --- | ---: |")
@@ -189,6 +202,10 @@ def main():
                   f"{' / '.join(f'{c:.0f}' for c in compile_ms)} ms |")
         print(f"| propagation of a one-route change at 10,000 routes, 20 changes: p50 / max "
               f"| {pct(big_times, 50):.1f} / {max(big_times):.1f} ms |")
+        if small_build:
+            print(f"| … of which the CP's snapshot build (log `build_ms`), p50 | {pct(small_build, 50):.0f} ms |")
+        if small_compile:
+            print(f"| … and each DP's compile (log `compile_ms`), p50 | {pct(small_compile, 50):.0f} ms |")
         print(f"| DP resident memory (VmRSS) at 10 routes | "
               f"{' / '.join(f'{r / 1024:.1f}' for r in rss_small)} MiB |")
         print(f"| DP resident memory (VmRSS) at 10,000 routes | "
