@@ -365,6 +365,14 @@ mod tests {
     }
 
     #[test]
+    fn workers_default_to_the_cpus_and_can_be_set() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        assert_eq!(parse(&["data-plane"]).workers, default_workers());
+        assert!(default_workers() >= 1);
+        assert_eq!(parse(&["data-plane", "--workers", "3"]).workers, 3);
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         for args in [
             vec!["data-plane", "--control-plane", "ftp://x"],
