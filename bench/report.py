@@ -175,7 +175,11 @@ def read(path):
 nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 now = datetime.datetime.now().astimezone()
 os.makedirs(env["BENCH_RESULTS_DIR"], exist_ok=True)
-out_path = os.path.join(env["BENCH_RESULTS_DIR"], f"{now:%Y-%m-%d}.md")
+# Never overwrite an earlier result: a second run the same day gets the time too.
+name = env.get("BENCH_RESULTS_NAME") or f"{now:%Y-%m-%d}.md"
+out_path = os.path.join(env["BENCH_RESULTS_DIR"], name)
+if os.path.exists(out_path):
+    out_path = os.path.join(env["BENCH_RESULTS_DIR"], f"{now:%Y-%m-%d-%H%M%S}.md")
 proxy_cpu, load_cpu = env["BENCH_PROXY_CPU"], env["BENCH_LOAD_CPU"]
 
 doc = f"""# Postern vs nginx as a plain reverse proxy — {now:%Y-%m-%d}
@@ -220,8 +224,8 @@ test runs alone on cpu {proxy_cpu}; wrk and the upstream share cpu {load_cpu}. R
   (`BENCH_ROUNDS`, `BENCH_SECONDS`, `BENCH_WARMUP`, `BENCH_CONNS` override).
 - wrk: `{env['BENCH_WRK_CMD']}`
 - Postern data plane: `{env['BENCH_DP_CMD']}` (RUST_LOG unset: level `info`;
-  the process had {env['BENCH_DP_THREADS_SEEN']} threads at the end of the run: the main thread, the
-  tokio worker(s) and any blocking-pool threads still alive)
+  the process had {env['BENCH_DP_THREADS_SEEN']} threads at the end of the run: the main runtime's
+  threads, the proxy worker(s) and any blocking-pool threads still alive)
 - Postern control plane: `{env['BENCH_CP_CMD']}`
 - Route (Admin API `PUT /admin/routes/bench`): `{env['BENCH_ROUTE_JSON']}`
 - nginx proxy: `taskset -c {proxy_cpu} nginx -p TMP/proxy -e … -c TMP/proxy/nginx.conf`, config:

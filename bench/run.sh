@@ -6,7 +6,7 @@
 #                           judges performance (exit 0 unless something fails to start/serve)
 #
 # Layout (2-core machine):
-#   cpu 0: the proxy under test      nginx (1 worker)  |  Postern data-plane (TOKIO_WORKER_THREADS=1)
+#   cpu 0: the proxy under test      nginx (1 worker)  |  Postern data-plane (--workers 1)
 #   cpu 1: wrk (1 thread, 50 conns) and the upstream (nginx, 1 worker, `return 200 "ok"`),
 #          plus the Postern control plane (idle during the runs)
 #
@@ -19,7 +19,9 @@
 #   BENCH_ROUNDS    rounds; each round runs both       (default 5; smoke: 1)
 #   BENCH_WARMUP    warm-up seconds before each run    (default 2; smoke: 1)
 #   BENCH_CONNS     wrk connections                    (default 50)
-#   BENCH_DP_THREADS  TOKIO_WORKER_THREADS for the DP  (default 1)
+#   BENCH_DP_WORKERS  the DP's --workers               (default 1)
+#   BENCH_RESULTS_NAME  results file name in bench/results (default <date>.md, or
+#                     <date>-<HHMM>.md when that exists: never overwritten)
 #   BENCH_KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk output) after exit
 #   BENCH_SKIP_BUILD=1  use the binaries already built (default: cargo build --release --bins)
 #   CARGO_TARGET_DIR  where cargo puts the binaries    (default <repo>/target)
@@ -46,12 +48,12 @@ else
   WARMUP=${BENCH_WARMUP:-2}
 fi
 CONNS=${BENCH_CONNS:-50}
-DP_THREADS=${BENCH_DP_THREADS:-1}
+DP_WORKERS=${BENCH_DP_WORKERS:-${BENCH_DP_THREADS:-1}}
 WRK_THREADS=1
 PROXY_CPU=0   # the proxy under test
 LOAD_CPU=1    # wrk, the upstream and the control plane
 
-for v in SECONDS_PER_RUN ROUNDS WARMUP CONNS DP_THREADS; do
+for v in SECONDS_PER_RUN ROUNDS WARMUP CONNS DP_WORKERS; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -ge 1 ]] || { echo "bench: $v must be a positive integer (got '${!v}')" >&2; exit 2; }
 done
 
@@ -303,8 +305,9 @@ taskset -c "$LOAD_CPU" "$CP_BIN" \
 CP_PID=$!
 PIDS+=("$CP_PID")
 
-log "starting Postern data plane on 127.0.0.1:$DP_PORT (cpu $PROXY_CPU, TOKIO_WORKER_THREADS=$DP_THREADS)"
-TOKIO_WORKER_THREADS=$DP_THREADS taskset -c "$PROXY_CPU" "$DP_BIN" \
+log "starting Postern data plane on 127.0.0.1:$DP_PORT (cpu $PROXY_CPU, --workers $DP_WORKERS)"
+taskset -c "$PROXY_CPU" "$DP_BIN" \
+  --workers "$DP_WORKERS" \
   --control-plane "http://127.0.0.1:$SYNC_PORT" \
   --proxy-listen "127.0.0.1:$DP_PORT" \
   --status-listen "127.0.0.1:$STATUS_PORT" \
@@ -415,13 +418,13 @@ COMMIT_END=$(git_state)
 export BENCH_RAW="$RAW" BENCH_SMOKE="$SMOKE" BENCH_CLK_TCK="$CLK_TCK" BENCH_COMMIT="$COMMIT" BENCH_COMMIT_END="$COMMIT_END" \
   BENCH_DP_SHA="$DP_SHA" BENCH_CP_SHA="$CP_SHA" BENCH_LOADAVG="$LOADAVG_BEFORE" \
   BENCH_SECONDS_PER_RUN="$SECONDS_PER_RUN" BENCH_ROUNDS_N="$ROUNDS" BENCH_WARMUP_S="$WARMUP" \
-  BENCH_CONNS_N="$CONNS" BENCH_DP_THREADS_N="$DP_THREADS" BENCH_DP_THREADS_SEEN="$DP_THREADS_SEEN" \
+  BENCH_CONNS_N="$CONNS" BENCH_DP_THREADS_N="$DP_WORKERS" BENCH_DP_THREADS_SEEN="$DP_THREADS_SEEN" \
   BENCH_NGINX_VERSION="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')" \
   BENCH_WRK_VERSION="$("$WRK" -v 2>&1 | head -n 1 | awk '{print $1, $2}')" \
   BENCH_NGINX_PROXY_CONF="$TMP/proxy/nginx.conf" BENCH_NGINX_UPSTREAM_CONF="$TMP/upstream/nginx.conf" \
   BENCH_ROUTE_JSON="$ROUTE_JSON" BENCH_PROXY_CPU="$PROXY_CPU" BENCH_LOAD_CPU="$LOAD_CPU" \
-  BENCH_RESULTS_DIR="$BENCH_DIR/results" \
+  BENCH_RESULTS_DIR="$BENCH_DIR/results" BENCH_RESULTS_NAME="${BENCH_RESULTS_NAME:-}" \
   BENCH_CP_CMD="taskset -c $LOAD_CPU control-plane --data-dir TMP/cp --admin-listen 127.0.0.1:$ADMIN_PORT --sync-listen 127.0.0.1:$SYNC_PORT --admin-key <48 random hex chars>" \
-  BENCH_DP_CMD="TOKIO_WORKER_THREADS=$DP_THREADS taskset -c $PROXY_CPU data-plane --control-plane http://127.0.0.1:$SYNC_PORT --proxy-listen 127.0.0.1:$DP_PORT --status-listen 127.0.0.1:$STATUS_PORT --cache-dir TMP/dp-cache --node-id bench-dp" \
+  BENCH_DP_CMD="taskset -c $PROXY_CPU data-plane --workers $DP_WORKERS --control-plane http://127.0.0.1:$SYNC_PORT --proxy-listen 127.0.0.1:$DP_PORT --status-listen 127.0.0.1:$STATUS_PORT --cache-dir TMP/dp-cache --node-id bench-dp" \
   BENCH_WRK_CMD="taskset -c $LOAD_CPU wrk -t$WRK_THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency http://127.0.0.1:PORT/"
 python3 "$BENCH_DIR/report.py"

@@ -46,6 +46,10 @@ pub struct DpOptions {
     /// TLS proxy address (certificates from the `ssls` resources, by SNI) [default: none]
     #[arg(long, env = "POSTERN_PROXY_LISTEN_TLS")]
     pub proxy_listen_tls: Option<SocketAddr>,
+    /// Proxy worker threads, each with its own runtime, accept loop (SO_REUSEPORT) and
+    /// upstream connections [default: the number of CPUs]
+    #[arg(long, env = "POSTERN_WORKERS")]
+    pub workers: Option<usize>,
     /// Status address: /healthz, /readyz, /metrics [default: 127.0.0.1:9091]
     #[arg(long, env = "POSTERN_STATUS_LISTEN")]
     pub status_listen: Option<SocketAddr>,
@@ -110,6 +114,8 @@ pub struct DpConfig {
     pub control_plane: String,
     pub proxy_listen: SocketAddr,
     pub proxy_listen_tls: Option<SocketAddr>,
+    /// Proxy worker threads (thread per core: see `workers`).
+    pub workers: usize,
     pub status_listen: SocketAddr,
     pub node_id: String,
     pub cache_dir: PathBuf,
@@ -146,6 +152,7 @@ impl Default for DpConfig {
             control_plane: DEFAULT_CONTROL_PLANE.to_string(),
             proxy_listen: addr(DEFAULT_PROXY_LISTEN),
             proxy_listen_tls: None,
+            workers: default_workers(),
             status_listen: addr(DEFAULT_STATUS_LISTEN),
             node_id: default_node_id(),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
@@ -161,6 +168,11 @@ impl Default for DpConfig {
             otlp_service_name: DEFAULT_OTLP_SERVICE_NAME.to_string(),
         }
     }
+}
+
+/// One proxy worker per CPU this process may run on.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `<hostname>-<6 random hex digits>`: unique across restarts, still readable.
@@ -179,6 +191,7 @@ impl DpOptions {
             control_plane: self.control_plane.or(file.control_plane),
             proxy_listen: self.proxy_listen.or(file.proxy_listen),
             proxy_listen_tls: self.proxy_listen_tls.or(file.proxy_listen_tls),
+            workers: self.workers.or(file.workers),
             status_listen: self.status_listen.or(file.status_listen),
             node_id: self.node_id.or(file.node_id),
             cache_dir: self.cache_dir.or(file.cache_dir),
@@ -252,6 +265,11 @@ impl Cli {
             control_plane,
             proxy_listen: o.proxy_listen.unwrap_or_else(|| addr(DEFAULT_PROXY_LISTEN)),
             proxy_listen_tls: o.proxy_listen_tls,
+            workers: match o.workers {
+                None => default_workers(),
+                Some(n) if (1..=1024).contains(&n) => n,
+                Some(n) => anyhow::bail!("--workers must be between 1 and 1024, not {n}"),
+            },
             status_listen: o
                 .status_listen
                 .unwrap_or_else(|| addr(DEFAULT_STATUS_LISTEN)),
@@ -347,6 +365,14 @@ mod tests {
     }
 
     #[test]
+    fn workers_default_to_the_cpus_and_can_be_set() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        assert_eq!(parse(&["data-plane"]).workers, default_workers());
+        assert!(default_workers() >= 1);
+        assert_eq!(parse(&["data-plane", "--workers", "3"]).workers, 3);
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         for args in [
             vec!["data-plane", "--control-plane", "ftp://x"],
@@ -363,6 +389,7 @@ mod tests {
             vec!["data-plane", "--drain-timeout=-1"],
             vec!["data-plane", "--shutdown-delay", "NaN"],
             vec!["data-plane", "--otlp-endpoint", "otel:4317"],
+            vec!["data-plane", "--workers", "0"],
         ] {
             let r = Cli::try_parse_from(&args).unwrap().resolve();
             assert!(r.is_err(), "{args:?} was accepted");

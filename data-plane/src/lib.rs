@@ -16,6 +16,7 @@ pub mod status;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -34,14 +35,12 @@ use crate::sync::SyncClient;
 /// Runs a data plane until `shutdown` is cancelled.
 pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state = Arc::new(DpState::new(config.node_id.clone()));
-    let proxy_listener = TcpListener::bind(config.proxy_listen)
-        .await
-        .with_context(|| format!("binding the proxy on {}", config.proxy_listen))?;
+    let proxy_listeners = workers::bind(config.proxy_listen, config.workers)?;
     let status_listener = TcpListener::bind(config.status_listen)
         .await
         .with_context(|| format!("binding the status listener on {}", config.status_listen))?;
-    let proxy_addr = proxy_listener.local_addr()?;
-    tracing::info!(node_id = %config.node_id, proxy = %proxy_addr, status = %status_listener.local_addr()?, "data plane starting");
+    let proxy_addr = proxy_listeners[0].local_addr()?;
+    tracing::info!(node_id = %config.node_id, proxy = %proxy_addr, workers = config.workers, status = %status_listener.local_addr()?, "data plane starting");
 
     let cache = Arc::new(SnapshotCache::new(&config.cache_dir));
     start_from_cache(&cache, &state);
@@ -114,14 +113,14 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
                 .serve(listener, Some(tls), stop_accepting.clone()),
         )
     });
-    proxy.serve(proxy_listener, None, stop_accepting).await;
+    let served = workers::serve(proxy, proxy_listeners, stop_accepting).await;
     if let Some(t) = tls_task {
         let _ = t.await;
     }
     stop_rest.cancel();
     let _ = tokio::join!(sync_task, status_task);
     tracing::info!("data plane stopped");
-    Ok(())
+    served
 }
 
 /// Serves the cached snapshot, if there is a usable one, until a control plane answers. A missing

@@ -4,6 +4,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// No snapshot applied yet.
@@ -31,10 +33,10 @@ pub enum ProxyError {
     BodyTooLarge,
     /// The upstream refused or reset the connection before answering.
     #[error("upstream connection failed")]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] BoxError),
     /// The upstream answered with something that is not valid HTTP, or dropped mid-request.
     #[error("upstream request failed")]
-    UpstreamFailed(#[source] hyper_util::client::legacy::Error),
+    UpstreamFailed(#[source] BoxError),
     /// No answer (or no progress sending the body) within the read (send) timeout.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -50,6 +52,13 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A malformed chunk hyper found after the request was forwarded (see `framing`), or the
+    /// client gone mid-body: the upstream request is cut off, and it is the client's error, not
+    /// the upstream's (so it does not count against the node).
+    pub fn client_body_failed() -> ProxyError {
+        ProxyError::BadRequest("malformed or incomplete request body")
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NotReady
@@ -74,7 +83,8 @@ impl ProxyError {
         if status.is_server_error() {
             match &self {
                 ProxyError::UpstreamConnect(e) | ProxyError::UpstreamFailed(e) => {
-                    tracing::warn!(error = %self, cause = ?std::error::Error::source(e), "proxy error")
+                    let e: &(dyn std::error::Error + 'static) = &**e;
+                    tracing::warn!(error = %self, cause = ?e.source().unwrap_or(e), "proxy error")
                 }
                 _ => tracing::debug!(error = %self, "proxy error"),
             }

@@ -10,6 +10,7 @@ mod framing;
 pub mod headers;
 mod limited_body;
 pub mod normalize;
+mod owned_conns;
 pub mod real_ip;
 mod transcode;
 mod upgrade;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
 use limited_body::LimitedBody;
+use owned_conns::{Lease, OwnedConns};
 pub(crate) use upstream_call::TimedConnector;
 use upstream_call::{CallGuard, Progress, RequestBody, SendBody, UpstreamBody};
 
@@ -64,6 +66,8 @@ struct Exchange {
     consumer: Option<Arc<str>>,
     /// The client came in over TLS (`X-Forwarded-Proto: https`).
     https: bool,
+    /// The client connection's own upstream connections (`owned_conns`).
+    conns: Arc<OwnedConns>,
     /// What plugins hold for the whole exchange (`limit-conn`'s slot): kept with the response
     /// body, so released when the body has been sent (or the client went away), not when the
     /// head is ready.
@@ -142,6 +146,8 @@ pub struct Proxy {
     client: UpstreamClient,
     /// HTTP/2 without TLS, for `scheme: grpc` upstreams.
     h2c_client: UpstreamClient,
+    /// Opens the connections each client connection owns (`owned_conns`).
+    connector: TimedConnector,
     encoded_slash: normalize::EncodedSlash,
     trusted_proxies: Vec<real_ip::Cidr>,
     access_log: Option<Arc<AccessLog>>,
@@ -176,6 +182,7 @@ impl Proxy {
             state,
             client,
             h2c_client,
+            connector: TimedConnector::new(),
             encoded_slash: settings.encoded_slash,
             trusted_proxies: settings.trusted_proxies,
             access_log: settings.access_log,
@@ -228,8 +235,10 @@ impl Proxy {
             let proxy = self.clone();
             let framing = framing::ConnFraming::new();
             let conn_framing = framing.clone();
+            let conns = OwnedConns::new();
             let service = service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
+                let conns = conns.clone();
                 // Smuggling-prone framing (seen below hyper, which would accept it): refused,
                 // and the connection closed.
                 let refusal = if req.version() < Version::HTTP_2 {
@@ -241,7 +250,7 @@ impl Proxy {
                     if let Some(why) = refusal {
                         return Ok::<_, Infallible>(proxy.refuse_framing(why));
                     }
-                    Ok::<_, Infallible>(proxy.handle(client_addr, req, https).await)
+                    Ok::<_, Infallible>(proxy.handle(client_addr, req, https, conns).await)
                 }
             });
             METRICS.connections_accepted.inc();
@@ -344,6 +353,7 @@ impl Proxy {
         peer: SocketAddr,
         req: Request<Incoming>,
         https: bool,
+        conns: Arc<OwnedConns>,
     ) -> Response<ClientBody> {
         let start = Instant::now();
         // Routing conditions and plugins see the client; X-Forwarded-For gets the peer appended.
@@ -379,6 +389,7 @@ impl Proxy {
             request_id: None,
             consumer: None,
             https,
+            conns,
             held: Vec::new(),
         };
         let http1 = req.version() < Version::HTTP_2;
@@ -705,9 +716,15 @@ impl Proxy {
                 PassHost::Node => Some(node.host_header.clone()),
                 PassHost::Rewrite => upstream.upstream_host.clone(),
             };
+            // Plain HTTP/1.1 to a node without its own pool: on a connection this client
+            // connection owns, addressed in origin form (the path); else by the pooled client,
+            // which wants the absolute URI.
+            let owned = !grpc && upgrade.is_none() && upstream.pool.is_none();
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(node.authority.clone());
+            if !owned {
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(node.authority.clone());
+            }
             uri.path_and_query = Some(path_and_query.clone());
             let uri = Uri::from_parts(uri)
                 .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
@@ -746,13 +763,28 @@ impl Proxy {
             let client = upstream.pool.as_ref().map_or(shared, |p| &p.0);
             exchange.upstream = Some(node.authority.clone());
             let started = tokio::time::Instant::now();
-            let result = Self::send(client, req, &timeouts, progress, body_too_large).await;
+            let result = if owned {
+                self.send_owned(
+                    &exchange.conns,
+                    &node.authority,
+                    req,
+                    &timeouts,
+                    progress,
+                    body_too_large,
+                )
+                .await
+                .map(|(response, lease)| (response, Some(lease)))
+            } else {
+                Self::send(client, req, &timeouts, progress, body_too_large)
+                    .await
+                    .map(|response| (response, None))
+            };
             if let Some((capture, max)) = &capture {
                 upstream_call::count_request(capture, *max);
             }
             let load = &upstream.loads[idx];
             match result {
-                Ok(response) => {
+                Ok((response, lease)) => {
                     let upstream_time = started.elapsed();
                     load.observe(upstream_time);
                     route.metrics.upstream_responded(upstream_time);
@@ -777,7 +809,10 @@ impl Proxy {
                         }
                         upgrade::tunnel(client, upstream_io);
                     }
-                    let body = UpstreamBody::new(body, timeouts.read, guard);
+                    let mut body = UpstreamBody::new(body, timeouts.read, guard);
+                    if let Some(lease) = lease {
+                        body = body.with_lease(lease);
+                    }
                     return Ok(Response::from_parts(parts, Either::Left(body)));
                 }
                 Err(e) => {
@@ -813,7 +848,8 @@ impl Proxy {
         }
     }
 
-    /// One try: waits for the response head under the connect, send and read timeouts.
+    /// One try by the pooled client: waits for the response head under the connect, send and
+    /// read timeouts.
     async fn send(
         client: &UpstreamClient,
         req: Request<SendBody>,
@@ -823,8 +859,73 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let call =
             upstream_call::with_call(timeouts.connect, progress.clone(), client.request(req));
+        let result = Self::timed(call, timeouts, &progress).await?;
+        result.map_err(|e| {
+            if Self::tripped(&body_too_large) {
+                ProxyError::BodyTooLarge
+            } else if progress.body_failed() {
+                ProxyError::client_body_failed()
+            } else if upstream_call::caused_by::<upstream_call::ConnectTimedOut>(&e) {
+                ProxyError::ConnectTimeout
+            } else if e.is_connect() {
+                ProxyError::UpstreamConnect(Box::new(e))
+            } else {
+                ProxyError::UpstreamFailed(Box::new(e))
+            }
+        })
+    }
+
+    /// One try on a connection of the client connection's own (`owned_conns`), under the same
+    /// timeouts as [`Proxy::send`].
+    async fn send_owned(
+        &self,
+        conns: &Arc<OwnedConns>,
+        node: &Authority,
+        req: Request<SendBody>,
+        timeouts: &Timeouts,
+        progress: Arc<Progress>,
+        body_too_large: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let call = owned_conns::call(
+            conns,
+            &self.connector,
+            node,
+            req,
+            timeouts.connect,
+            progress.clone(),
+        );
+        let result = Self::timed(call, timeouts, &progress).await?;
+        result.map_err(|e| match e {
+            _ if Self::tripped(&body_too_large) => ProxyError::BodyTooLarge,
+            _ if progress.body_failed() => ProxyError::client_body_failed(),
+            owned_conns::CallError::Connect(e) => {
+                if upstream_call::caused_by::<upstream_call::ConnectTimedOut>(&*e) {
+                    ProxyError::ConnectTimeout
+                } else {
+                    ProxyError::UpstreamConnect(e)
+                }
+            }
+            owned_conns::CallError::Failed(e) => ProxyError::UpstreamFailed(e),
+        })
+    }
+
+    /// A body cut off at client-control's limit fails the upstream request before it answered:
+    /// that is the client's doing, so 413 rather than 502.
+    fn tripped(body_too_large: &Option<Arc<std::sync::atomic::AtomicBool>>) -> bool {
+        body_too_large
+            .as_ref()
+            .is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Runs `call` (one try, up to the response head) until it finishes, or until the send or
+    /// read timeout passes without progress (`UpstreamTimeout`).
+    async fn timed<F: std::future::Future>(
+        call: F,
+        timeouts: &Timeouts,
+        progress: &Progress,
+    ) -> Result<F::Output, ProxyError> {
         tokio::pin!(call);
-        let result = loop {
+        loop {
             let deadline = progress.deadline(timeouts);
             let sleep = async {
                 match deadline {
@@ -835,7 +936,7 @@ impl Proxy {
             };
             tokio::select! {
                 biased;
-                r = &mut call => break r,
+                r = &mut call => return Ok(r),
                 _ = sleep => {
                     if progress
                         .deadline(timeouts)
@@ -845,24 +946,6 @@ impl Proxy {
                     }
                 }
             }
-        };
-        result.map_err(|e| {
-            // A body cut off at client-control's limit fails the upstream request before it
-            // answered: that is the client's doing, so 413 rather than 502.
-            if body_too_large.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
-                ProxyError::BodyTooLarge
-            } else if progress.body_failed() {
-                // A malformed chunk hyper found after the request was forwarded (see `framing`),
-                // or the client gone mid-body: the upstream request is cut off, and it is the
-                // client's error, not the upstream's.
-                ProxyError::BadRequest("malformed or incomplete request body")
-            } else if upstream_call::caused_by::<upstream_call::ConnectTimedOut>(&e) {
-                ProxyError::ConnectTimeout
-            } else if e.is_connect() {
-                ProxyError::UpstreamConnect(e)
-            } else {
-                ProxyError::UpstreamFailed(e)
-            }
-        })
+        }
     }
 }

@@ -33,6 +33,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::dns::RotatingResolver;
 use super::limited_body::LimitedBody;
+use super::owned_conns::Lease;
 use super::upstream_tls::UpstreamTlsSettings;
 use crate::compile::{Timeouts, Upstream};
 use crate::plugins::BodyTap;
@@ -468,6 +469,9 @@ pub struct UpstreamBody {
     tap: Option<Box<dyn BodyTap>>,
     /// Rewrites the frames (`grpc-transcode`).
     map: Option<Box<dyn FrameMap>>,
+    /// The client connection's own upstream connection this body comes on: given back for
+    /// the next request once the body has ended (`owned_conns`).
+    lease: Option<Lease>,
 }
 
 impl UpstreamBody {
@@ -479,6 +483,21 @@ impl UpstreamBody {
             guard: Some(guard),
             tap: None,
             map: None,
+            lease: None,
+        }
+    }
+
+    /// The body came on `lease`'s connection: give it back when the body ends.
+    pub fn with_lease(mut self, lease: Lease) -> UpstreamBody {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The body has been read to its end: its connection may carry the next request.
+    fn ended(&mut self) {
+        self.guard = None;
+        if let Some(lease) = self.lease.take() {
+            lease.give_back();
         }
     }
 
@@ -498,6 +517,17 @@ impl UpstreamBody {
     }
 }
 
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body that is empty from the start (`Content-Length: 0`, 204,
+        // a HEAD request's): it ended all the same. Dropped before its end, the lease goes
+        // with it and its connection is closed.
+        if self.lease.is_some() && self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -509,7 +539,7 @@ impl Body for UpstreamBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                this.guard = None;
+                this.ended();
                 if let Some(tap) = this.tap.take() {
                     tap.end();
                 }
@@ -559,6 +589,9 @@ impl Body for UpstreamBody {
                     && let Some(tap) = this.tap.take()
                 {
                     tap.end();
+                }
+                if this.lease.is_some() && this.inner.is_end_stream() {
+                    this.ended();
                 }
                 Poll::Ready(Some(r))
             }

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Postern with plugins, many routes, config churn and two workers, each beside nginx as a plain
+# reverse proxy, in one run (issue #11's scenarios (a)-(f)). Not a test: a measurement.
+#
+#   bench/scenarios.sh     (BENCH_SECONDS per run, default 10; BENCH_ROUNDS, default 3;
+#                           BENCH_WARMUP, default 2; BENCH_SKIP_BUILD=1 to use built binaries)
+#
+# Layout as bench/run.sh: the proxy under test on cpu 0, wrk (1 thread, 50 connections), the
+# upstream (nginx `return 200 "ok"`), the control plane and the Admin API writer on cpu 1.
+# Two data planes follow one control plane: DP1 `--workers 1` pinned to cpu 0, DP2
+# `--workers 2` not pinned (scenario f). Redis must run on 127.0.0.1:6379 (scenario c).
+#
+# Phase 1, 10 routes; interleaved rounds of:
+#   nginx  plain nginx proxy                 a  Postern plain route
+#   b      jwt-auth + limit-count (local, never reached) + prometheus
+#   c      as b, limit-count policy redis    e  as a, while 50 Admin API route updates/s run
+#   f      as a on DP2 (--workers 2, unpinned)
+# Phase 2, 10,000 routes (one PUT /admin/config); interleaved rounds of:
+#   nginx, a10k (the plain route), d (requests spread over the 10,000 routes: wrk Lua script)
+# Writes bench/results/<date>-<time>-scenarios.md.
+set -euo pipefail
+SECS=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+WARMUP=${BENCH_WARMUP:-2}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+log() { printf '[scenarios %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/postern-scenarios.XXXXXX")
+PIDS=()
+CHURN_PID=""
+cleanup() {
+  local p
+  [[ -z $CHURN_PID ]] || kill "$CHURN_PID" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  [[ ${BENCH_KEEP_TMP:-0} == 1 ]] && log "kept $TMP" || rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+for t in nginx wrk taskset curl python3 redis-cli; do
+  command -v "$t" >/dev/null 2>&1 || [[ $t == nginx && -x /usr/sbin/nginx ]] || die "$t is required (apt-get install nginx wrk redis-tools)"
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+redis-cli -h 127.0.0.1 ping >/dev/null || die "Redis must run on 127.0.0.1:6379"
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+  (cd "$REPO" && cargo build --release --bins)
+fi
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD)
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); NGX=$(port); ADMIN=$(port); SYNC=$(port)
+DP1=$(port); ST1=$(port); DP2=$(port); ST2=$(port)
+KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+
+# nginx_conf NAME BODY: a self-contained config under $TMP/NAME (never /etc/nginx).
+nginx_conf() {
+  local d="$TMP/$1"
+  mkdir -p "$d"/{cb,px,fc,uw,sc}
+  cat >"$d/nginx.conf" <<NGX
+daemon off; worker_processes 1; pid $d/nginx.pid; error_log $d/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 75s;
+  client_body_temp_path $d/cb; proxy_temp_path $d/px; fastcgi_temp_path $d/fc;
+  uwsgi_temp_path $d/uw; scgi_temp_path $d/sc;
+$2
+}
+NGX
+}
+nginx_conf up "  server { listen 127.0.0.1:$UP; location / { return 200 \"ok\"; } }"
+nginx_conf proxy "  upstream backend { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:$NGX; location / { proxy_pass http://backend; proxy_http_version 1.1;
+    proxy_set_header Connection \"\"; } }"
+taskset -c 1 "$NGINX" -p "$TMP/up" -e "$TMP/up/error.log" -c "$TMP/up/nginx.conf" >/dev/null 2>&1 &
+PIDS+=($!)
+taskset -c 0 "$NGINX" -p "$TMP/proxy" -e "$TMP/proxy/error.log" -c "$TMP/proxy/nginx.conf" >/dev/null 2>&1 &
+NGX_PID=$!
+PIDS+=("$NGX_PID")
+taskset -c 1 "$BIN/control-plane" --data-dir "$TMP/cp" --admin-listen "127.0.0.1:$ADMIN" \
+  --sync-listen "127.0.0.1:$SYNC" --admin-key "$KEY" >"$TMP/cp.log" 2>&1 &
+PIDS+=($!)
+taskset -c 0 "$BIN/data-plane" --workers 1 --control-plane "http://127.0.0.1:$SYNC" \
+  --proxy-listen "127.0.0.1:$DP1" --status-listen "127.0.0.1:$ST1" --node-id bench-dp1 \
+  --cache-dir "$TMP/dp1-cache" >"$TMP/dp1.log" 2>&1 &
+DP1_PID=$!
+PIDS+=("$DP1_PID")
+"$BIN/data-plane" --workers 2 --control-plane "http://127.0.0.1:$SYNC" \
+  --proxy-listen "127.0.0.1:$DP2" --status-listen "127.0.0.1:$ST2" --node-id bench-dp2 \
+  --cache-dir "$TMP/dp2-cache" >"$TMP/dp2.log" 2>&1 &
+DP2_PID=$!
+PIDS+=("$DP2_PID")
+for _ in $(seq 150); do curl -sf "http://127.0.0.1:$ADMIN/admin/routes" -H "X-API-KEY: $KEY" >/dev/null && break; sleep 0.1; done
+
+# The whole config in one PUT /admin/config: 10 routes (phase 1), or those plus 10,000 more.
+JWT_SECRET=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+config_doc() {
+  python3 - "$UP" "$JWT_SECRET" "$1" <<'PY'
+import json, sys
+up, secret, extra = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ups = {"type": "roundrobin", "nodes": {f"127.0.0.1:{up}": 1}}
+limit = {"count": 1_000_000_000, "time_window": 3600, "key": "remote_addr"}
+def plugins(policy):
+    lc = dict(limit, **({"policy": "redis", "redis_host": "127.0.0.1"} if policy else {}))
+    return {"jwt-auth": {}, "limit-count": lc, "prometheus": {}}
+routes = [
+    {"id": "a", "uri": "/a", "upstream": ups},
+    {"id": "b", "uri": "/b", "upstream": ups, "plugins": plugins(False)},
+    {"id": "c", "uri": "/c", "upstream": ups, "plugins": plugins(True)},
+    {"id": "churn", "uri": "/churn", "upstream": ups, "desc": "0"},
+] + [{"id": f"f{i}", "uri": f"/filler/{i}", "upstream": ups} for i in range(6)]
+routes += [{"id": f"r{i}", "uri": f"/r/{i}", "upstream": ups} for i in range(extra)]
+consumers = [{"id": "bench", "username": "bench", "plugins": {"jwt-auth": {"key": "bench-key", "secret": secret}}}]
+print(json.dumps({"resources": {"routes": routes, "consumers": consumers}}))
+PY
+}
+# put_config N: replaces the config; waits until both DPs applied its revision.
+put_config() {
+  config_doc "$1" >"$TMP/config.json"
+  local resp rev
+  resp=$(curl -sS --fail-with-body -X PUT "http://127.0.0.1:$ADMIN/admin/config" -H "X-API-KEY: $KEY" \
+    -H 'Content-Type: application/json' --data-binary @"$TMP/config.json") || die "PUT /admin/config: $resp"
+  rev=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])' <<<"$resp")
+  for st in "$ST1" "$ST2"; do
+    for _ in $(seq 600); do
+      curl -sf "http://127.0.0.1:$st/readyz" | grep -Eq "\"version\": ?$rev[,}]" && continue 2
+      sleep 0.1
+    done
+    die "a data plane did not apply revision $rev"
+  done
+  log "config with $((10 + $1)) routes applied (revision $rev)"
+}
+put_config 0
+TOKEN=$(python3 - "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"key": "bench-key", "exp": int(time.time()) + 86400}).encode())
+sig = b64(hmac.new(sys.argv[1].encode(), head + b"." + body, hashlib.sha256).digest())
+print((head + b"." + body + b"." + sig).decode())
+PY
+)
+AUTH="Authorization: Bearer $TOKEN"
+for path in a b c; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "http://127.0.0.1:$DP1/$path")
+  [[ $code == 200 ]] || die "/$path answers $code"
+done
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$DP1/b") == 401 ]] || die "/b without a token is not refused"
+curl -sf -D - -o /dev/null -H "$AUTH" "http://127.0.0.1:$DP1/c" | grep -qi '^x-ratelimit-limit' || die "no limit on /c"
+
+cat >"$TMP/spread.lua" <<'LUA'
+-- Scenario d: every request to one of the 10,000 routes /r/0 ... /r/9999, at random.
+math.randomseed(os.time())
+request = function()
+  return wrk.format(nil, "/r/" .. math.random(0, 9999))
+end
+LUA
+
+# The Admin API writer of scenario e: 50 route updates a second on one keepalive connection,
+# until killed; counts failed writes in $TMP/churn.out.
+churn() {
+  taskset -c 1 python3 - "127.0.0.1:$ADMIN" "$KEY" "$UP" >"$TMP/churn.out" 2>&1 <<'PY' &
+import http.client, json, signal, sys, time
+admin, key, up = sys.argv[1:]
+host, port = admin.split(":")
+conn = http.client.HTTPConnection(host, int(port), timeout=5)
+done = failed = 0
+def report(*_):
+    print(f"updates {done} failed {failed}", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, report)
+start = time.monotonic()
+while True:
+    body = json.dumps({"uri": "/churn", "desc": str(done),
+                       "upstream": {"nodes": {f"127.0.0.1:{up}": 1 + done % 2}}})
+    try:
+        conn.request("PUT", "/admin/routes/churn", body, {"X-API-KEY": key, "Content-Type": "application/json"})
+        r = conn.getresponse(); r.read()
+        failed += r.status >= 300
+    except Exception:
+        failed += 1
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    done += 1
+    time.sleep(max(0.0, start + done / 50 - time.monotonic()))
+PY
+  CHURN_PID=$!
+}
+
+ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*) }; read -r -a f <<<"$s"; echo $((f[11] + f[12])); }
+ngx_ticks() { local t=0 p; for p in "$NGX_PID" $(pgrep -P "$NGX_PID"); do t=$((t + $(ticks "$p"))); done; echo "$t"; }
+RAW="$TMP/runs.tsv"
+printf 'target\tround\trequests\trps\tp50_us\tp99_us\tcpu_ticks\terrors\textra\n' >"$RAW"
+
+# run TARGET ROUND: warm-up, then one measured wrk run against TARGET.
+run() {
+  local target=$1 round=$2 url pid=$DP1_PID args=() extra=""
+  case $target in
+    nginx) url="http://127.0.0.1:$NGX/" ;;
+    a|a10k|e) url="http://127.0.0.1:$DP1/a" ;;
+    b|c) url="http://127.0.0.1:$DP1/$target"; args=(-H "$AUTH") ;;
+    d) url="http://127.0.0.1:$DP1/"; args=(-s "$TMP/spread.lua") ;;
+    f) url="http://127.0.0.1:$DP2/a"; pid=$DP2_PID ;;
+  esac
+  taskset -c 1 wrk -t1 -c50 -d"${WARMUP}s" "${args[@]}" "$url" >/dev/null
+  [[ $target != e ]] || churn
+  local t0 t1 out="$TMP/$target-$round.txt"
+  if [[ $target == nginx ]]; then t0=$(ngx_ticks); else t0=$(ticks "$pid"); fi
+  taskset -c 1 wrk -t1 -c50 -d"${SECS}s" --latency "${args[@]}" "$url" >"$out"
+  if [[ $target == nginx ]]; then t1=$(ngx_ticks); else t1=$(ticks "$pid"); fi
+  if [[ $target == e ]]; then
+    kill -TERM "$CHURN_PID" 2>/dev/null || die "the Admin API writer died: $(cat "$TMP/churn.out")"
+    wait "$CHURN_PID" || true
+    CHURN_PID=""
+    extra=$(tail -n 1 "$TMP/churn.out")
+  fi
+  python3 - "$target" "$round" "$((t1 - t0))" "$out" "$extra" >>"$RAW" <<'PY'
+import re, sys
+target, rnd, ticks, path, extra = sys.argv[1:]
+text = open(path).read()
+def us(v, u): return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
+req = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+lat = {p: us(*re.search(p + r"%\s+([\d.]+)(us|ms|s)\b", text).groups()) for p in ("50", "99")}
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errs = int(m.group(1)) if m else 0
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+errs += sum(map(int, m.groups())) if m else 0
+print("\t".join(map(str, (target, rnd, req, rps, lat["50"], lat["99"], ticks, errs, extra))))
+PY
+  tail -n 1 "$RAW" | awk -F'\t' -v tck="$(getconf CLK_TCK)" \
+    '{ printf "[scenarios] %-5s round %s: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/req  errors %d %s\n", $1, $2, $4, $6, $7*1e6/tck/$3, $8, $9 }' >&2
+}
+
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+log "phase 1 (10 routes): $ROUNDS rounds of nginx a b c e f, ${SECS}s each"
+for r in $(seq "$ROUNDS"); do for t in nginx a b c e f; do run "$t" "$r"; done; done
+put_config 10000
+log "phase 2 (10,010 routes): $ROUNDS rounds of nginx a10k d"
+for r in $(seq "$ROUNDS"); do for t in nginx a10k d; do run "$t" "$r"; done; done
+RSS1=$(awk '/VmRSS/ {print $2}' "/proc/$DP1_PID/status")
+
+OUT="$REPO/bench/results/$(date -u +%F-%H%M)-scenarios.md"
+python3 - "$RAW" "$OUT" "$(getconf CLK_TCK)" "$COMMIT" "$LOAD" "$RSS1" "$SECS" "$ROUNDS" <<'PY'
+import csv, statistics as st, sys, datetime, platform
+raw, out, tck, commit, load, rss, secs, rounds = sys.argv[1:]
+rows = list(csv.DictReader(open(raw), delimiter="\t"))
+S = {}
+for r in rows:
+    s = S.setdefault(r["target"], {"rps": [], "cpu": [], "p50": [], "p99": [], "err": 0, "extra": []})
+    s["rps"].append(float(r["rps"])); s["p50"].append(float(r["p50_us"])); s["p99"].append(float(r["p99_us"]))
+    s["cpu"].append(int(r["cpu_ticks"]) * 1e6 / int(tck) / max(int(r["requests"]), 1))
+    s["err"] += int(r["errors"])
+    if r["extra"]: s["extra"].append(r["extra"])
+med = {t: {k: st.median(v) for k, v in s.items() if k in ("rps", "cpu", "p50", "p99")} for t, s in S.items()}
+# The nginx runs of both phases: one baseline.
+ng = {k: st.median(S["nginx"][k]) for k in ("rps", "cpu", "p99")}
+names = {"nginx": "nginx plain proxy", "a": "(a) Postern plain", "b": "(b) jwt-auth + limit-count local + prometheus",
+         "c": "(c) as (b), limit-count redis", "e": "(e) as (a), 50 Admin API updates/s",
+         "f": "(f) as (a), --workers 2 unpinned", "a10k": "(a) with 10,010 routes loaded",
+         "d": "(d) 10,000 routes, requests spread"}
+L = [f"# Postern scenarios vs nginx — {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC", "",
+     f"`bench/scenarios.sh` at {commit}; {rounds} interleaved rounds of {secs} s per target; "
+     f"machine: {platform.node()} nproc 2, kernel {platform.release()}; load average before: {load} "
+     "(the machine is shared with other agents building code: numbers are noisy).", "",
+     "| target | req/s median (min–max) | CPU µs/request | p50 | p99 | req/s ÷ nginx | CPU ÷ nginx | failed requests |",
+     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+for t in ("nginx", "a", "b", "c", "e", "f", "a10k", "d"):
+    if t not in S: continue
+    m, s = med[t], S[t]
+    L.append(f"| {names[t]} | {m['rps']:,.0f} ({min(s['rps']):,.0f}–{max(s['rps']):,.0f}) | {m['cpu']:.1f} | "
+             f"{m['p50']:.0f} µs | {m['p99']:.0f} µs | {m['rps']/ng['rps']:.2f}× | {m['cpu']/ng['cpu']:.2f}× | {s['err']} |")
+L += ["", "| check | value | issue #11 target |", "| --- | ---: | --- |",
+      f"| (b) CPU/request ÷ nginx plain | {med['b']['cpu']/ng['cpu']:.2f}× | ≤ 1.25× |",
+      f"| (c) req/s ÷ (b) | {med['c']['rps']/med['b']['rps']:.2f}× | ≥ 0.7× |",
+      f"| (d) req/s ÷ (a) with 10 routes | {med['d']['rps']/med['a']['rps']:.2f}× | ≥ 0.95× |",
+      f"| (d) req/s ÷ (a) with 10,010 routes loaded | {med['d']['rps']/med['a10k']['rps']:.2f}× | |",
+      f"| (e) failed requests; req/s ÷ (a) | {S['e']['err']}; {med['e']['rps']/med['a']['rps']:.2f}× | 0; ≥ 0.9× |",
+      f"| (e) Admin API writes per run | {'; '.join(S['e']['extra'])} | 50/s |",
+      f"| (f) req/s ÷ (a) | {med['f']['rps']/med['a']['rps']:.2f}× | (scaling) |",
+      f"| DP1 resident memory with 10,010 routes | {int(rss)/1024:.0f} MiB | ≤ 64 MiB |",
+      "", "CPU µs/request: the process's utime+stime (all threads; nginx: master + workers) over the "
+      "measured run ÷ requests completed. DP1 (`--workers 1`) and nginx on cpu 0; wrk, the upstream, the "
+      "control plane and the Admin API writer on cpu 1; DP2 (`--workers 2`) not pinned.", ""]
+open(out, "w").write("\n".join(L))
+print("\n".join(L))
+print(f"written: {out}", file=sys.stderr)
+PY
