@@ -983,6 +983,28 @@ pub fn haproxy_available() -> bool {
     Command::new("haproxy").arg("-v").output().is_ok()
 }
 
+/// HAProxy in front of two data planes on a free address, once it routes `path` to one (200).
+pub async fn haproxy_in_front(
+    dir: &Path,
+    dps: [&DataPlane; 2],
+    path: &str,
+) -> (SocketAddr, Process) {
+    let lb = free_addr();
+    let haproxy = start_haproxy(dir, lb, dps);
+    wait_for(
+        "HAProxy to route to a DP",
+        Duration::from_secs(10),
+        || async {
+            get_via(lb, path, None)
+                .await
+                .ok()
+                .filter(|(c, _)| *c == 200)
+        },
+    )
+    .await;
+    (lb, haproxy)
+}
+
 /// HAProxy in TCP mode on `bind` in front of two data planes, with deploy/haproxy/haproxy.cfg
 /// as committed (health checks on each DP's `/readyz`).
 pub fn start_haproxy(dir: &Path, bind: SocketAddr, dps: [&DataPlane; 2]) -> Process {

@@ -205,19 +205,7 @@ async fn faults_under_load_lose_no_request_they_need_not_and_no_acknowledged_wri
         .await;
     wait_applied(dp1.status, rev).await;
     wait_applied(dp2.status, rev).await;
-    let lb = free_addr();
-    let _haproxy = start_haproxy(dir.path(), lb, [&dp1, &dp2]);
-    wait_for(
-        "HAProxy to route to a DP",
-        Duration::from_secs(10),
-        || async {
-            get_via(lb, "/api/x", None)
-                .await
-                .ok()
-                .filter(|(c, _)| *c == 200)
-        },
-    )
-    .await;
+    let (lb, _haproxy) = haproxy_in_front(dir.path(), [&dp1, &dp2], "/api/x").await;
     let (load, tasks) = start_load(lb, "/api/x", CLIENTS);
     flowing(&load, 200).await;
     let writer = Writer::start(cp.admin);

@@ -18,6 +18,33 @@ async fn data_planes(admin: &AdminClient) -> Value {
     admin.get("/admin/data-planes").await.unwrap().1
 }
 
+/// A data plane scripted here: it says Hello as `node_id` on a stream to `cp`; the sender is its
+/// side of the stream (dropping it ends the stream), the receiver the CP's.
+async fn scripted_data_plane(
+    cp: &ControlPlane,
+    node_id: &str,
+) -> (
+    mpsc::Sender<DataPlaneMessage>,
+    tonic::Streaming<ControlPlaneMessage>,
+) {
+    let mut client = ConfigSyncClient::connect(cp.sync_url()).await.unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DataPlaneMessage {
+        message: Some(data_plane_message::Message::Hello(Hello {
+            node_id: node_id.into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, inbound)
+}
+
 #[tokio::test]
 async fn two_data_planes_ack_the_same_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -274,21 +301,7 @@ async fn control_plane_shows_a_nack() {
         .await;
 
     // A data plane (scripted here) that cannot compile what it gets, e.g. an older build.
-    let mut client = ConfigSyncClient::connect(cp.sync_url()).await.unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DataPlaneMessage {
-        message: Some(data_plane_message::Message::Hello(Hello {
-            node_id: "old-dp".into(),
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = scripted_data_plane(&cp, "old-dp").await;
     // The CP may first send the snapshot it had before the PUT was built in; the PUT's follows.
     // (ClusterInfo, the live data plane count, comes too: not needed here.)
     let s = loop {
@@ -405,21 +418,7 @@ async fn control_plane_sends_deltas_after_the_first_snapshot() {
             .put_ok(&format!("/admin/routes/{id}"), route(&format!("/{id}")))
             .await;
     }
-    let mut client = ConfigSyncClient::connect(cp.sync_url()).await.unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DataPlaneMessage {
-        message: Some(data_plane_message::Message::Hello(Hello {
-            node_id: "delta-dp".into(),
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_tx, mut inbound) = scripted_data_plane(&cp, "delta-dp").await;
     let mut next_snapshot = async || loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
