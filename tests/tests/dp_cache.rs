@@ -95,12 +95,12 @@ async fn a_damaged_cache_is_reported_and_skipped() {
         "log:\n{log}"
     );
 
-    // Garbage and no CP at all: up (healthz), not ready, no hang, still trying the CP.
-    std::fs::write(&cache_file, b"garbage").unwrap();
+    // Garbage and no CP at all: up (healthz), not ready, no hang, still trying the CP. (The
+    // garbage goes straight into the new DP's own cache: dp-corrupt may still rewrite its file.)
     let mut lonely =
         DataPlane::start(dir.path(), "dp-lonely", &format!("http://{}", free_addr())).await;
     std::fs::create_dir_all(&lonely.cache_dir).unwrap();
-    std::fs::copy(&cache_file, lonely.cache_dir.join("snapshot.bin")).unwrap();
+    std::fs::write(lonely.cache_dir.join("snapshot.bin"), b"garbage").unwrap();
     lonely.restart().await;
     let (code, body) = readyz(lonely.status).await.expect("readyz answers");
     assert_eq!(code, 503, "{body}");
