@@ -77,8 +77,10 @@ async fn a_damaged_cache_is_reported_and_skipped() {
     )
     .await;
 
-    // Flip a byte in the payload, then restart the DP. The CP is still up: the DP must skip the
-    // cache with a clear log line and get the config from the CP.
+    // Stop the DP first (a running DP may still be writing a newer snapshot over the file), flip
+    // a byte in the payload, then start it again. The CP is still up: the DP must skip the cache
+    // with a clear log line and get the config from the CP.
+    dp.process.kill();
     let mut bytes = std::fs::read(&cache_file).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
