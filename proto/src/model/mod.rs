@@ -202,18 +202,6 @@ impl ConfigSet {
     /// Checks that every reference points at a resource that exists (a snapshot is served only
     /// when it is consistent as a whole).
     pub fn check_references(&self) -> Result<()> {
-        let exists = |kind: ResourceKind, id: &str| match kind {
-            ResourceKind::Upstreams => self.upstreams.contains_key(id),
-            ResourceKind::Protos => self.protos.contains_key(id),
-            ResourceKind::Services => self.services.contains_key(id),
-            ResourceKind::Routes => self.routes.contains_key(id),
-            ResourceKind::GlobalRules => self.global_rules.contains_key(id),
-            ResourceKind::ConsumerGroups => self.consumer_groups.contains_key(id),
-            ResourceKind::Consumers => self.consumers.contains_key(id),
-            ResourceKind::Revocations => self.revocations.contains_key(id),
-            ResourceKind::Ssls => self.ssls.contains_key(id),
-            ResourceKind::CachePurges => self.cache_purges.contains_key(id),
-        };
         let services = self.services.iter().map(|(id, s)| {
             (
                 ResourceKind::Services,
@@ -233,17 +221,47 @@ impl ConfigSet {
             )
         });
         for (kind, id, refs) in services.chain(routes).chain(consumers) {
-            for r in refs {
-                if !exists(r.kind, r.id) {
-                    return Err(ValidationError::new(
-                        format!("{kind}/{id}.{}", r.field),
-                        format!("references {} '{}' which does not exist", r.kind, r.id),
-                    ));
-                }
-            }
+            self.check_refs(kind, id, refs)?;
         }
         self.check_credentials()?;
         self.check_transcodes()
+    }
+
+    /// What [`ConfigSet::check_references`] checks of a route, for one that is not in the set:
+    /// its references resolve among the set's resources, and its `grpc-transcode` names a
+    /// method its proto has. (A data plane checks the routes it compiles one at a time.)
+    pub fn check_route(&self, id: &str, route: &RouteConfig) -> Result<()> {
+        self.check_refs(ResourceKind::Routes, id, route.references())?;
+        self.check_transcode(ResourceKind::Routes, id, &route.plugins)
+    }
+
+    fn check_refs<'a>(
+        &self,
+        kind: ResourceKind,
+        id: &str,
+        refs: impl IntoIterator<Item = Reference<'a>>,
+    ) -> Result<()> {
+        let exists = |kind: ResourceKind, id: &str| match kind {
+            ResourceKind::Upstreams => self.upstreams.contains_key(id),
+            ResourceKind::Protos => self.protos.contains_key(id),
+            ResourceKind::Services => self.services.contains_key(id),
+            ResourceKind::Routes => self.routes.contains_key(id),
+            ResourceKind::GlobalRules => self.global_rules.contains_key(id),
+            ResourceKind::ConsumerGroups => self.consumer_groups.contains_key(id),
+            ResourceKind::Consumers => self.consumers.contains_key(id),
+            ResourceKind::Revocations => self.revocations.contains_key(id),
+            ResourceKind::Ssls => self.ssls.contains_key(id),
+            ResourceKind::CachePurges => self.cache_purges.contains_key(id),
+        };
+        for r in refs {
+            if !exists(r.kind, r.id) {
+                return Err(ValidationError::new(
+                    format!("{kind}/{id}.{}", r.field),
+                    format!("references {} '{}' which does not exist", r.kind, r.id),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every `grpc-transcode` (on a route or a service) names a unary method its proto has.
@@ -257,32 +275,42 @@ impl ConfigSet {
             .iter()
             .map(|(id, r)| (ResourceKind::Routes, id, &r.plugins));
         for (kind, id, plugins) in services.chain(routes) {
-            let Some(config) = plugins.get("grpc-transcode") else {
-                continue;
-            };
-            let at = format!("{kind}/{id}.plugins.grpc-transcode");
-            let config = plugins::parse::<plugins::grpc_transcode::GrpcTranscodeConfig>(config)
-                .map_err(|e| e.under(&at))?;
-            let pool = self
-                .protos
-                .get(&config.proto_id)
-                .and_then(ProtoConfig::pool)
-                .ok_or_else(|| {
-                    ValidationError::new(
-                        format!("{at}.proto_id"),
-                        format!(
-                            "references protos '{}' which does not exist",
-                            config.proto_id
-                        ),
-                    )
-                })?;
-            protos::find_method(pool, &config.service, &config.method).map_err(|e| {
+            self.check_transcode(kind, id, plugins)?;
+        }
+        Ok(())
+    }
+
+    fn check_transcode(
+        &self,
+        kind: ResourceKind,
+        id: &str,
+        plugins: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<()> {
+        let Some(config) = plugins.get("grpc-transcode") else {
+            return Ok(());
+        };
+        let at = format!("{kind}/{id}.plugins.grpc-transcode");
+        let config = plugins::parse::<plugins::grpc_transcode::GrpcTranscodeConfig>(config)
+            .map_err(|e| e.under(&at))?;
+        let pool = self
+            .protos
+            .get(&config.proto_id)
+            .and_then(ProtoConfig::pool)
+            .ok_or_else(|| {
                 ValidationError::new(
-                    format!("{at}.{}", e.field),
-                    format!("{} (protos/{})", e.message, config.proto_id),
+                    format!("{at}.proto_id"),
+                    format!(
+                        "references protos '{}' which does not exist",
+                        config.proto_id
+                    ),
                 )
             })?;
-        }
+        protos::find_method(pool, &config.service, &config.method).map_err(|e| {
+            ValidationError::new(
+                format!("{at}.{}", e.field),
+                format!("{} (protos/{})", e.message, config.proto_id),
+            )
+        })?;
         Ok(())
     }
 
