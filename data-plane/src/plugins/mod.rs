@@ -221,7 +221,7 @@ pub struct BuildEnv {
 /// route id, plugin name and a hash of the plugin's config: a snapshot that leaves a route's
 /// plugin config alone hands the new instance the old one's state; a changed config starts
 /// afresh. Built per compile; only the states still in use are carried to the next one.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct PluginStates {
     map: HashMap<StateKey, Arc<dyn Any + Send + Sync>>,
 }

@@ -212,10 +212,19 @@ fn run(data: &[u8]) -> usize {
         };
         let fresh = compile(&snap, None).expect("compiles without a previous config");
         for uri in URIS {
+            // The route, its plugins and its upstream's nodes: a route taken over from the
+            // previous compile must be what compiling it afresh gives.
             let id = |c: &CompiledConfig| {
-                c.router
-                    .find(&Method::GET, None, uri)
-                    .map(|i| c.routes[i].id.clone())
+                c.router.find(&Method::GET, None, uri).map(|i| {
+                    let r = &c.routes[i];
+                    let nodes: Vec<String> = r
+                        .upstream
+                        .iter()
+                        .flat_map(|u| u.nodes.iter().map(|n| n.authority.to_string()))
+                        .collect();
+                    let plugins: Vec<String> = r.plugins.names().map(str::to_string).collect();
+                    (r.id.clone(), plugins, nodes, r.timeouts)
+                })
             };
             assert_eq!(id(&compiled), id(&fresh), "{uri} routes differently");
         }
