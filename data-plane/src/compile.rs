@@ -318,8 +318,9 @@ pub struct Upstream {
     /// Signalled when a request leaves (for the queue).
     pub slot_freed: tokio::sync::Notify,
     /// This upstream's own client (pool) and its requests-per-connection cap, for a
-    /// `keepalive_pool` or TLS to the nodes; `None`: the proxy's shared pool.
-    pub pool: Option<(crate::proxy::UpstreamClient, u32)>,
+    /// `keepalive_pool` or TLS to the nodes; `None`: the proxy's shared pool. (Boxed: a client
+    /// is large and most upstreams have none; thousands of inline upstreams add up.)
+    pub pool: Option<Box<(crate::proxy::UpstreamClient, u32)>>,
     /// Requests in flight to this upstream (counted for the bulkhead and the status page).
     pub in_flight: std::sync::atomic::AtomicU32,
     _checker: Option<tokio_util::sync::DropGuard>,
@@ -500,7 +501,7 @@ impl Upstream {
             queue_timeout: Duration::from_secs_f64(cfg.queue_timeout.unwrap_or(1.0)),
             queued: std::sync::atomic::AtomicU32::new(0),
             slot_freed: tokio::sync::Notify::new(),
-            pool: own_client(cfg)?,
+            pool: own_client(cfg)?.map(Box::new),
             in_flight: std::sync::atomic::AtomicU32::new(0),
             _checker: checker,
         })
