@@ -7,11 +7,11 @@
 //! the reset instead of telling every data plane to delete everything. The operator accepts the
 //! new store explicitly (`POST /admin/store/adopt`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use postern_proto::model::{ConfigSet, Resource, ValidationError};
+use postern_proto::model::{ConfigSet, Resource, ResourceKind, ValidationError};
 use postern_proto::sync;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -53,22 +53,75 @@ fn unix_now() -> i64 {
 /// Validates a store snapshot as a whole (every resource parses, every reference resolves) and
 /// encodes it for the wire. The DP runs the same checks; doing them here too means a bad store
 /// row is caught before it reaches any DP.
-pub fn build(store: StoreSnapshot) -> Result<Snapshot, ValidationError> {
+///
+/// Incremental on `previous` (the snapshot being served): within one store a resource's
+/// `mod_revision` names its content, so an unchanged resource keeps its encoded body, and when
+/// no resource other than routes changed, an unchanged route is not parsed or checked again
+/// (it was checked against the same other resources). Other resources are always parsed: the
+/// routes that are checked are checked against them.
+pub fn build(
+    store: StoreSnapshot,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ValidationError> {
     let started = Instant::now();
+    let previous = previous.filter(|p| p.store_id == store.store_id);
+    let encoded: HashMap<(ResourceKind, &str), (u64, &sync::Resource)> = previous
+        .map(|p| {
+            p.stored
+                .iter()
+                .zip(&p.resources)
+                .map(|(s, r)| ((s.kind, s.id.as_str()), (s.mod_revision, r)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let unchanged = |r: &StoredResource| {
+        encoded
+            .get(&(r.kind, r.id.as_str()))
+            .filter(|(rev, _)| *rev == r.mod_revision)
+            .map(|(_, encoded)| *encoded)
+    };
+    let not_routes = |list: &[StoredResource]| {
+        list.iter()
+            .filter(|r| r.kind != ResourceKind::Routes)
+            .map(|r| (r.kind, r.id.clone(), r.mod_revision))
+            .collect::<Vec<_>>()
+    };
+    let context_unchanged =
+        previous.is_some_and(|p| not_routes(&p.stored) == not_routes(&store.resources));
+
     let mut set = ConfigSet::default();
-    let mut resources = Vec::with_capacity(store.resources.len());
-    for r in &store.resources {
+    for r in store
+        .resources
+        .iter()
+        .filter(|r| r.kind != ResourceKind::Routes)
+    {
         let parsed = Resource::parse(r.kind, &r.value)
             .map_err(|e| e.under(&format!("{}/{}", r.kind, r.id)))?;
         set.insert(&r.id, parsed);
-        resources.push(sync::Resource {
-            kind: r.kind.as_str().to_string(),
-            id: r.id.clone(),
-            mod_revision: r.mod_revision,
-            body: serde_json::to_vec(&r.value).unwrap_or_default().into(),
-        });
     }
     set.check_references()?;
+    let mut resources = Vec::with_capacity(store.resources.len());
+    for r in &store.resources {
+        let reused = unchanged(r);
+        if r.kind == ResourceKind::Routes && !(context_unchanged && reused.is_some()) {
+            let at = || format!("{}/{}", r.kind, r.id);
+            let Resource::Route(route) =
+                Resource::parse(r.kind, &r.value).map_err(|e| e.under(&at()))?
+            else {
+                return Err(ValidationError::new(at(), "not a route"));
+            };
+            set.check_route(&r.id, &route)?;
+        }
+        resources.push(match reused {
+            Some(encoded) => encoded.clone(),
+            None => sync::Resource {
+                kind: r.kind.as_str().to_string(),
+                id: r.id.clone(),
+                mod_revision: r.mod_revision,
+                body: serde_json::to_vec(&r.value).unwrap_or_default().into(),
+            },
+        });
+    }
     Ok(Snapshot {
         version: store.revision,
         store_id: store.store_id,
@@ -293,7 +346,7 @@ fn apply(hub: &SnapshotHub, found: StoreSnapshot) {
         return;
     }
     let revision = found.revision;
-    match build(found) {
+    match build(found, hub.current().as_deref()) {
         Ok(snap) => {
             tracing::info!(
                 version = snap.version,
@@ -340,6 +393,97 @@ mod tests {
         }
     }
 
+    fn stored(kind: ResourceKind, id: &str, rev: u64, value: serde_json::Value) -> StoredResource {
+        StoredResource {
+            kind,
+            id: id.to_string(),
+            value,
+            create_revision: rev,
+            mod_revision: rev,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn unchanged_resources_keep_their_encoding_and_changed_context_rechecks_every_route() {
+        let u1 = stored(
+            ResourceKind::Upstreams,
+            "u1",
+            1,
+            json!({"nodes": {"127.0.0.1:1": 1}}),
+        );
+        let route = |id: &str, rev: u64, uri: &str| {
+            stored(
+                ResourceKind::Routes,
+                id,
+                rev,
+                json!({"uri": uri, "upstream_id": "u1"}),
+            )
+        };
+        let store = |revision: u64, resources: Vec<StoredResource>| StoreSnapshot {
+            store_id: "s".to_string(),
+            revision,
+            resources,
+        };
+        let first = build(
+            store(
+                2,
+                vec![u1.clone(), route("a", 1, "/a"), route("b", 2, "/b")],
+            ),
+            None,
+        )
+        .unwrap();
+        // b changes: a keeps its encoded body (the same buffer), b gets a new one.
+        let second = build(
+            store(
+                3,
+                vec![u1.clone(), route("a", 1, "/a"), route("b", 3, "/b2")],
+            ),
+            Some(&first),
+        )
+        .unwrap();
+        let body = |s: &Snapshot, id: &str| {
+            s.resources
+                .iter()
+                .find(|r| r.id == id)
+                .unwrap()
+                .body
+                .clone()
+        };
+        assert_eq!(body(&first, "a").as_ptr(), body(&second, "a").as_ptr());
+        assert_ne!(body(&first, "b"), body(&second, "b"));
+        assert!(String::from_utf8_lossy(&body(&second, "b")).contains("/b2"));
+        // A changed route is checked: one naming a missing upstream is refused.
+        let bad = stored(
+            ResourceKind::Routes,
+            "b",
+            4,
+            json!({"uri": "/b", "upstream_id": "nope"}),
+        );
+        let err = build(
+            store(4, vec![u1.clone(), route("a", 1, "/a"), bad]),
+            Some(&second),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("routes/b"), "{err}");
+        // The upstream goes (a store changed behind the Admin API's back): the unchanged route
+        // a is checked again, and its dangling reference refused.
+        let err = build(store(5, vec![route("a", 1, "/a")]), Some(&second)).unwrap_err();
+        assert!(err.to_string().contains("routes/a"), "{err}");
+        // Another store: nothing is taken from the previous snapshot.
+        let other = build(
+            StoreSnapshot {
+                store_id: "t".to_string(),
+                revision: 3,
+                resources: vec![u1, route("a", 1, "/a")],
+            },
+            Some(&second),
+        )
+        .unwrap();
+        assert_ne!(body(&other, "a").as_ptr(), body(&second, "a").as_ptr());
+    }
+
     #[test]
     fn a_wiped_or_replaced_store_is_reported_not_served_until_adopted() {
         let hub = SnapshotHub::new();
@@ -375,10 +519,10 @@ mod tests {
     #[test]
     fn lag_counts_from_the_first_newer_version() {
         let hub = SnapshotHub::new();
-        let mut s = build(store_snapshot("a", 1, 0)).unwrap();
+        let mut s = build(store_snapshot("a", 1, 0), None).unwrap();
         s.published_at = unix_now() - 30;
         hub.publish(s);
-        let mut s = build(store_snapshot("a", 2, 0)).unwrap();
+        let mut s = build(store_snapshot("a", 2, 0), None).unwrap();
         s.published_at = unix_now() - 10;
         hub.publish(s);
         assert_eq!(hub.lag_seconds(2), 0);
