@@ -54,11 +54,15 @@ impl DpState {
     }
 
     /// Swaps in a config received from a control plane.
-    pub fn apply(&self, config: CompiledConfig) {
+    /// Swaps in `config`; returns the config it replaces, for the caller to drop where freeing
+    /// thousands of routes costs nothing (see `sync.rs`).
+    #[must_use = "dropping the old config here frees it on this thread"]
+    pub fn apply(&self, config: CompiledConfig) -> Option<Arc<CompiledConfig>> {
         applied_metrics(&config);
-        self.config.store(Some(Arc::new(config)));
+        let old = self.config.swap(Some(Arc::new(config)));
         self.stale.store(false, Ordering::Release);
         METRICS.config_stale.set(0);
+        old
     }
 
     /// Swaps in a config read from the disk cache at start.

@@ -179,7 +179,8 @@ impl SyncClient {
             return None;
         }
         let version = snapshot.version;
-        self.state.apply(serving.relabel(version));
+        // The old config is this one under another version: dropping it frees nothing.
+        drop(self.state.apply(serving.relabel(version)));
         if let Some(cache) = &self.cache {
             cache.send_replace(Some(snapshot.clone()));
         }
@@ -212,7 +213,12 @@ impl SyncClient {
         match compiled {
             Ok(Ok(config)) => {
                 let routes = config.routes.len();
-                self.state.apply(config);
+                let old = self.state.apply(config);
+                // Freeing the old config (thousands of routes) is work for a blocking thread,
+                // not for the sync task, and not part of the time to apply.
+                if let Some(old) = old {
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
                 if let Some(cache) = &self.cache {
                     cache.send_replace(Some(snapshot));
                 }
