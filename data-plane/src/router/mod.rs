@@ -56,7 +56,9 @@
 //! request walks it once along its path and runs only the patterns whose literal prefix it
 //! starts with (plus those without one, e.g. `~(?i)/x` or `~/a|/b`, which every request runs).
 
-use std::collections::HashMap;
+/// Router tables hash with foldhash (seeded per process): most of a snapshot's build time and
+/// every exact-path lookup is hashing, and SipHash is several times slower.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 
 use http::Method;
@@ -216,7 +218,7 @@ struct HostIndex {
 }
 
 impl Bucket {
-    fn new(mut entries: Vec<Entry>, routes: &[RouteData], specs: &[RouteSpec]) -> Bucket {
+    fn new(mut entries: Vec<Entry>, routes: &[RouteData], specs: &[&RouteSpec]) -> Bucket {
         entries.sort_by(|a, b| {
             let (sa, sb) = (&specs[a.route as usize], &specs[b.route as usize]);
             let (ra, rb) = (&routes[a.route as usize], &routes[b.route as usize]);
@@ -336,17 +338,24 @@ impl Node {
 impl Router {
     /// Compiles `routes`; `routes[i]` is reported by [`Router::find`] as `i`. Fails only for a
     /// route that cannot be compiled (bad path or host pattern, no paths), naming it.
-    pub fn build(routes: &[RouteSpec]) -> Result<Router, RouterError> {
+    /// (`S` is `RouteSpec` or a reference to one: a compile that keeps its specs elsewhere
+    /// passes references.)
+    pub fn build<S: std::borrow::Borrow<RouteSpec>>(routes: &[S]) -> Result<Router, RouterError> {
+        let specs: Vec<&RouteSpec> = routes.iter().map(std::borrow::Borrow::borrow).collect();
+        Router::build_from(&specs)
+    }
+
+    fn build_from(routes: &[&RouteSpec]) -> Result<Router, RouterError> {
         if routes.len() > MAX_ROUTES {
             return Err(RouterError::TooManyRoutes {
                 count: routes.len(),
             });
         }
         let mut data = Vec::with_capacity(routes.len());
-        let mut exact: HashMap<&str, Vec<Entry>> = HashMap::new();
-        let mut prefix: HashMap<&str, Vec<Entry>> = HashMap::new();
-        let mut param: HashMap<&str, Vec<Entry>> = HashMap::new();
-        let mut regex: HashMap<&str, Vec<Entry>> = HashMap::new();
+        let mut exact: HashMap<&str, Vec<Entry>> = HashMap::default();
+        let mut prefix: HashMap<&str, Vec<Entry>> = HashMap::default();
+        let mut param: HashMap<&str, Vec<Entry>> = HashMap::default();
+        let mut regex: HashMap<&str, Vec<Entry>> = HashMap::default();
         for (i, spec) in routes.iter().enumerate() {
             let err = |reason: String| RouterError::InvalidRoute {
                 index: i,
@@ -567,7 +576,7 @@ impl RegexIndex {
     /// `None` when no route has a `~` path.
     fn build(
         paths: HashMap<&str, Vec<Entry>>,
-        specs: &[RouteSpec],
+        specs: &[&RouteSpec],
         add: &mut impl FnMut(Vec<Entry>) -> u32,
     ) -> Result<Option<RegexIndex>, RouterError> {
         if paths.is_empty() {
@@ -589,7 +598,7 @@ impl RegexIndex {
                 .then(pa.cmp(pb))
         });
         let mut patterns = Vec::with_capacity(paths.len());
-        let mut by_literal: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut by_literal: HashMap<&str, Vec<u32>> = HashMap::default();
         for (k, (p, entries)) in (0u32..).zip(paths) {
             let source = uri_regex(p).unwrap_or_default();
             let regex = compile_uri_regex(source).map_err(|e| {
@@ -691,7 +700,7 @@ impl ParamIndex {
         });
         /// A `ParamGroup` being filled: `(by_first, any_first)`.
         type Draft = (HashMap<Box<str>, Vec<u32>>, Vec<u32>);
-        let mut groups: HashMap<usize, Draft> = HashMap::new();
+        let mut groups: HashMap<usize, Draft> = HashMap::default();
         let mut patterns = Vec::with_capacity(sorted.len());
         for (segments, _, bucket) in sorted {
             let at = patterns.len() as u32;

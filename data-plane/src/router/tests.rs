@@ -46,7 +46,7 @@ fn send_sync() {
 
 #[test]
 fn empty_router() {
-    let router = Router::build(&[]).expect("empty is fine");
+    let router = Router::build::<RouteSpec>(&[]).expect("empty is fine");
     assert!(router.is_empty());
     assert_eq!(router.len(), 0);
     assert_eq!(router.find(&Method::GET, None, "/"), None);
