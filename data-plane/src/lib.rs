@@ -6,6 +6,7 @@ pub mod cache;
 pub mod compile;
 pub mod config;
 pub mod health;
+pub mod memory;
 pub mod observability;
 pub mod plugins;
 pub mod proxy;

@@ -208,8 +208,12 @@ impl SyncClient {
         let previous = self.state.current();
         let input = snapshot.clone();
         // Compiling thousands of routes is CPU work: keep it off the proxy's async threads.
-        let compiled =
-            tokio::task::spawn_blocking(move || compile(&input, previous.as_deref())).await;
+        let compiled = tokio::task::spawn_blocking(move || {
+            let compiled = compile(&input, previous.as_deref());
+            crate::memory::release_free_memory();
+            compiled
+        })
+        .await;
         match compiled {
             Ok(Ok(config)) => {
                 let routes = config.routes.len();
@@ -217,7 +221,10 @@ impl SyncClient {
                 // Freeing the old config (thousands of routes) is work for a blocking thread,
                 // not for the sync task, and not part of the time to apply.
                 if let Some(old) = old {
-                    tokio::task::spawn_blocking(move || drop(old));
+                    tokio::task::spawn_blocking(move || {
+                        drop(old);
+                        crate::memory::release_free_memory();
+                    });
                 }
                 if let Some(cache) = &self.cache {
                     cache.send_replace(Some(snapshot));
@@ -287,7 +294,13 @@ pub async fn run_cache_writer(
         };
         let cache = cache.clone();
         let version = snapshot.version;
-        match tokio::task::spawn_blocking(move || cache.store(&snapshot)).await {
+        let stored = tokio::task::spawn_blocking(move || {
+            let stored = cache.store(&snapshot);
+            // Encoding a big snapshot takes as much scratch memory as the snapshot.
+            crate::memory::release_free_memory();
+            stored
+        });
+        match stored.await {
             Ok(Ok(())) => tracing::debug!(version, "snapshot cached"),
             Ok(Err(e)) => tracing::warn!(version, error = %e, "cannot write the snapshot cache"),
             Err(e) => tracing::warn!(version, error = %e, "snapshot cache writer failed"),
