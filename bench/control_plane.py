@@ -29,7 +29,8 @@ import sys
 import tempfile
 import time
 
-DPS = 3
+# BENCH_DPS: how many data planes (default 3, as issue 11 asks).
+DPS = int(os.environ.get("BENCH_DPS", "3"))
 
 
 def free_port():
