@@ -6,7 +6,8 @@
 #   bench/control_plane.sh     build (release), run, print the table and write
 #                              bench/results/<date>-control-plane.md
 #
-# BENCH_SKIP_BUILD=1 uses the binaries already built; CARGO_TARGET_DIR is honoured.
+# BENCH_SKIP_BUILD=1 uses the binaries already built; BENCH_DPS=N runs N data planes (default 3);
+# CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
