@@ -380,14 +380,11 @@ mod tests {
             store_id: store_id.to_string(),
             revision,
             resources: (0..routes)
-                .map(|i| StoredResource {
-                    kind: ResourceKind::Routes,
-                    id: format!("r{i}"),
-                    value: json!({"id": format!("r{i}"), "uri": "/", "upstream": {"nodes": {"127.0.0.1:1": 1}}}),
-                    create_revision: 1,
-                    mod_revision: 1,
-                    created_at: 0,
-                    updated_at: 0,
+                .map(|i| {
+                    let id = format!("r{i}");
+                    let value =
+                        json!({"id": id, "uri": "/", "upstream": {"nodes": {"127.0.0.1:1": 1}}});
+                    stored(ResourceKind::Routes, &id, 1, value)
                 })
                 .collect(),
         }

@@ -721,7 +721,7 @@ pub fn compile(
             RouteInput::Source(r) => r,
         };
         let Resource::Route(route) = parse_resource(source)? else {
-            return Err(CompileError::UnknownKind(source.kind.clone()));
+            unreachable!("a resource of kind routes parses as a route");
         };
         set.check_route(id, &route)
             .map_err(CompileError::Inconsistent)?;
@@ -840,16 +840,16 @@ pub fn compile(
     }
     // Most edits (plugins, upstream, `desc`) leave every route's paths, hosts, methods and
     // priority as they were: the same specs in the same positions make the same router.
-    let same_routing = previous.is_some_and(|p| {
+    let kept = previous.filter(|p| {
         p.sources.len() == sources.len()
             && p.sources
                 .iter()
                 .zip(&sources)
                 .all(|(a, b)| Arc::ptr_eq(a, b) || a.spec == b.spec)
     });
-    let router = match previous {
-        Some(p) if same_routing => p.router.clone(),
-        _ => {
+    let router = match kept {
+        Some(p) => p.router.clone(),
+        None => {
             let specs: Vec<&RouteSpec> = sources.iter().map(|s| &s.spec).collect();
             Arc::new(Router::build(&specs).map_err(|e| CompileError::Router(e.to_string()))?)
         }

@@ -53,8 +53,7 @@ impl DpState {
         self.config.load_full()
     }
 
-    /// Swaps in a config received from a control plane.
-    /// Swaps in `config`; returns the config it replaces, for the caller to drop where freeing
+    /// Swaps in a config received from a control plane; returns the config it replaces, for the caller to drop where freeing
     /// thousands of routes costs nothing (see `sync.rs`).
     #[must_use = "dropping the old config here frees it on this thread"]
     pub fn apply(&self, config: CompiledConfig) -> Option<Arc<CompiledConfig>> {

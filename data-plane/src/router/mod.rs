@@ -56,15 +56,17 @@
 //! request walks it once along its path and runs only the patterns whose literal prefix it
 //! starts with (plus those without one, e.g. `~(?i)/x` or `~/a|/b`, which every request runs).
 
-/// Router tables hash with foldhash (seeded per process): most of a snapshot's build time and
-/// every exact-path lookup is hashing, and SipHash is several times slower.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 
 use http::Method;
+
 use postern_proto::model::validate::{
     check_host_pattern, check_uri, compile_uri_regex, uri_has_params, uri_regex,
 };
+
+/// Router tables hash with foldhash (seeded per process): most of a snapshot's build time and
+/// every exact-path lookup is hashing, and SipHash is several times slower.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 #[cfg(test)]
 mod tests;
