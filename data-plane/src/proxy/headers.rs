@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies still see).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP_COUNT: usize = 7;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -30,6 +31,16 @@ pub const X_CREDENTIAL_IDENTIFIER: HeaderName = HeaderName::from_static("x-crede
 /// Removes client-sent identity headers (every request, auth route or not): an upstream must be
 /// able to trust them.
 pub fn strip_identity(headers: &mut HeaderMap) {
+    // One look over the (few) names first: most requests carry none of these, and a look is
+    // cheaper than three hashed removes.
+    let identity = [
+        X_CONSUMER_USERNAME,
+        X_CONSUMER_GROUP,
+        X_CREDENTIAL_IDENTIFIER,
+    ];
+    if !headers.keys().any(|k| identity.contains(k)) {
+        return;
+    }
     for name in [
         X_CONSUMER_USERNAME,
         X_CONSUMER_GROUP,
@@ -127,7 +138,15 @@ pub fn set_identity(
 
 /// Removes every header named in `Connection`, then the standard hop-by-hop headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // Usually only `Connection` (an upstream's `keep-alive`), often none: find which are there
+    // in one pass rather than hashing every hop-by-hop name.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -139,7 +158,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
@@ -154,19 +173,27 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let mut xff = String::new();
-    for v in headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter(|_| keep_prior)
-    {
-        if let Ok(s) = v.to_str() {
-            xff.push_str(s);
-            xff.push_str(", ");
+    let prior = keep_prior && headers.contains_key(&X_FORWARDED_FOR);
+    let value = if prior {
+        let mut xff = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                xff.push_str(s);
+                xff.push_str(", ");
+            }
         }
-    }
-    xff.push_str(&client.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+        xff.push_str(&client.to_string());
+        HeaderValue::from_str(&xff).ok()
+    } else {
+        // The usual case, on every request: the address alone, formatted without a String.
+        use std::io::Write;
+        let mut buf = [0u8; 48];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{client}");
+        let len = 48 - w.len();
+        HeaderValue::from_bytes(&buf[..len]).ok()
+    };
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
