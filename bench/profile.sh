@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Where a data plane's CPU goes per request: perf samples of one DP (`--workers 1`, pinned to
+# cpu 0) under wrk load, for a plain route and for jwt-auth + limit-count + prometheus. Not a
+# test: a profile, to read before optimising (issue #11). Scenario d loads 10,000 more routes
+# (`/r/0` … `/r/9999`) and spreads the requests over them (a wrk Lua script).
+#
+#   bench/profile.sh [a|b|d|all]    (default a and b; PROFILE_SECONDS, default 8; BENCH_SKIP_BUILD=1 to use
+#                                    built release binaries; PROFILE_CALLGRAPH=1 for call
+#                                    graphs by DWARF unwinding, much larger perf.data)
+#
+# Layout as bench/scenarios.sh: wrk (1 thread, 50 connections), the upstream (nginx
+# `return 200 "ok"`) and the control plane on cpu 1. `perf record -e cpu-clock` (this VM has no
+# hardware counters). Prints, per scenario, CPU µs/request over the profile and the top symbols;
+# keeps perf.data in $PROFILE_OUT (default /tmp/postern-profile).
+set -euo pipefail
+WHICH=${1:-ab}
+SECS=${PROFILE_SECONDS:-8}
+OUT=${PROFILE_OUT:-/tmp/postern-profile}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+for t in nginx wrk perf taskset curl python3; do
+  command -v "$t" >/dev/null 2>&1 || [[ $t == nginx && -x /usr/sbin/nginx ]] ||
+    die "$t is required (apt-get install nginx wrk linux-perf)"
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+  (cd "$REPO" && cargo build --release --bins)
+fi
+mkdir -p "$OUT"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/postern-profile.XXXXXX")
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); ADMIN=$(port); SYNC=$(port); DP=$(port); ST=$(port)
+KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+mkdir -p "$TMP"/up/{cb,px,fc,uw,sc}
+cat >"$TMP/up/nginx.conf" <<NGX
+daemon off; worker_processes 1; pid $TMP/up/nginx.pid; error_log $TMP/up/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  client_body_temp_path $TMP/up/cb; proxy_temp_path $TMP/up/px; fastcgi_temp_path $TMP/up/fc;
+  uwsgi_temp_path $TMP/up/uw; scgi_temp_path $TMP/up/sc;
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } } }
+NGX
+taskset -c 1 "$NGINX" -p "$TMP/up" -e "$TMP/up/error.log" -c "$TMP/up/nginx.conf" >/dev/null 2>&1 &
+PIDS+=($!)
+taskset -c 1 "$BIN/control-plane" --data-dir "$TMP/cp" --admin-listen "127.0.0.1:$ADMIN" \
+  --sync-listen "127.0.0.1:$SYNC" --admin-key "$KEY" >"$TMP/cp.log" 2>&1 &
+PIDS+=($!)
+taskset -c 0 "$BIN/data-plane" --workers 1 --control-plane "http://127.0.0.1:$SYNC" \
+  --proxy-listen "127.0.0.1:$DP" --status-listen "127.0.0.1:$ST" --node-id profile-dp \
+  --cache-dir "$TMP/dp-cache" >"$TMP/dp.log" 2>&1 &
+DP_PID=$!
+PIDS+=("$DP_PID")
+for _ in $(seq 150); do curl -sf "http://127.0.0.1:$ADMIN/admin/routes" -H "X-API-KEY: $KEY" >/dev/null && break; sleep 0.1; done
+SECRET=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+EXTRA=0
+[[ $WHICH == d || $WHICH == all ]] && EXTRA=10000
+python3 - "$UP" "$SECRET" "$EXTRA" >"$TMP/config.json" <<'PY'
+import json, sys
+up, secret, extra = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ups = {"nodes": {f"127.0.0.1:{up}": 1}}
+plugins = {"jwt-auth": {}, "prometheus": {},
+           "limit-count": {"count": 1_000_000_000, "time_window": 3600, "key": "remote_addr"}}
+print(json.dumps({"resources": {
+    "routes": [{"id": "a", "uri": "/a", "upstream": ups},
+               {"id": "b", "uri": "/b", "upstream": ups, "plugins": plugins}]
+              + [{"id": f"r{i}", "uri": f"/r/{i}", "upstream": ups} for i in range(extra)],
+    "consumers": [{"id": "p", "username": "p", "plugins": {"jwt-auth": {"key": "p-key", "secret": secret}}}]}}))
+PY
+curl -sS --fail-with-body -X PUT "http://127.0.0.1:$ADMIN/admin/config" -H "X-API-KEY: $KEY" \
+  -H 'Content-Type: application/json' --data-binary @"$TMP/config.json" >/dev/null
+TOKEN=$(python3 - "$SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"key": "p-key", "exp": int(time.time()) + 86400}).encode())
+print((head + b"." + body + b"." + b64(hmac.new(sys.argv[1].encode(), head + b"." + body, hashlib.sha256).digest())).decode())
+PY
+)
+for _ in $(seq 300); do
+  [[ $(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP/b") == ok ]] && break
+  sleep 0.1
+done
+cat >"$TMP/spread.lua" <<'LUA'
+math.randomseed(os.time())
+request = function() return wrk.format(nil, "/r/" .. math.random(0, 9999)) end
+LUA
+[[ $(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP/b") == ok ]] || die "the DP does not proxy /b"
+
+ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*) }; read -r -a f <<<"$s"; echo $((f[11] + f[12])); }
+TCK=$(getconf CLK_TCK)
+graph=()
+[[ ${PROFILE_CALLGRAPH:-0} == 1 ]] && graph=(--call-graph dwarf,16384)
+profile() {
+  local name=$1 path=$2 script=()
+  [[ $name == d ]] && script=(-s "$TMP/spread.lua")
+  log "scenario $name: warm-up, then $SECS s under perf"
+  taskset -c 1 wrk -t1 -c50 -d2s "${script[@]}" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP$path" >/dev/null
+  local t0 out
+  t0=$(ticks "$DP_PID")
+  perf record -q -e cpu-clock -F 4999 "${graph[@]}" -p "$DP_PID" -o "$OUT/$name.data" -- sleep "$SECS" &
+  local perf_pid=$!
+  out=$(taskset -c 1 wrk -t1 -c50 -d"${SECS}s" "${script[@]}" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP$path")
+  local t1
+  t1=$(ticks "$DP_PID")
+  wait "$perf_pid" || true
+  local reqs
+  reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+  python3 -c "import sys; t, r, hz = map(float, sys.argv[1:]); print(f'scenario $name: {r:.0f} requests, {t / hz * 1e6 / r:.1f} CPU µs/request (with perf attached)')" \
+    "$((t1 - t0))" "$reqs" "$TCK"
+  perf report -i "$OUT/$name.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -"${PROFILE_TOP:-45}"
+}
+case $WHICH in
+  a) profile a /a ;;
+  b) profile b /b ;;
+  d) profile d /r/0 ;;
+  ab) profile a /a; profile b /b ;;
+  all) profile a /a; profile b /b; profile d /r/0 ;;
+  *) die "usage: bench/profile.sh [a|b|d|all]" ;;
+esac
