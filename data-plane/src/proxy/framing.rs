@@ -324,7 +324,7 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The end of a line: after its first LF.
-fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+pub(super) fn line_end(buf: &[u8], from: usize) -> Option<usize> {
     buf[from..]
         .iter()
         .position(|&b| b == b'\n')
@@ -398,7 +398,7 @@ fn judge_head(head: &[u8]) -> Option<Result<State, Refusal>> {
 }
 
 /// `Content-Length` as hyper reads it: digits only.
-fn parse_length(v: &str) -> Option<u64> {
+pub(super) fn parse_length(v: &str) -> Option<u64> {
     let v = v.trim_matches(|c| c == ' ' || c == '\t');
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -406,7 +406,7 @@ fn parse_length(v: &str) -> Option<u64> {
     v.parse().ok()
 }
 
-fn ends_with_chunked(v: &[u8]) -> bool {
+pub(super) fn ends_with_chunked(v: &[u8]) -> bool {
     std::str::from_utf8(v).is_ok_and(|s| {
         s.rsplit(',')
             .next()
@@ -416,7 +416,7 @@ fn ends_with_chunked(v: &[u8]) -> bool {
 
 /// The size on a chunk-size line (`1a;ext=x\r\n`): hex digits (at most 15, so no overflow),
 /// optional blanks, an optional extension without CR, then CRLF. `None` otherwise.
-fn chunk_size(line: &[u8]) -> Option<u64> {
+pub(super) fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r\n")?;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 15 {

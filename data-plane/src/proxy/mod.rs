@@ -7,6 +7,7 @@
 mod dns;
 mod error;
 mod framing;
+mod h1_client;
 pub mod headers;
 mod limited_body;
 pub mod normalize;
@@ -40,7 +41,7 @@ pub use error::ProxyError;
 use limited_body::LimitedBody;
 use owned_conns::{Lease, OwnedConns};
 pub(crate) use upstream_call::TimedConnector;
-use upstream_call::{CallGuard, Progress, RequestBody, SendBody, UpstreamBody};
+use upstream_call::{CallGuard, Progress, RequestBody, SendBody, UpstreamBody, UpstreamInner};
 
 /// What one request takes from the config it was matched with.
 struct MatchedRoute {
@@ -773,11 +774,10 @@ impl Proxy {
                     body_too_large,
                 )
                 .await
-                .map(|(response, lease)| (response, Some(lease)))
             } else {
                 Self::send(client, req, &timeouts, progress, body_too_large)
                     .await
-                    .map(|response| (response, None))
+                    .map(|response| (response.map(UpstreamInner::from), None))
             };
             if let Some((capture, max)) = &capture {
                 upstream_call::count_request(capture, *max);
@@ -885,16 +885,33 @@ impl Proxy {
         timeouts: &Timeouts,
         progress: Arc<Progress>,
         body_too_large: Option<Arc<std::sync::atomic::AtomicBool>>,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        let call = owned_conns::call(
-            conns,
-            &self.connector,
-            node,
-            req,
-            timeouts.connect,
-            progress.clone(),
-        );
-        let result = Self::timed(call, timeouts, &progress).await?;
+    ) -> Result<(Response<UpstreamInner>, Option<Lease>), ProxyError> {
+        let result = if req.body().is_end_stream() {
+            // No body to stream: the gateway's own client, in this task (`h1_client`).
+            let call = owned_conns::call_h1(
+                conns,
+                &self.connector,
+                node,
+                &req,
+                timeouts.connect,
+                progress.clone(),
+            );
+            Self::timed(call, timeouts, &progress)
+                .await?
+                .map(|response| (response.map(UpstreamInner::from), None))
+        } else {
+            let call = owned_conns::call(
+                conns,
+                &self.connector,
+                node,
+                req,
+                timeouts.connect,
+                progress.clone(),
+            );
+            Self::timed(call, timeouts, &progress)
+                .await?
+                .map(|(response, lease)| (response.map(UpstreamInner::from), Some(lease)))
+        };
         result.map_err(|e| match e {
             _ if Self::tripped(&body_too_large) => ProxyError::BodyTooLarge,
             _ if progress.body_failed() => ProxyError::client_body_failed(),

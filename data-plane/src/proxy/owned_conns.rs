@@ -10,7 +10,10 @@
 //! upstream connection, to drive it.
 //!
 //! Used for HTTP/1.1 upstreams without TLS, without a `keepalive_pool`, and for requests that
-//! are not upgrades; everything else keeps the pooled client.
+//! are not upgrades; everything else keeps the pooled client. A request without a body goes
+//! out by the gateway's own small client (`h1_client`, driven in the request's task); one with
+//! a body by hyper's `client::conn` (a task per connection). Each kind keeps its own
+//! connections here.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +25,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::h1_client::{self, H1Body, H1Conn};
 use super::upstream_call::{Progress, SendBody, TimedConnector, with_call};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,8 +44,23 @@ pub enum CallError {
 
 struct Idle {
     node: Authority,
-    sender: SendRequest<SendBody>,
+    conn: Conn,
     since: Instant,
+}
+
+enum Conn {
+    Hyper(SendRequest<SendBody>),
+    H1(Box<H1Conn>),
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Hyper(s) => s.is_closed(),
+            // Seen at checkout (`H1Conn::still_open`).
+            Conn::H1(_) => false,
+        }
+    }
 }
 
 /// The upstream connections of one client connection.
@@ -55,18 +74,21 @@ impl OwnedConns {
         Arc::new(OwnedConns::default())
     }
 
-    /// An idle connection to `node` that is still open and not idle for too long.
-    fn checkout(&self, node: &Authority, max_idle_time: Duration) -> Option<SendRequest<SendBody>> {
+    /// An idle connection of the kind `h1` says to `node`, that is still open and not idle
+    /// for too long.
+    fn checkout(&self, node: &Authority, max_idle_time: Duration, h1: bool) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        // Closed or stale ones go (dropping the sender lets its connection task end).
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < max_idle_time);
-        let i = idle.iter().rposition(|c| &c.node == node)?;
-        Some(idle.swap_remove(i).sender)
+        // Closed or stale ones go (dropping a sender lets its connection task end).
+        idle.retain(|c| !c.conn.is_closed() && now.duration_since(c.since) < max_idle_time);
+        let i = idle
+            .iter()
+            .rposition(|c| &c.node == node && matches!(c.conn, Conn::H1(_)) == h1)?;
+        Some(idle.swap_remove(i).conn)
     }
 
-    fn checkin(&self, node: Authority, sender: SendRequest<SendBody>) {
-        if sender.is_closed() {
+    fn checkin(&self, node: Authority, conn: Conn) {
+        if conn.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,9 +97,29 @@ impl OwnedConns {
         }
         idle.push(Idle {
             node,
-            sender,
+            conn,
             since: Instant::now(),
         });
+    }
+
+    /// How many connections wait idle (tests).
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// A kept connection of the gateway's own client to `node` (tests).
+    #[cfg(test)]
+    pub fn take_h1(&self, node: &Authority) -> Option<Box<H1Conn>> {
+        match self.checkout(node, Duration::from_secs(60), true)? {
+            Conn::H1(c) => Some(c),
+            Conn::Hyper(_) => None,
+        }
+    }
+
+    /// A connection of the gateway's own client, back from a response read to its end.
+    pub fn checkin_h1(&self, node: Authority, conn: Box<H1Conn>) {
+        self.checkin(node, Conn::H1(conn));
     }
 }
 
@@ -92,7 +134,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn give_back(self) {
-        self.owner.checkin(self.node, self.sender);
+        self.owner.checkin(self.node, Conn::Hyper(self.sender));
     }
 }
 
@@ -113,7 +155,10 @@ pub async fn call(
     };
     // A kept connection the upstream closed meanwhile hands the request back unsent: then
     // the next one is tried, and at last a new connection.
-    while let Some(mut sender) = owner.checkout(node, super::POOL_IDLE_TIMEOUT) {
+    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, false) {
+        let Conn::Hyper(mut sender) = conn else {
+            continue;
+        };
         if sender.ready().await.is_err() {
             continue;
         }
@@ -149,5 +194,55 @@ pub async fn call(
     match sender.send_request(req).await {
         Ok(response) => Ok((response, lease(sender))),
         Err(e) => Err(CallError::Failed(e.into())),
+    }
+}
+
+/// Sends a request without a body (`req`'s URI in origin form) to `node` by the gateway's own
+/// client, on one of `owner`'s connections or a new one. A kept connection that turns out to
+/// have been closed by the upstream while idle is given up for the next, and at last for a
+/// new one.
+pub async fn call_h1(
+    owner: &Arc<OwnedConns>,
+    connector: &TimedConnector,
+    node: &Authority,
+    req: &Request<SendBody>,
+    connect_timeout: Duration,
+    progress: Arc<Progress>,
+) -> Result<Response<H1Body>, CallError> {
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let home = || (owner.clone(), node.clone());
+    let send = |conn: Box<H1Conn>| conn.send(req.method(), target, req.headers(), home());
+    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, true) {
+        let Conn::H1(conn) = conn else {
+            continue;
+        };
+        if !conn.still_open().await {
+            continue;
+        }
+        match send(conn).await {
+            Ok((parts, body)) => return Ok(Response::from_parts(parts, body)),
+            Err(h1_client::SendError::Stale(e)) => {
+                tracing::debug!(error = %e, "kept upstream connection had closed; trying another");
+            }
+            Err(h1_client::SendError::Failed(e)) => return Err(CallError::Failed(e)),
+        }
+    }
+    let uri: Uri = format!("http://{node}/")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| CallError::Connect(e.into()))?;
+    let mut connector = connector.clone();
+    let io = with_call(connect_timeout, progress.clone(), async move {
+        connector.call(uri).await
+    })
+    .await
+    .map_err(CallError::Connect)?;
+    let tcp = io
+        .into_plain()
+        .ok_or_else(|| CallError::Connect("a TLS connection for a plain upstream".into()))?;
+    match send(H1Conn::new(tcp)).await {
+        Ok((parts, body)) => Ok(Response::from_parts(parts, body)),
+        Err(h1_client::SendError::Stale(e) | h1_client::SendError::Failed(e)) => {
+            Err(CallError::Failed(e))
+        }
     }
 }

@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::dns::RotatingResolver;
+use super::h1_client::H1Body;
 use super::limited_body::LimitedBody;
 use super::owned_conns::Lease;
 use super::upstream_tls::UpstreamTlsSettings;
@@ -241,6 +242,16 @@ impl hyper::rt::Write for UpstreamIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         on_stream!(self, poll_write_vectored(cx, bufs))
+    }
+}
+
+impl UpstreamIo {
+    /// The TCP stream of a plain (not TLS) connection.
+    pub fn into_plain(self) -> Option<TcpStream> {
+        match self.inner {
+            NodeStream::Plain(io) => Some(io.into_inner()),
+            NodeStream::Tls(_) => None,
+        }
     }
 }
 
@@ -457,10 +468,57 @@ pub trait FrameMap: Send + Sync {
     fn trailers(&mut self, trailers: &http::HeaderMap) -> Bytes;
 }
 
+/// A response body as it comes: from hyper's client, or from the gateway's own (`h1_client`).
+pub enum UpstreamInner {
+    Hyper(Incoming),
+    H1(H1Body),
+}
+
+impl From<Incoming> for UpstreamInner {
+    fn from(b: Incoming) -> UpstreamInner {
+        UpstreamInner::Hyper(b)
+    }
+}
+
+impl From<H1Body> for UpstreamInner {
+    fn from(b: H1Body) -> UpstreamInner {
+        UpstreamInner::H1(b)
+    }
+}
+
+impl Body for UpstreamInner {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamInner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamInner::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamInner::Hyper(b) => b.is_end_stream(),
+            UpstreamInner::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamInner::Hyper(b) => b.size_hint(),
+            UpstreamInner::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The upstream's response body: cut when no chunk arrives for `read`; holds the call's place in
 /// the in-flight counts until it ends.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: UpstreamInner,
     read: Duration,
     /// Created the first time the body has to wait.
     timer: Option<Pin<Box<Sleep>>>,
@@ -475,9 +533,9 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, read: Duration, guard: CallGuard) -> UpstreamBody {
+    pub fn new(inner: impl Into<UpstreamInner>, read: Duration, guard: CallGuard) -> UpstreamBody {
         UpstreamBody {
-            inner,
+            inner: inner.into(),
             read,
             timer: None,
             guard: Some(guard),
@@ -550,9 +608,9 @@ impl Body for UpstreamBody {
                     t.as_mut().reset(Instant::now() + this.read);
                 }
                 let r: Result<Frame<Bytes>, BoxError> = match this.map.as_mut() {
-                    None => r.map_err(Into::into),
+                    None => r,
                     Some(map) => match r {
-                        Err(e) => Err(e.into()),
+                        Err(e) => Err(e),
                         Ok(frame) => match frame.into_data() {
                             Ok(data) => map.data(&data).map(Frame::data),
                             Err(frame) => Ok(Frame::data(
