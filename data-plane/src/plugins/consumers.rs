@@ -4,10 +4,12 @@
 //! (PEM parsed, base64 secrets decoded, validation rules set). The auth plugins of a snapshot
 //! hold that snapshot's index, so deleting a consumer or rotating a key takes effect for every
 //! request matched against the next snapshot: there is no cache to outlive it. The snapshot's
-//! `revocations` (a JWT's `jti`, a consumer, a credential) are indexed here too.
+//! `revocations` (a JWT's `jti`, a consumer, a credential) are indexed here too. The one cache
+//! kept here, of JWTs already verified with a static key, belongs to the index and so ends
+//! with its snapshot as well.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{COOKIE, WWW_AUTHENTICATE};
@@ -68,6 +70,48 @@ pub struct Consumers {
     by_username: HashMap<String, Arc<Consumer>>,
     /// Revoked values by type, each with its expiry (`None`: until deleted).
     revoked: HashMap<(RevocationType, String), Option<u64>>,
+    /// jwt-auth tokens verified with a static key, by their text (see [`VerifiedJwt`]).
+    verified_jwts: Mutex<HashMap<Box<str>, VerifiedJwt>>,
+}
+
+/// Most verified JWTs remembered (the map is emptied when full), and the longest remembered.
+const VERIFIED_JWTS_MAX: usize = 4096;
+const VERIFIED_JWT_MAX_LEN: usize = 2048;
+
+/// What jwt-auth needs of a token's claims after its signature was checked.
+#[derive(Debug, Default)]
+pub struct JwtClaims {
+    pub exp: Option<u64>,
+    pub jti: Option<String>,
+    pub sub: Option<String>,
+}
+
+impl JwtClaims {
+    pub fn of(claims: &serde_json::Value) -> JwtClaims {
+        let text = |name: &str| {
+            claims
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        JwtClaims {
+            exp: claims.get("exp").and_then(serde_json::Value::as_u64),
+            jti: text("jti"),
+            sub: text("sub"),
+        }
+    }
+}
+
+/// A token whose signature, algorithm, audience, issuer and `nbf` were checked with a static
+/// key: the same token again (a client's next request) skips the signature and the JSON.
+/// `exp` and the revocations are still checked on every request. (Envoy's jwt_authn keeps such
+/// a cache too.)
+#[derive(Clone)]
+pub struct VerifiedJwt {
+    /// The claim that named the credential (a route's `key_claim_name`), and its value.
+    pub key_claim: Arc<str>,
+    pub credential: Arc<str>,
+    pub claims: Arc<JwtClaims>,
 }
 
 impl Consumers {
@@ -172,6 +216,23 @@ impl Consumers {
 
     pub fn jwt(&self, key: &str) -> Option<&JwtKey> {
         self.jwt.get(key)
+    }
+
+    /// A token verified before with a static key (see [`VerifiedJwt`]).
+    pub fn verified_jwt(&self, token: &str) -> Option<VerifiedJwt> {
+        let map = self.verified_jwts.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(token).cloned()
+    }
+
+    pub fn remember_jwt(&self, token: &str, verified: VerifiedJwt) {
+        if token.len() > VERIFIED_JWT_MAX_LEN {
+            return;
+        }
+        let mut map = self.verified_jwts.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_JWTS_MAX {
+            map.clear();
+        }
+        map.insert(token.into(), verified);
     }
 
     pub fn api_key(&self, presented: &str) -> Option<&ApiKey> {

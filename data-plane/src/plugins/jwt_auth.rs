@@ -31,7 +31,9 @@ use postern_proto::model::plugins::parse;
 use postern_proto::model::{RevocationType, ValidationError};
 use serde_json::Value;
 
-use super::consumers::{self, Consumers, JwtKey, KeySource, identify, unauthorized};
+use super::consumers::{
+    self, Consumers, JwtClaims, JwtKey, KeySource, VerifiedJwt, identify, unauthorized,
+};
 use super::jwks::{self, JwkKey, JwksSource, Lookup};
 use super::{Flow, Plugin, PluginResponse, RequestCtx, Step};
 use crate::router::vars::{args, cookie};
@@ -160,19 +162,16 @@ impl JwtAuth {
         req: &mut http::request::Parts,
         ctx: &mut RequestCtx,
         cred: Option<&JwtKey>,
-        claims: Value,
+        claims: &JwtClaims,
+        now: u64,
     ) -> Flow {
-        let now = jsonwebtoken::get_current_timestamp();
         if let Some(max) = cred.and_then(|c| c.max_lifetime) {
-            let exp = claims
-                .get("exp")
-                .and_then(Value::as_u64)
-                .unwrap_or(u64::MAX);
+            let exp = claims.exp.unwrap_or(u64::MAX);
             if exp.saturating_sub(now) > max {
                 return fail("JWT token lifetime exceeds the maximum");
             }
         }
-        let jti = claims.get("jti").and_then(Value::as_str);
+        let jti = claims.jti.as_deref();
         if jti.is_some_and(|j| self.consumers.is_revoked(RevocationType::Jti, j, now)) {
             return fail("JWT token revoked");
         }
@@ -188,7 +187,7 @@ impl JwtAuth {
             }
             None => {
                 // A route JWKS token that names no consumer: known by its subject.
-                let Some(sub) = claims.get("sub").and_then(Value::as_str) else {
+                let Some(sub) = claims.sub.as_deref() else {
                     return fail("JWT token lacks a required claim");
                 };
                 if self
@@ -219,6 +218,10 @@ impl JwtAuth {
             Ok(t) => t,
             Err(flow) => return Ok(*flow),
         };
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((cred, claims)) = self.verified_before(&token, now) {
+            return Ok(self.finish(req, ctx, Some(cred), &claims, now));
+        }
         let plan = match self.plan(&token) {
             Ok(p) => p,
             Err(flow) => return Ok(*flow),
@@ -226,7 +229,20 @@ impl JwtAuth {
         match plan {
             Plan::Static(cred, key) => {
                 match jsonwebtoken::decode::<Value>(token.as_bytes(), key, &cred.validation) {
-                    Ok(data) => Ok(self.finish(req, ctx, Some(cred), data.claims)),
+                    Ok(data) => {
+                        let claims = Arc::new(JwtClaims::of(&data.claims));
+                        if cred.validation.validate_exp && claims.exp.is_some() {
+                            self.consumers.remember_jwt(
+                                &token,
+                                VerifiedJwt {
+                                    key_claim: self.key_claim.as_str().into(),
+                                    credential: cred.key.clone(),
+                                    claims: claims.clone(),
+                                },
+                            );
+                        }
+                        Ok(self.finish(req, ctx, Some(cred), &claims, now))
+                    }
                     Err(e) => Ok(fail(reason(e.kind()))),
                 }
             }
@@ -241,7 +257,7 @@ impl JwtAuth {
                 };
                 match source.cached(kid.as_deref()) {
                     Some(key) => Ok(match check_jwk(&token, &key, pin, validation) {
-                        Ok(claims) => self.finish(req, ctx, cred, claims),
+                        Ok(claims) => self.finish(req, ctx, cred, &JwtClaims::of(&claims), now),
                         Err(flow) => *flow,
                     }),
                     None => Err(Pending {
@@ -255,6 +271,25 @@ impl JwtAuth {
                 }
             }
         }
+    }
+
+    /// The credential and claims of `token` when it was verified before with this route's key
+    /// claim and a static key, and has not expired since (jsonwebtoken's rule: `exp` plus the
+    /// leeway). Route JWKS keys rotate without a new snapshot: those tokens are always verified.
+    fn verified_before(&self, token: &str, now: u64) -> Option<(&JwtKey, Arc<JwtClaims>)> {
+        if self.jwks.is_some() {
+            return None;
+        }
+        let hit = self.consumers.verified_jwt(token)?;
+        if *hit.key_claim != *self.key_claim {
+            return None;
+        }
+        let cred = self.consumers.jwt(&hit.credential)?;
+        let in_time = hit
+            .claims
+            .exp
+            .is_some_and(|exp| exp >= now.saturating_sub(cred.validation.leeway));
+        (matches!(cred.source, KeySource::Static(_)) && in_time).then_some((cred, hit.claims))
     }
 
     #[cfg(test)]
@@ -363,7 +398,10 @@ impl Plugin for JwtAuth {
         Step::Pending(Box::pin(async move {
             match p.source.key(p.kid.as_deref()).await {
                 Lookup::Found(key) => match check_jwk(&p.token, &key, p.pin, p.validation) {
-                    Ok(claims) => self.finish(req, ctx, p.cred, claims),
+                    Ok(claims) => {
+                        let now = jsonwebtoken::get_current_timestamp();
+                        self.finish(req, ctx, p.cred, &JwtClaims::of(&claims), now)
+                    }
                     Err(flow) => *flow,
                 },
                 Lookup::Unknown => fail("JWT token signing key unknown"),
@@ -448,6 +486,38 @@ mod tests {
                 ))
             }
         }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let consumers = consumers();
+        let plugin = JwtAuth::new(&json!({}), consumers.clone()).unwrap();
+        let t = hs256(json!({"key": "strict-key", "exp": now() + 1, "aud": "api", "iss": "idp"}));
+        let check = |plugin: &JwtAuth| {
+            let req = http::Request::get("/").header("authorization", format!("Bearer {t}"));
+            let (mut parts, _) = req.body(()).unwrap().into_parts();
+            let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap(), "r".into());
+            let flow = plugin.check(&mut parts, &mut ctx);
+            (status_and_message(&flow), ctx.consumer_name)
+        };
+        assert!(consumers.verified_jwt(&t).is_none());
+        assert_eq!(check(&plugin), (None, Some("strict".into())));
+        let remembered = consumers.verified_jwt(&t).expect("remembered");
+        assert_eq!(&*remembered.credential, "strict-key");
+        // Served from memory: the same consumer, and the claims still checked (max_lifetime).
+        assert_eq!(check(&plugin), (None, Some("strict".into())));
+        // Another route naming the credential by another claim does not take it from memory.
+        let other = JwtAuth::new(&json!({"key_claim_name": "kid"}), consumers.clone()).unwrap();
+        assert_eq!(
+            check(&other).0,
+            Some((401, "JWT token invalid".to_string()))
+        );
+        // Expired (leeway 0) while remembered: refused like any expired token.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(
+            check(&plugin).0,
+            Some((401, "JWT token expired".to_string()))
+        );
     }
 
     #[test]
