@@ -67,6 +67,8 @@ pub struct H1Conn {
     head: Vec<u8>,
     /// It carried a request before (so an early end means it had gone stale).
     reused: bool,
+    /// Where each header name and value lies in a parsed head (kept to save an allocation).
+    spans: Vec<(usize, usize, usize, usize)>,
 }
 
 impl H1Conn {
@@ -76,6 +78,7 @@ impl H1Conn {
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
             reused: false,
+            spans: Vec::new(),
         })
     }
 
@@ -186,13 +189,17 @@ impl H1Conn {
         method: &Method,
     ) -> Result<Option<(http::response::Parts, Framing)>, BoxError> {
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut slots);
-            let len = match resp.parse(&self.buf) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(_) => return Err(protocol("malformed upstream response head")),
-            };
+            // Uninitialised slots: no 3 KiB of zeroes written per response.
+            let mut slots =
+                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let config = httparse::ParserConfig::default();
+            let len =
+                match config.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots) {
+                    Ok(httparse::Status::Complete(len)) => len,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(protocol("malformed upstream response head")),
+                };
             let code = resp.code.unwrap_or(0);
             if (100..200).contains(&code) {
                 if code == 101 {
@@ -210,26 +217,27 @@ impl H1Conn {
             };
             // Where each name and value lies in the head, to slice the head's bytes after.
             let base = self.buf.as_ptr() as usize;
-            let spans: Vec<(usize, usize, usize, usize)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    let n = h.name.as_ptr() as usize - base;
-                    let v = h.value.as_ptr() as usize - base;
-                    (n, n + h.name.len(), v, v + h.value.len())
-                })
-                .collect();
+            let mut spans = std::mem::take(&mut self.spans);
+            spans.clear();
+            spans.extend(resp.headers.iter().map(|h| {
+                let n = h.name.as_ptr() as usize - base;
+                let v = h.value.as_ptr() as usize - base;
+                (n, n + h.name.len(), v, v + h.value.len())
+            }));
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(spans.len());
             let mut facts = HeadFacts::default();
-            for (n0, n1, v0, v1) in spans {
+            let parsed = spans.iter().try_for_each(|&(n0, n1, v0, v1)| {
                 let name = HeaderName::from_bytes(&head[n0..n1])
                     .map_err(|_| protocol("invalid upstream header name"))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
                     .map_err(|_| protocol("invalid upstream header value"))?;
                 facts.note(&name, &value)?;
                 headers.append(name, value);
-            }
+                Ok::<_, BoxError>(())
+            });
+            self.spans = spans;
+            parsed?;
             let body = if *method == Method::HEAD
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED
