@@ -695,7 +695,8 @@ impl Proxy {
         } else {
             1
         };
-        let first_try = tokio::time::Instant::now();
+        // When the first try started (for `retry_timeout`).
+        let mut first_try: Option<tokio::time::Instant> = None;
         // Nodes already tried, filled only when a retry follows (no allocation otherwise).
         let mut tried: Vec<usize> = Vec::new();
         let mut try_no: u32 = 0;
@@ -751,7 +752,12 @@ impl Proxy {
             };
             let this_body = body.take();
             let body_too_large = this_body.as_ref().and_then(|b| b.tripped());
-            let progress = Progress::new(this_body.as_ref().is_none_or(|b| b.is_end_stream()));
+            let started = tokio::time::Instant::now();
+            let first_try = *first_try.get_or_insert(started);
+            let progress = Progress::starting(
+                started,
+                this_body.as_ref().is_none_or(|b| b.is_end_stream()),
+            );
             let mut req = req.map(|()| SendBody::new(this_body, progress.clone()));
             // `keepalive_pool.requests`: see which connection serves the request, to count it.
             let capture = upstream.pool.as_ref().map(|p| {
@@ -763,7 +769,6 @@ impl Proxy {
             let shared = if grpc { &self.h2c_client } else { &self.client };
             let client = upstream.pool.as_ref().map_or(shared, |p| &p.0);
             exchange.upstream = Some(node.authority.clone());
-            let started = tokio::time::Instant::now();
             let result = if owned {
                 self.send_owned(
                     &exchange.conns,

@@ -68,8 +68,13 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(body_done: bool) -> Arc<Progress> {
+        Progress::starting(Instant::now(), body_done)
+    }
+
+    /// A try that started at `start`.
+    pub fn starting(start: Instant, body_done: bool) -> Arc<Progress> {
         Arc::new(Progress {
-            start: Instant::now(),
+            start,
             last_micros: AtomicU64::new(0),
             connecting: AtomicBool::new(false),
             body_done: AtomicBool::new(body_done),
