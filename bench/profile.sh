@@ -2,9 +2,10 @@
 # Where a data plane's CPU goes per request: perf samples of one DP (`--workers 1`, pinned to
 # cpu 0) under wrk load, for a plain route and for jwt-auth + limit-count + prometheus. Not a
 # test: a profile, to read before optimising (issue #11). Scenario d loads 10,000 more routes
-# (`/r/0` … `/r/9999`) and spreads the requests over them (a wrk Lua script).
+# (`/r/0` … `/r/9999`) and spreads the requests over them (a wrk Lua script); scenario e is a
+# while 50 Admin API route updates a second run (config churn).
 #
-#   bench/profile.sh [a|b|d|all]    (default a and b; PROFILE_SECONDS, default 8; BENCH_SKIP_BUILD=1 to use
+#   bench/profile.sh [a|b|d|e|all]  (default a and b; PROFILE_SECONDS, default 8; BENCH_SKIP_BUILD=1 to use
 #                                    built release binaries; PROFILE_CALLGRAPH=1 for call
 #                                    graphs by DWARF unwinding, much larger perf.data)
 #
@@ -100,6 +101,25 @@ ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*) }; read -r -a f <<<"$s"; ech
 TCK=$(getconf CLK_TCK)
 graph=()
 [[ ${PROFILE_CALLGRAPH:-0} == 1 ]] && graph=(--call-graph dwarf,16384)
+# 50 route updates a second to the Admin API (scenario e), until killed.
+churn() {
+  taskset -c 1 python3 - "127.0.0.1:$ADMIN" "$KEY" "$UP" <<'PY' &
+import http.client, json, sys, time
+admin, key, up = sys.argv[1:]
+host, port = admin.split(":")
+conn = http.client.HTTPConnection(host, int(port), timeout=5)
+done, start = 0, time.monotonic()
+while True:
+    body = json.dumps({"uri": "/churn", "desc": str(done), "upstream": {"nodes": {f"127.0.0.1:{up}": 1 + done % 2}}})
+    conn.request("PUT", "/admin/routes/churn", body, {"X-API-KEY": key, "Content-Type": "application/json"})
+    conn.getresponse().read()
+    done += 1
+    time.sleep(max(0.0, start + done / 50 - time.monotonic()))
+PY
+  CHURN_PID=$!
+  PIDS+=("$CHURN_PID")
+}
+
 profile() {
   local name=$1 path=$2 script=()
   [[ $name == d ]] && script=(-s "$TMP/spread.lua")
@@ -124,6 +144,7 @@ case $WHICH in
   a) profile a /a ;;
   b) profile b /b ;;
   d) profile d /r/0 ;;
+  e) churn; profile e /a; kill "$CHURN_PID" ;;
   ab) profile a /a; profile b /b ;;
   all) profile a /a; profile b /b; profile d /r/0 ;;
   *) die "usage: bench/profile.sh [a|b|d|all]" ;;
