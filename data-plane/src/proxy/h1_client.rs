@@ -631,9 +631,23 @@ mod tests {
         );
     }
 
+    /// One GET answered by `pieces` (then the connection closed if `close`): the response
+    /// head, its body, and how many connections went home after it.
+    async fn one_answer(
+        pieces: Vec<&'static [u8]>,
+        close: bool,
+    ) -> (http::response::Parts, Bytes, usize) {
+        let (addr, _task) = upstream(vec![(pieces, close)]).await;
+        let owner = OwnedConns::new();
+        let (parts, body) = get(connect(addr).await, Method::GET, &owner)
+            .await
+            .expect("a response");
+        (parts, body.expect("a whole body"), owner.idle_count())
+    }
+
     #[tokio::test]
     async fn chunked_bodies_are_decoded_and_trailers_dropped() {
-        let (addr, _task) = upstream(vec![(
+        let (parts, body, home) = one_answer(
             vec![
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r",
                 b"\nhel",
@@ -641,16 +655,10 @@ mod tests {
                 b"\r\n",
             ],
             false,
-        )])
+        )
         .await;
-        let owner = OwnedConns::new();
-        let (parts, body) = get(connect(addr).await, Method::GET, &owner)
-            .await
-            .ok()
-            .unwrap();
         assert_eq!(parts.headers["transfer-encoding"], "chunked");
-        assert_eq!(body.unwrap(), "hello world");
-        assert_eq!(owner.idle_count(), 1);
+        assert_eq!((body, home), (Bytes::from("hello world"), 1));
     }
 
     #[tokio::test]
@@ -685,48 +693,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_without_length_runs_to_the_close_and_the_connection_is_not_kept() {
-        let (addr, _task) =
-            upstream(vec![(vec![b"HTTP/1.1 200 OK\r\n\r\nall of ", b"it"], true)]).await;
-        let owner = OwnedConns::new();
-        let (_, body) = get(connect(addr).await, Method::GET, &owner)
-            .await
-            .ok()
-            .unwrap();
-        assert_eq!(body.unwrap(), "all of it");
-        assert_eq!(owner.idle_count(), 0);
+        let (_, body, home) =
+            one_answer(vec![b"HTTP/1.1 200 OK\r\n\r\nall of ", b"it"], true).await;
+        assert_eq!((body, home), (Bytes::from("all of it"), 0));
     }
 
     #[tokio::test]
     async fn length_and_chunked_together_mean_chunked_and_no_reuse() {
-        let (addr, _task) = upstream(vec![(
+        let (parts, body, home) = one_answer(
             vec![b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
             false,
-        )])
+        )
         .await;
-        let owner = OwnedConns::new();
-        let (parts, body) = get(connect(addr).await, Method::GET, &owner)
-            .await
-            .ok()
-            .unwrap();
         assert!(parts.headers.get("content-length").is_none());
-        assert_eq!(body.unwrap(), "ok");
-        assert_eq!(owner.idle_count(), 0);
+        assert_eq!((body, home), (Bytes::from("ok"), 0));
     }
 
     #[tokio::test]
     async fn connection_close_is_honoured() {
-        let (addr, _task) = upstream(vec![(
+        let (_, body, home) = one_answer(
             vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
             false,
-        )])
+        )
         .await;
-        let owner = OwnedConns::new();
-        let (_, body) = get(connect(addr).await, Method::GET, &owner)
-            .await
-            .ok()
-            .unwrap();
-        assert_eq!(body.unwrap(), "ok");
-        assert_eq!(owner.idle_count(), 0);
+        assert_eq!((body, home), (Bytes::from("ok"), 0));
     }
 
     #[tokio::test]
