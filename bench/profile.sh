@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Where a data plane's CPU goes per request: perf samples of one DP (`--workers 1`, pinned to
-# cpu 0) under wrk load, for a plain route and for jwt-auth + limit-count + prometheus. Not a
-# test: a profile, to read before optimising (issue #11). Scenario d loads 10,000 more routes
+# cpu 0) under wrk load: a (a plain route), b (jwt-auth + limit-count + prometheus), c (as b with
+# the limit counted in Redis on 127.0.0.1:6379). Not a test: a profile, to read before
+# optimising (issue #11). Scenario d loads 10,000 more routes
 # (`/r/0` … `/r/9999`) and spreads the requests over them (a wrk Lua script); scenario e is a
 # while 50 Admin API route updates a second run (config churn).
 #
-#   bench/profile.sh [a|b|d|e|all]  (default a and b; PROFILE_SECONDS, default 8; BENCH_SKIP_BUILD=1 to use
+#   bench/profile.sh [a|b|c|d|e|all]  (default a and b; PROFILE_SECONDS, default 8; BENCH_SKIP_BUILD=1 to use
 #                                    built release binaries; PROFILE_CALLGRAPH=1 for call
 #                                    graphs by DWARF unwinding, much larger perf.data)
 #
@@ -69,11 +70,13 @@ python3 - "$UP" "$SECRET" "$EXTRA" >"$TMP/config.json" <<'PY'
 import json, sys
 up, secret, extra = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ups = {"nodes": {f"127.0.0.1:{up}": 1}}
-plugins = {"jwt-auth": {}, "prometheus": {},
-           "limit-count": {"count": 1_000_000_000, "time_window": 3600, "key": "remote_addr"}}
+limit = {"count": 1_000_000_000, "time_window": 3600, "key": "remote_addr"}
+plugins = {"jwt-auth": {}, "prometheus": {}, "limit-count": limit}
+redis = dict(plugins, **{"limit-count": dict(limit, policy="redis", redis_host="127.0.0.1")})
 print(json.dumps({"resources": {
     "routes": [{"id": "a", "uri": "/a", "upstream": ups},
-               {"id": "b", "uri": "/b", "upstream": ups, "plugins": plugins}]
+               {"id": "b", "uri": "/b", "upstream": ups, "plugins": plugins},
+               {"id": "c", "uri": "/c", "upstream": ups, "plugins": redis}]
               + [{"id": f"r{i}", "uri": f"/r/{i}", "upstream": ups} for i in range(extra)],
     "consumers": [{"id": "p", "username": "p", "plugins": {"jwt-auth": {"key": "p-key", "secret": secret}}}]}}))
 PY
@@ -143,6 +146,7 @@ profile() {
 case $WHICH in
   a) profile a /a ;;
   b) profile b /b ;;
+  c) profile c /c ;;
   d) profile d /r/0 ;;
   e) churn; profile e /a; kill "$CHURN_PID" ;;
   ab) profile a /a; profile b /b ;;
