@@ -186,19 +186,27 @@ impl ControlPlane {
 
     pub async fn start_with(dir: &Path, dev: bool, extra: &[&str]) -> ControlPlane {
         std::fs::create_dir_all(dir).expect("test dir");
-        let data_dir = dir.join("cp-data");
-        let mut cp = ControlPlane {
-            process: None,
-            log: dir.join("cp.log"),
-            admin: free_addr(),
-            sync: free_addr(),
-            proxy: dev.then(free_addr),
-            status: dev.then(free_addr),
-            data_dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        cp.restart().await;
-        cp
+        // A port `free_addr` found free can still be taken by another test process before the
+        // child binds it (seen once in CI): then the child exits, and it starts again on others.
+        for attempt in 1..=3 {
+            let mut cp = ControlPlane {
+                process: None,
+                log: dir.join("cp.log"),
+                admin: free_addr(),
+                sync: free_addr(),
+                proxy: dev.then(free_addr),
+                status: dev.then(free_addr),
+                data_dir: dir.join("cp-data"),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            if cp.spawn_and_wait().await {
+                return cp;
+            }
+            eprintln!("control plane: a port was taken meanwhile (attempt {attempt}); other ports");
+            cp.kill();
+            let _ = std::fs::remove_file(&cp.log);
+        }
+        panic!("the control plane found no free ports in 3 attempts")
     }
 
     /// SIGKILL the control plane (its data dir and ports are kept for `restart`).
@@ -226,6 +234,15 @@ impl ControlPlane {
 
     /// (Re)starts the process on the same data dir and ports.
     pub async fn restart(&mut self) {
+        assert!(
+            self.spawn_and_wait().await,
+            "the control plane could not bind its ports:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Starts the process and waits for its Admin API; `false` when it could not bind a port.
+    async fn spawn_and_wait(&mut self) -> bool {
         self.kill();
         let mut args = vec![
             "--data-dir".to_string(),
@@ -254,14 +271,20 @@ impl ControlPlane {
             self.log.clone(),
         ));
         let admin = self.client();
+        let log = self.log.clone();
         wait_for("the Admin API", Duration::from_secs(15), || async {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            if log.contains("Address already in use") {
+                return Some(false);
+            }
             admin
                 .get("/admin/routes")
                 .await
                 .ok()
                 .filter(|(s, _)| *s == 200)
+                .map(|_| true)
         })
-        .await;
+        .await
     }
 
     pub fn client(&self) -> AdminClient {
