@@ -200,7 +200,8 @@ pub async fn call(
 /// Sends a request without a body (`req`'s URI in origin form) to `node` by the gateway's own
 /// client, on one of `owner`'s connections or a new one. A kept connection that turns out to
 /// have been closed by the upstream while idle is given up for the next, and at last for a
-/// new one.
+/// new one — for an idempotent method only: a connection that ends without an answer may also
+/// be an upstream that took the request and died, and a POST must not be sent twice.
 pub async fn call_h1(
     owner: &Arc<OwnedConns>,
     connector: &TimedConnector,
@@ -221,10 +222,12 @@ pub async fn call_h1(
         }
         match send(conn).await {
             Ok((parts, body)) => return Ok(Response::from_parts(parts, body)),
-            Err(h1_client::SendError::Stale(e)) => {
+            Err(h1_client::SendError::Stale(e)) if req.method().is_idempotent() => {
                 tracing::debug!(error = %e, "kept upstream connection had closed; trying another");
             }
-            Err(h1_client::SendError::Failed(e)) => return Err(CallError::Failed(e)),
+            Err(h1_client::SendError::Stale(e) | h1_client::SendError::Failed(e)) => {
+                return Err(CallError::Failed(e));
+            }
         }
     }
     let uri: Uri = format!("http://{node}/")
@@ -244,5 +247,101 @@ pub async fn call_h1(
         Err(h1_client::SendError::Stale(e) | h1_client::SendError::Failed(e)) => {
             Err(CallError::Failed(e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream each of whose connections answers its first request (with the connection's
+    /// number) and, after reading the next, closes without answering.
+    async fn upstream_dying_on_second_request() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    for request in 1.. {
+                        let mut head = Vec::new();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            let mut b = [0u8; 1];
+                            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(b[0]);
+                        }
+                        if request == 2 {
+                            return;
+                        }
+                        let body = format!("conn {n}");
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        s.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn send(
+        owner: &Arc<OwnedConns>,
+        node: &Authority,
+        method: http::Method,
+    ) -> Result<String, CallError> {
+        use http_body_util::BodyExt;
+        let mut req = Request::new(SendBody::new(None, Progress::new(true)));
+        *req.method_mut() = method;
+        *req.uri_mut() = "/x".parse().unwrap();
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("up"));
+        let connector = TimedConnector::new();
+        let response = call_h1(
+            owner,
+            &connector,
+            node,
+            &req,
+            Duration::from_secs(2),
+            Progress::new(true),
+        )
+        .await?;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_that_ends_unanswered_is_retried_only_when_idempotent() {
+        let node: Authority = upstream_dying_on_second_request()
+            .await
+            .to_string()
+            .parse()
+            .unwrap();
+        // GET: the kept connection ends unanswered, a new one answers.
+        let owner = OwnedConns::new();
+        assert_eq!(
+            send(&owner, &node, http::Method::GET).await.ok().unwrap(),
+            "conn 1"
+        );
+        assert_eq!(
+            send(&owner, &node, http::Method::GET).await.ok().unwrap(),
+            "conn 2"
+        );
+        // POST on a connection that dies the same way: an error, not a second send.
+        let owner = OwnedConns::new();
+        assert_eq!(
+            send(&owner, &node, http::Method::POST).await.ok().unwrap(),
+            "conn 3"
+        );
+        assert!(matches!(
+            send(&owner, &node, http::Method::POST).await,
+            Err(CallError::Failed(_))
+        ));
     }
 }
