@@ -41,11 +41,7 @@ pub fn strip_identity(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| identity.contains(k)) {
         return;
     }
-    for name in [
-        X_CONSUMER_USERNAME,
-        X_CONSUMER_GROUP,
-        X_CREDENTIAL_IDENTIFIER,
-    ] {
+    for name in identity {
         headers.remove(name);
     }
 }
