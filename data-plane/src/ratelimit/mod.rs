@@ -13,6 +13,7 @@ pub mod key;
 pub mod leaky_bucket;
 pub mod local;
 pub mod redis;
+pub mod resp;
 pub mod sliding_window_counter;
 pub mod sliding_window_log;
 pub mod token_bucket;

@@ -1,12 +1,13 @@
-//! The Redis backend: each algorithm's Lua script (in its own file) run with `EVALSHA` — the
-//! `redis` crate's `Script` falls back to `SCRIPT LOAD` on `NOSCRIPT` — so a decision is one
-//! atomic round trip, timed by Redis' own clock (`TIME`) so every data plane shares one clock.
-//! Keys expire with their state, and each is wrapped in a hash tag (`{…}`) so a Redis Cluster
-//! keeps it on one slot.
+//! The Redis backend: each algorithm's Lua script (in its own file) run with `EVALSHA` — and
+//! `EVAL` once when Redis answers `NOSCRIPT` — so a decision is one atomic round trip, timed by
+//! Redis' own clock (`TIME`) so every data plane shares one clock. Keys expire with their
+//! state, and each is wrapped in a hash tag (`{…}`) so a Redis Cluster keeps it on one slot.
 //!
-//! One client per server (address, database, credentials, timeout), shared by every route that
-//! names it and created on first use: a `ConnectionManager` (one multiplexed connection that
-//! reconnects) or a cluster connection. Every call is bounded by the limit's `redis_timeout`.
+//! One backend per server (address, database, credentials, timeout), shared by every route
+//! that names it. A single server is called through [`resp`]: connections of the calling
+//! worker thread, each used by one decision at a time, in the request's own task. A cluster
+//! goes through the `redis` crate's cluster connection (slot routing, redirections), created on
+//! first use. Every call is bounded by the limit's `redis_timeout`.
 //! After a failure, calls for the next `PROBE_INTERVAL` fail at once instead of each waiting
 //! for the timeout; then one call probes Redis again. A failure episode is logged once when it
 //! starts and once when it ends, and counted in [`DEGRADED_EPISODES`]; every decision taken
@@ -18,9 +19,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use postern_proto::model::plugins::limits::RedisSettings;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
+use redis::cluster_async::ClusterConnection;
+use redis::{ConnectionAddr, IntoConnectionInfo, Script};
 
+use super::resp;
 use super::{
     Clock, Decision, Rule, SystemClock, WindowQuota, fixed_window, leaky_bucket,
     sliding_window_counter, sliding_window_log, token_bucket,
@@ -35,12 +37,16 @@ pub static DEGRADED_EPISODES: AtomicU64 = AtomicU64::new(0);
 /// How long calls fail fast after a failure before one probes Redis again.
 const PROBE_INTERVAL_MS: u64 = 250;
 
-static FIXED_WINDOW: LazyLock<Script> = LazyLock::new(|| Script::new(fixed_window::LUA));
-static SLIDING_LOG: LazyLock<Script> = LazyLock::new(|| Script::new(sliding_window_log::LUA));
-static SLIDING_COUNTER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(sliding_window_counter::LUA));
-static TOKEN_BUCKET: LazyLock<Script> = LazyLock::new(|| Script::new(token_bucket::LUA));
-static LEAKY_BUCKET: LazyLock<Script> = LazyLock::new(|| Script::new(leaky_bucket::LUA));
+static FIXED_WINDOW: LazyLock<LimiterScript> =
+    LazyLock::new(|| LimiterScript::new(fixed_window::LUA));
+static SLIDING_LOG: LazyLock<LimiterScript> =
+    LazyLock::new(|| LimiterScript::new(sliding_window_log::LUA));
+static SLIDING_COUNTER: LazyLock<LimiterScript> =
+    LazyLock::new(|| LimiterScript::new(sliding_window_counter::LUA));
+static TOKEN_BUCKET: LazyLock<LimiterScript> =
+    LazyLock::new(|| LimiterScript::new(token_bucket::LUA));
+static LEAKY_BUCKET: LazyLock<LimiterScript> =
+    LazyLock::new(|| LimiterScript::new(leaky_bucket::LUA));
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisFailure {
@@ -50,21 +56,24 @@ pub enum RedisFailure {
     Redis(#[from] redis::RedisError),
     #[error("failing since a recent error; retrying shortly")]
     Cooling,
+    #[error("{0}")]
+    Resp(#[from] resp::RespError),
     #[error("unexpected reply from the limiter script: {0:?}")]
     BadReply(Vec<i64>),
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    #[error("the limiter script did not reply with a list of integers")]
+    BadShape,
 }
 
 /// One Redis server (or cluster) as limits use it.
 pub struct RedisBackend {
+    /// Tells this backend's idle connections apart in each thread's list (`resp`).
+    id: u64,
     settings: RedisSettings,
+    /// The server, when not a cluster: called through `resp`.
+    single: Option<resp::Target>,
     timeout: Duration,
-    conn: tokio::sync::OnceCell<Conn>,
+    /// The cluster client, created on first use.
+    cluster: tokio::sync::OnceCell<ClusterConnection>,
     degraded: AtomicBool,
     /// While degraded: no call before this instant (ms) probes Redis.
     probe_at_ms: AtomicU64,
@@ -82,10 +91,23 @@ impl RedisBackend {
     }
 
     pub fn new(settings: RedisSettings) -> RedisBackend {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let single = (!settings.cluster).then(|| {
+            let (host, port) = host_and_port(&settings.nodes[0]);
+            resp::Target {
+                host: host.to_string(),
+                port,
+                username: settings.username.clone(),
+                password: settings.password.clone(),
+                database: settings.database,
+            }
+        });
         RedisBackend {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            single,
             timeout: Duration::from_millis(settings.timeout_ms),
             settings,
-            conn: tokio::sync::OnceCell::new(),
+            cluster: tokio::sync::OnceCell::new(),
             degraded: AtomicBool::new(false),
             probe_at_ms: AtomicU64::new(0),
         }
@@ -141,109 +163,176 @@ impl RedisBackend {
         result
     }
 
-    async fn connection(&self) -> Result<Conn, RedisFailure> {
+    /// The cluster connection, created on first use.
+    async fn cluster(&self) -> Result<ClusterConnection, RedisFailure> {
         let conn = self
-            .conn
+            .cluster
             .get_or_try_init(|| async {
                 let s = &self.settings;
-                let mut redis_info = RedisConnectionInfo::default().set_db(i64::from(s.database));
+                let mut b = redis::cluster::ClusterClient::builder(
+                    s.nodes
+                        .iter()
+                        .map(|n| addr(n).into_connection_info())
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+                .connection_timeout(self.timeout)
+                .response_timeout(self.timeout)
+                .retries(1);
                 if let Some(u) = &s.username {
-                    redis_info = redis_info.set_username(u);
+                    b = b.username(u);
                 }
                 if let Some(p) = &s.password {
-                    redis_info = redis_info.set_password(p);
+                    b = b.password(p);
                 }
-                if s.cluster {
-                    let mut b = redis::cluster::ClusterClient::builder(
-                        s.nodes
-                            .iter()
-                            .map(|n| addr(n).into_connection_info())
-                            .collect::<Result<Vec<_>, _>>()?,
-                    )
-                    .connection_timeout(self.timeout)
-                    .response_timeout(self.timeout)
-                    .retries(1);
-                    if let Some(u) = &s.username {
-                        b = b.username(u);
-                    }
-                    if let Some(p) = &s.password {
-                        b = b.password(p);
-                    }
-                    let client = b.build()?;
-                    Ok::<_, RedisFailure>(Conn::Cluster(client.get_async_connection().await?))
-                } else {
-                    let info = addr(&s.nodes[0])
-                        .into_connection_info()?
-                        .set_redis_settings(redis_info);
-                    let client = redis::Client::open(info)?;
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(self.timeout))
-                        .set_response_timeout(Some(self.timeout))
-                        .set_number_of_retries(1)
-                        .set_max_delay(Duration::from_millis(500));
-                    Ok(Conn::Single(
-                        ConnectionManager::new_with_config(client, config).await?,
-                    ))
-                }
+                // The cluster's nodes are asked for database 0: Redis Cluster has no other.
+                Ok::<_, RedisFailure>(b.build()?.get_async_connection().await?)
             })
             .await?;
         Ok(conn.clone())
     }
 
     async fn call(&self, key: &str, rule: &Rule) -> Result<Decision, RedisFailure> {
-        let conn = self.connection().await?;
-        let invocation = match rule {
-            Rule::FixedWindow(windows) => {
-                let mut inv = FIXED_WINDOW.key(key);
-                for w in windows {
-                    inv.arg(w.limit).arg(w.window_ms);
+        let (script, args) = script_and_args(rule);
+        let reply = match &self.single {
+            Some(target) => self.call_single(target, script, key, &args).await?,
+            None => {
+                let mut c = self.cluster().await?;
+                let mut inv = script.script.key(key);
+                for a in &args {
+                    inv.arg(a.as_str());
                 }
-                inv
+                inv.invoke_async(&mut c).await?
             }
-            Rule::SlidingWindowLog(w) => {
-                // A unique member per request: two requests in one millisecond both count.
-                let member = format!("{:016x}", fastrand::u64(..));
-                let mut inv = SLIDING_LOG.key(key);
-                inv.arg(w.limit).arg(w.window_ms).arg(member);
-                inv
-            }
-            Rule::SlidingWindowCounter(w) => {
-                let mut inv = SLIDING_COUNTER.key(key);
-                inv.arg(w.limit).arg(w.window_ms);
-                inv
-            }
-            Rule::TokenBucket { rate, capacity } => {
-                let mut inv = TOKEN_BUCKET.key(key);
-                inv.arg(rate.to_string()).arg(capacity.to_string());
-                inv
-            }
-            Rule::LeakyBucket {
-                rate,
-                burst,
-                nodelay,
-            } => {
-                let mut inv = LEAKY_BUCKET.key(key);
-                inv.arg(rate.to_string())
-                    .arg(burst.to_string())
-                    .arg(if *nodelay { "1" } else { "0" });
-                inv
-            }
-        };
-        let reply: Vec<i64> = match conn {
-            Conn::Single(mut c) => invocation.invoke_async(&mut c).await?,
-            Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await?,
         };
         decision_from(rule, reply)
     }
+
+    /// One script call on a connection of this thread's own (`resp`): `EVALSHA`, and `EVAL`
+    /// once if Redis no longer has the script (restarted, or `SCRIPT FLUSH`).
+    async fn call_single(
+        &self,
+        target: &resp::Target,
+        script: &LimiterScript,
+        key: &str,
+        args: &[String],
+    ) -> Result<Vec<i64>, RedisFailure> {
+        let (mut conn, kept) = match resp::checkout(self.id).await {
+            Some(c) => (c, true),
+            None => (resp::RespConn::connect(target).await?, false),
+        };
+        let mut command: Vec<&[u8]> = Vec::with_capacity(4 + args.len());
+        command.extend([
+            &b"EVALSHA"[..],
+            script.script.get_hash().as_bytes(),
+            b"1",
+            key.as_bytes(),
+        ]);
+        command.extend(args.iter().map(|a| a.as_bytes()));
+        let mut reply = conn.call(&command).await;
+        if kept && matches!(reply, Err(resp::RespError::Closed | resp::RespError::Io(_))) {
+            // Redis closed a kept connection after the check at checkout (a restart, or its
+            // `timeout`): once more on a new one. At worst one request is counted twice.
+            resp::forget(self.id);
+            conn = resp::RespConn::connect(target).await?;
+            reply = conn.call(&command).await;
+        }
+        if matches!(&reply, Ok(resp::Reply::Error(e)) if e.starts_with("NOSCRIPT")) {
+            command[0] = b"EVAL";
+            command[1] = script.code.as_bytes();
+            reply = conn.call(&command).await;
+        }
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                // The other idle connections to this server are likely as dead as this one.
+                resp::forget(self.id);
+                return Err(e.into());
+            }
+        };
+        resp::checkin(self.id, conn);
+        match reply {
+            resp::Reply::Array(Some(items)) => items
+                .iter()
+                .map(|i| match i {
+                    resp::Reply::Int(v) => Ok(*v),
+                    _ => Err(RedisFailure::BadShape),
+                })
+                .collect(),
+            resp::Reply::Error(e) => Err(RedisFailure::Resp(resp::RespError::Server(e))),
+            _ => Err(RedisFailure::BadShape),
+        }
+    }
 }
 
-/// `host:port` (IPv6 in brackets) as a TCP address.
-fn addr(node: &str) -> ConnectionAddr {
+/// A limiter script: its source, and the `redis` crate's handle (its SHA1, and `EVALSHA` with
+/// the fallback for a cluster).
+struct LimiterScript {
+    code: &'static str,
+    script: Script,
+}
+
+impl LimiterScript {
+    fn new(code: &'static str) -> LimiterScript {
+        LimiterScript {
+            code,
+            script: Script::new(code),
+        }
+    }
+}
+
+/// The script deciding `rule`, and its arguments after the key.
+fn script_and_args(rule: &Rule) -> (&'static LimiterScript, Vec<String>) {
+    match rule {
+        Rule::FixedWindow(windows) => (
+            &*FIXED_WINDOW,
+            windows
+                .iter()
+                .flat_map(|w| [w.limit.to_string(), w.window_ms.to_string()])
+                .collect(),
+        ),
+        // A unique member per request: two requests in one millisecond both count.
+        Rule::SlidingWindowLog(w) => (
+            &*SLIDING_LOG,
+            vec![
+                w.limit.to_string(),
+                w.window_ms.to_string(),
+                format!("{:016x}", fastrand::u64(..)),
+            ],
+        ),
+        Rule::SlidingWindowCounter(w) => (
+            &*SLIDING_COUNTER,
+            vec![w.limit.to_string(), w.window_ms.to_string()],
+        ),
+        Rule::TokenBucket { rate, capacity } => {
+            (&*TOKEN_BUCKET, vec![rate.to_string(), capacity.to_string()])
+        }
+        Rule::LeakyBucket {
+            rate,
+            burst,
+            nodelay,
+        } => (
+            &*LEAKY_BUCKET,
+            vec![
+                rate.to_string(),
+                burst.to_string(),
+                (if *nodelay { "1" } else { "0" }).to_string(),
+            ],
+        ),
+    }
+}
+
+/// `host:port` (IPv6 in brackets; 6379 when no port is given).
+fn host_and_port(node: &str) -> (&str, u16) {
     let (host, port) = node
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
         .unwrap_or((node, 6379));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.trim_start_matches('[').trim_end_matches(']'), port)
+}
+
+/// A cluster node as the `redis` crate's TCP address.
+fn addr(node: &str) -> ConnectionAddr {
+    let (host, port) = host_and_port(node);
     ConnectionAddr::Tcp(host.to_string(), port)
 }
 
@@ -312,13 +401,19 @@ mod tests {
 
     async fn backend() -> RedisBackend {
         let b = RedisBackend::new(settings(6379, 2000));
-        if let Err(e) = b.connection().await {
-            panic!(
+        direct(&b).await;
+        b
+    }
+
+    /// A connection of the test's own to the backend's server.
+    async fn direct(b: &RedisBackend) -> resp::RespConn {
+        match resp::RespConn::connect(b.single.as_ref().expect("a single server")).await {
+            Ok(c) => c,
+            Err(e) => panic!(
                 "these tests need Redis on 127.0.0.1:6379 ({e}); start it with \
                  `redis-server --daemonize yes` or `apt-get install redis-server`"
-            );
+            ),
         }
-        b
     }
 
     fn key(name: &str) -> String {
@@ -385,16 +480,15 @@ mod tests {
             assert!(refused.retry_after_ms > 0, "{name}: {refused:?}");
             assert!(refused.reset_ms > 0, "{name}: {refused:?}");
             // The state expires.
-            let mut conn = match b.connection().await.unwrap() {
-                Conn::Single(c) => c,
-                Conn::Cluster(_) => unreachable!(),
-            };
-            let ttl: i64 = redis::cmd("PTTL")
-                .arg(&k)
-                .query_async(&mut conn)
+            let ttl = direct(&b)
+                .await
+                .call(&[b"PTTL", k.as_bytes()])
                 .await
                 .unwrap();
-            assert!(ttl > 0, "{name}: ttl {ttl}");
+            assert!(
+                matches!(ttl, resp::Reply::Int(t) if t > 0),
+                "{name}: ttl {ttl:?}"
+            );
         }
     }
 
@@ -430,17 +524,56 @@ mod tests {
         });
         let k = key("noscript");
         assert!(b.decide(&k, &rule).await.unwrap().allowed);
-        let Conn::Single(mut conn) = b.connection().await.unwrap() else {
-            unreachable!()
-        };
-        let _: () = redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let flushed = direct(&b).await.call(&[b"SCRIPT", b"FLUSH"]).await.unwrap();
+        assert_eq!(flushed, resp::Reply::Status("OK".into()));
         let d = b.decide(&k, &rule).await.unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, 8);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_redis_closed_is_not_used() {
+        let b = backend().await;
+        let rule = Rule::SlidingWindowCounter(Window {
+            limit: 10,
+            window_ms: 60_000,
+        });
+        let k = key("killed");
+        assert!(b.decide(&k, &rule).await.unwrap().allowed);
+        // The decision's connection is idle in this thread's list: Redis closes it.
+        let mut kept = resp::checkout(b.id).await.expect("a kept connection");
+        let id = match kept.call(&[b"CLIENT", b"ID"]).await.unwrap() {
+            resp::Reply::Int(id) => id.to_string(),
+            other => panic!("CLIENT ID: {other:?}"),
+        };
+        resp::checkin(b.id, kept);
+        let killed = direct(&b)
+            .await
+            .call(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()])
+            .await
+            .unwrap();
+        assert_eq!(killed, resp::Reply::Int(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let d = b
+            .decide(&k, &rule)
+            .await
+            .expect("decided on a new connection");
+        assert_eq!(d.remaining, 8);
+        assert!(!b.is_degraded());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_is_a_failure_not_a_decision() {
+        let mut s = settings(6379, 2000);
+        s.password = Some("not-the-password".into());
+        let b = RedisBackend::new(s);
+        let rule = Rule::FixedWindow(vec![Window {
+            limit: 1,
+            window_ms: 1000,
+        }]);
+        let err = b.decide("k", &rule).await.expect_err("AUTH must fail");
+        assert!(err.to_string().contains("Redis replied"), "{err}");
+        assert!(b.is_degraded());
     }
 
     #[tokio::test]
