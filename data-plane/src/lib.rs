@@ -45,8 +45,16 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
 
     let cache = Arc::new(SnapshotCache::new(&config.cache_dir));
     start_from_cache(&cache, &state);
+
+    let stop_accepting = CancellationToken::new();
+    let stop_rest = CancellationToken::new();
     let (cache_tx, cache_rx) = watch::channel(None);
-    tokio::spawn(sync::run_cache_writer(cache, cache_rx));
+    let cache_task = tokio::spawn(sync::run_cache_writer(
+        cache,
+        cache_rx,
+        sync::CACHE_WRITE_INTERVAL,
+        stop_rest.clone(),
+    ));
 
     let sync = SyncClient {
         control_planes: config::split_control_planes(&config.control_plane),
@@ -70,9 +78,7 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
 
     // Shutdown in steps: `/readyz` turns 503 at once, traffic is still served for the shutdown
     // delay (load balancers take the DP out meanwhile), then the proxy stops accepting and
-    // drains; sync and status stop last.
-    let stop_accepting = CancellationToken::new();
-    let stop_rest = CancellationToken::new();
+    // drains; sync, status and the cache writer stop last.
     tokio::spawn({
         let (state, stop_accepting, delay) =
             (state.clone(), stop_accepting.clone(), config.shutdown_delay);
@@ -119,7 +125,7 @@ pub async fn run(config: DpConfig, shutdown: CancellationToken) -> anyhow::Resul
         let _ = t.await;
     }
     stop_rest.cancel();
-    let _ = tokio::join!(sync_task, status_task);
+    let _ = tokio::join!(sync_task, status_task, cache_task);
     tracing::info!("data plane stopped");
     served
 }

@@ -282,28 +282,67 @@ fn assemble(received: Option<&Snapshot>, msg: Snapshot) -> anyhow::Result<Snapsh
     })
 }
 
-/// Writes each snapshot sent on `rx` to the disk cache, newest only, one write at a time, off the
-/// sync path (an fsync must not delay the ACK).
+/// Least time between two writes of the disk cache. Under config churn (many changes a
+/// second) each write would be outdated within milliseconds, and a write (encode, two fsyncs)
+/// costs the DP more CPU than applying a one-route change; so the cache may lag the served
+/// config by up to this much, and is brought up to date when the DP stops.
+pub const CACHE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes the snapshots sent on `rx` to the disk cache off the sync path (an fsync must not
+/// delay the ACK): the newest only, one write at a time, at most one per `min_interval`.
+/// When `stop` is cancelled, writes the newest if it is not on disk yet, and returns.
 pub async fn run_cache_writer(
     cache: Arc<SnapshotCache>,
     mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    min_interval: Duration,
+    stop: CancellationToken,
 ) {
-    while rx.changed().await.is_ok() {
-        let Some(snapshot) = rx.borrow_and_update().clone() else {
-            continue;
-        };
-        let cache = cache.clone();
-        let version = snapshot.version;
-        let stored = tokio::task::spawn_blocking(move || {
-            let stored = cache.store(&snapshot);
-            // Encoding a big snapshot takes as much scratch memory as the snapshot.
-            crate::memory::release_free_memory();
-            stored
-        });
-        match stored.await {
-            Ok(Ok(())) => tracing::debug!(version, "snapshot cached"),
-            Ok(Err(e)) => tracing::warn!(version, error = %e, "cannot write the snapshot cache"),
-            Err(e) => tracing::warn!(version, error = %e, "snapshot cache writer failed"),
+    let mut written: Option<u64> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            changed = rx.changed() => if changed.is_err() { break },
+        }
+        let started = tokio::time::Instant::now();
+        let newest = rx.borrow_and_update().clone();
+        if let Some(snapshot) = newest {
+            written = write_cache(&cache, snapshot).await.or(written);
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(started + min_interval) => {}
+        }
+    }
+    let newest = rx.borrow().clone();
+    if let Some(snapshot) = newest.filter(|s| Some(s.version) != written) {
+        write_cache(&cache, snapshot).await;
+    }
+}
+
+/// Writes one snapshot on a blocking thread; its version once it is on disk.
+async fn write_cache(cache: &Arc<SnapshotCache>, snapshot: Arc<Snapshot>) -> Option<u64> {
+    let cache = cache.clone();
+    let version = snapshot.version;
+    let stored = tokio::task::spawn_blocking(move || {
+        let stored = cache.store(&snapshot);
+        // Encoding a big snapshot takes as much scratch memory as the snapshot.
+        crate::memory::release_free_memory();
+        stored
+    });
+    match stored.await {
+        Ok(Ok(())) => {
+            tracing::debug!(version, "snapshot cached");
+            Some(version)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(version, error = %e, "cannot write the snapshot cache");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(version, error = %e, "snapshot cache writer failed");
+            None
         }
     }
 }
@@ -331,4 +370,51 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(v: u64) -> Option<Arc<Snapshot>> {
+        Some(Arc::new(Snapshot {
+            version: v,
+            store_id: "s1".into(),
+            ..Snapshot::default()
+        }))
+    }
+
+    fn on_disk(cache: &SnapshotCache) -> Option<u64> {
+        cache.load().unwrap().map(|s| s.version)
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_written_at_most_once_an_interval_and_flushed_on_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(SnapshotCache::new(dir.path()));
+        let (tx, rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(run_cache_writer(
+            cache.clone(),
+            rx,
+            Duration::from_secs(30),
+            stop.clone(),
+        ));
+        // The first snapshot is written at once.
+        tx.send_replace(version(1));
+        let started = Instant::now();
+        while on_disk(&cache) != Some(1) {
+            assert!(started.elapsed() < Duration::from_secs(10), "never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Two more within the interval: not written yet...
+        tx.send_replace(version(2));
+        tx.send_replace(version(3));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(on_disk(&cache), Some(1));
+        // ...but the newest is when the DP stops.
+        stop.cancel();
+        writer.await.unwrap();
+        assert_eq!(on_disk(&cache), Some(3));
+    }
 }

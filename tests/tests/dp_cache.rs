@@ -7,6 +7,12 @@ use std::time::Duration;
 use postern_tests::*;
 use serde_json::json;
 
+/// The version in a cache file's header (after the 8-byte magic), if the file is there.
+fn cached_version(path: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?))
+}
+
 #[tokio::test]
 async fn restarted_dp_serves_from_its_cache_while_the_cp_is_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -21,12 +27,12 @@ async fn restarted_dp_serves_from_its_cache_while_the_cp_is_down() {
         )
         .await;
     wait_applied(dp.status, rev).await;
-    // The cache is written off the sync path: wait for the file.
+    // The cache is written off the sync path, at most once a second: wait for this version.
     let cache_file = dp.cache_dir.join("snapshot.bin");
     wait_for(
-        "the snapshot cache file",
+        "the snapshot cache file to hold the route",
         Duration::from_secs(5),
-        || async { cache_file.exists().then_some(()) },
+        || async { (cached_version(&cache_file) == Some(rev)).then_some(()) },
     )
     .await;
 
