@@ -823,7 +823,7 @@ pub fn compile(
             .map(Arc::new);
         routes.push(CompiledRoute {
             transcode,
-            metrics: Arc::new(RouteMetrics::new(label, route.service_id.as_deref())),
+            metrics: RouteMetrics::shared(label, route.service_id.as_deref()),
             id: route_id.clone(),
             upstream,
             timeouts,
