@@ -7,13 +7,16 @@
 # Both DPs follow one control plane and are pinned to cpu 0; wrk (1 thread, 50 connections) and
 # the upstream (nginx `return 200 "ok"`) run on cpu 1. OLD gets TOKIO_WORKER_THREADS=1 (builds
 # before `--workers`), NEW `--workers 1`; override with OLD_ARGS / NEW_ARGS (words).
-# BENCH_SECONDS (10), BENCH_ROUNDS (5).
+# BENCH_SECONDS (10), BENCH_ROUNDS (5). COMPARE_PLUGINS: the route's `plugins` object (JSON),
+# e.g. '{"limit-count": {"count": 1000000000, "time_window": 60, "policy": "redis",
+# "redis_host": "127.0.0.1"}}' to compare the Redis limiter (scenario c).
 set -euo pipefail
 OLD=$1 NEW=$2
 SECS=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-5}
 read -r -a OLD_ARGS <<<"${OLD_ARGS:-}"
 read -r -a NEW_ARGS <<<"${NEW_ARGS:---workers 1}"
+PLUGINS=${COMPARE_PLUGINS:-"{}"}
 TMP=$(mktemp -d)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$TMP"' EXIT
@@ -48,7 +51,7 @@ for which in old new; do
 done
 for _ in $(seq 150); do curl -sf "http://127.0.0.1:$ADMIN/admin/routes" -H "X-API-KEY: $KEY" >/dev/null && break; sleep 0.1; done
 curl -sf -X PUT "http://127.0.0.1:$ADMIN/admin/routes/p" -H "X-API-KEY: $KEY" \
-  -d "{\"uri\": \"/*\", \"upstream\": {\"nodes\": {\"127.0.0.1:$UP\": 1}}}" >/dev/null
+  -d "{\"uri\": \"/*\", \"plugins\": $PLUGINS, \"upstream\": {\"nodes\": {\"127.0.0.1:$UP\": 1}}}" >/dev/null
 for which in old new; do
   for _ in $(seq 100); do [[ $(curl -s "http://127.0.0.1:${PORT[$which]}/") == ok ]] && break; sleep 0.1; done
   [[ $(curl -s "http://127.0.0.1:${PORT[$which]}/") == ok ]] || { echo "$which does not proxy" >&2; cat "$TMP/$which.log" >&2; exit 1; }
