@@ -139,9 +139,14 @@ impl RedisBackend {
                 return Err(RedisFailure::Cooling);
             }
         }
-        let result = match tokio::time::timeout(self.timeout, self.call(key, rule)).await {
-            Ok(r) => r,
-            Err(_) => Err(RedisFailure::Timeout(self.settings.timeout_ms)),
+        let result = if self.single.is_some() {
+            // Bounded by the pipeline's watcher (`resp::Pipeline`): no timer per call.
+            self.call(key, rule).await
+        } else {
+            match tokio::time::timeout(self.timeout, self.call(key, rule)).await {
+                Ok(r) => r,
+                Err(_) => Err(RedisFailure::Timeout(self.settings.timeout_ms)),
+            }
         };
         match &result {
             Ok(_) => {
@@ -207,7 +212,7 @@ impl RedisBackend {
         decision_from(rule, reply)
     }
 
-    /// One script call on a connection of this thread's own (`resp`): `EVALSHA`, and `EVAL`
+    /// One script call on this thread's pipeline to the server (`resp`): `EVALSHA`, and `EVAL`
     /// once if Redis no longer has the script (restarted, or `SCRIPT FLUSH`).
     async fn call_single(
         &self,
@@ -216,10 +221,7 @@ impl RedisBackend {
         key: &str,
         args: &[String],
     ) -> Result<Vec<i64>, RedisFailure> {
-        let (mut conn, kept) = match resp::checkout(self.id).await {
-            Some(c) => (c, true),
-            None => (resp::RespConn::connect(target).await?, false),
-        };
+        let pipeline = resp::pipeline(self.id, target, self.timeout);
         let mut command: Vec<&[u8]> = Vec::with_capacity(4 + args.len());
         command.extend([
             &b"EVALSHA"[..],
@@ -228,28 +230,18 @@ impl RedisBackend {
             key.as_bytes(),
         ]);
         command.extend(args.iter().map(|a| a.as_bytes()));
-        let mut reply = conn.call(&command).await;
-        if kept && matches!(reply, Err(resp::RespError::Closed | resp::RespError::Io(_))) {
-            // Redis closed a kept connection after the check at checkout (a restart, or its
+        let mut reply = pipeline.call(&command).await;
+        if reply.as_ref().is_err_and(resp::RespError::is_closed) {
+            // Redis closed the connection after it was last used (a restart, or its
             // `timeout`): once more on a new one. At worst one request is counted twice.
-            resp::forget(self.id);
-            conn = resp::RespConn::connect(target).await?;
-            reply = conn.call(&command).await;
+            reply = pipeline.call(&command).await;
         }
         if matches!(&reply, Ok(resp::Reply::Error(e)) if e.starts_with("NOSCRIPT")) {
             command[0] = b"EVAL";
             command[1] = script.code.as_bytes();
-            reply = conn.call(&command).await;
+            reply = pipeline.call(&command).await;
         }
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                // The other idle connections to this server are likely as dead as this one.
-                resp::forget(self.id);
-                return Err(e.into());
-            }
-        };
-        resp::checkin(self.id, conn);
+        let reply = reply?;
         match reply {
             resp::Reply::Array(Some(items)) => items
                 .iter()
@@ -540,13 +532,12 @@ mod tests {
         });
         let k = key("killed");
         assert!(b.decide(&k, &rule).await.unwrap().allowed);
-        // The decision's connection is idle in this thread's list: Redis closes it.
-        let mut kept = resp::checkout(b.id).await.expect("a kept connection");
-        let id = match kept.call(&[b"CLIENT", b"ID"]).await.unwrap() {
+        // Redis closes the connection of this thread's pipeline.
+        let pipeline = resp::pipeline(b.id, b.single.as_ref().unwrap(), b.timeout);
+        let id = match pipeline.call(&[b"CLIENT", b"ID"]).await.unwrap() {
             resp::Reply::Int(id) => id.to_string(),
             other => panic!("CLIENT ID: {other:?}"),
         };
-        resp::checkin(b.id, kept);
         let killed = direct(&b)
             .await
             .call(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()])
@@ -573,6 +564,35 @@ mod tests {
         }]);
         let err = b.decide("k", &rule).await.expect_err("AUTH must fail");
         assert!(err.to_string().contains("Redis replied"), "{err}");
+        assert!(b.is_degraded());
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_does_not_answer_fails_the_decision_after_the_timeout() {
+        use tokio::io::AsyncReadExt;
+        // Accepts, reads, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let b = RedisBackend::new(settings(port, 100));
+        let rule = Rule::FixedWindow(vec![Window {
+            limit: 1,
+            window_ms: 1000,
+        }]);
+        let t = std::time::Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), b.decide("k", &rule))
+            .await
+            .expect("the decision must not hang on a mute Redis");
+        assert!(outcome.is_err(), "{outcome:?}");
+        println!("failed after {:?} (redis_timeout 100 ms)", t.elapsed());
         assert!(b.is_degraded());
     }
 
