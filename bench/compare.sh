@@ -19,7 +19,10 @@ read -r -a NEW_ARGS <<<"${NEW_ARGS:---workers 1}"
 PLUGINS=${COMPARE_PLUGINS:-"{}"}
 TMP=$(mktemp -d)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$TMP"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$TMP"; redis_unpin' EXIT
+# shellcheck source=bench/redis_affinity.sh
+source "$(dirname "${BASH_SOURCE[0]}")/redis_affinity.sh"
+redis_pin 1
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); ADMIN=$(port); SYNC=$(port)
 KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')

@@ -11,8 +11,8 @@
 #                                    graphs by DWARF unwinding, much larger perf.data)
 #
 # Layout as bench/scenarios.sh: wrk (1 thread, 50 connections), the upstream (nginx
-# `return 200 "ok"`) and the control plane on cpu 1. `perf record -e cpu-clock` (this VM has no
-# hardware counters). Prints, per scenario, CPU µs/request over the profile and the top symbols;
+# `return 200 "ok"`), the control plane and Redis (pinned for the run) on cpu 1.
+# `perf record -e cpu-clock` (this VM has no hardware counters). Prints, per scenario, CPU µs/request over the profile and the top symbols;
 # keeps perf.data in $PROFILE_OUT (default /tmp/postern-profile).
 set -euo pipefail
 WHICH=${1:-ab}
@@ -38,8 +38,12 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$TMP"
+  redis_unpin
 }
 trap cleanup EXIT
+# shellcheck source=bench/redis_affinity.sh
+source "$REPO/bench/redis_affinity.sh"
+redis_pin 1
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); ADMIN=$(port); SYNC=$(port); DP=$(port); ST=$(port)
 KEY=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')

@@ -6,7 +6,8 @@
 #                           BENCH_WARMUP, default 2; BENCH_SKIP_BUILD=1 to use built binaries)
 #
 # Layout as bench/run.sh: the proxy under test on cpu 0, wrk (1 thread, 50 connections), the
-# upstream (nginx `return 200 "ok"`), the control plane and the Admin API writer on cpu 1.
+# upstream (nginx `return 200 "ok"`), the control plane, the Admin API writer and Redis (its
+# threads pinned for the run, bench/redis_affinity.sh) on cpu 1.
 # Two data planes follow one control plane: DP1 `--workers 1` pinned to cpu 0, DP2
 # `--workers 2` not pinned (scenario f). Redis must run on 127.0.0.1:6379 (scenario c).
 #
@@ -36,8 +37,12 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   [[ ${BENCH_KEEP_TMP:-0} == 1 ]] && log "kept $TMP" || rm -rf "$TMP"
+  redis_unpin
 }
 trap cleanup EXIT
+# shellcheck source=bench/redis_affinity.sh
+source "$REPO/bench/redis_affinity.sh"
+redis_pin 1
 
 for t in nginx wrk taskset curl python3 redis-cli; do
   command -v "$t" >/dev/null 2>&1 || [[ $t == nginx && -x /usr/sbin/nginx ]] || die "$t is required (apt-get install nginx wrk redis-tools)"
@@ -280,7 +285,7 @@ L += ["", "| check | value | issue #11 target |", "| --- | ---: | --- |",
       f"| DP1 resident memory with 10,010 routes | {int(rss)/1024:.0f} MiB | ≤ 64 MiB |",
       "", "CPU µs/request: the process's utime+stime (all threads; nginx: master + workers) over the "
       "measured run ÷ requests completed. DP1 (`--workers 1`) and nginx on cpu 0; wrk, the upstream, the "
-      "control plane and the Admin API writer on cpu 1; DP2 (`--workers 2`) not pinned.", ""]
+      "control plane, the Admin API writer and Redis on cpu 1; DP2 (`--workers 2`) not pinned.", ""]
 open(out, "w").write("\n".join(L))
 print("\n".join(L))
 print(f"written: {out}", file=sys.stderr)
