@@ -24,6 +24,8 @@
 #                     <date>-<HHMM>.md when that exists: never overwritten)
 #   BENCH_KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk output) after exit
 #   BENCH_SKIP_BUILD=1  use the binaries already built (default: cargo build --release --bins)
+#   BENCH_PROFILE   the build profile's binaries to run  (default release; CI's smoke pass uses
+#                   debug, the binaries its tests built: it checks that things start, no more)
 #   CARGO_TARGET_DIR  where cargo puts the binaries    (default <repo>/target)
 set -euo pipefail
 
@@ -34,7 +36,7 @@ SMOKE=0
 case "${1:-}" in
   "") ;;
   --smoke) SMOKE=1 ;;
-  -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
 esac
 
@@ -157,9 +159,10 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
   log "building Postern: cargo build --release --bins (target dir $TARGET_DIR)"
   (cd "$REPO" && cargo build --release --bins)
 fi
-CP_BIN="$TARGET_DIR/release/control-plane"
-DP_BIN="$TARGET_DIR/release/data-plane"
-[[ -x $CP_BIN && -x $DP_BIN ]] || die "no release binaries in $TARGET_DIR/release"
+PROFILE=${BENCH_PROFILE:-release}
+CP_BIN="$TARGET_DIR/$PROFILE/control-plane"
+DP_BIN="$TARGET_DIR/$PROFILE/data-plane"
+[[ -x $CP_BIN && -x $DP_BIN ]] || die "no $PROFILE binaries in $TARGET_DIR/$PROFILE"
 
 # ---------------------------------------------------------------------------------------------
 # Temp dir, ports, admin key.

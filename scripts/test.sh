@@ -4,8 +4,9 @@
 #
 # Needs: the Rust toolchain; PostgreSQL on 127.0.0.1:5432 (trust auth) for the tests that use it
 # (they fail with instructions when it is absent). Debian's etcd-server is installed when
-# missing, as root or with sudo, and so are Debian's haproxy (topology test) and prometheus (for promtool, which checks
-# deploy/prometheus/alerts.yml). (protoc, for etcd-client's build script, comes from
+# missing, as root or with sudo, and so are Debian's haproxy (topology test), prometheus (for
+# promtool, which checks deploy/prometheus/alerts.yml), and nginx and wrk (the benchmark's
+# smoke pass). (protoc, for etcd-client's build script, comes from
 # scripts/protoc: see .cargo/config.toml.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,3 +40,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast "$@"
 fi
+
+# The benchmark's smoke pass (issue 11): nginx, wrk, the upstream and Postern start and serve
+# side by side, with the debug binaries just built. It judges no figure, so noise cannot fail
+# it; `bench/run.sh` without --smoke is the measurement.
+ensure wrk wrk
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || ensure nginx nginx
+BENCH_SKIP_BUILD=1 BENCH_PROFILE=debug bench/run.sh --smoke
