@@ -501,6 +501,8 @@ impl PipeState {
                         failure = Some(RespError::Closed);
                         break;
                     }
+                    // Parse what is here before reading more (the socket stays readable).
+                    Ok(_) if open.read.len() > MAX_REPLY => break,
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
@@ -516,6 +518,10 @@ impl PipeState {
                         Ok(Some((reply, used))) => {
                             open.read.advance(used);
                             replies.push(reply);
+                        }
+                        Ok(None) if open.read.len() > MAX_REPLY => {
+                            failure = Some(RespError::Protocol("reply too large"));
+                            break;
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -777,6 +783,33 @@ mod tests {
         }
         let (word, reply) = echo(pipeline.clone(), "after".into()).await;
         assert_eq!(reply, Reply::Bulk(Some(word.into_bytes())));
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_is_refused_not_buffered() {
+        // Answers every command with a status line that never ends.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock.write_all(b"+").await;
+            let chunk = vec![b'a'; 16 * 1024];
+            while sock.write_all(&chunk).await.is_ok() {}
+        });
+        let target = Target {
+            port,
+            ..local_redis()
+        };
+        let pipeline = Pipeline::new(target, Duration::from_secs(5));
+        let reply = tokio::time::timeout(Duration::from_secs(5), pipeline.call(&[b"PING"]))
+            .await
+            .expect("refused, not waited on");
+        assert!(
+            matches!(reply, Err(RespError::Protocol("reply too large"))),
+            "{reply:?}"
+        );
     }
 
     #[tokio::test]
