@@ -8,6 +8,7 @@ use postern_data_plane::telemetry::run_binary;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    postern_data_plane::memory::disable_transparent_huge_pages();
     run_binary(
         "data-plane",
         Cli::parse().resolve(),
