@@ -327,37 +327,66 @@ impl DataPlane {
         control_plane: &str,
         extra: &[&str],
     ) -> DataPlane {
-        let proxy = free_addr();
-        let status = free_addr();
-        let mut args = vec![
-            "--control-plane".to_string(),
-            control_plane.to_string(),
-            "--proxy-listen".into(),
-            proxy.to_string(),
-            "--status-listen".into(),
-            status.to_string(),
-            "--node-id".into(),
-            node_id.to_string(),
-            "--cache-dir".into(),
-            dir.join(format!("{node_id}-cache")).display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let process = Process::spawn(
-            node_id,
-            "data-plane",
-            &args,
-            dir.join(format!("{node_id}.log")),
-        );
-        let dp = DataPlane {
-            process,
-            proxy,
-            status,
-            node_id: node_id.to_string(),
-            cache_dir: dir.join(format!("{node_id}-cache")),
-            args,
-        };
-        dp.wait_healthy().await;
-        dp
+        let log = dir.join(format!("{node_id}.log"));
+        // As for the control plane: a port `free_addr` found free can be taken by another test
+        // process before the child binds it; then the child exits, and it starts on others.
+        for attempt in 1..=3 {
+            let proxy = free_addr();
+            let status = free_addr();
+            let mut args = vec![
+                "--control-plane".to_string(),
+                control_plane.to_string(),
+                "--proxy-listen".into(),
+                proxy.to_string(),
+                "--status-listen".into(),
+                status.to_string(),
+                "--node-id".into(),
+                node_id.to_string(),
+                "--cache-dir".into(),
+                dir.join(format!("{node_id}-cache")).display().to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let process = Process::spawn(node_id, "data-plane", &args, log.clone());
+            let dp = DataPlane {
+                process,
+                proxy,
+                status,
+                node_id: node_id.to_string(),
+                cache_dir: dir.join(format!("{node_id}-cache")),
+                args,
+            };
+            if dp.started().await {
+                return dp;
+            }
+            eprintln!(
+                "data plane {node_id}: a port was taken meanwhile (attempt {attempt}); other ports"
+            );
+            drop(dp);
+            let _ = std::fs::remove_file(&log);
+        }
+        panic!("the data plane {node_id} found no free ports in 3 attempts")
+    }
+
+    /// Waits for `/healthz`; `false` when the process could not bind a port.
+    async fn started(&self) -> bool {
+        let http = reqwest::Client::new();
+        let url = format!("http://{}/healthz", self.status);
+        wait_for(
+            "the data plane's /healthz",
+            Duration::from_secs(15),
+            || async {
+                if self.process.log_text().contains("Address already in use") {
+                    return Some(false);
+                }
+                http.get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| true)
+            },
+        )
+        .await
     }
 
     async fn wait_healthy(&self) {
