@@ -4,10 +4,11 @@
 //! state, and each is wrapped in a hash tag (`{…}`) so a Redis Cluster keeps it on one slot.
 //!
 //! One backend per server (address, database, credentials, timeout), shared by every route
-//! that names it. A single server is called through [`resp`]: connections of the calling
-//! worker thread, each used by one decision at a time, in the request's own task. A cluster
+//! that names it. A single server is called through [`resp`]: one pipelined connection per
+//! worker thread, driven by the requests' own tasks. A cluster
 //! goes through the `redis` crate's cluster connection (slot routing, redirections), created on
-//! first use. Every call is bounded by the limit's `redis_timeout`.
+//! first use. Every call is bounded by the limit's `redis_timeout` (for a single server by the
+//! pipeline's watcher, for a cluster by a timeout around the call).
 //! After a failure, calls for the next `PROBE_INTERVAL` fail at once instead of each waiting
 //! for the timeout; then one call probes Redis again. A failure episode is logged once when it
 //! starts and once when it ends, and counted in [`DEGRADED_EPISODES`]; every decision taken
@@ -66,7 +67,7 @@ pub enum RedisFailure {
 
 /// One Redis server (or cluster) as limits use it.
 pub struct RedisBackend {
-    /// Tells this backend's idle connections apart in each thread's list (`resp`).
+    /// Tells this backend's pipeline apart in each thread's list (`resp::pipeline`).
     id: u64,
     settings: RedisSettings,
     /// The server, when not a cluster: called through `resp`.
