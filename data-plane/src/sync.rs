@@ -12,6 +12,7 @@ use postern_proto::sync::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ClientTls;
@@ -101,9 +102,12 @@ impl SyncClient {
             .tcp_nodelay(true)
             .connect()
             .await?;
+        // Snapshots may come zstd-compressed; what the DP sends (acks, health) goes as it is, so
+        // a DP also works against a CP that does not take compressed messages.
         let mut client = ConfigSyncClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .accept_compressed(CompressionEncoding::Zstd);
         let (tx, rx) = mpsc::channel(4);
         tx.send(message(data_plane_message::Message::Hello(Hello {
             node_id: self.state.node_id.clone(),

@@ -505,3 +505,127 @@ async fn an_unchanged_config_is_relabelled_not_recompiled() {
     assert_eq!(get_via(dp.proxy, "/y", None).await.unwrap().0, 200);
     assert_eq!(get_via(dp.proxy, "/x", None).await.unwrap().0, 404);
 }
+
+/// A TCP relay to `target` on a port of its own; the count is of the bytes `target` sent back.
+async fn counting_relay(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(AtomicU64::new(0));
+    let count = received.clone();
+    tokio::spawn(async move {
+        let Ok((down, _)) = listener.accept().await else {
+            return;
+        };
+        let up = tokio::net::TcpStream::connect(target).await.unwrap();
+        let (mut down_rx, mut down_tx) = down.into_split();
+        let (mut up_rx, mut up_tx) = up.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut down_rx, &mut up_tx).await });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let n = match up_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            if down_tx.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    (addr, received)
+}
+
+/// A DP that accepts zstd gets its snapshots compressed (and decodes them to the same
+/// resources); one that does not, say a DP of an older build, gets them as they are.
+#[tokio::test]
+async fn snapshots_are_compressed_for_a_data_plane_that_accepts_zstd() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.client();
+    let mut rev = 0;
+    for i in 0..100 {
+        let route = json!({
+            "uri": format!("/service-{i}/*"),
+            "desc": format!("route {i} of the compression test, as operators describe theirs"),
+            "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:9": 1}},
+            "plugins": {"limit-count": {"count": 100, "time_window": 60, "key": "remote_addr"}},
+        });
+        rev = admin
+            .put_ok(&format!("/admin/routes/route-{i}"), route)
+            .await;
+    }
+    // The CP's snapshot holds every route before a DP connects, so its first message (whole)
+    // is the same for both.
+    wait_for(
+        "the snapshot to hold every route",
+        Duration::from_secs(10),
+        || async { (data_planes(&admin).await["version"] == rev).then_some(()) },
+    )
+    .await;
+    let mut results = Vec::new();
+    for compressed in [false, true] {
+        let (relay, received) = counting_relay(cp.sync).await;
+        let mut client = ConfigSyncClient::connect(format!("http://{relay}"))
+            .await
+            .unwrap();
+        if compressed {
+            client = client.accept_compressed(tonic::codec::CompressionEncoding::Zstd);
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(DataPlaneMessage {
+            message: Some(data_plane_message::Message::Hello(Hello {
+                node_id: format!("zstd-{compressed}"),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let response = client.stream(ReceiverStream::new(rx)).await.unwrap();
+        let encoding = response
+            .metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
+        let mut inbound = response.into_inner();
+        let snapshot = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+                .await
+                .expect("a message within 10 s")
+                .unwrap()
+                .expect("the stream stays open");
+            if let Some(control_plane_message::Message::Snapshot(s)) = msg.message {
+                break s;
+            }
+        };
+        let bytes = received.load(Ordering::Relaxed);
+        let body_bytes: usize = snapshot.resources.iter().map(|r| r.body.len()).sum();
+        println!(
+            "compressed {compressed}: {bytes} bytes on the wire for {} routes ({body_bytes} bytes \
+             of JSON)",
+            snapshot.resources.len()
+        );
+        assert_eq!((snapshot.delta, snapshot.version), (false, rev));
+        assert_eq!(snapshot.resources.len(), 100);
+        results.push((encoding, bytes, snapshot.resources));
+        drop(tx);
+    }
+    let (plain_encoding, plain_bytes, plain_resources) = &results[0];
+    let (zstd_encoding, zstd_bytes, zstd_resources) = &results[1];
+    assert_eq!(plain_encoding.as_deref(), None);
+    assert_eq!(zstd_encoding.as_deref(), Some("zstd"));
+    assert_eq!(
+        plain_resources, zstd_resources,
+        "the same snapshot either way"
+    );
+    assert!(
+        zstd_bytes * 3 < *plain_bytes,
+        "compressed {zstd_bytes} bytes vs {plain_bytes}"
+    );
+}

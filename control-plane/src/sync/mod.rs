@@ -20,6 +20,7 @@ use postern_proto::sync::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::snapshot::SnapshotReceiver;
@@ -51,10 +52,15 @@ impl SyncService {
         }
     }
 
+    /// Snapshots go out zstd-compressed to a DP that says it accepts zstd (`grpc-accept-encoding`,
+    /// as every Postern DP does); to one that does not, uncompressed. A 10,000-route snapshot's
+    /// JSON bodies shrink about tenfold; a delta is small either way.
     pub fn into_server(self) -> ConfigSyncServer<SyncService> {
         ConfigSyncServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .send_compressed(CompressionEncoding::Zstd)
+            .accept_compressed(CompressionEncoding::Zstd)
     }
 }
 
