@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ConfigStore, StoreSnapshot, StoredResource};
+use crate::store::{ConfigStore, StoreResult, StoreSnapshot, StoredResource};
 
 /// How often the builder re-reads the store even without a notification (a safety net for a
 /// missed notification, and how a store outage is noticed when nothing is being written).
@@ -33,8 +33,9 @@ pub struct Snapshot {
     pub store_id: String,
     /// Encoded for the wire.
     pub resources: Vec<sync::Resource>,
-    /// As stored, for Admin API reads while the store is unreachable.
-    pub stored: Vec<StoredResource>,
+    /// As stored, for Admin API reads while the store is unreachable; shared with the snapshots
+    /// before and after this one where unchanged.
+    pub stored: Vec<Arc<StoredResource>>,
     pub build_time: Duration,
     /// Unix seconds.
     pub published_at: i64,
@@ -63,6 +64,65 @@ pub fn build(
     store: StoreSnapshot,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ValidationError> {
+    build_from(Found::from(store), previous)
+}
+
+/// A whole config as the builder read it: from the store at once, or as the changes since the
+/// served snapshot applied to it.
+#[derive(Debug)]
+struct Found {
+    store_id: String,
+    revision: u64,
+    resources: Vec<Arc<StoredResource>>,
+}
+
+impl From<StoreSnapshot> for Found {
+    fn from(s: StoreSnapshot) -> Found {
+        Found {
+            store_id: s.store_id,
+            revision: s.revision,
+            resources: s.resources.into_iter().map(Arc::new).collect(),
+        }
+    }
+}
+
+/// Reads the store now: only what changed since `serving` when the store can tell (SQL stores),
+/// so a one-route write at 10,000 routes reads one row rather than every resource; the whole
+/// store otherwise, or when the changes do not add up on top of `serving`.
+async fn read_store(store: &dyn ConfigStore, serving: Option<&Snapshot>) -> StoreResult<Found> {
+    if let Some(serving) = serving
+        && let Some(changes) = store.changes_since(serving.version).await?
+        && changes.store_id == serving.store_id
+        && changes.revision >= serving.version
+    {
+        let (store_id, revision) = (changes.store_id.clone(), changes.revision);
+        if revision == serving.version {
+            // Nothing was written since (the periodic re-read).
+            return Ok(Found {
+                store_id,
+                revision,
+                resources: serving.stored.clone(),
+            });
+        }
+        match changes.apply_to(&serving.stored) {
+            Some(resources) => {
+                return Ok(Found {
+                    store_id,
+                    revision,
+                    resources,
+                });
+            }
+            None => tracing::info!(
+                revision,
+                "the store's history does not account for every change since the served \
+                 snapshot (a write by an older control plane?); reading it whole"
+            ),
+        }
+    }
+    Ok(Found::from(store.snapshot().await?))
+}
+
+fn build_from(store: Found, previous: Option<&Snapshot>) -> Result<Snapshot, ValidationError> {
     let started = Instant::now();
     let previous = previous.filter(|p| p.store_id == store.store_id);
     let encoded: HashMap<(ResourceKind, &str), (u64, &sync::Resource)> = previous
@@ -80,7 +140,7 @@ pub fn build(
             .filter(|(rev, _)| *rev == r.mod_revision)
             .map(|(_, encoded)| *encoded)
     };
-    let not_routes = |list: &[StoredResource]| {
+    let not_routes = |list: &[Arc<StoredResource>]| {
         list.iter()
             .filter(|r| r.kind != ResourceKind::Routes)
             .map(|r| (r.kind, r.id.clone(), r.mod_revision))
@@ -101,7 +161,7 @@ pub fn build(
     }
     set.check_references()?;
     let mut resources = Vec::with_capacity(store.resources.len());
-    for r in &store.resources {
+    for r in store.resources.iter().map(|r| &**r) {
         let reused = unchanged(r);
         if r.kind == ResourceKind::Routes && !(context_unchanged && reused.is_some()) {
             let at = || format!("{}/{}", r.kind, r.id);
@@ -254,7 +314,7 @@ impl SnapshotHub {
     }
 
     /// Whether `found` may replace what is served, or is a reset to report.
-    fn check_reset(&self, found: &StoreSnapshot) -> Result<(), StoreReset> {
+    fn check_reset(&self, found: &Found) -> Result<(), StoreReset> {
         let Some(serving) = self.current() else {
             return Ok(());
         };
@@ -292,12 +352,12 @@ pub async fn run_builder(
     let mut delay = Duration::from_millis(100);
     loop {
         changes.borrow_and_update();
-        match store.snapshot().await {
+        let serving = hub.current();
+        match read_store(&*store, serving.as_deref()).await {
             Ok(found) => {
                 delay = Duration::from_millis(100);
                 hub.store_ok();
-                let current = hub.current();
-                let unchanged = current
+                let unchanged = serving
                     .as_ref()
                     .is_some_and(|c| c.version == found.revision && c.store_id == found.store_id);
                 if !unchanged {
@@ -323,7 +383,7 @@ pub async fn run_builder(
     }
 }
 
-fn apply(hub: &SnapshotHub, found: StoreSnapshot) {
+fn apply(hub: &SnapshotHub, found: Found) {
     if let Err(reset) = hub.check_reset(&found) {
         let mut status = lock(&hub.status);
         if status
@@ -346,7 +406,7 @@ fn apply(hub: &SnapshotHub, found: StoreSnapshot) {
         return;
     }
     let revision = found.revision;
-    match build(found, hub.current().as_deref()) {
+    match build_from(found, hub.current().as_deref()) {
         Ok(snap) => {
             tracing::info!(
                 version = snap.version,
@@ -484,11 +544,11 @@ mod tests {
     #[test]
     fn a_wiped_or_replaced_store_is_reported_not_served_until_adopted() {
         let hub = SnapshotHub::new();
-        apply(&hub, store_snapshot("a", 5, 3));
+        apply(&hub, store_snapshot("a", 5, 3).into());
         assert_eq!(hub.current().unwrap().version, 5);
 
         // Same store, revision went back (restored from an old backup or wiped): reported.
-        apply(&hub, store_snapshot("a", 0, 0));
+        apply(&hub, store_snapshot("a", 0, 0).into());
         assert_eq!(hub.current().unwrap().resources.len(), 3, "still serving");
         let reset = hub.status().store_reset.expect("reported");
         assert_eq!(
@@ -497,20 +557,60 @@ mod tests {
         );
 
         // A different store: reported too; adopting the wrong id is refused.
-        apply(&hub, store_snapshot("b", 2, 1));
+        apply(&hub, store_snapshot("b", 2, 1).into());
         assert_eq!(hub.current().unwrap().version, 5);
         assert_eq!(hub.status().store_reset.unwrap().found_store_id, "b");
         assert!(hub.adopt("a").is_err());
         hub.adopt("b").unwrap();
-        apply(&hub, store_snapshot("b", 2, 1));
+        apply(&hub, store_snapshot("b", 2, 1).into());
         let current = hub.current().unwrap();
         assert_eq!((current.store_id.as_str(), current.version), ("b", 2));
         assert!(hub.status().store_reset.is_none());
         assert!(hub.adopt("b").is_err(), "nothing pending any more");
 
         // Forward progress on the adopted store needs nothing special.
-        apply(&hub, store_snapshot("b", 3, 2));
+        apply(&hub, store_snapshot("b", 3, 2).into());
         assert_eq!(hub.current().unwrap().version, 3);
+    }
+
+    /// On a SQL store the builder reads what changed, not every resource: a resource no write
+    /// touched is the very one the served snapshot holds, and the result is what a whole read
+    /// gives.
+    #[tokio::test]
+    async fn the_builder_reads_only_the_changes_from_a_sql_store() {
+        use crate::store::{Precondition, PutRequest, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("config.db"))
+            .await
+            .unwrap();
+        let put = |id: &str, uri: &str| PutRequest {
+            kind: ResourceKind::Routes,
+            id: id.to_string(),
+            value: json!({"id": id, "uri": uri, "upstream": {"nodes": {"127.0.0.1:1": 1}}}),
+            references: Vec::new(),
+            claims: Vec::new(),
+            precondition: Precondition::None,
+            actor: None,
+        };
+        for i in 0..50 {
+            store.put(put(&format!("r{i}"), "/a")).await.unwrap();
+        }
+        let serving = build_from(read_store(&store, None).await.unwrap(), None).unwrap();
+        store.put(put("r7", "/changed")).await.unwrap();
+        let found = read_store(&store, Some(&serving)).await.unwrap();
+        assert_eq!(found.revision, serving.version + 1);
+        let whole = store.snapshot().await.unwrap();
+        let read: Vec<StoredResource> = found.resources.iter().map(|r| (**r).clone()).collect();
+        assert_eq!(read, whole.resources);
+        let at = |id: &str| found.resources.iter().position(|r| r.id == id).unwrap();
+        assert!(Arc::ptr_eq(
+            &found.resources[at("r8")],
+            &serving.stored[at("r8")]
+        ));
+        assert!(!Arc::ptr_eq(
+            &found.resources[at("r7")],
+            &serving.stored[at("r7")]
+        ));
     }
 
     #[test]

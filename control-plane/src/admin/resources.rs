@@ -252,7 +252,7 @@ fn from_snapshot(state: &AdminState, kind: ResourceKind) -> Option<(u64, Vec<Sto
         .stored
         .iter()
         .filter(|r| r.kind == kind)
-        .cloned()
+        .map(|r| StoredResource::clone(r))
         .collect();
     Some((snap.version, items))
 }

@@ -338,13 +338,6 @@ fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
 }
 
-fn kind_order(kind: ResourceKind) -> usize {
-    ResourceKind::ALL
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or(usize::MAX)
-}
-
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1273,7 +1266,7 @@ impl ConfigStore for EtcdStore {
                 .iter()
                 .map(|kv| decode_resource(kv).map(StoredResource::from))
                 .collect::<StoreResult<Vec<_>>>()?;
-            resources.sort_by(|a, b| (kind_order(a.kind), &a.id).cmp(&(kind_order(b.kind), &b.id)));
+            super::sort_resources(&mut resources);
             return Ok(StoreSnapshot {
                 store_id,
                 revision,

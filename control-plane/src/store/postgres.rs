@@ -31,14 +31,17 @@ use tokio::sync::{Mutex, MutexGuard, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::sql::{
-    HistoryRow, RowAccess, check_mod_revision, decode_history, decode_resource, encode, from_db,
-    op_text, to_db,
+    HistoryRow, RowAccess, check_mod_revision, decode_history, decode_key, decode_resource, encode,
+    from_db, op_text, to_db,
 };
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
-    PutRequest, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+    PutRequest, StoreChanges, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
-use super::{ReplaceOutcome, ReplaceRequest, Write, WriteRevision, plan_replace, run_detached};
+use super::{
+    ReplaceOutcome, ReplaceRequest, Write, WriteRevision, plan_replace, run_detached,
+    sort_resources,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -1002,13 +1005,56 @@ impl ConfigStore for PostgresStore {
             .iter()
             .map(decode_resource)
             .collect::<StoreResult<Vec<_>>>()?;
-        // Stable sort: ids stay in the order SQL gave them within each kind.
-        resources.sort_by_key(|r| ResourceKind::ALL.iter().position(|k| *k == r.kind));
+        sort_resources(&mut resources);
         Ok(StoreSnapshot {
             store_id,
             revision,
             resources,
         })
+    }
+
+    async fn changes_since(&self, after: u64) -> StoreResult<Option<StoreChanges>> {
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(None);
+        };
+        // One read transaction, as in `snapshot`. Rows changed since carry a newer
+        // `mod_revision` (indexed); deletions are only in the history.
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err)?;
+        let revision = read_revision(&mut *tx).await?;
+        let store_id = read_store_id(&mut *tx).await?;
+        let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE mod_revision > $1");
+        let changed = sqlx::query(&sql)
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let deleted = sqlx::query(
+            "SELECT DISTINCT kind, id FROM history WHERE revision > $1 AND op = 'delete'",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resources")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(StoreChanges {
+            store_id,
+            revision,
+            changed: changed
+                .iter()
+                .map(decode_resource)
+                .collect::<StoreResult<_>>()?,
+            deleted: deleted.iter().map(decode_key).collect::<StoreResult<_>>()?,
+            count: from_db(count, "resource count")?,
+        }))
     }
 
     async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {

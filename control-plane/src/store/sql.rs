@@ -54,6 +54,11 @@ pub(super) fn decode_resource(row: &impl RowAccess) -> StoreResult<StoredResourc
     })
 }
 
+/// A `(kind, id)` row.
+pub(super) fn decode_key(row: &impl RowAccess) -> StoreResult<(ResourceKind, String)> {
+    Ok((decode_kind(row.text("kind")?)?, row.text("id")?))
+}
+
 pub(super) fn decode_history(row: &impl RowAccess) -> StoreResult<HistoryEntry> {
     let revision = from_db(row.int("revision")?, "history.revision")?;
     let op = match row.text("op")?.as_str() {
