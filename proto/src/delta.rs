@@ -4,7 +4,10 @@
 //! Both sides use these two functions, so `apply(base, diff(base, next)) == next` is the contract
 //! (tested below).
 
-use std::collections::HashMap;
+/// Keys are hashed with foldhash: a delta is computed per data plane per change, over every
+/// resource of the config, and SipHash would be most of that work.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use crate::model::ResourceKind;
 use crate::sync::{Resource, ResourceKey};
@@ -25,13 +28,13 @@ pub fn diff(base: &[Resource], next: &[Resource]) -> (Vec<Resource>, Vec<Resourc
         })
         .cloned()
         .collect();
-    let after: HashMap<(&str, &str), ()> = next
+    let after: HashSet<(&str, &str)> = next
         .iter()
-        .map(|r| ((r.kind.as_str(), r.id.as_str()), ()))
+        .map(|r| (r.kind.as_str(), r.id.as_str()))
         .collect();
     let removed = base
         .iter()
-        .filter(|r| !after.contains_key(&(r.kind.as_str(), r.id.as_str())))
+        .filter(|r| !after.contains(&(r.kind.as_str(), r.id.as_str())))
         .map(|r| ResourceKey {
             kind: r.kind.clone(),
             id: r.id.clone(),
@@ -41,20 +44,27 @@ pub fn diff(base: &[Resource], next: &[Resource]) -> (Vec<Resource>, Vec<Resourc
 }
 
 /// `base` with `changed` put in (replacing the same kind and id) and `removed` taken out, in the
-/// control plane's order: kinds in dependency order, then ids.
+/// control plane's order: kinds in dependency order, then ids. Costs a copy of each unchanged
+/// resource's key (bodies are shared) and no more: a delta is a handful of resources on top of
+/// thousands.
 pub fn apply(base: &[Resource], changed: Vec<Resource>, removed: &[ResourceKey]) -> Vec<Resource> {
-    let mut by_key: HashMap<(String, String), Resource> = base
+    let touched: HashSet<(&str, &str)> = changed
         .iter()
-        .map(|r| ((r.kind.clone(), r.id.clone()), r.clone()))
+        .map(|r| (r.kind.as_str(), r.id.as_str()))
+        .chain(removed.iter().map(|k| (k.kind.as_str(), k.id.as_str())))
         .collect();
-    for key in removed {
-        by_key.remove(&(key.kind.clone(), key.id.clone()));
-    }
-    for r in changed {
-        by_key.insert((r.kind.clone(), r.id.clone()), r);
-    }
-    let mut out: Vec<Resource> = by_key.into_values().collect();
+    let mut out: Vec<Resource> = Vec::with_capacity(base.len() + changed.len());
+    out.extend(
+        base.iter()
+            .filter(|r| !touched.contains(&(r.kind.as_str(), r.id.as_str())))
+            .cloned(),
+    );
+    drop(touched);
+    // Reversed, so that of two changes to one resource the later is first, and kept.
+    out.extend(changed.into_iter().rev());
+    // `base` is in order already: this (stable) sort merges the few changed resources in.
     out.sort_by(|a, b| (kind_rank(&a.kind), &a.id).cmp(&(kind_rank(&b.kind), &b.id)));
+    out.dedup_by(|a, b| a.kind == b.kind && a.id == b.id);
     out
 }
 
