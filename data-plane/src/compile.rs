@@ -838,22 +838,7 @@ pub fn compile(
             plugin_states,
         }));
     }
-    // Most edits (plugins, upstream, `desc`) leave every route's paths, hosts, methods and
-    // priority as they were: the same specs in the same positions make the same router.
-    let kept = previous.filter(|p| {
-        p.sources.len() == sources.len()
-            && p.sources
-                .iter()
-                .zip(&sources)
-                .all(|(a, b)| Arc::ptr_eq(a, b) || a.spec == b.spec)
-    });
-    let router = match kept {
-        Some(p) => p.router.clone(),
-        None => {
-            let specs: Vec<&RouteSpec> = sources.iter().map(|s| &s.spec).collect();
-            Arc::new(Router::build(&specs).map_err(|e| CompileError::Router(e.to_string()))?)
-        }
-    };
+    let router = route_table(previous, &sources)?;
     let any_vars = routes.iter().any(|r| !r.vars.is_empty());
     let tls = crate::tls::SniCerts::build(&set.ssls)
         .map_err(|(id, e)| invalid("ssls", &id, ValidationError::new("key", e)))?;
@@ -871,6 +856,43 @@ pub fn compile(
             context,
         }),
     })
+}
+
+/// At most this many changed specs are patched into the previous router; more, and it is built
+/// whole (a patch copies the router, then redoes each changed route's paths).
+const MAX_PATCHED_ROUTES: usize = 64;
+
+/// The router for `sources`. Most edits (plugins, upstream, `desc`) leave every route's paths,
+/// hosts, methods and priority as they were: the same specs in the same positions make the
+/// same router, which is kept. A few routes changed in place (same ids in the same positions,
+/// say a path edited) are patched into a copy of it; anything else builds it whole.
+fn route_table(
+    previous: Option<&CompiledConfig>,
+    sources: &[Arc<RouteSource>],
+) -> Result<Arc<Router>, CompileError> {
+    let router_error = |e: crate::router::RouterError| CompileError::Router(e.to_string());
+    let specs: Vec<&RouteSpec> = sources.iter().map(|s| &s.spec).collect();
+    let Some(p) = previous.filter(|p| p.sources.len() == sources.len()) else {
+        return Ok(Arc::new(Router::build(&specs).map_err(router_error)?));
+    };
+    let mut changed: Vec<(usize, &RouteSpec)> = Vec::new();
+    for (i, (a, b)) in p.sources.iter().zip(sources).enumerate() {
+        if Arc::ptr_eq(a, b) || a.spec == b.spec {
+            continue;
+        }
+        if a.spec.id != b.spec.id || changed.len() == MAX_PATCHED_ROUTES {
+            return Ok(Arc::new(Router::build(&specs).map_err(router_error)?));
+        }
+        changed.push((i, &a.spec));
+    }
+    if changed.is_empty() {
+        return Ok(p.router.clone());
+    }
+    let router = match p.router.patched(&specs, &changed) {
+        Some(patched) => patched,
+        None => Router::build(&specs),
+    };
+    Ok(Arc::new(router.map_err(router_error)?))
 }
 
 fn methods(route: &RouteConfig) -> Result<Option<Vec<Method>>, ValidationError> {

@@ -872,3 +872,116 @@ fn many_regex_paths_cost_what_their_literal_prefixes_select() {
         rx.candidates("/svc7/v2/x")
     );
 }
+
+/// A router patched with a few changed routes finds, for every request, what a router built
+/// from scratch on the changed routes finds: random tables of exact and prefix paths, hosts,
+/// methods and priorities; random edits (paths moved, added, dropped, hosts and methods
+/// changed); a grid of requests.
+#[test]
+fn a_patched_router_finds_what_a_built_one_finds() {
+    let paths = [
+        "/", "/a", "/a/b", "/a/b/c", "/b", "/*", "/a*", "/a/*", "/a/b/*", "/b/*", "/ab*", "/c/*",
+    ];
+    let hosts = ["a.example", "*.example", "b.example", "*.b.example"];
+    let methods = ["GET", "POST"];
+    let random_spec = |rng: &mut fastrand::Rng, id: String| {
+        let mut p: Vec<String> = (0..rng.usize(1..=3))
+            .map(|_| paths[rng.usize(..paths.len())].to_string())
+            .collect();
+        p.sort();
+        p.dedup();
+        let h: Vec<String> = (0..rng.usize(0..=2))
+            .map(|_| hosts[rng.usize(..hosts.len())].to_string())
+            .collect();
+        let m = rng
+            .bool()
+            .then(|| vec![method(methods[rng.usize(..methods.len())])]);
+        RouteSpec {
+            id,
+            paths: p,
+            hosts: h,
+            methods: m,
+            priority: rng.i32(0..3),
+        }
+    };
+    let requests: Vec<(Method, Option<&str>, &str)> = {
+        let req_paths = [
+            "/", "/a", "/a/b", "/a/b/c", "/a/x", "/ab", "/abc", "/b", "/b/x", "/c/d",
+        ];
+        let req_hosts = [
+            None,
+            Some("a.example"),
+            Some("x.example"),
+            Some("x.b.example"),
+        ];
+        let mut out = Vec::new();
+        for p in req_paths {
+            for h in req_hosts {
+                for m in ["GET", "POST", "PUT"] {
+                    out.push((method(m), h, p));
+                }
+            }
+        }
+        out
+    };
+    let mut compared = 0;
+    for seed in 0..300 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let count = rng.usize(1..40);
+        let mut specs: Vec<RouteSpec> = (0..count)
+            .map(|i| random_spec(&mut rng, format!("r{i:02}")))
+            .collect();
+        let mut router = Router::build(&specs).expect("builds");
+        // Several rounds of edits on the patched router, as a DP applies change after change.
+        for _ in 0..4 {
+            let mut changed = Vec::new();
+            let before = specs.clone();
+            for _ in 0..rng.usize(1..=3) {
+                let i = rng.usize(..count);
+                if changed.iter().any(|&(j, _)| j == i) {
+                    continue;
+                }
+                specs[i] = random_spec(&mut rng, specs[i].id.clone());
+                changed.push((i, &before[i]));
+            }
+            router = router
+                .patched(&specs, &changed)
+                .expect("plain paths patch")
+                .expect("valid routes");
+            let built = Router::build(&specs).expect("builds");
+            for (m, h, p) in &requests {
+                assert_eq!(
+                    router.find(m, *h, p),
+                    built.find(m, *h, p),
+                    "seed {seed}: {m} {h:?} {p}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 100_000);
+}
+
+/// A change that involves a parameterised or regex path is not patched (those indexes are
+/// built whole); an invalid changed route is refused as a build would refuse it.
+#[test]
+fn a_patch_declines_param_and_regex_paths_and_refuses_invalid_routes() {
+    let specs = vec![path("a", &["/a"]), path("b", &["/b/:id"])];
+    let router = Router::build(&specs).unwrap();
+    let mut moved = specs.clone();
+    moved[0] = path("a", &["/a/:x"]);
+    assert!(router.patched(&moved, &[(0, &specs[0])]).is_none());
+    let mut moved = specs.clone();
+    moved[1] = path("b", &["/b"]);
+    assert!(router.patched(&moved, &[(1, &specs[1])]).is_none());
+    let mut bad = specs.clone();
+    bad[0] = path("a", &["no-slash"]);
+    let err = router
+        .patched(&bad, &[(0, &specs[0])])
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, RouterError::InvalidRoute { index: 0, .. }),
+        "{err}"
+    );
+}
