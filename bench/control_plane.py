@@ -10,7 +10,10 @@ control plane (SQLite store) and three data planes on free loopback ports, then 
   keep-alive connections, so the resolution is a fraction of a millisecond); p50/p90/p99/max;
 - 10,000 routes: one `PUT /admin/config` of 10,000 routes (one revision), then the time until
   all three DPs serve it, and the DPs' own compile time (their log's `compile_ms`);
-- a one-route change on top of 10,000 routes: 20 writes, propagation p50/max as above;
+- a one-route change on top of 10,000 routes: 20 writes of `desc`, then 20 path changes,
+  propagation p50/max as above, with the CP's build and the DPs' compile times from their logs;
+- the bytes the CP sent the DPs while they took the 10,000-route snapshot (`ss -ti`'s
+  bytes_sent of the sync port's connections: what the wire carried, compressed);
 - DP resident memory (VmRSS) with 10 routes and with 10,000 routes.
 
 Writes a Markdown report to stdout. Standard library only.
@@ -84,6 +87,13 @@ def rss_kib(pid):
     return 0
 
 
+def bytes_sent_from(port):
+    """Bytes sent so far on the established TCP connections from a local port (`ss -ti`)."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"sport = :{port}"],
+                         capture_output=True, text=True).stdout
+    return sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
+
+
 def pct(values, p):
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
@@ -153,6 +163,7 @@ def main():
             times.append(ms)
 
         routes = [{"id": f"big{i}", "uri": f"/big/{i}/*", "upstream": upstream} for i in range(10_000)]
+        sent_before = bytes_sent_from(sync_port)
         t0 = time.perf_counter()
         code, answer = admin.call("PUT", "/admin/config", {"resources": {"routes": routes}})
         assert code == 200, (code, answer)
@@ -161,6 +172,7 @@ def main():
         t1 = time.perf_counter()
         wait_until("10,000 routes on every DP", lambda: min(versions()) >= rev, timeout=120)
         big_ms = (time.perf_counter() - t1) * 1e3
+        sync_kib = (bytes_sent_from(sync_port) - sent_before) / 1024
         time.sleep(1)
         rss_big = [rss_kib(p.pid) for p, _ in dps]
 
@@ -169,6 +181,12 @@ def main():
             ms, _ = propagate(f"/admin/routes/big{n}",
                               {"uri": f"/big/{n}/*", "upstream": upstream, "desc": f"change {n}"})
             big_times.append(ms)
+        # A path change: the route's matching changes, so the DP's router changes too.
+        path_times = []
+        for n in range(20):
+            ms, _ = propagate(f"/admin/routes/big{n}",
+                              {"uri": f"/big/{n}/v2/*", "upstream": upstream})
+            path_times.append(ms)
 
         ansi = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -187,10 +205,14 @@ def main():
         compile_ms = [logged(f"dp{i}", "compile_ms").get(rev) for i in range(DPS)]
         compile_ms = [c for c in compile_ms if c is not None]
         small_revs = range(rev + 1, rev + 21)
+        path_revs = range(rev + 21, rev + 41)
         cp_build = logged("cp", "build_ms")
         small_build = [cp_build[r] for r in small_revs if r in cp_build]
         small_compile = [c for i in range(DPS) for r, c in logged(f"dp{i}", "compile_ms").items()
                          if r in small_revs]
+        path_build = [cp_build[r] for r in path_revs if r in cp_build]
+        path_compile = [c for i in range(DPS) for r, c in logged(f"dp{i}", "compile_ms").items()
+                        if r in path_revs]
 
         print("| figure | value |")
         print("| --- | ---: |")
@@ -201,12 +223,21 @@ def main():
         if compile_ms:
             print(f"| … of which each DP's compile (log `compile_ms`) | "
                   f"{' / '.join(f'{c:.0f}' for c in compile_ms)} ms |")
+        print(f"| … bytes the CP sent to the {DPS} DPs meanwhile (`ss`: the snapshot as sent) | "
+              f"{sync_kib:.0f} KiB |")
         print(f"| propagation of a one-route change at 10,000 routes, 20 changes: p50 / max "
               f"| {pct(big_times, 50):.1f} / {max(big_times):.1f} ms |")
         if small_build:
-            print(f"| … of which the CP's snapshot build (log `build_ms`), p50 | {pct(small_build, 50):.0f} ms |")
+            print(f"| … of which the CP's snapshot build (log `build_ms`), p50 | {pct(small_build, 50):.1f} ms |")
         if small_compile:
-            print(f"| … and each DP's compile (log `compile_ms`), p50 | {pct(small_compile, 50):.0f} ms |")
+            print(f"| … and each DP's compile (log `compile_ms`), p50 | {pct(small_compile, 50):.1f} ms |")
+        print(f"| propagation of a one-route path change at 10,000 routes, 20 changes: p50 / max "
+              f"| {pct(path_times, 50):.1f} / {max(path_times):.1f} ms |")
+        if path_build:
+            print(f"| … of which the CP's snapshot build (log `build_ms`), p50 | {pct(path_build, 50):.1f} ms |")
+        if path_compile:
+            print(f"| … and each DP's compile (log `compile_ms`), p50 / max | "
+                  f"{pct(path_compile, 50):.1f} / {max(path_compile):.1f} ms |")
         print(f"| DP resident memory (VmRSS) at 10 routes | "
               f"{' / '.join(f'{r / 1024:.1f}' for r in rss_small)} MiB |")
         print(f"| DP resident memory (VmRSS) at 10,000 routes | "
