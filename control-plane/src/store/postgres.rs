@@ -31,8 +31,8 @@ use tokio::sync::{Mutex, MutexGuard, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::sql::{
-    HistoryRow, RowAccess, check_mod_revision, decode_history, decode_key, decode_resource, encode,
-    from_db, op_text, to_db,
+    HistoryRow, RowAccess, check_mod_revision, decode_changes, decode_history, decode_resource,
+    encode, from_db, op_text, to_db,
 };
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedClaim, OwnedReference, Precondition,
@@ -1045,16 +1045,7 @@ impl ConfigStore for PostgresStore {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(Some(StoreChanges {
-            store_id,
-            revision,
-            changed: changed
-                .iter()
-                .map(decode_resource)
-                .collect::<StoreResult<_>>()?,
-            deleted: deleted.iter().map(decode_key).collect::<StoreResult<_>>()?,
-            count: from_db(count, "resource count")?,
-        }))
+        decode_changes(store_id, revision, &changed, &deleted, count).map(Some)
     }
 
     async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {

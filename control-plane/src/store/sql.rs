@@ -7,7 +7,7 @@ use std::str::FromStr;
 use postern_proto::model::ResourceKind;
 use serde_json::Value;
 
-use super::{HistoryEntry, HistoryOp, StoreError, StoreResult, StoredResource};
+use super::{HistoryEntry, HistoryOp, StoreChanges, StoreError, StoreResult, StoredResource};
 
 /// Typed access to the columns of one row, implemented by each backend for its row type.
 pub(super) trait RowAccess {
@@ -54,9 +54,28 @@ pub(super) fn decode_resource(row: &impl RowAccess) -> StoreResult<StoredResourc
     })
 }
 
-/// A `(kind, id)` row.
-pub(super) fn decode_key(row: &impl RowAccess) -> StoreResult<(ResourceKind, String)> {
-    Ok((decode_kind(row.text("kind")?)?, row.text("id")?))
+/// What `changes_since` read in its transaction: the rows changed since (all columns), the
+/// `(kind, id)` rows of the deletions since, and the count of resources.
+pub(super) fn decode_changes<R: RowAccess>(
+    store_id: String,
+    revision: u64,
+    changed: &[R],
+    deleted: &[R],
+    count: i64,
+) -> StoreResult<StoreChanges> {
+    Ok(StoreChanges {
+        store_id,
+        revision,
+        changed: changed
+            .iter()
+            .map(decode_resource)
+            .collect::<StoreResult<_>>()?,
+        deleted: deleted
+            .iter()
+            .map(|row| Ok((decode_kind(row.text("kind")?)?, row.text("id")?)))
+            .collect::<StoreResult<_>>()?,
+        count: from_db(count, "resource count")?,
+    })
 }
 
 pub(super) fn decode_history(row: &impl RowAccess) -> StoreResult<HistoryEntry> {
