@@ -27,7 +27,24 @@ async fn scripted_data_plane(
     mpsc::Sender<DataPlaneMessage>,
     tonic::Streaming<ControlPlaneMessage>,
 ) {
-    let mut client = ConfigSyncClient::connect(cp.sync_url()).await.unwrap();
+    let (tx, response) = open_stream(cp.sync_url(), node_id, false).await;
+    (tx, response.into_inner())
+}
+
+/// Opens a sync stream to `url` and says Hello as `node_id`, accepting zstd-compressed messages
+/// or not; the response carries the CP's headers.
+async fn open_stream(
+    url: String,
+    node_id: &str,
+    accept_zstd: bool,
+) -> (
+    mpsc::Sender<DataPlaneMessage>,
+    tonic::Response<tonic::Streaming<ControlPlaneMessage>>,
+) {
+    let mut client = ConfigSyncClient::connect(url).await.unwrap();
+    if accept_zstd {
+        client = client.accept_compressed(tonic::codec::CompressionEncoding::Zstd);
+    }
     let (tx, rx) = mpsc::channel(4);
     tx.send(DataPlaneMessage {
         message: Some(data_plane_message::Message::Hello(Hello {
@@ -37,12 +54,22 @@ async fn scripted_data_plane(
     })
     .await
     .unwrap();
-    let inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, inbound)
+    let response = client.stream(ReceiverStream::new(rx)).await.unwrap();
+    (tx, response)
+}
+
+/// The next snapshot on a stream (other messages skipped), within 10 s.
+async fn next_snapshot(inbound: &mut tonic::Streaming<ControlPlaneMessage>) -> Snapshot {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        if let Some(control_plane_message::Message::Snapshot(s)) = msg.message {
+            return s;
+        }
+    }
 }
 
 #[tokio::test]
@@ -419,29 +446,19 @@ async fn control_plane_sends_deltas_after_the_first_snapshot() {
             .await;
     }
     let (_tx, mut inbound) = scripted_data_plane(&cp, "delta-dp").await;
-    let mut next_snapshot = async || loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .expect("the stream stays open");
-        if let Some(control_plane_message::Message::Snapshot(s)) = msg.message {
-            break s;
-        }
-    };
     // The first message is whole. The CP may send the snapshot it had before the last write was
     // built in first; the next ones then follow as deltas until the writes' version.
-    let mut s = next_snapshot().await;
+    let mut s = next_snapshot(&mut inbound).await;
     assert!(!s.delta, "the first snapshot of a stream is whole: {s:?}");
     while s.version < rev {
-        let next = next_snapshot().await;
+        let next = next_snapshot(&mut inbound).await;
         assert!(!next.delta || next.base_version == s.version, "{next:?}");
         s = next;
     }
     assert_eq!(s.version, rev);
 
     let rev2 = admin.put_ok("/admin/routes/r1", route("/r1-changed")).await;
-    let delta = next_snapshot().await;
+    let delta = next_snapshot(&mut inbound).await;
     assert!(delta.delta, "{delta:?}");
     assert_eq!((delta.version, delta.base_version), (rev2, rev));
     let ids: Vec<&str> = delta.resources.iter().map(|r| r.id.as_str()).collect();
@@ -453,7 +470,7 @@ async fn control_plane_sends_deltas_after_the_first_snapshot() {
         .await
         .unwrap();
     assert_eq!(status, 200);
-    let delta = next_snapshot().await;
+    let delta = next_snapshot(&mut inbound).await;
     assert_eq!(
         (delta.delta, delta.base_version, delta.resources.len()),
         (true, rev2, 0)
@@ -573,37 +590,17 @@ async fn snapshots_are_compressed_for_a_data_plane_that_accepts_zstd() {
     let mut results = Vec::new();
     for compressed in [false, true] {
         let (relay, received) = counting_relay(cp.sync).await;
-        let mut client = ConfigSyncClient::connect(format!("http://{relay}"))
-            .await
-            .unwrap();
-        if compressed {
-            client = client.accept_compressed(tonic::codec::CompressionEncoding::Zstd);
-        }
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(DataPlaneMessage {
-            message: Some(data_plane_message::Message::Hello(Hello {
-                node_id: format!("zstd-{compressed}"),
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let response = client.stream(ReceiverStream::new(rx)).await.unwrap();
+        let (tx, response) = open_stream(
+            format!("http://{relay}"),
+            &format!("zstd-{compressed}"),
+            compressed,
+        )
+        .await;
         let encoding = response
             .metadata()
             .get("grpc-encoding")
             .map(|v| v.to_str().unwrap().to_string());
-        let mut inbound = response.into_inner();
-        let snapshot = loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-                .await
-                .expect("a message within 10 s")
-                .unwrap()
-                .expect("the stream stays open");
-            if let Some(control_plane_message::Message::Snapshot(s)) = msg.message {
-                break s;
-            }
-        };
+        let snapshot = next_snapshot(&mut response.into_inner()).await;
         let bytes = received.load(Ordering::Relaxed);
         let body_bytes: usize = snapshot.resources.iter().map(|r| r.body.len()).sum();
         println!(
