@@ -86,7 +86,7 @@ impl From<StoreSnapshot> for Found {
     }
 }
 
-/// Reads the store now: only what changed since `serving` when the store can tell (SQL stores),
+/// Reads the store now: only what changed since `serving` when the store can tell (all three),
 /// so a one-route write at 10,000 routes reads one row rather than every resource; the whole
 /// store otherwise, or when the changes do not add up on top of `serving`.
 async fn read_store(store: &dyn ConfigStore, serving: Option<&Snapshot>) -> StoreResult<Found> {

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     ConfigStore, DeleteRequest, HistoryEntry, HistoryOp, OwnedReference, Precondition, PutRequest,
-    StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
+    StoreChanges, StoreError, StoreResult, StoreSnapshot, StoredResource, WriteOutcome,
 };
 use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
 
@@ -1276,6 +1276,78 @@ impl ConfigStore for EtcdStore {
         Err(StoreError::Unavailable(
             "the store id keeps disappearing".to_string(),
         ))
+    }
+
+    async fn changes_since(&self, after: u64) -> StoreResult<Option<StoreChanges>> {
+        let inner = &self.inner;
+        let Some(next) = after.checked_add(1).filter(|_| after > 0) else {
+            return Ok(None);
+        };
+        // The etcd revision of the transaction that made store revision `after`: that of its
+        // history key(s). Every change since has a newer etcd `mod_revision`.
+        let made = inner
+            .get(
+                "changes",
+                inner.keys.history_at(after),
+                Some(
+                    GetOptions::new()
+                        .with_range(inner.keys.history_at(next))
+                        .with_limit(1)
+                        .with_keys_only(),
+                ),
+            )
+            .await?;
+        let Some(made) = made.kvs().first().map(|kv| kv.mod_revision()) else {
+            // No history at `after` (a store older than its history): read whole.
+            return Ok(None);
+        };
+        // One transaction: every read sees the same etcd revision.
+        let txn = Txn::new().and_then([
+            TxnOp::get(inner.keys.revision(), None),
+            TxnOp::get(inner.keys.store_id(), None),
+            TxnOp::get(
+                inner.keys.resources(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_min_mod_revision(made + 1),
+                ),
+            ),
+            TxnOp::get(
+                inner.keys.history_at(next),
+                Some(GetOptions::new().with_range(prefix_end(&inner.keys.history()))),
+            ),
+            TxnOp::get(
+                inner.keys.resources(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
+        ]);
+        let resp = inner.txn("changes", Retry::Safe, txn).await?;
+        let answers = read_answers(&resp, 5)?;
+        let Some(store_id) = answers[1].kvs().first() else {
+            return Ok(None);
+        };
+        let store_id = decode_store_id(store_id)?;
+        let (revision, _) = decode_counter(answers[0].kvs().first())?;
+        let changed = answers[2]
+            .kvs()
+            .iter()
+            .map(|kv| decode_resource(kv).map(StoredResource::from))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut deleted = Vec::new();
+        for kv in answers[3].kvs() {
+            let h = decode_history(kv)?;
+            if matches!(h.op, HistoryOp::Delete) {
+                deleted.push((h.kind, h.id));
+            }
+        }
+        Ok(Some(StoreChanges {
+            store_id,
+            revision,
+            changed,
+            deleted,
+            count: u64::try_from(answers[4].count()).unwrap_or(0),
+        }))
     }
 
     async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {

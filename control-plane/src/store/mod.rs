@@ -419,7 +419,7 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// What changed after revision `after`, read in one consistent transaction like
     /// [`ConfigStore::snapshot`]: for a reader that holds the store at `after` and wants it at
     /// the current revision without reading every resource. `None` when this store cannot tell
-    /// (the default; etcd reads whole).
+    /// (the default; etcd when its history does not reach back to `after`).
     async fn changes_since(&self, after: u64) -> StoreResult<Option<StoreChanges>> {
         let _ = after;
         Ok(None)
