@@ -41,6 +41,11 @@ use super::{
 };
 use super::{ReplaceOutcome, ReplaceRequest, Write, plan_replace, run_detached};
 
+/// `changes_since` reads at most this many changed resources (one read each, in one
+/// transaction with three more: within etcd's default `--max-txn-ops` of 128); more, and the
+/// builder reads the store whole.
+pub(super) const MAX_CHANGES_READ: usize = 100;
+
 /// How long connecting to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one call may take, retries included, before the store answers `Unavailable`: a dead
@@ -1283,70 +1288,66 @@ impl ConfigStore for EtcdStore {
         let Some(next) = after.checked_add(1).filter(|_| after > 0) else {
             return Ok(None);
         };
-        // The etcd revision of the transaction that made store revision `after`: that of its
-        // history key(s). Every change since has a newer etcd `mod_revision`.
-        let made = inner
+        // Which resources the history says were written since. (A range filtered by etcd
+        // `mod_revision` would do in one read, but etcd reads every value of the range to
+        // filter it: 30 ms at 10,000 routes.)
+        let history = inner
             .get(
                 "changes",
-                inner.keys.history_at(after),
-                Some(
-                    GetOptions::new()
-                        .with_range(inner.keys.history_at(next))
-                        .with_limit(1)
-                        .with_keys_only(),
-                ),
+                inner.keys.history_at(next),
+                Some(GetOptions::new().with_range(prefix_end(&inner.keys.history()))),
             )
             .await?;
-        let Some(made) = made.kvs().first().map(|kv| kv.mod_revision()) else {
-            // No history at `after` (a store older than its history): read whole.
-            return Ok(None);
-        };
-        // One transaction: every read sees the same etcd revision.
-        let txn = Txn::new().and_then([
+        let mut touched = BTreeSet::new();
+        let mut last = after;
+        for kv in history.kvs() {
+            let h = decode_history(kv)?;
+            last = last.max(h.revision);
+            touched.insert((h.kind, h.id));
+            if touched.len() > MAX_CHANGES_READ {
+                return Ok(None);
+            }
+        }
+        let touched: Vec<(ResourceKind, String)> = touched.into_iter().collect();
+        // Those resources as they are now, in one transaction with the revision they are at.
+        let mut reads = vec![
             TxnOp::get(inner.keys.revision(), None),
             TxnOp::get(inner.keys.store_id(), None),
             TxnOp::get(
                 inner.keys.resources(),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_min_mod_revision(made + 1),
-                ),
-            ),
-            TxnOp::get(
-                inner.keys.history_at(next),
-                Some(GetOptions::new().with_range(prefix_end(&inner.keys.history()))),
-            ),
-            TxnOp::get(
-                inner.keys.resources(),
                 Some(GetOptions::new().with_prefix().with_count_only()),
             ),
-        ]);
-        let resp = inner.txn("changes", Retry::Safe, txn).await?;
-        let answers = read_answers(&resp, 5)?;
+        ];
+        reads.extend(
+            touched
+                .iter()
+                .map(|(kind, id)| TxnOp::get(inner.keys.resource(*kind, id), None)),
+        );
+        let resp = inner
+            .txn("changes", Retry::Safe, Txn::new().and_then(reads))
+            .await?;
+        let answers = read_answers(&resp, 3 + touched.len())?;
+        let (revision, _) = decode_counter(answers[0].kvs().first())?;
         let Some(store_id) = answers[1].kvs().first() else {
             return Ok(None);
         };
-        let store_id = decode_store_id(store_id)?;
-        let (revision, _) = decode_counter(answers[0].kvs().first())?;
-        let changed = answers[2]
-            .kvs()
-            .iter()
-            .map(|kv| decode_resource(kv).map(StoredResource::from))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let mut deleted = Vec::new();
-        for kv in answers[3].kvs() {
-            let h = decode_history(kv)?;
-            if matches!(h.op, HistoryOp::Delete) {
-                deleted.push((h.kind, h.id));
+        if revision != last {
+            // A write landed between the two reads (or the history misses one): read whole.
+            return Ok(None);
+        }
+        let (mut changed, mut deleted) = (Vec::new(), Vec::new());
+        for ((kind, id), answer) in touched.into_iter().zip(&answers[3..]) {
+            match answer.kvs().first() {
+                Some(kv) => changed.push(decode_resource(kv)?.into()),
+                None => deleted.push((kind, id)),
             }
         }
         Ok(Some(StoreChanges {
-            store_id,
+            store_id: decode_store_id(store_id)?,
             revision,
             changed,
             deleted,
-            count: u64::try_from(answers[4].count()).unwrap_or(0),
+            count: u64::try_from(answers[2].count()).unwrap_or(0),
         }))
     }
 

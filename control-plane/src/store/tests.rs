@@ -2196,6 +2196,24 @@ rm -rf "$dir""#;
         .await;
     }
 
+    /// More changed resources than one etcd transaction may read: `changes_since` says so
+    /// (`None`, the builder reads whole) instead of failing on the cluster's `--max-txn-ops`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_beyond_one_transaction_are_read_whole() {
+        let store = connect(&prefix("many_changes")).await;
+        let s: &dyn ConfigStore = &store;
+        let start = put_ok(s, put_req(UP, "first", json!({}))).await.revision;
+        for i in 0..=crate::store::etcd::MAX_CHANGES_READ {
+            put_ok(s, put_req(UP, &format!("u{i}"), json!({}))).await;
+        }
+        assert!(s.changes_since(start).await.expect("changes").is_none());
+        // A few changes still come as changes.
+        let now = s.revision().await.expect("revision");
+        put_ok(s, put_req(UP, "u0", json!({"n": 1}))).await;
+        let changes = s.changes_since(now).await.expect("changes").expect("a few");
+        assert_eq!(ids(&changes.changed), vec![(UP, "u0")]);
+    }
+
     #[tokio::test]
     async fn store_ids_are_per_prefix() {
         let (p, q) = (prefix("ids"), prefix("ids"));
