@@ -34,6 +34,9 @@ import time
 
 # BENCH_DPS: how many data planes (default 3, as issue 11 asks).
 DPS = int(os.environ.get("BENCH_DPS", "3"))
+# BENCH_STORE: `sqlite` (default), `etcd` (a fresh etcd of the run's own, Debian's etcd-server),
+# or a store URL for --store (say a Postgres database made for the run).
+STORE = os.environ.get("BENCH_STORE", "sqlite")
 
 
 def free_port():
@@ -113,9 +116,23 @@ def main():
         return p
 
     try:
+        store = []
+        if STORE == "etcd":
+            client, peer = free_port(), free_port()
+            spawn("etcd", ["etcd", "--data-dir", f"{tmp}/etcd", "--name", "bench",
+                           "--listen-client-urls", f"http://127.0.0.1:{client}",
+                           "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                           "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                           "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                           "--initial-cluster", f"bench=http://127.0.0.1:{peer}",
+                           # The 10,000-route write is one transaction (README: `PUT /admin/config`).
+                           "--max-txn-ops", "100000", "--max-request-bytes", "33554432"])
+            store = ["--store", f"etcd://127.0.0.1:{client}/postern-bench"]
+        elif STORE != "sqlite":
+            store = ["--store", STORE]
         spawn("cp", [f"{bin_dir}/control-plane", "--data-dir", f"{tmp}/cp",
                      "--admin-listen", f"127.0.0.1:{admin_port}",
-                     "--sync-listen", f"127.0.0.1:{sync_port}", "--admin-key", key])
+                     "--sync-listen", f"127.0.0.1:{sync_port}", "--admin-key", key] + store)
         admin = Http(admin_port, key)
         wait_until("the Admin API", lambda: admin.call("GET", "/admin/status")[0] == 200)
         dps = []

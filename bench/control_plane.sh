@@ -7,6 +7,7 @@
 #                              bench/results/<date>-control-plane.md
 #
 # BENCH_SKIP_BUILD=1 uses the binaries already built; BENCH_DPS=N runs N data planes (default 3);
+# BENCH_STORE=etcd runs the CP on an etcd of its own (or BENCH_STORE=<store URL>; default sqlite);
 # CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +21,7 @@ OUT="$REPO/bench/results/$(date +%F)-control-plane.md"
   echo
   echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)."
   echo "Postern commit: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet || echo ' (with uncommitted changes)')."
-  echo "One control plane (SQLite store) and 3 data planes on this machine, release build."
+  echo "One control plane (store: ${BENCH_STORE:-sqlite}) and ${BENCH_DPS:-3} data planes on this machine, release build."
   echo
   python3 "$REPO/bench/control_plane.py" "$TARGET_DIR/release"
 } | tee "$OUT.tmp"
