@@ -39,6 +39,29 @@ pub struct Snapshot {
     pub build_time: Duration,
     /// Unix seconds.
     pub published_at: i64,
+    /// The delta from one base version to this snapshot, kept for the next stream that needs
+    /// the same (see [`Snapshot::delta_from`]).
+    delta_memo: Mutex<Option<(u64, Arc<Delta>)>>,
+}
+
+/// What changed from one snapshot to another: resources added or changed, keys removed.
+pub type Delta = (Vec<sync::Resource>, Vec<sync::ResourceKey>);
+
+impl Snapshot {
+    /// The delta from `base` (a snapshot of the same store) to this one. Every stream that sent
+    /// `base` last needs the same one: the first computes it (a pass over every resource of
+    /// both), the others take it, so a change costs the CP one diff however many DPs follow.
+    pub fn delta_from(&self, base: &Snapshot) -> Arc<Delta> {
+        let mut memo = lock(&self.delta_memo);
+        if let Some((version, delta)) = memo.as_ref()
+            && *version == base.version
+        {
+            return delta.clone();
+        }
+        let delta = Arc::new(postern_proto::delta::diff(&base.resources, &self.resources));
+        *memo = Some((base.version, delta.clone()));
+        delta
+    }
 }
 
 /// Receives the latest snapshot (`None` until the first one is built).
@@ -189,6 +212,7 @@ fn build_from(store: Found, previous: Option<&Snapshot>) -> Result<Snapshot, Val
         stored: store.resources,
         build_time: started.elapsed(),
         published_at: unix_now(),
+        delta_memo: Mutex::new(None),
     })
 }
 
@@ -611,6 +635,26 @@ mod tests {
             &found.resources[at("r7")],
             &serving.stored[at("r7")]
         ));
+    }
+
+    /// Every stream at the same base needs the same delta: computed once, then shared; a
+    /// stream at another base gets its own.
+    #[test]
+    fn a_delta_is_computed_once_for_the_streams_at_one_base() {
+        let a = build(store_snapshot("s", 1, 3), None).unwrap();
+        let b = build(store_snapshot("s", 2, 4), Some(&a)).unwrap();
+        let first = b.delta_from(&a);
+        assert!(Arc::ptr_eq(&first, &b.delta_from(&a)), "shared");
+        assert_eq!(
+            *first,
+            postern_proto::delta::diff(&a.resources, &b.resources)
+        );
+        let added: Vec<&str> = first.0.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(added, ["r3"]);
+        let empty = build(store_snapshot("s", 0, 0), None).unwrap();
+        let from_empty = b.delta_from(&empty);
+        assert_eq!(from_empty.0.len(), 4);
+        assert!(!Arc::ptr_eq(&first, &from_empty));
     }
 
     #[test]

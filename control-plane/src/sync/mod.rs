@@ -228,18 +228,19 @@ fn wire_snapshot(
     let Some(base) = sent.filter(|b| b.store_id == next.store_id) else {
         return whole();
     };
-    let (changed, removed) = postern_proto::delta::diff(&base.resources, &next.resources);
+    let delta = next.delta_from(base);
+    let (changed, removed) = &*delta;
     // Most of the config changed: the whole snapshot says it in fewer bytes.
     if (changed.len() + removed.len()) * 2 > next.resources.len().max(1) {
         return whole();
     }
     WireSnapshot {
         version: next.version,
-        resources: changed,
+        resources: changed.clone(),
         store_id: next.store_id.clone(),
         delta: true,
         base_version: base.version,
-        removed,
+        removed: removed.clone(),
         ..WireSnapshot::default()
     }
 }
