@@ -97,6 +97,13 @@ def bytes_sent_from(port):
     return sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values, p):
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
@@ -130,7 +137,7 @@ def main():
             store = ["--store", f"etcd://127.0.0.1:{client}/postern-bench"]
         elif STORE != "sqlite":
             store = ["--store", STORE]
-        spawn("cp", [f"{bin_dir}/control-plane", "--data-dir", f"{tmp}/cp",
+        cp = spawn("cp", [f"{bin_dir}/control-plane", "--data-dir", f"{tmp}/cp",
                      "--admin-listen", f"127.0.0.1:{admin_port}",
                      "--sync-listen", f"127.0.0.1:{sync_port}", "--admin-key", key] + store)
         admin = Http(admin_port, key)
@@ -194,10 +201,12 @@ def main():
         rss_big = [rss_kib(p.pid) for p, _ in dps]
 
         big_times = []
+        cp_cpu_before = cpu_seconds(cp.pid)
         for n in range(20):
             ms, _ = propagate(f"/admin/routes/big{n}",
                               {"uri": f"/big/{n}/*", "upstream": upstream, "desc": f"change {n}"})
             big_times.append(ms)
+        cp_cpu_ms = (cpu_seconds(cp.pid) - cp_cpu_before) * 1e3 / 20
         # A path change: the route's matching changes, so the DP's router changes too.
         path_times = []
         for n in range(20):
@@ -248,6 +257,7 @@ def main():
             print(f"| … of which the CP's snapshot build (log `build_ms`), p50 | {pct(small_build, 50):.1f} ms |")
         if small_compile:
             print(f"| … and each DP's compile (log `compile_ms`), p50 | {pct(small_compile, 50):.1f} ms |")
+        print(f"| … the CP's CPU per change (write, build, a delta to each of {DPS} DPs) | {cp_cpu_ms:.1f} ms |")
         print(f"| propagation of a one-route path change at 10,000 routes, 20 changes: p50 / max "
               f"| {pct(path_times, 50):.1f} / {max(path_times):.1f} ms |")
         if path_build:
