@@ -874,9 +874,10 @@ fn many_regex_paths_cost_what_their_literal_prefixes_select() {
 }
 
 /// A router patched with a few changed routes finds, for every request, what a router built
-/// from scratch on the changed routes finds: random tables of exact and prefix paths, hosts,
-/// methods and priorities; random edits (paths moved, added, dropped, hosts and methods
-/// changed); a grid of requests.
+/// from scratch on the changed routes finds: random tables of up to 120 routes on exact and
+/// prefix paths (with hosts, methods and priorities; some paths shared by enough routes to get
+/// a host index) beside fixed parameterised and regex routes; random edits (paths moved,
+/// added, dropped, hosts and methods changed); a grid of requests.
 #[test]
 fn a_patched_router_finds_what_a_built_one_finds() {
     let paths = [
@@ -906,7 +907,8 @@ fn a_patched_router_finds_what_a_built_one_finds() {
     };
     let requests: Vec<(Method, Option<&str>, &str)> = {
         let req_paths = [
-            "/", "/a", "/a/b", "/a/b/c", "/a/x", "/ab", "/abc", "/b", "/b/x", "/c/d",
+            "/", "/a", "/a/b", "/a/b/c", "/a/x", "/ab", "/abc", "/b", "/b/x", "/c/d", "/b/12",
+            "/z/b",
         ];
         let req_hosts = [
             None,
@@ -927,10 +929,15 @@ fn a_patched_router_finds_what_a_built_one_finds() {
     let mut compared = 0;
     for seed in 0..300 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let count = rng.usize(1..40);
+        // Up to 120 routes on 12 paths: some buckets get a host index (more than 16 entries).
+        let count = rng.usize(1..120);
         let mut specs: Vec<RouteSpec> = (0..count)
-            .map(|i| random_spec(&mut rng, format!("r{i:02}")))
+            .map(|i| random_spec(&mut rng, format!("r{i:03}")))
             .collect();
+        // Parameterised and regex routes stay as they are (a patch leaves their indexes be).
+        specs.push(path("p1", &["/a/:x"]));
+        specs.push(path("p2", &["/:k/b"]));
+        specs.push(route("x1", &["~/b/[0-9]+"], &["a.example"], &[], 1));
         let mut router = Router::build(&specs).expect("builds");
         // Several rounds of edits on the patched router, as a DP applies change after change.
         for _ in 0..4 {
