@@ -51,6 +51,12 @@ impl Balancer {
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let ok = |i: usize| weights.get(i).is_some_and(|&w| w > 0) && usable(i);
+        if weights.len() == 1 {
+            // One node: every balancer picks it when it is usable. Skipping the balancer's state
+            // (the round robin's shared counter, the ring) saves a write to a shared cache line
+            // per request.
+            return ok(0).then_some(0);
+        }
         match self {
             Balancer::RoundRobin(rr) => {
                 // The round robin's own order, skipping unusable nodes; after as many tries as
@@ -179,6 +185,26 @@ mod tests {
         }
         assert_eq!(hits, [150, 0, 150]);
         assert_eq!(b.pick(0, &[1, 1, 1], &l, |_| false), None);
+    }
+
+    /// With one node every balancer gives it when it is usable, and nothing when it is not (or
+    /// has weight 0).
+    #[test]
+    fn one_node_is_picked_by_every_balancer_when_usable() {
+        let l = loads(&[0]);
+        for kind in [
+            BalancerType::Roundrobin,
+            BalancerType::Chash,
+            BalancerType::LeastConn,
+            BalancerType::Ewma,
+        ] {
+            let b = Balancer::new(kind, &[1], &["n"]);
+            for hash in [0, 7, u64::MAX] {
+                assert_eq!(b.pick(hash, &[1], &l, |_| true), Some(0), "{kind:?}");
+                assert_eq!(b.pick(hash, &[1], &l, |_| false), None, "{kind:?}");
+                assert_eq!(b.pick(hash, &[0], &l, |_| true), None, "{kind:?}");
+            }
+        }
     }
 
     #[test]
