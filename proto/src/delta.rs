@@ -24,7 +24,7 @@ pub fn diff(base: &[Resource], next: &[Resource]) -> (Vec<Resource>, Vec<Resourc
         .filter(|r| {
             before
                 .get(&(r.kind.as_str(), r.id.as_str()))
-                .is_none_or(|b| b.body != r.body)
+                .is_none_or(|b| !same_body(b, r))
         })
         .cloned()
         .collect();
@@ -41,6 +41,13 @@ pub fn diff(base: &[Resource], next: &[Resource]) -> (Vec<Resource>, Vec<Resourc
         })
         .collect();
     (changed, removed)
+}
+
+/// Whether two versions of a resource have the same body. A control plane keeps an unchanged
+/// resource's encoding from one snapshot to the next, so most are the same bytes, not just
+/// equal ones: that is checked first, without comparing them.
+fn same_body(a: &Resource, b: &Resource) -> bool {
+    (a.body.as_ptr() == b.body.as_ptr() && a.body.len() == b.body.len()) || a.body == b.body
 }
 
 /// `base` with `changed` put in (replacing the same kind and id) and `removed` taken out, in the

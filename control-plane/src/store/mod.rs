@@ -16,7 +16,6 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -175,12 +174,12 @@ impl StoreChanges {
     /// [`sort_resources`] orders them) with the changes applied; unchanged resources are shared,
     /// not copied. `None` when the result does not hold `count` resources.
     pub fn apply_to(self, resources: &[Arc<StoredResource>]) -> Option<Vec<Arc<StoredResource>>> {
-        let touched: HashSet<(ResourceKind, &str)> = self
-            .changed
-            .iter()
-            .map(|r| (r.kind, r.id.as_str()))
-            .chain(self.deleted.iter().map(|(kind, id)| (*kind, id.as_str())))
-            .collect();
+        let touched: std::collections::HashSet<(ResourceKind, &str), foldhash::fast::RandomState> =
+            self.changed
+                .iter()
+                .map(|r| (r.kind, r.id.as_str()))
+                .chain(self.deleted.iter().map(|(kind, id)| (*kind, id.as_str())))
+                .collect();
         let mut out: Vec<Arc<StoredResource>> = resources
             .iter()
             .filter(|r| !touched.contains(&(r.kind, r.id.as_str())))
