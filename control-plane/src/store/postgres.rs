@@ -953,6 +953,24 @@ fn db_err(e: sqlx::Error) -> StoreError {
     }
 }
 
+impl PostgresStore {
+    /// A read-only transaction in which every statement sees the same state (REPEATABLE READ),
+    /// with the revision and store id it sees: how `snapshot` and `changes_since` begin.
+    async fn begin_consistent_read(
+        &self,
+    ) -> StoreResult<(sqlx::Transaction<'static, Postgres>, u64, String)> {
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err)?;
+        let revision = read_revision(&mut *tx).await?;
+        let store_id = read_store_id(&mut *tx).await?;
+        Ok((tx, revision, store_id))
+    }
+}
+
 #[async_trait]
 impl ConfigStore for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -986,15 +1004,7 @@ impl ConfigStore for PostgresStore {
     }
 
     async fn snapshot(&self) -> StoreResult<StoreSnapshot> {
-        // Every statement of a REPEATABLE READ transaction reads the same snapshot.
-        let mut tx = self
-            .inner
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(db_err)?;
-        let revision = read_revision(&mut *tx).await?;
-        let store_id = read_store_id(&mut *tx).await?;
+        let (mut tx, revision, store_id) = self.begin_consistent_read().await?;
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY kind, id");
         let rows = sqlx::query(&sql)
             .fetch_all(&mut *tx)
@@ -1019,14 +1029,7 @@ impl ConfigStore for PostgresStore {
         };
         // One read transaction, as in `snapshot`. Rows changed since carry a newer
         // `mod_revision` (indexed); deletions are only in the history.
-        let mut tx = self
-            .inner
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(db_err)?;
-        let revision = read_revision(&mut *tx).await?;
-        let store_id = read_store_id(&mut *tx).await?;
+        let (mut tx, revision, store_id) = self.begin_consistent_read().await?;
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE mod_revision > $1");
         let changed = sqlx::query(&sql)
             .bind(after)

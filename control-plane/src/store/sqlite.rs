@@ -661,6 +661,19 @@ fn db_err(e: sqlx::Error) -> StoreError {
     }
 }
 
+impl SqliteStore {
+    /// A transaction in which every statement reads the same database state (WAL mode), with
+    /// the revision and store id it sees: how `snapshot` and `changes_since` begin.
+    async fn begin_consistent_read(
+        &self,
+    ) -> StoreResult<(sqlx::Transaction<'static, Sqlite>, u64, String)> {
+        let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
+        let revision = read_revision(&mut tx).await?;
+        let store_id = read_store_id(&mut tx).await?;
+        Ok((tx, revision, store_id))
+    }
+}
+
 #[async_trait]
 impl ConfigStore for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -693,10 +706,7 @@ impl ConfigStore for SqliteStore {
     }
 
     async fn snapshot(&self) -> StoreResult<StoreSnapshot> {
-        // In WAL mode every statement of one transaction reads the same database state.
-        let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
-        let revision = read_revision(&mut tx).await?;
-        let store_id = read_store_id(&mut tx).await?;
+        let (mut tx, revision, store_id) = self.begin_consistent_read().await?;
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY kind, id");
         let rows = sqlx::query(&sql)
             .fetch_all(&mut *tx)
@@ -721,9 +731,7 @@ impl ConfigStore for SqliteStore {
         };
         // One read transaction, as in `snapshot`. Rows changed since carry a newer
         // `mod_revision` (indexed); deletions are only in the history.
-        let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
-        let revision = read_revision(&mut tx).await?;
-        let store_id = read_store_id(&mut tx).await?;
+        let (mut tx, revision, store_id) = self.begin_consistent_read().await?;
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE mod_revision > ?");
         let changed = sqlx::query(&sql)
             .bind(after)
