@@ -870,10 +870,14 @@ fn route_table(
     previous: Option<&CompiledConfig>,
     sources: &[Arc<RouteSource>],
 ) -> Result<Arc<Router>, CompileError> {
-    let router_error = |e: crate::router::RouterError| CompileError::Router(e.to_string());
-    let specs: Vec<&RouteSpec> = sources.iter().map(|s| &s.spec).collect();
+    let specs = || sources.iter().map(|s| &s.spec).collect::<Vec<&RouteSpec>>();
+    let built = |router: Result<Router, crate::router::RouterError>| {
+        router
+            .map(Arc::new)
+            .map_err(|e| CompileError::Router(e.to_string()))
+    };
     let Some(p) = previous.filter(|p| p.sources.len() == sources.len()) else {
-        return Ok(Arc::new(Router::build(&specs).map_err(router_error)?));
+        return built(Router::build(&specs()));
     };
     let mut changed: Vec<(usize, &RouteSpec)> = Vec::new();
     for (i, (a, b)) in p.sources.iter().zip(sources).enumerate() {
@@ -881,18 +885,19 @@ fn route_table(
             continue;
         }
         if a.spec.id != b.spec.id || changed.len() == MAX_PATCHED_ROUTES {
-            return Ok(Arc::new(Router::build(&specs).map_err(router_error)?));
+            return built(Router::build(&specs()));
         }
         changed.push((i, &a.spec));
     }
     if changed.is_empty() {
         return Ok(p.router.clone());
     }
-    let router = match p.router.patched(&specs, &changed) {
-        Some(patched) => patched,
-        None => Router::build(&specs),
-    };
-    Ok(Arc::new(router.map_err(router_error)?))
+    let specs = specs();
+    built(
+        p.router
+            .patched(&specs, &changed)
+            .unwrap_or_else(|| Router::build(&specs)),
+    )
 }
 
 fn methods(route: &RouteConfig) -> Result<Option<Vec<Method>>, ValidationError> {
