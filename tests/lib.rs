@@ -389,29 +389,16 @@ impl DataPlane {
         .await
     }
 
-    async fn wait_healthy(&self) {
-        let http = reqwest::Client::new();
-        let url = format!("http://{}/healthz", self.status);
-        wait_for(
-            "the data plane's /healthz",
-            Duration::from_secs(15),
-            || async {
-                http.get(&url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-            },
-        )
-        .await;
-    }
-
     /// SIGKILL and start again with the same flags, ports and cache.
     pub async fn restart(&mut self) {
         self.process.kill();
         let log = self.process.log.clone();
         self.process = Process::spawn(&self.node_id, "data-plane", &self.args, log);
-        self.wait_healthy().await;
+        assert!(
+            self.started().await,
+            "the data plane {} could not bind its ports again after a restart",
+            self.node_id
+        );
     }
 }
 
