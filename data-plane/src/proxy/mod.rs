@@ -8,6 +8,7 @@ mod dns;
 mod error;
 mod framing;
 mod h1_client;
+mod h1_server;
 pub mod headers;
 mod limited_body;
 pub mod normalize;
@@ -199,7 +200,6 @@ impl Proxy {
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: CancellationToken,
     ) {
-        let https = tls.is_some();
         let graceful = GracefulShutdown::new();
         // HTTP/1.1, and HTTP/2 with prior knowledge (h2c: gRPC clients), told apart by the
         // connection's first bytes.
@@ -235,43 +235,42 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
             let framing = framing::ConnFraming::new();
-            let conn_framing = framing.clone();
             let conns = OwnedConns::new();
-            let service = service_fn(move |req: Request<Incoming>| {
-                let proxy = proxy.clone();
-                let conns = conns.clone();
-                // Smuggling-prone framing (seen below hyper, which would accept it): refused,
-                // and the connection closed.
-                let refusal = if req.version() < Version::HTTP_2 {
-                    conn_framing.next_request_refusal()
-                } else {
-                    None
-                };
-                async move {
-                    if let Some(why) = refusal {
-                        return Ok::<_, Infallible>(proxy.refuse_framing(why));
-                    }
-                    Ok::<_, Infallible>(proxy.handle(client_addr, req, https, conns).await)
-                }
-            });
             METRICS.connections_accepted.inc();
             METRICS.connections_open.inc();
             match &tls {
                 None => {
-                    let stream =
-                        framing::FramingWatch::new(stream, framing, MAX_REQUEST_HEAD_BYTES);
-                    let conn = http
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
+                    // The gateway's own loop serves the connection while its requests are
+                    // plain (`h1_server`); hyper takes over from the first that is not.
+                    let (http, watcher, shutdown) =
+                        (http.clone(), graceful.watcher(), shutdown.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, client = %client_addr, "client connection ended with an error");
+                        let ended = h1_server::serve(
+                            stream,
+                            |req| proxy.handle(client_addr, req, false, conns.clone()),
+                            shutdown,
+                            HEADER_READ_TIMEOUT,
+                        )
+                        .await;
+                        if let h1_server::Ended::HandOver(stream, read) = ended {
+                            let stream = framing::FramingWatch::new(
+                                h1_server::Rewind::new(stream, read),
+                                framing.clone(),
+                                MAX_REQUEST_HEAD_BYTES,
+                            );
+                            let service = proxy.service(client_addr, false, conns, framing);
+                            let conn = http
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned();
+                            if let Err(e) = watcher.watch(conn).await {
+                                tracing::debug!(error = %e, client = %client_addr, "client connection ended with an error");
+                            }
                         }
                         METRICS.connections_open.dec();
                     });
                 }
                 Some(acceptor) => {
+                    let service = proxy.service(client_addr, true, conns, framing.clone());
                     let (acceptor, http, watcher) =
                         (acceptor.clone(), http.clone(), graceful.watcher());
                     tokio::spawn(async move {
@@ -329,6 +328,44 @@ impl Proxy {
         }
     }
 
+    /// hyper's service for one client connection.
+    fn service(
+        self: &Arc<Self>,
+        client_addr: SocketAddr,
+        https: bool,
+        conns: Arc<OwnedConns>,
+        framing: Arc<framing::ConnFraming>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ClientBody>,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<Response<ClientBody>, Infallible>>
+                 + Send
+                 + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let proxy = self.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let proxy = proxy.clone();
+            let conns = conns.clone();
+            // Smuggling-prone framing (seen below hyper, which would accept it): refused,
+            // and the connection closed.
+            let refusal = if req.version() < Version::HTTP_2 {
+                framing.next_request_refusal()
+            } else {
+                None
+            };
+            async move {
+                if let Some(why) = refusal {
+                    return Ok::<_, Infallible>(proxy.refuse_framing(why));
+                }
+                let req = req.map(Either::Left);
+                Ok::<_, Infallible>(proxy.handle(client_addr, req, https, conns).await)
+            }
+        })
+    }
+
     /// The answer to a request whose framing the watch refused (`framing`).
     fn refuse_framing(&self, why: framing::Refusal) -> Response<ClientBody> {
         let mut response = ProxyError::Framing(why).into_response().map(Either::Right);
@@ -352,7 +389,7 @@ impl Proxy {
     async fn handle(
         &self,
         peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         https: bool,
         conns: Arc<OwnedConns>,
     ) -> Response<ClientBody> {
@@ -426,7 +463,7 @@ impl Proxy {
         &self,
         peer: SocketAddr,
         client_addr: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         exchange: &mut Exchange,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
@@ -577,7 +614,7 @@ impl Proxy {
         &self,
         client_addr: SocketAddr,
         parts: http::request::Parts,
-        body: Incoming,
+        body: RequestBody,
         max_body_size: Option<u64>,
         route: &MatchedRoute,
         upstream_host: Option<HeaderValue>,
@@ -597,8 +634,7 @@ impl Proxy {
                 )
                 .await;
         }
-        let body =
-            LimitedBody::new(Either::Left(body), max_body_size).metered(route.metrics.clone());
+        let body = LimitedBody::new(body, max_body_size).metered(route.metrics.clone());
         self.forward(client_addr, parts, body, route, upstream_host, exchange)
             .await
     }

@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 
 use super::limited_body::LimitedBody;
-use super::upstream_call::FrameMap;
+use super::upstream_call::{FrameMap, RequestBody};
 use super::{Exchange, MatchedRoute, Proxy, ProxyBody, ProxyError, plugin_response};
 use crate::plugins::PluginResponse;
 use crate::plugins::grpc_transcode::{MAX_MESSAGE_BYTES, NdjsonFrames, Transcoder};
@@ -37,7 +36,7 @@ impl Proxy {
         &self,
         client_addr: SocketAddr,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: RequestBody,
         max_body_size: Option<u64>,
         route: &MatchedRoute,
         t: &Arc<Transcoder>,
