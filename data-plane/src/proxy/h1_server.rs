@@ -48,6 +48,10 @@ const READ_ROOM: usize = 4 * 1024;
 /// Response bytes gathered before they are written (a body's frames that are ready at once go
 /// out with the head).
 const WRITE_BATCH: usize = 64 * 1024;
+/// Body frames this large are written from where they are rather than copied.
+const COPY_LIMIT: usize = 16 * 1024;
+/// The write buffer's size kept between responses (a large one grown for a body is let go).
+const OUT_KEPT: usize = 16 * 1024;
 
 /// How a connection left the loop.
 pub(super) enum Ended {
@@ -135,7 +139,11 @@ where
             }
         };
         let close = keep_alive == KeepAlive::No || draining || shutdown.is_cancelled();
-        match write_response(&mut io, &mut out, response, head_request, close).await {
+        let written = write_response(&mut io, &mut out, response, head_request, close).await;
+        if out.capacity() > OUT_KEPT {
+            out = Vec::with_capacity(OUT_KEPT);
+        }
+        match written {
             Ok(true) if !close => {}
             Ok(_) => {
                 let _ = io.shutdown().await;
@@ -336,13 +344,17 @@ enum Framing {
 }
 
 /// Writes the response. `Ok(true)`: the connection may carry another request.
-async fn write_response(
+async fn write_response<B>(
     io: &mut TcpStream,
     out: &mut Vec<u8>,
-    response: Response<ClientBody>,
+    response: Response<B>,
     head_request: bool,
     close: bool,
-) -> io::Result<bool> {
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let (parts, body) = response.into_parts();
     out.clear();
     let (framing, keep_alive) = encode_head(out, parts, &body.size_hint(), head_request, close);
@@ -383,13 +395,20 @@ async fn write_response(
                                 ));
                             }
                             left -= data.len() as u64;
-                            out.extend_from_slice(&data);
                         }
                         _ => {
                             let _ = write!(out, "{:x}\r\n", data.len());
-                            out.extend_from_slice(&data);
-                            out.extend_from_slice(b"\r\n");
                         }
+                    }
+                    if data.len() >= COPY_LIMIT {
+                        // Large frames go out beside what waits, not copied behind it.
+                        write_both(io, out, &data).await?;
+                        out.clear();
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                    if framing == Framing::Chunked {
+                        out.extend_from_slice(b"\r\n");
                     }
                 }
                 // Trailers are not passed on to HTTP/1 clients (none asks with `TE: trailers`).
@@ -414,6 +433,23 @@ async fn write_response(
     }
     io.write_all(out).await?;
     Ok(keep_alive)
+}
+
+/// Writes `first` and then `second`, with vectored writes.
+async fn write_both(io: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (first, second);
+    while !a.is_empty() || !b.is_empty() {
+        let n = io
+            .write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
 }
 
 /// Encodes the status line and headers into `out`; says how the body goes and whether the
@@ -847,6 +883,84 @@ mod tests {
             Ended::HandOver(_, read) => assert_eq!(&read[..], post),
             Ended::Closed => panic!("closed instead of handing over"),
         }
+    }
+
+    /// Writes `response` on a fresh connection and returns what the client read.
+    async fn written<B>(response: Response<B>) -> (io::Result<bool>, Vec<u8>)
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let result = write_response(&mut server, &mut Vec::new(), response, false, false).await;
+        drop(server);
+        (result, reader.await.unwrap())
+    }
+
+    fn body_of(wire: &[u8]) -> (&str, &[u8]) {
+        let end = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (std::str::from_utf8(&wire[..end]).unwrap(), &wire[end..])
+    }
+
+    #[tokio::test]
+    async fn bodies_small_and_large_arrive_whole_in_both_framings() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        // Known length: the frames as they are.
+        let (r, wire) = written(Response::new(Full::new(Bytes::from(big.clone())))).await;
+        assert!(r.unwrap());
+        let (head, body) = body_of(&wire);
+        assert!(head.contains("content-length: 200000\r\n"), "{head}");
+        assert_eq!(body, &big[..]);
+        // Unknown length: chunked, small frames copied, large ones written beside.
+        let frames = [
+            &big[..10],
+            &big[10..60_010],
+            &big[60_010..60_020],
+            &big[60_020..],
+        ];
+        let stream = futures_util::stream::iter(frames.map(|f| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::copy_from_slice(f)))
+        }));
+        let (r, wire) = written(Response::new(http_body_util::StreamBody::new(stream))).await;
+        assert!(r.unwrap());
+        let (head, mut body) = body_of(&wire);
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+        let mut decoded = Vec::new();
+        loop {
+            let line = body.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&body[..line]).unwrap(), 16).unwrap();
+            body = &body[line + 2..];
+            if size == 0 {
+                assert_eq!(body, b"\r\n");
+                break;
+            }
+            decoded.extend_from_slice(&body[..size]);
+            assert_eq!(&body[size..size + 2], b"\r\n");
+            body = &body[size + 2..];
+        }
+        assert_eq!(decoded, big);
+        // A body that fails midway is cut off, never ended as if whole.
+        let stream = futures_util::stream::iter([
+            Ok(http_body::Frame::data(Bytes::from_static(b"part"))),
+            Err("upstream went away"),
+        ]);
+        let (r, wire) = written(Response::new(http_body_util::StreamBody::new(stream))).await;
+        assert!(r.is_err());
+        assert!(
+            !wire.ends_with(b"0\r\n\r\n"),
+            "{}",
+            String::from_utf8_lossy(&wire)
+        );
     }
 
     #[tokio::test]
