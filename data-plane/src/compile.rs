@@ -78,7 +78,9 @@ pub struct Compiled {
     /// Shared with the previous config when no route's matching changed (see `compile`).
     pub router: Arc<Router>,
     /// Indexed by the router's match result.
-    pub routes: Vec<CompiledRoute>,
+    /// Each in an `Arc`: a request holds its route by one reference count, not five, and a
+    /// recompile takes unchanged routes over by pointer.
+    pub routes: Vec<Arc<CompiledRoute>>,
     /// Whether any route has `vars` (when none has, the proxy skips the predicate).
     pub any_vars: bool,
     /// Certificates for the TLS listener, by SNI (`ssls`).
@@ -621,7 +623,7 @@ fn by_id_order<T>(mut items: Vec<(&str, T)>) -> Vec<(&str, T)> {
 /// A route to compile, or one compiled before to take over.
 enum RouteInput<'a> {
     Source(&'a postern_proto::sync::Resource),
-    Reused(&'a Arc<RouteSource>, &'a CompiledRoute),
+    Reused(&'a Arc<RouteSource>, &'a Arc<CompiledRoute>),
 }
 
 /// Compiles a snapshot; upstreams identical to ones in `previous` are shared with it, and so
@@ -821,7 +823,7 @@ pub fn compile(
             .transpose()
             .map_err(|e| invalid("routes", id, e.under("plugins.grpc-transcode")))?
             .map(Arc::new);
-        routes.push(CompiledRoute {
+        routes.push(Arc::new(CompiledRoute {
             transcode,
             metrics: RouteMetrics::shared(label, route.service_id.as_deref()),
             id: route_id.clone(),
@@ -829,7 +831,7 @@ pub fn compile(
             timeouts,
             plugins: Arc::new(plugins),
             vars,
-        });
+        }));
         by_id.insert(route_id, index);
         sources.push(Arc::new(RouteSource {
             body: source.body.clone(),

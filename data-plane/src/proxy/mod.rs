@@ -44,15 +44,9 @@ use owned_conns::{Lease, OwnedConns};
 pub(crate) use upstream_call::TimedConnector;
 use upstream_call::{CallGuard, Progress, RequestBody, SendBody, UpstreamBody, UpstreamInner};
 
-/// What one request takes from the config it was matched with.
-struct MatchedRoute {
-    id: Arc<str>,
-    upstream: Option<Arc<Upstream>>,
-    timeouts: Timeouts,
-    plugins: Arc<PluginChain>,
-    metrics: Arc<RouteMetrics>,
-    transcode: Option<Arc<crate::plugins::grpc_transcode::Transcoder>>,
-}
+/// What one request takes from the config it was matched with: its route, kept alive by the
+/// request (so it finishes on the config it started with).
+type MatchedRoute = Arc<CompiledRoute>;
 
 /// What the metrics and the access log learn about a request while it is handled.
 struct Exchange {
@@ -83,13 +77,13 @@ fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
     resp
 }
 
-use crate::compile::{Timeouts, Upstream};
+use crate::compile::{CompiledRoute, Timeouts};
 use crate::health::Outcome;
 use crate::observability::MeteredBody;
 use crate::observability::access_log::{AccessLog, Record};
 use crate::observability::metrics::{METRICS, RouteMetrics};
 use crate::plugins::request_id::ensure_request_id;
-use crate::plugins::{PluginChain, PluginResponse, RequestCtx};
+use crate::plugins::{PluginResponse, RequestCtx};
 use crate::router::vars::RequestVars;
 use crate::state::DpState;
 
@@ -597,15 +591,7 @@ impl Proxy {
             config.router.find(&parts.method, host, parts.uri.path())
         }
         .ok_or(ProxyError::NoRoute)?;
-        let route = &config.routes[idx];
-        Ok(MatchedRoute {
-            id: route.id.clone(),
-            upstream: route.upstream.clone(),
-            timeouts: route.timeouts,
-            plugins: route.plugins.clone(),
-            metrics: route.metrics.clone(),
-            transcode: route.transcode.clone(),
-        })
+        Ok(config.routes[idx].clone())
     }
 
     /// The upstream call: the request as it is, or transcoded to gRPC (`grpc-transcode`).
