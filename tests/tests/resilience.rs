@@ -1197,3 +1197,65 @@ async fn a_bulkhead_queue_waits_a_bounded_time() {
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("max_queue"), "{body}");
 }
+
+/// Upstream calls on one client connection share a kept timer (`Proxy::timed`): one set for
+/// an earlier call's deadline must be moved on when it fires early, and moved in when the
+/// next call's deadline is sooner.
+#[tokio::test]
+async fn read_timeouts_hold_call_after_call_on_one_client_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = Backend::start().await;
+    let slow = Backend::start().await;
+    slow.knobs.delay_ms.store(1_800, Ordering::SeqCst);
+    let hanging = Backend::start().await;
+    hanging.knobs.delay_ms.store(60_000, Ordering::SeqCst);
+    let cp = dev_gateway(dir.path()).await;
+    let route = |uri: &str, node: &Backend, read: u64| {
+        json!({"uri": uri, "upstream": {
+            "nodes": {node.addr.to_string(): 1},
+            "timeout": {"connect": 3, "send": 10, "read": read}
+        }})
+    };
+    apply(
+        &cp,
+        &[
+            ("/admin/routes/fast", route("/fast", &fast, 1)),
+            ("/admin/routes/slow", route("/slow", &slow, 3)),
+            ("/admin/routes/hang", route("/hang", &hanging, 1)),
+        ],
+    )
+    .await;
+    let proxy = cp.proxy.unwrap();
+    // One connection for all: requests in sequence on a client that keeps one.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    assert_eq!(
+        call(&client, &format!("http://{proxy}/fast"), &[])
+            .await
+            .status,
+        200
+    );
+    // The timer the first call left is set 1 s after it; this call may take 3 s and takes 1.8.
+    let slow_answer = call(&client, &format!("http://{proxy}/slow"), &[]).await;
+    assert_eq!(slow_answer.status, 200, "{}", slow_answer.body);
+    assert!(
+        slow_answer.took >= Duration::from_millis(1_700),
+        "{:?}",
+        slow_answer.took
+    );
+    // The timer is now set 3 s after the slow call; this call's deadline is 1 s away.
+    let hang = call(&client, &format!("http://{proxy}/hang"), &[]).await;
+    assert_eq!(hang.status, 504, "{}", hang.body);
+    assert!(
+        hang.took >= Duration::from_millis(950) && hang.took < Duration::from_millis(2_500),
+        "504 after the 1 s read timeout, took {:?}",
+        hang.took
+    );
+    println!(
+        "slow call answered after {:?}; hanging call 504 after {:?}",
+        slow_answer.took, hang.took
+    );
+    assert_eq!(fast.knobs.conns.load(Ordering::SeqCst), 1);
+}

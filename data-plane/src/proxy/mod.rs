@@ -802,9 +802,16 @@ impl Proxy {
                 )
                 .await
             } else {
-                Self::send(client, req, &timeouts, progress, body_too_large)
-                    .await
-                    .map(|response| (response.map(UpstreamInner::from), None))
+                Self::send(
+                    client,
+                    &exchange.conns,
+                    req,
+                    &timeouts,
+                    progress,
+                    body_too_large,
+                )
+                .await
+                .map(|response| (response.map(UpstreamInner::from), None))
             };
             if let Some((capture, max)) = &capture {
                 upstream_call::count_request(capture, *max);
@@ -879,6 +886,7 @@ impl Proxy {
     /// read timeouts.
     async fn send(
         client: &UpstreamClient,
+        conns: &OwnedConns,
         req: Request<SendBody>,
         timeouts: &Timeouts,
         progress: Arc<Progress>,
@@ -886,7 +894,7 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let call =
             upstream_call::with_call(timeouts.connect, progress.clone(), client.request(req));
-        let result = Self::timed(call, timeouts, &progress).await?;
+        let result = Self::timed(call, timeouts, &progress, conns).await?;
         result.map_err(|e| {
             if Self::tripped(&body_too_large) {
                 ProxyError::BodyTooLarge
@@ -923,7 +931,7 @@ impl Proxy {
                 timeouts.connect,
                 progress.clone(),
             );
-            Self::timed(call, timeouts, &progress)
+            Self::timed(call, timeouts, &progress, conns)
                 .await?
                 .map(|response| (response.map(UpstreamInner::from), None))
         } else {
@@ -935,7 +943,7 @@ impl Proxy {
                 timeouts.connect,
                 progress.clone(),
             );
-            Self::timed(call, timeouts, &progress)
+            Self::timed(call, timeouts, &progress, conns)
                 .await?
                 .map(|(response, lease)| (response.map(UpstreamInner::from), Some(lease)))
         };
@@ -962,34 +970,45 @@ impl Proxy {
     }
 
     /// Runs `call` (one try, up to the response head) until it finishes, or until the send or
-    /// read timeout passes without progress (`UpstreamTimeout`).
+    /// read timeout passes without progress (`UpstreamTimeout`). The timer is the client
+    /// connection's kept one (`OwnedConns::take_timer`): it is moved only when it is set later
+    /// than this call's deadline, or fires before it — a call on a busy connection costs no
+    /// timer registration.
     async fn timed<F: std::future::Future>(
         call: F,
         timeouts: &Timeouts,
         progress: &Progress,
+        conns: &OwnedConns,
     ) -> Result<F::Output, ProxyError> {
         tokio::pin!(call);
-        loop {
-            let deadline = progress.deadline(timeouts);
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    // Connecting: the connector's own timeout applies; look again shortly.
-                    None => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            };
+        let mut timer = conns.take_timer();
+        let result = loop {
+            // Connecting: the connector's own timeout applies; look again shortly.
+            let deadline = progress
+                .deadline(timeouts)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_millis(50));
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                r = &mut call => return Ok(r),
-                _ = sleep => {
+                r = &mut call => break Ok(r),
+                _ = timer.as_mut() => {
                     if progress
                         .deadline(timeouts)
                         .is_some_and(|d| d <= tokio::time::Instant::now())
                     {
-                        return Err(ProxyError::UpstreamTimeout);
+                        break Err(ProxyError::UpstreamTimeout);
                     }
+                    // Early (set for an earlier call, or still connecting): on to the deadline.
+                    let next = progress.deadline(timeouts).unwrap_or_else(|| {
+                        tokio::time::Instant::now() + Duration::from_millis(50)
+                    });
+                    timer.as_mut().reset(next);
                 }
             }
-        }
+        };
+        conns.keep_timer(timer);
+        result
     }
 }

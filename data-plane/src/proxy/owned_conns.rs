@@ -15,6 +15,7 @@
 //! a body by hyper's `client::conn` (a task per connection). Each kind keeps its own
 //! connections here.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::h1_client::{self, H1Body, H1Conn};
@@ -32,6 +33,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections one client connection keeps (one per node it talks to, usually one).
 const MAX_IDLE: usize = 8;
+/// Where a new call timer starts (the first call moves it to its deadline).
+const FAR: Duration = Duration::from_secs(86_400);
 
 /// Why an owned call failed, in the terms the proxy answers with.
 #[derive(Debug)]
@@ -67,11 +70,29 @@ impl Conn {
 #[derive(Default)]
 pub struct OwnedConns {
     idle: Mutex<Vec<Idle>>,
+    /// The timer of the connection's upstream calls, kept between them (`Proxy::timed`): a call
+    /// moves it only when it would fire late or fires early, instead of registering a timer of
+    /// its own.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl OwnedConns {
     pub fn new() -> Arc<OwnedConns> {
         Arc::new(OwnedConns::default())
+    }
+
+    /// The kept call timer, or a new one (a call of another stream holds it).
+    pub fn take_timer(&self) -> Pin<Box<Sleep>> {
+        self.timer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(Instant::now() + FAR)))
+    }
+
+    /// Keeps `timer` for the next call.
+    pub fn keep_timer(&self, timer: Pin<Box<Sleep>>) {
+        *self.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
     }
 
     /// An idle connection of the kind `h1` says to `node`, that is still open and not idle
