@@ -292,7 +292,8 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<(usize, usize, usize, usize)>) -> P
         Ok(u) => u,
         Err(_) => return rewind_other(buf, frozen),
     };
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for what the gateway adds (X-Forwarded-*, X-Request-Id, ...) without regrowing.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
     for &(n0, n1, v0, v1) in spans.iter() {
         let Ok(name) = HeaderName::from_bytes(&frozen[n0..n1]) else {
             return rewind_other(buf, frozen);

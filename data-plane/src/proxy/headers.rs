@@ -7,9 +7,10 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies still see).
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies still see). A `static`, not
+/// a `const`: a const array is built and dropped again at every use.
 const HOP_BY_HOP_COUNT: usize = 7;
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -143,12 +144,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present[0] {
+        // Names that are hop-by-hop themselves (an upstream's `Connection: keep-alive`) go
+        // below anyway: only others are looked up (no name built, no remove, for those).
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(t))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -181,13 +190,8 @@ pub fn add_forwarded(
         xff.push_str(&client.to_string());
         HeaderValue::from_str(&xff).ok()
     } else {
-        // The usual case, on every request: the address alone, formatted without a String.
-        use std::io::Write;
-        let mut buf = [0u8; 48];
-        let mut w = &mut buf[..];
-        let _ = write!(w, "{client}");
-        let len = 48 - w.len();
-        HeaderValue::from_bytes(&buf[..len]).ok()
+        // The usual case, on every request: the address alone.
+        Some(address_value(client))
     };
     if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
@@ -197,6 +201,27 @@ pub fn add_forwarded(
         Some(h) => headers.insert(X_FORWARDED_HOST, h.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
+}
+
+/// `client` as a header value. The last address formatted on this thread is kept: a client
+/// connection's requests all come from one, and a clone is a reference count, not a format.
+fn address_value(client: IpAddr) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((ip, value)) = last.as_ref()
+            && *ip == client
+        {
+            return value.clone();
+        }
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(client.to_string()))
+            .expect("an IP address is a valid header value");
+        *last = Some((client, value.clone()));
+        value
+    })
 }
 
 #[cfg(test)]
@@ -230,6 +255,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "3");
+    }
+
+    #[test]
+    fn the_kept_address_value_is_the_address_asked_for() {
+        let addrs: [IpAddr; 3] = [
+            "10.1.2.3".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+        ];
+        for round in 0..3 {
+            for (i, ip) in addrs.iter().enumerate() {
+                // Twice in a row (the kept value), then another address.
+                for _ in 0..=(round + i) % 2 {
+                    assert_eq!(address_value(*ip), ip.to_string().as_str());
+                }
+            }
+        }
     }
 
     #[test]
