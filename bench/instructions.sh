@@ -12,7 +12,7 @@
 # it up, the counters are zeroed (`callgrind_control -z`), wrk runs INSTR_SECONDS (default 10)
 # more, the counters are dumped, and the instructions counted are divided by the requests wrk
 # completed. INSTR_PLUGINS: the route's `plugins` object (JSON), as COMPARE_PLUGINS in
-# compare.sh. INSTR_KEEP=DIR keeps each callgrind dump there (`callgrind_annotate FILE` reads
+# compare.sh; INSTR_JWT=1 adds jwt-auth with a consumer and a token. INSTR_KEEP=DIR keeps each callgrind dump there (`callgrind_annotate FILE` reads
 # one). Kernel work (the syscalls) is not counted: strace counts those.
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 DIR..." >&2; exit 2; }
@@ -28,12 +28,30 @@ stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; slee
 trap 'stop_all; rm -rf "$TMP"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# INSTR_JWT=1: the route gets jwt-auth too (scenario b), with a consumer and a signed token
+# that every request carries.
+AUTH=()
+if [[ ${INSTR_JWT:-0} == 1 ]]; then
+  JWT_SECRET=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+  TOKEN=$(python3 - "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"key": "bench-key", "exp": int(time.time()) + 86400}).encode())
+sig = b64(hmac.new(sys.argv[1].encode(), head + b"." + body, hashlib.sha256).digest())
+print((head + b"." + body + b"." + sig).decode())
+PY
+)
+  AUTH=(-H "Authorization: Bearer $TOKEN")
+  PLUGINS=$(python3 -c 'import json,sys; p=json.loads(sys.argv[1]); p["jwt-auth"]={}; print(json.dumps(p))' "$PLUGINS")
+fi
+
 # count_under PID URL: zero, load, dump; prints requests and instructions.
 count_under() {
-  wrk -t1 -c10 -d3s "$2" >/dev/null
+  wrk -t1 -c10 -d3s "${AUTH[@]}" "$2" >/dev/null
   callgrind_control -z "$1" >/dev/null 2>&1
   local out
-  out=$(wrk -t1 -c10 -d"${SECS}s" "$2")
+  out=$(wrk -t1 -c10 -d"${SECS}s" "${AUTH[@]}" "$2")
   callgrind_control -d "$1" >/dev/null 2>&1
   sleep 0.5
   local req dump ir
@@ -110,10 +128,14 @@ NGX
   DP=$!
   PIDS+=("$DP")
   for _ in $(seq 150); do curl -sf "http://127.0.0.1:$ADMIN/admin/routes" -H "X-API-KEY: $KEY" >/dev/null && break; sleep 0.1; done
+  if [[ ${INSTR_JWT:-0} == 1 ]]; then
+    curl -sf -X PUT "http://127.0.0.1:$ADMIN/admin/consumers/bench" -H "X-API-KEY: $KEY" \
+      -d "{\"username\": \"bench\", \"plugins\": {\"jwt-auth\": {\"key\": \"bench-key\", \"secret\": \"$JWT_SECRET\"}}}" >/dev/null
+  fi
   curl -sf -X PUT "http://127.0.0.1:$ADMIN/admin/routes/p" -H "X-API-KEY: $KEY" \
     -d "{\"uri\": \"/*\", \"plugins\": $PLUGINS, \"upstream\": {\"nodes\": {\"127.0.0.1:$UP\": 1}}}" >/dev/null
-  for _ in $(seq 600); do [[ $(curl -s "http://127.0.0.1:$PROXY/" || true) == ok ]] && break; sleep 0.1; done
-  [[ $(curl -s "http://127.0.0.1:$PROXY/") == ok ]] || { echo "$dir: the DP does not proxy" >&2; cat "$run/dp.log" >&2; exit 1; }
+  for _ in $(seq 600); do [[ $(curl -s "${AUTH[@]}" "http://127.0.0.1:$PROXY/" || true) == ok ]] && break; sleep 0.1; done
+  [[ $(curl -s "${AUTH[@]}" "http://127.0.0.1:$PROXY/") == ok ]] || { echo "$dir: the DP does not proxy" >&2; cat "$run/dp.log" >&2; exit 1; }
   count_under "$DP" "http://127.0.0.1:$PROXY/" "$dir"
   stop_all
 done
