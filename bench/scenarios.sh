@@ -20,8 +20,9 @@
 # Phase 2, 10,004 routes (/r/6 … /r/9999 added by one PUT /admin/config); interleaved rounds of:
 #   nginx, a10k (the plain route), d (requests spread over /r/0 … /r/9999 by a wrk Lua script),
 #   nginx-s (nginx under that same script: what the script costs the load generator)
-# d is judged against d10, not a: a wrk `request()` function costs the load generator on cpu 1
-# (which runs near its limit), so only runs with the same script compare.
+# d is judged against d10, not a: only runs under the same load generator compare like for like
+# (a wrk `request()` function is extra work on cpu 1, which runs near its limit; measured
+# against nginx, nginx-s ÷ nginx, it cost ≈ 2 % in session 9).
 # Writes bench/results/<date>-<time>-scenarios.md.
 set -euo pipefail
 SECS=${BENCH_SECONDS:-10}
