@@ -33,15 +33,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 AUTH=()
 if [[ ${INSTR_JWT:-0} == 1 ]]; then
   JWT_SECRET=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-  TOKEN=$(python3 - "$JWT_SECRET" <<'PY'
-import base64, hashlib, hmac, json, sys, time
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b64(json.dumps({"key": "bench-key", "exp": int(time.time()) + 86400}).encode())
-sig = b64(hmac.new(sys.argv[1].encode(), head + b"." + body, hashlib.sha256).digest())
-print((head + b"." + body + b"." + sig).decode())
-PY
-)
+  TOKEN=$(python3 "$(dirname "${BASH_SOURCE[0]}")/jwt_token.py" "$JWT_SECRET")
   AUTH=(-H "Authorization: Bearer $TOKEN")
   PLUGINS=$(python3 -c 'import json,sys; p=json.loads(sys.argv[1]); p["jwt-auth"]={}; print(json.dumps(p))' "$PLUGINS")
 fi

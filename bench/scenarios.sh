@@ -141,15 +141,7 @@ put_config() {
   log "config with $((4 + $1)) routes applied (revision $rev)"
 }
 put_config 6
-TOKEN=$(python3 - "$JWT_SECRET" <<'PY'
-import base64, hashlib, hmac, json, sys, time
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b64(json.dumps({"key": "bench-key", "exp": int(time.time()) + 86400}).encode())
-sig = b64(hmac.new(sys.argv[1].encode(), head + b"." + body, hashlib.sha256).digest())
-print((head + b"." + body + b"." + sig).decode())
-PY
-)
+TOKEN=$(python3 "$(dirname "${BASH_SOURCE[0]}")/jwt_token.py" "$JWT_SECRET")
 AUTH="Authorization: Bearer $TOKEN"
 for path in a b c; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "http://127.0.0.1:$DP1/$path")
