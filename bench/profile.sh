@@ -86,14 +86,7 @@ print(json.dumps({"resources": {
 PY
 curl -sS --fail-with-body -X PUT "http://127.0.0.1:$ADMIN/admin/config" -H "X-API-KEY: $KEY" \
   -H 'Content-Type: application/json' --data-binary @"$TMP/config.json" >/dev/null
-TOKEN=$(python3 - "$SECRET" <<'PY'
-import base64, hashlib, hmac, json, sys, time
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b64(json.dumps({"key": "p-key", "exp": int(time.time()) + 86400}).encode())
-print((head + b"." + body + b"." + b64(hmac.new(sys.argv[1].encode(), head + b"." + body, hashlib.sha256).digest())).decode())
-PY
-)
+TOKEN=$(python3 "$REPO/bench/jwt_token.py" "$SECRET" p-key)
 for _ in $(seq 300); do
   [[ $(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP/b") == ok ]] && break
   sleep 0.1
