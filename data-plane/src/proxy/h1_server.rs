@@ -62,11 +62,13 @@ pub(super) enum Ended {
 }
 
 /// What the buffer's front holds.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// Not a whole head yet.
     Partial,
-    /// A request this loop serves, and the head's length in bytes.
-    Fast(Box<http::request::Parts>, KeepAlive),
+    /// A request this loop serves (taken off the buffer). Not boxed: this value is moved once,
+    /// and a box would be an allocation per request.
+    Fast(http::request::Parts, KeepAlive),
     /// A request for hyper.
     Other,
 }
@@ -94,9 +96,8 @@ where
     let mut spans = Vec::new();
     let mut shutdown_wait = pin!(shutdown.clone().cancelled_owned());
     let mut timer = pin!(tokio::time::sleep(header_timeout));
-    let mut draining = false;
     loop {
-        // The head's deadline: the timer is moved only if it fires before it (`wait_readable`).
+        // The head's deadline: the timer is moved only if it fires before it (`read_head_bytes`).
         let deadline = Instant::now() + header_timeout;
         let (parts, keep_alive) = loop {
             match parse(&mut buf, &mut spans) {
@@ -107,9 +108,6 @@ where
                     return Ended::HandOver(io, buf.freeze());
                 }
                 Parsed::Partial => {}
-            }
-            if draining {
-                return Ended::Closed;
             }
             // An idle connection closes at once when the listener drains (as hyper's do).
             let idle = buf.is_empty();
@@ -125,11 +123,10 @@ where
             {
                 Read::Data => {}
                 Read::Closed => return Ended::Closed,
-                Read::Draining => draining = true,
             }
         };
         let head_request = parts.method == Method::HEAD;
-        let request = Request::from_parts(*parts, Either::Right(Full::new(Bytes::new())));
+        let request = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
         let response = {
             let handling = pin!(handle(request));
             match handle_watching_client(handling, &mut io, &mut buf).await {
@@ -138,14 +135,15 @@ where
                 None => return Ended::Closed,
             }
         };
-        let close = keep_alive == KeepAlive::No || draining || shutdown.is_cancelled();
+        let close = keep_alive == KeepAlive::No || shutdown.is_cancelled();
         let written = write_response(&mut io, &mut out, response, head_request, close).await;
         if out.capacity() > OUT_KEPT {
             out = Vec::with_capacity(OUT_KEPT);
         }
+        // `Ok(false)`: this response ended the connection (`close`, or the response said so).
         match written {
-            Ok(true) if !close => {}
-            Ok(_) => {
+            Ok(true) => {}
+            Ok(false) => {
                 let _ = io.shutdown().await;
                 return Ended::Closed;
             }
@@ -160,10 +158,9 @@ where
 /// What waiting for more of a head gave.
 enum Read {
     Data,
-    /// The client closed, the read failed, or the head took too long.
+    /// The connection ends: the client closed, the read failed, the head took too long, or
+    /// the listener drains while the connection is idle.
     Closed,
-    /// The listener drains (only reported for an idle connection).
-    Draining,
 }
 
 async fn read_head_bytes(
@@ -184,7 +181,7 @@ async fn read_head_bytes(
             Poll::Pending => {}
         }
         if idle && shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Read::Draining);
+            return Poll::Ready(Read::Closed);
         }
         // The timer may still be set for an earlier head: move it on when it fires early.
         while timer.as_mut().poll(cx).is_ready() {
@@ -309,7 +306,7 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<(usize, usize, usize, usize)>) -> P
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = headers;
-    Parsed::Fast(Box::new(parts), keep_alive)
+    Parsed::Fast(parts, keep_alive)
 }
 
 /// Puts a head taken off the buffer back in front of it, for hyper.

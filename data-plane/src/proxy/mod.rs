@@ -987,7 +987,9 @@ impl Proxy {
             let deadline = progress
                 .deadline(timeouts)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_millis(50));
-            if timer.deadline() > deadline {
+            // Moved only when it would fire late, or already fired (early: set for an earlier
+            // call, or while connecting).
+            if timer.deadline() > deadline || timer.is_elapsed() {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
@@ -1000,11 +1002,6 @@ impl Proxy {
                     {
                         break Err(ProxyError::UpstreamTimeout);
                     }
-                    // Early (set for an earlier call, or still connecting): on to the deadline.
-                    let next = progress.deadline(timeouts).unwrap_or_else(|| {
-                        tokio::time::Instant::now() + Duration::from_millis(50)
-                    });
-                    timer.as_mut().reset(next);
                 }
             }
         };
