@@ -607,18 +607,19 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if let Some(t) = &route.transcode {
-            return self
-                .forward_transcoded(
-                    client_addr,
-                    parts,
-                    body,
-                    max_body_size,
-                    route,
-                    t,
-                    upstream_host,
-                    exchange,
-                )
-                .await;
+            // Boxed: its state is larger than `forward`'s, and every request's future (created
+            // and moved by value, so copied) would otherwise be sized for it.
+            return Box::pin(self.forward_transcoded(
+                client_addr,
+                parts,
+                body,
+                max_body_size,
+                route,
+                t,
+                upstream_host,
+                exchange,
+            ))
+            .await;
         }
         let body = LimitedBody::new(body, max_body_size).metered(route.metrics.clone());
         self.forward(client_addr, parts, body, route, upstream_host, exchange)
@@ -935,6 +936,8 @@ impl Proxy {
                 .await?
                 .map(|response| (response.map(UpstreamInner::from), None))
         } else {
+            // A body to stream: hyper's client. Boxed, as in `call_upstream`: twice the state
+            // of the common call above, carried by every request's future if inline.
             let call = owned_conns::call(
                 conns,
                 &self.connector,
@@ -943,7 +946,7 @@ impl Proxy {
                 timeouts.connect,
                 progress.clone(),
             );
-            Self::timed(call, timeouts, &progress, conns)
+            Box::pin(Self::timed(call, timeouts, &progress, conns))
                 .await?
                 .map(|(response, lease)| (response.map(UpstreamInner::from), Some(lease)))
         };
