@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::framing::{chunk_size, ends_with_chunked, line_end, parse_length};
+use super::headers::Forwarded;
 use super::owned_conns::OwnedConns;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,6 +49,14 @@ struct ProtocolError(&'static str);
 
 fn protocol(msg: &'static str) -> BoxError {
     Box::new(ProtocolError(msg))
+}
+
+/// The headers the gateway adds to a request, written into its head beside the request's own
+/// map rather than inserted into it (see `headers::Forwarded`).
+pub struct Added<'a> {
+    /// The upstream's `Host` (the map's own `Host` is not sent).
+    pub host: &'a HeaderValue,
+    pub forwarded: &'a Forwarded,
 }
 
 /// Why a call failed.
@@ -113,6 +122,7 @@ impl H1Conn {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        added: &Added<'_>,
         home: (Arc<OwnedConns>, Authority),
     ) -> Result<(http::response::Parts, H1Body), SendError> {
         let reused = std::mem::replace(&mut self.reused, true);
@@ -123,7 +133,7 @@ impl H1Conn {
                 SendError::Failed(e)
             }
         };
-        self.encode_head(method, target, headers);
+        self.encode_head(method, target, headers, added);
         let H1Conn { io, head, .. } = &mut *self;
         io.write_all(head).await.map_err(|e| fail(e.into()))?;
         let mut got_any = false;
@@ -160,19 +170,27 @@ impl H1Conn {
         }
     }
 
-    fn encode_head(&mut self, method: &Method, target: &str, headers: &HeaderMap) {
+    fn encode_head(&mut self, method: &Method, target: &str, headers: &HeaderMap, added: &Added) {
         let h = &mut self.head;
         h.clear();
         h.extend_from_slice(method.as_str().as_bytes());
         h.push(b' ');
         h.extend_from_slice(target.as_bytes());
         h.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in headers {
+        let mut line = |name: &HeaderName, value: &[u8]| {
             h.extend_from_slice(name.as_str().as_bytes());
             h.extend_from_slice(b": ");
-            h.extend_from_slice(value.as_bytes());
+            h.extend_from_slice(value);
             h.extend_from_slice(b"\r\n");
+        };
+        line(&header::HOST, added.host.as_bytes());
+        for (name, value) in headers {
+            // The map's `Host` is the client's; the upstream gets `added.host`.
+            if name != header::HOST {
+                line(name, value.as_bytes());
+            }
         }
+        added.forwarded.each(&mut line);
         // A method whose request is meant to have content says that there is none.
         if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
             && !headers.contains_key(header::CONTENT_LENGTH)
@@ -577,9 +595,22 @@ mod tests {
         method: Method,
         owner: &Arc<OwnedConns>,
     ) -> Result<(http::response::Parts, Result<Bytes, BoxError>), SendError> {
+        // The map's `Host` is the client's: the head carries `added.host` instead.
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("a.example"));
-        let (parts, body) = conn.send(&method, "/x?y=1", &headers, home(owner)).await?;
+        headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+        headers.insert("x-client", HeaderValue::from_static("1"));
+        let forwarded = Forwarded {
+            for_value: HeaderValue::from_static("10.0.0.1"),
+            proto: "http",
+            host: Some(HeaderValue::from_static("client.example")),
+        };
+        let added = Added {
+            host: &HeaderValue::from_static("a.example"),
+            forwarded: &forwarded,
+        };
+        let (parts, body) = conn
+            .send(&method, "/x?y=1", &headers, &added, home(owner))
+            .await?;
         let body = body.collect().await.map(|c| c.to_bytes());
         Ok((parts, body))
     }
@@ -623,7 +654,12 @@ mod tests {
         );
         drop(owner);
         let heads = task.await.unwrap();
-        assert_eq!(heads[0], "GET /x?y=1 HTTP/1.1\r\nhost: a.example\r\n\r\n");
+        assert_eq!(
+            heads[0],
+            "GET /x?y=1 HTTP/1.1\r\nhost: a.example\r\nx-client: 1\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: client.example\r\n\r\n"
+        );
         assert!(
             heads[1].starts_with("DELETE /x?y=1 HTTP/1.1\r\n"),
             "{}",

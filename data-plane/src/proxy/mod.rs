@@ -687,7 +687,9 @@ impl Proxy {
             .trusted_proxies
             .iter()
             .any(|c| c.contains(client_addr.ip()));
-        headers::add_forwarded(
+        // Kept beside the map: written into the head by the gateway's own client, inserted for
+        // the others (below).
+        let forwarded = headers::Forwarded::take(
             &mut parts.headers,
             client_addr.ip(),
             peer_trusted,
@@ -767,13 +769,15 @@ impl Proxy {
                 *r.headers_mut() = parts.headers.clone();
                 r
             };
-            match host_header {
-                Some(h) => req.headers_mut().insert(header::HOST, h),
-                None => req
-                    .headers_mut()
-                    .insert(header::HOST, node.host_header.clone()),
-            };
+            let host_header = host_header.unwrap_or_else(|| node.host_header.clone());
             let this_body = body.take();
+            // Without a body, an owned call goes by the gateway's own client, which writes the
+            // gateway's headers into the head itself; every other call carries them in the map.
+            let direct = owned && this_body.as_ref().is_none_or(|b| b.is_end_stream());
+            if !direct {
+                req.headers_mut().insert(header::HOST, host_header.clone());
+                forwarded.insert_into(req.headers_mut());
+            }
             let body_too_large = this_body.as_ref().and_then(|b| b.tripped());
             let started = tokio::time::Instant::now();
             let first_try = *first_try.get_or_insert(started);
@@ -793,10 +797,15 @@ impl Proxy {
             let client = upstream.pool.as_ref().map_or(shared, |p| &p.0);
             exchange.upstream = Some(node.authority.clone());
             let result = if owned {
+                let added = direct.then_some(h1_client::Added {
+                    host: &host_header,
+                    forwarded: &forwarded,
+                });
                 self.send_owned(
                     &exchange.conns,
                     &node.authority,
                     req,
+                    added,
                     &timeouts,
                     progress,
                     body_too_large,
@@ -912,23 +921,27 @@ impl Proxy {
     }
 
     /// One try on a connection of the client connection's own (`owned_conns`), under the same
-    /// timeouts as [`Proxy::send`].
+    /// timeouts as [`Proxy::send`]. With `added` (no body to stream), by the gateway's own
+    /// client, which writes those headers into the head; else by hyper's.
+    #[allow(clippy::too_many_arguments)]
     async fn send_owned(
         &self,
         conns: &Arc<OwnedConns>,
         node: &Authority,
         req: Request<SendBody>,
+        added: Option<h1_client::Added<'_>>,
         timeouts: &Timeouts,
         progress: Arc<Progress>,
         body_too_large: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<(Response<UpstreamInner>, Option<Lease>), ProxyError> {
-        let result = if req.body().is_end_stream() {
+        let result = if let Some(added) = &added {
             // No body to stream: the gateway's own client, in this task (`h1_client`).
             let call = owned_conns::call_h1(
                 conns,
                 &self.connector,
                 node,
                 &req,
+                added,
                 timeouts.connect,
                 progress.clone(),
             );

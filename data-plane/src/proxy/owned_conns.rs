@@ -26,7 +26,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::h1_client::{self, H1Body, H1Conn};
+use super::h1_client::{self, Added, H1Body, H1Conn};
 use super::upstream_call::{Progress, SendBody, TimedConnector, with_call};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -228,12 +228,13 @@ pub async fn call_h1(
     connector: &TimedConnector,
     node: &Authority,
     req: &Request<SendBody>,
+    added: &Added<'_>,
     connect_timeout: Duration,
     progress: Arc<Progress>,
 ) -> Result<Response<H1Body>, CallError> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let home = || (owner.clone(), node.clone());
-    let send = |conn: Box<H1Conn>| conn.send(req.method(), target, req.headers(), home());
+    let send = |conn: Box<H1Conn>| conn.send(req.method(), target, req.headers(), added, home());
     while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, true) {
         let Conn::H1(conn) = conn else {
             continue;
@@ -277,6 +278,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::proxy::headers::Forwarded;
 
     /// An upstream each of whose connections answers its first request (with the connection's
     /// number) and, after reading the next, closes without answering.
@@ -324,11 +326,21 @@ mod tests {
         req.headers_mut()
             .insert(http::header::HOST, http::HeaderValue::from_static("up"));
         let connector = TimedConnector::new();
+        let forwarded = Forwarded {
+            for_value: http::HeaderValue::from_static("127.0.0.1"),
+            proto: "http",
+            host: None,
+        };
+        let added = Added {
+            host: &http::HeaderValue::from_static("up"),
+            forwarded: &forwarded,
+        };
         let response = call_h1(
             owner,
             &connector,
             node,
             &req,
+            &added,
             Duration::from_secs(2),
             Progress::new(true),
         )
