@@ -357,7 +357,7 @@ fn judge_head(head: &[u8]) -> Option<Result<State, Refusal>> {
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             has_cl = true;
-            match std::str::from_utf8(h.value).ok().and_then(parse_length) {
+            match parse_length(h.value) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 // Unparsable or conflicting: hyper answers 400 itself.
                 _ => return None,
@@ -397,13 +397,36 @@ fn judge_head(head: &[u8]) -> Option<Result<State, Refusal>> {
     }))
 }
 
-/// `Content-Length` as hyper reads it: digits only.
-pub(super) fn parse_length(v: &str) -> Option<u64> {
-    let v = v.trim_matches(|c| c == ' ' || c == '\t');
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+/// `Content-Length` as hyper reads it: digits only (blanks around them allowed), no overflow.
+pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = trim_blanks(v);
+    if v.is_empty() {
         return None;
     }
-    v.parse().ok()
+    v.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// `v` without the spaces and tabs around it (optional whitespace, RFC 9110 §5.6.3).
+fn trim_blanks(v: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !blank(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !blank(b)).map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+/// The elements of a comma-separated header value, blanks trimmed (empty ones included).
+pub(super) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_blanks)
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 pub(super) fn ends_with_chunked(v: &[u8]) -> bool {
@@ -486,6 +509,30 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingWatch<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_and_tokens_are_read_as_hyper_reads_them() {
+        for (v, n) in [
+            (&b"0"[..], Some(0)),
+            (b"  42\t", Some(42)),
+            (b"007", Some(7)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"", None),
+            (b" ", None),
+            (b"+1", None),
+            (b"1 2", None),
+            (b"1,1", None),
+            (b"0x10", None),
+        ] {
+            assert_eq!(parse_length(v), n, "{:?}", String::from_utf8_lossy(v));
+        }
+        assert!(has_token(b"keep-alive, Close", b"close"));
+        assert!(has_token(b"\tclose\t", b"close"));
+        assert!(!has_token(b"closed, x-close", b"close"));
+        let all: Vec<&[u8]> = tokens(b" a ,, b").collect();
+        assert_eq!(all, [&b"a"[..], b"", b"b"]);
+    }
 
     /// Feeds `stream` in pieces of `step` bytes; returns the refused head's index and why, and
     /// whether the watch is still on.

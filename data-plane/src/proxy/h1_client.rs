@@ -27,8 +27,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::framing::{chunk_size, ends_with_chunked, line_end, parse_length};
-use super::headers::Forwarded;
+use super::framing::{chunk_size, ends_with_chunked, line_end, parse_length, tokens};
+use super::headers::{Forwarded, hop_by_hop_index};
 use super::owned_conns::OwnedConns;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -248,9 +248,11 @@ impl H1Conn {
             let parsed = spans.iter().try_for_each(|&(n0, n1, v0, v1)| {
                 let name = HeaderName::from_bytes(&head[n0..n1])
                     .map_err(|_| protocol("invalid upstream header name"))?;
+                if facts.note(&name, &head[v0..v1])? == Keep::No {
+                    return Ok(());
+                }
                 let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
                     .map_err(|_| protocol("invalid upstream header value"))?;
-                facts.note(&name, &value)?;
                 headers.append(name, value);
                 Ok::<_, BoxError>(())
             });
@@ -307,33 +309,52 @@ struct HeadFacts {
     keep_alive: bool,
 }
 
+/// Whether a response header goes into the response's map.
+#[derive(PartialEq, Eq)]
+enum Keep {
+    Yes,
+    /// A hop-by-hop header: what it says about this connection is noted here, and the proxy
+    /// would strip it before the client sees it (`headers::strip_hop_by_hop`), so it is never
+    /// put in the map. A `Connection` naming other headers stays, for the strip to act on.
+    No,
+}
+
 impl HeadFacts {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), BoxError> {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<Keep, BoxError> {
         if name == header::CONTENT_LENGTH {
-            let n = value
-                .to_str()
-                .ok()
-                .and_then(parse_length)
-                .ok_or_else(|| protocol("invalid upstream Content-Length"))?;
+            let n =
+                parse_length(value).ok_or_else(|| protocol("invalid upstream Content-Length"))?;
             if self.length.is_some_and(|m| m != n) {
                 return Err(protocol("conflicting upstream Content-Length values"));
             }
             self.length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+            return Ok(Keep::Yes);
+        }
+        if hop_by_hop_index(name).is_none() {
+            return Ok(Keep::Yes);
+        }
+        if name == header::TRANSFER_ENCODING {
             self.encoded = true;
             // The last coding decides (a later header line overrides an earlier one).
-            self.chunked = ends_with_chunked(value.as_bytes());
+            self.chunked = ends_with_chunked(value);
         } else if name == header::CONNECTION {
-            for token in value.to_str().unwrap_or_default().split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
+            let mut names_others = false;
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     self.keep_alive = true;
+                } else if !token.is_empty()
+                    && HeaderName::from_bytes(token).is_ok_and(|n| hop_by_hop_index(&n).is_none())
+                {
+                    names_others = true;
                 }
             }
+            if names_others {
+                return Ok(Keep::Yes);
+            }
         }
-        Ok(())
+        Ok(Keep::No)
     }
 }
 
@@ -693,8 +714,37 @@ mod tests {
             false,
         )
         .await;
-        assert_eq!(parts.headers["transfer-encoding"], "chunked");
+        // Decoded here: the coding is this connection's, not the client's.
+        assert!(!parts.headers.contains_key("transfer-encoding"));
         assert_eq!((body, home), (Bytes::from("hello world"), 1));
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_stay_out_of_the_map_unless_connection_names_others() {
+        let (parts, body, home) = one_answer(
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                  Upgrade: h2c\r\nTrailer: x-t\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok",
+            ],
+            false,
+        )
+        .await;
+        let names: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a", "content-length"]);
+        assert_eq!((body, home), (Bytes::from("ok"), 1));
+        // `Connection: x-private` is kept for `strip_hop_by_hop` (which also removes
+        // `x-private`); its `close` is obeyed here all the same.
+        let (parts, _, home) = one_answer(
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: close, X-Private\r\nX-Private: 1\r\n\
+                  Content-Length: 2\r\n\r\nok",
+            ],
+            false,
+        )
+        .await;
+        assert_eq!(parts.headers["connection"], "close, X-Private");
+        assert_eq!(parts.headers["x-private"], "1");
+        assert_eq!(home, 0, "closed, not kept");
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::framing::{ends_with_chunked, parse_length};
+use super::framing::{ends_with_chunked, has_token, parse_length};
 use super::upstream_call::RequestBody;
 use super::{ClientBody, MAX_REQUEST_HEAD_BYTES, MAX_REQUEST_HEADERS};
 
@@ -324,13 +324,6 @@ fn has_bare_lf(head: &[u8]) -> bool {
         .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
-/// Whether a comma-separated header value holds `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// How the response body goes on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Framing {
@@ -454,7 +447,7 @@ async fn write_both(io: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Resu
 /// connection may stay open.
 fn encode_head(
     out: &mut Vec<u8>,
-    mut parts: http::response::Parts,
+    parts: http::response::Parts,
     hint: &http_body::SizeHint,
     head_request: bool,
     mut close: bool,
@@ -474,48 +467,46 @@ fn encode_head(
         || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
     let may_have_length = !status.is_informational()
         && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-    let headers = &mut parts.headers;
-    if headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"))
-    {
-        close = true;
-    } else if close {
-        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+    // One look over the headers for what framing needs (maps this small are cheaper walked
+    // than hashed into four times); the write below then skips what the framing replaces.
+    let mut client_close = false;
+    let mut declared_length = None;
+    let mut coded: Option<&HeaderValue> = None;
+    for (name, value) in parts.headers.iter() {
+        if name == header::CONNECTION {
+            client_close |= has_token(value.as_bytes(), b"close");
+        } else if name == header::CONTENT_LENGTH {
+            // The first value, as `HeaderMap::get` gives it.
+            declared_length = declared_length.or(Some(parse_length(value.as_bytes())));
+        } else if name == header::TRANSFER_ENCODING {
+            coded = coded.or(Some(value));
+        }
     }
+    let declared_length = declared_length.flatten();
+    close |= client_close;
     // The response's own framing headers, as hyper reads them: a length wins over a size the
-    // body knows, a transfer coding means chunked.
-    let declared_length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_length);
-    let coded = headers
-        .get(header::TRANSFER_ENCODING)
-        .map(|v| v.as_bytes().to_vec());
-    headers.remove(header::TRANSFER_ENCODING);
-    if !may_have_length {
-        headers.remove(header::CONTENT_LENGTH);
-    }
+    // body knows, a transfer coding means chunked. `Transfer-Encoding` is always written here
+    // (or not at all), `Content-Length` from the map only where it is the framing.
+    let mut keep_length = may_have_length;
     let framing = if no_body {
         Framing::None
-    } else if let Some(coding) = &coded {
+    } else if let Some(coding) = coded {
         out.extend_from_slice(b"transfer-encoding: ");
-        out.extend_from_slice(coding);
-        if !ends_with_chunked(coding) {
+        out.extend_from_slice(coding.as_bytes());
+        if !ends_with_chunked(coding.as_bytes()) {
             out.extend_from_slice(b", chunked");
         }
         out.extend_from_slice(b"\r\n");
-        headers.remove(header::CONTENT_LENGTH);
+        keep_length = false;
         Framing::Chunked
     } else if let Some(n) = declared_length {
         Framing::Length(n)
     } else if let Some(n) = hint.exact() {
-        headers.remove(header::CONTENT_LENGTH);
+        keep_length = false;
         let _ = write!(out, "content-length: {n}\r\n");
         Framing::Length(n)
     } else {
-        headers.remove(header::CONTENT_LENGTH);
+        keep_length = false;
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
     };
@@ -527,12 +518,18 @@ fn encode_head(
         let _ = write!(out, "content-length: {n}\r\n");
     }
     let mut has_date = false;
-    for (name, value) in headers.iter() {
+    for (name, value) in parts.headers.iter() {
+        if name == header::TRANSFER_ENCODING || (!keep_length && name == header::CONTENT_LENGTH) {
+            continue;
+        }
         has_date |= name == header::DATE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if close && !client_close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     if !has_date {
         out.extend_from_slice(b"date: ");

@@ -158,13 +158,23 @@ pub fn set_identity(
     }
 }
 
+/// Where `name` is in `HOP_BY_HOP`. By length first: few names share one with a hop-by-hop
+/// header, so most are passed over without comparing against all seven.
+pub(super) fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let s = name.as_str();
+    match s.len() {
+        2 | 7 | 10 | 16 | 17 => HOP_BY_HOP.iter().position(|h| h.as_str() == s),
+        _ => None,
+    }
+}
+
 /// Removes every header named in `Connection`, then the standard hop-by-hop headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Usually only `Connection` (an upstream's `keep-alive`), often none: find which are there
     // in one pass rather than hashing every hop-by-hop name.
     let mut present = [false; HOP_BY_HOP_COUNT];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         }
     }
@@ -309,6 +319,18 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_found_by_its_length() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+            let custom = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
+            assert_eq!(hop_by_hop_index(&custom), Some(i), "{name} parsed");
+        }
+        for other in ["user-agent", "host", "x-te", "upgrades", "content-length"] {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None);
+        }
     }
 
     #[test]
