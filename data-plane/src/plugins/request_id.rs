@@ -49,24 +49,31 @@ impl RequestId {
     }
 }
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The header the gateway's request id travels in.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every request reaches its upstream with an `X-Request-Id`, plugin or not: the client's when it
 /// sent one sane value, else a new UUID (from a fast thread-local generator: ids need to be
-/// unique, not secret). Returns the id, for the access log.
-pub fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
-    let mut sent = headers.get_all(&X_REQUEST_ID).iter();
-    if let (Some(v), None) = (sent.next(), sent.next())
-        && is_sane(v)
-    {
-        return v.clone();
+/// unique, not secret). Returns the id, for the access log, and whether it is in `headers`
+/// already; a new id is not put there (an insert of a custom name hashes it byte by byte): the
+/// proxy adds it to the upstream request (`Proxy::forward`). Client values not kept are removed.
+pub fn client_or_new_request_id(headers: &mut http::HeaderMap) -> (HeaderValue, bool) {
+    // Request maps are small: a look over the names is cheaper than a hashed lookup when, as
+    // usual, the client sent none.
+    if headers.keys().any(|k| *k == X_REQUEST_ID) {
+        let mut sent = headers.get_all(&X_REQUEST_ID).iter();
+        if let (Some(v), None) = (sent.next(), sent.next())
+            && is_sane(v)
+        {
+            return (v.clone(), true);
+        }
+        headers.remove(&X_REQUEST_ID);
     }
     let mut random = [0u8; 16];
     fastrand::fill(&mut random);
     let id = uuid_v4(random);
     let id = HeaderValue::from_bytes(id.as_bytes()).unwrap_or(HeaderValue::from_static("-"));
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
+    (id, false)
 }
 
 /// A client-sent id worth keeping: one value, 1-128 visible ASCII characters (no spaces, so it

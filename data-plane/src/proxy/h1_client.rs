@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use super::framing::{chunk_size, ends_with_chunked, line_end, parse_length, tokens};
 use super::headers::{Forwarded, hop_by_hop_index};
 use super::owned_conns::OwnedConns;
+use crate::plugins::request_id::X_REQUEST_ID;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,6 +58,8 @@ pub struct Added<'a> {
     /// The upstream's `Host` (the map's own `Host` is not sent).
     pub host: &'a HeaderValue,
     pub forwarded: &'a Forwarded,
+    /// `X-Request-Id`, when the map does not hold it.
+    pub request_id: Option<&'a HeaderValue>,
 }
 
 /// Why a call failed.
@@ -191,6 +194,9 @@ impl H1Conn {
             }
         }
         added.forwarded.each(&mut line);
+        if let Some(id) = added.request_id {
+            line(&X_REQUEST_ID, id.as_bytes());
+        }
         // A method whose request is meant to have content says that there is none.
         if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
             && !headers.contains_key(header::CONTENT_LENGTH)
@@ -628,6 +634,7 @@ mod tests {
         let added = Added {
             host: &HeaderValue::from_static("a.example"),
             forwarded: &forwarded,
+            request_id: Some(&HeaderValue::from_static("id-1")),
         };
         let (parts, body) = conn
             .send(&method, "/x?y=1", &headers, &added, home(owner))
@@ -679,7 +686,7 @@ mod tests {
             heads[0],
             "GET /x?y=1 HTTP/1.1\r\nhost: a.example\r\nx-client: 1\r\n\
              x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: client.example\r\n\r\n"
+             x-forwarded-host: client.example\r\nx-request-id: id-1\r\n\r\n"
         );
         assert!(
             heads[1].starts_with("DELETE /x?y=1 HTTP/1.1\r\n"),

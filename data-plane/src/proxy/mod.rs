@@ -58,6 +58,9 @@ struct Exchange {
     /// Until the upstream's response head arrived.
     upstream_time: Option<Duration>,
     request_id: Option<HeaderValue>,
+    /// `request_id` is in the request's header map (the client's, or a plugin's); else
+    /// `forward` adds it to the upstream request.
+    request_id_in_map: bool,
     /// The consumer an auth plugin identified (for `chash` with `hash_on: consumer`).
     consumer: Option<Arc<str>>,
     /// The client came in over TLS (`X-Forwarded-Proto: https`).
@@ -82,7 +85,7 @@ use crate::health::Outcome;
 use crate::observability::MeteredBody;
 use crate::observability::access_log::{AccessLog, Record};
 use crate::observability::metrics::{METRICS, RouteMetrics};
-use crate::plugins::request_id::ensure_request_id;
+use crate::plugins::request_id::{X_REQUEST_ID, client_or_new_request_id};
 use crate::plugins::{PluginResponse, RequestCtx};
 use crate::router::vars::RequestVars;
 use crate::state::DpState;
@@ -419,6 +422,7 @@ impl Proxy {
             upstream: None,
             upstream_time: None,
             request_id: None,
+            request_id_in_map: false,
             consumer: None,
             https,
             conns,
@@ -482,7 +486,8 @@ impl Proxy {
         exchange.metrics = route.metrics.clone();
         exchange.route = Some(route.id.clone());
         if route.plugins.is_empty() {
-            exchange.request_id = Some(ensure_request_id(&mut parts.headers));
+            let (id, in_map) = client_or_new_request_id(&mut parts.headers);
+            (exchange.request_id, exchange.request_id_in_map) = (Some(id), in_map);
             return self
                 .call_upstream(peer, parts, body, None, &route, None, exchange)
                 .await
@@ -491,7 +496,8 @@ impl Proxy {
         let mut ctx = RequestCtx::new(client_addr, route.id.clone());
         let answer = route.plugins.request(&mut parts, &mut ctx).await;
         // After the plugins, so `request-id`'s own header and algorithm win when configured.
-        let id = ensure_request_id(&mut parts.headers);
+        let (id, in_map) = client_or_new_request_id(&mut parts.headers);
+        (exchange.request_id, exchange.request_id_in_map) = (Some(id.clone()), in_map);
         ctx.request_id.get_or_insert(id);
         let result = match answer {
             Some(answer) => Ok(plugin_response(answer)),
@@ -696,6 +702,11 @@ impl Proxy {
             if exchange.https { "https" } else { "http" },
             original_host.as_ref(),
         );
+        // The request id, when it is not in the map already (`client_or_new_request_id`).
+        let request_id = match exchange.request_id_in_map {
+            true => None,
+            false => exchange.request_id.clone(),
+        };
         parts.version = if grpc {
             Version::HTTP_2
         } else {
@@ -777,6 +788,9 @@ impl Proxy {
             if !direct {
                 req.headers_mut().insert(header::HOST, host_header.clone());
                 forwarded.insert_into(req.headers_mut());
+                if let Some(id) = &request_id {
+                    req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+                }
             }
             let body_too_large = this_body.as_ref().and_then(|b| b.tripped());
             let started = tokio::time::Instant::now();
@@ -800,6 +814,7 @@ impl Proxy {
                 let added = direct.then_some(h1_client::Added {
                     host: &host_header,
                     forwarded: &forwarded,
+                    request_id: request_id.as_ref(),
                 });
                 self.send_owned(
                     &exchange.conns,
