@@ -249,7 +249,8 @@ impl H1Conn {
                 (n, n + h.name.len(), v, v + h.value.len())
             }));
             let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(spans.len());
+            // Room for what plugins add (rate-limit and CORS headers, say) without regrowing.
+            let mut headers = HeaderMap::with_capacity(spans.len() + 8);
             let mut facts = HeadFacts::default();
             let parsed = spans.iter().try_for_each(|&(n0, n1, v0, v1)| {
                 let name = HeaderName::from_bytes(&head[n0..n1])
