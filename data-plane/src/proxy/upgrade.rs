@@ -22,7 +22,8 @@ pub static TUNNELS: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
 /// The `Upgrade` value when the request asks to switch protocols (HTTP/1.1, `Connection`
 /// naming `upgrade`, one `Upgrade` header).
 pub fn requested(parts: &http::request::Parts) -> Option<HeaderValue> {
-    if parts.version != Version::HTTP_11 {
+    // One lookup first: most requests ask for no upgrade.
+    if parts.version != Version::HTTP_11 || !parts.headers.contains_key(header::UPGRADE) {
         return None;
     }
     let asks = parts
