@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::framing::{chunk_size, ends_with_chunked, line_end, parse_length, tokens};
-use super::headers::{Forwarded, hop_by_hop_index};
+use super::headers::{Forwarded, Identity, hop_by_hop_index};
 use super::owned_conns::OwnedConns;
 use crate::plugins::request_id::X_REQUEST_ID;
 
@@ -58,6 +58,7 @@ pub struct Added<'a> {
     /// The upstream's `Host` (the map's own `Host` is not sent).
     pub host: &'a HeaderValue,
     pub forwarded: &'a Forwarded,
+    pub identity: &'a Identity,
     /// `X-Request-Id`, when the map does not hold it.
     pub request_id: Option<&'a HeaderValue>,
 }
@@ -194,6 +195,7 @@ impl H1Conn {
             }
         }
         added.forwarded.each(&mut line);
+        added.identity.each(&mut line);
         if let Some(id) = added.request_id {
             line(&X_REQUEST_ID, id.as_bytes());
         }
@@ -635,6 +637,7 @@ mod tests {
         let added = Added {
             host: &HeaderValue::from_static("a.example"),
             forwarded: &forwarded,
+            identity: &Identity::new(Some("alice"), None, Some("key-1")),
             request_id: Some(&HeaderValue::from_static("id-1")),
         };
         let (parts, body) = conn
@@ -687,7 +690,8 @@ mod tests {
             heads[0],
             "GET /x?y=1 HTTP/1.1\r\nhost: a.example\r\nx-client: 1\r\n\
              x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: client.example\r\nx-request-id: id-1\r\n\r\n"
+             x-forwarded-host: client.example\r\nx-consumer-username: alice\r\n\
+             x-credential-identifier: key-1\r\nx-request-id: id-1\r\n\r\n"
         );
         assert!(
             heads[1].starts_with("DELETE /x?y=1 HTTP/1.1\r\n"),

@@ -140,20 +140,39 @@ fn is_plain_authority(s: &[u8]) -> bool {
     !s.is_empty() && open == closed && colons <= 1 && !percent
 }
 
-/// Sets the identity headers from what an auth plugin found (nothing when no plugin did).
-pub fn set_identity(
-    headers: &mut HeaderMap,
-    consumer: Option<&str>,
-    group: Option<&str>,
-    credential: Option<&str>,
-) {
-    for (name, value) in [
-        (X_CONSUMER_USERNAME, consumer),
-        (X_CONSUMER_GROUP, group),
-        (X_CREDENTIAL_IDENTIFIER, credential),
-    ] {
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-            headers.insert(name, v);
+/// The identity headers from what an auth plugin found (none when no plugin did), kept beside
+/// the request's header map as `Forwarded` is: written into the head by `h1_client`, inserted
+/// for the other clients (`insert_into`).
+#[derive(Default)]
+pub struct Identity([Option<HeaderValue>; 3]);
+
+static IDENTITY_NAMES: [HeaderName; 3] = [
+    X_CONSUMER_USERNAME,
+    X_CONSUMER_GROUP,
+    X_CREDENTIAL_IDENTIFIER,
+];
+
+impl Identity {
+    pub fn new(consumer: Option<&str>, group: Option<&str>, credential: Option<&str>) -> Identity {
+        let value = |v: Option<&str>| v.and_then(|v| HeaderValue::from_str(v).ok());
+        Identity([value(consumer), value(group), value(credential)])
+    }
+
+    /// The headers as (name, value) pairs, in the order they are sent.
+    pub fn each(&self, mut f: impl FnMut(&HeaderName, &[u8])) {
+        for (name, value) in IDENTITY_NAMES.iter().zip(&self.0) {
+            if let Some(v) = value {
+                f(name, v.as_bytes());
+            }
+        }
+    }
+
+    /// Puts the headers into a request's map (for the clients that send a map).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in IDENTITY_NAMES.iter().zip(&self.0) {
+            if let Some(v) = value {
+                headers.insert(name, v.clone());
+            }
         }
     }
 }
@@ -308,6 +327,16 @@ mod tests {
         host: Option<&HeaderValue>,
     ) {
         Forwarded::take(headers, client, keep_prior, proto, host).insert_into(headers);
+    }
+
+    /// The identity headers in the map itself, as the clients other than `h1_client` get them.
+    fn set_identity(
+        headers: &mut HeaderMap,
+        consumer: Option<&str>,
+        group: Option<&str>,
+        credential: Option<&str>,
+    ) {
+        Identity::new(consumer, group, credential).insert_into(headers);
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -61,6 +61,8 @@ struct Exchange {
     /// `request_id` is in the request's header map (the client's, or a plugin's); else
     /// `forward` adds it to the upstream request.
     request_id_in_map: bool,
+    /// The identity headers for the upstream, from what an auth plugin found.
+    identity: headers::Identity,
     /// The consumer an auth plugin identified (for `chash` with `hash_on: consumer`).
     consumer: Option<Arc<str>>,
     /// The client came in over TLS (`X-Forwarded-Proto: https`).
@@ -423,6 +425,7 @@ impl Proxy {
             upstream_time: None,
             request_id: None,
             request_id_in_map: false,
+            identity: headers::Identity::default(),
             consumer: None,
             https,
             conns,
@@ -502,8 +505,7 @@ impl Proxy {
         let result = match answer {
             Some(answer) => Ok(plugin_response(answer)),
             None => {
-                headers::set_identity(
-                    &mut parts.headers,
+                exchange.identity = headers::Identity::new(
                     ctx.consumer_name.as_deref(),
                     ctx.consumer_group.as_deref(),
                     ctx.credential_id.as_deref(),
@@ -702,6 +704,7 @@ impl Proxy {
             if exchange.https { "https" } else { "http" },
             original_host.as_ref(),
         );
+        let identity = std::mem::take(&mut exchange.identity);
         // The request id, when it is not in the map already (`client_or_new_request_id`).
         let request_id = match exchange.request_id_in_map {
             true => None,
@@ -788,6 +791,7 @@ impl Proxy {
             if !direct {
                 req.headers_mut().insert(header::HOST, host_header.clone());
                 forwarded.insert_into(req.headers_mut());
+                identity.insert_into(req.headers_mut());
                 if let Some(id) = &request_id {
                     req.headers_mut().insert(&X_REQUEST_ID, id.clone());
                 }
@@ -814,6 +818,7 @@ impl Proxy {
                 let added = direct.then_some(h1_client::Added {
                     host: &host_header,
                     forwarded: &forwarded,
+                    identity: &identity,
                     request_id: request_id.as_ref(),
                 });
                 self.send_owned(

@@ -334,6 +334,7 @@ mod tests {
         let added = Added {
             host: &http::HeaderValue::from_static("up"),
             forwarded: &forwarded,
+            identity: &Default::default(),
             request_id: None,
         };
         let response = call_h1(
