@@ -104,18 +104,21 @@ mod tests {
             // SAFETY: non-zero sizes; each block is written within its size and freed once.
             unsafe {
                 let p = Allocator.alloc(layout);
-                assert!(!p.is_null() && p as usize % align == 0, "{size}/{align}");
+                assert!(
+                    !p.is_null() && (p as usize).is_multiple_of(align),
+                    "{size}/{align}"
+                );
                 std::ptr::write_bytes(p, 0xab, size);
                 let p = Allocator.realloc(p, layout, size * 3);
                 assert!(
-                    !p.is_null() && p as usize % align == 0,
+                    !p.is_null() && (p as usize).is_multiple_of(align),
                     "{size}/{align} grown"
                 );
                 assert_eq!(*p.add(size - 1), 0xab, "{size}/{align}: contents kept");
                 Allocator.dealloc(p, Layout::from_size_align(size * 3, align).unwrap());
                 let z = Allocator.alloc_zeroed(layout);
                 assert!(
-                    z as usize % align == 0 && *z.add(size - 1) == 0,
+                    (z as usize).is_multiple_of(align) && *z.add(size - 1) == 0,
                     "{size}/{align} zeroed"
                 );
                 Allocator.dealloc(z, layout);
