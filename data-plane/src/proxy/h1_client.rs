@@ -63,6 +63,19 @@ pub struct Added<'a> {
     pub request_id: Option<&'a HeaderValue>,
 }
 
+impl Added<'_> {
+    /// Puts the headers into a request's map instead, for the clients that send a map (hyper's:
+    /// bodies, TLS, gRPC, pools).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        headers.insert(header::HOST, self.host.clone());
+        self.forwarded.insert_into(headers);
+        self.identity.insert_into(headers);
+        if let Some(id) = self.request_id {
+            headers.insert(&X_REQUEST_ID, id.clone());
+        }
+    }
+}
+
 /// Why a call failed.
 #[derive(Debug)]
 pub enum SendError {
@@ -137,7 +150,7 @@ impl H1Conn {
                 SendError::Failed(e)
             }
         };
-        self.encode_head(method, target, headers, added);
+        encode_head(&mut self.head, method, target, headers, added);
         let H1Conn { io, head, .. } = &mut *self;
         io.write_all(head).await.map_err(|e| fail(e.into()))?;
         let mut got_any = false;
@@ -172,40 +185,6 @@ impl H1Conn {
                 Err(e) => return Err(fail(e.into())),
             }
         }
-    }
-
-    fn encode_head(&mut self, method: &Method, target: &str, headers: &HeaderMap, added: &Added) {
-        let h = &mut self.head;
-        h.clear();
-        h.extend_from_slice(method.as_str().as_bytes());
-        h.push(b' ');
-        h.extend_from_slice(target.as_bytes());
-        h.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut line = |name: &HeaderName, value: &[u8]| {
-            h.extend_from_slice(name.as_str().as_bytes());
-            h.extend_from_slice(b": ");
-            h.extend_from_slice(value);
-            h.extend_from_slice(b"\r\n");
-        };
-        line(&header::HOST, added.host.as_bytes());
-        for (name, value) in headers {
-            // The map's `Host` is the client's; the upstream gets `added.host`.
-            if name != header::HOST {
-                line(name, value.as_bytes());
-            }
-        }
-        added.forwarded.each(&mut line);
-        added.identity.each(&mut line);
-        if let Some(id) = added.request_id {
-            line(&X_REQUEST_ID, id.as_bytes());
-        }
-        // A method whose request is meant to have content says that there is none.
-        if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-            && !headers.contains_key(header::CONTENT_LENGTH)
-        {
-            h.extend_from_slice(b"content-length: 0\r\n");
-        }
-        h.extend_from_slice(b"\r\n");
     }
 
     /// The response head at the front of the buffer, once complete; interim (1xx) responses
@@ -300,6 +279,41 @@ impl H1Conn {
             return Ok(Some((parts, Framing { body, keep_alive })));
         }
     }
+}
+
+/// Writes a request head without a body into `h`: the request's own headers (its `Host`
+/// aside) and the gateway's (`added`).
+fn encode_head(h: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, added: &Added) {
+    h.clear();
+    h.extend_from_slice(method.as_str().as_bytes());
+    h.push(b' ');
+    h.extend_from_slice(target.as_bytes());
+    h.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut line = |name: &HeaderName, value: &[u8]| {
+        h.extend_from_slice(name.as_str().as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(value);
+        h.extend_from_slice(b"\r\n");
+    };
+    line(&header::HOST, added.host.as_bytes());
+    for (name, value) in headers {
+        // The map's `Host` is the client's; the upstream gets `added.host`.
+        if name != header::HOST {
+            line(name, value.as_bytes());
+        }
+    }
+    added.forwarded.each(&mut line);
+    added.identity.each(&mut line);
+    if let Some(id) = added.request_id {
+        line(&X_REQUEST_ID, id.as_bytes());
+    }
+    // A method whose request is meant to have content says that there is none.
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+        && !headers.contains_key(header::CONTENT_LENGTH)
+    {
+        h.extend_from_slice(b"content-length: 0\r\n");
+    }
+    h.extend_from_slice(b"\r\n");
 }
 
 /// What the response head says about its body and its connection.
@@ -649,6 +663,43 @@ mod tests {
 
     async fn connect(addr: std::net::SocketAddr) -> Box<H1Conn> {
         H1Conn::new(TcpStream::connect(addr).await.unwrap())
+    }
+
+    #[test]
+    fn the_map_gets_the_same_added_headers_the_head_does() {
+        let forwarded = Forwarded {
+            for_value: HeaderValue::from_static("10.0.0.1, 10.0.0.2"),
+            proto: "https",
+            host: Some(HeaderValue::from_static("client.example")),
+        };
+        let identity = Identity::new(Some("alice"), Some("team"), None);
+        let added = Added {
+            host: &HeaderValue::from_static("up.example"),
+            forwarded: &forwarded,
+            identity: &identity,
+            request_id: Some(&HeaderValue::from_static("id-9")),
+        };
+        let mut client = HeaderMap::new();
+        client.insert(header::HOST, HeaderValue::from_static("client.example"));
+        let mut head = Vec::new();
+        encode_head(&mut head, &Method::GET, "/", &client, &added);
+        let head = String::from_utf8(head).unwrap();
+        let mut in_head: Vec<String> = head
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        let mut map = client.clone();
+        added.insert_into(&mut map);
+        let mut in_map: Vec<String> = map
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        in_head.sort();
+        in_map.sort();
+        assert_eq!(in_head, in_map);
+        assert_eq!(in_map.len(), 7, "{in_map:?}");
     }
 
     #[tokio::test]

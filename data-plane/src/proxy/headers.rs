@@ -23,6 +23,8 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `static`s, not `const`s, for the same reason as `HOP_BY_HOP`.
+static FORWARDED_NAMES: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
 
 /// Who the caller is, as an auth plugin established it; only the gateway sets these.
 pub const X_CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-username");
@@ -34,15 +36,10 @@ pub const X_CREDENTIAL_IDENTIFIER: HeaderName = HeaderName::from_static("x-crede
 pub fn strip_identity(headers: &mut HeaderMap) {
     // One look over the (few) names first: most requests carry none of these, and a look is
     // cheaper than three hashed removes.
-    let identity = [
-        X_CONSUMER_USERNAME,
-        X_CONSUMER_GROUP,
-        X_CREDENTIAL_IDENTIFIER,
-    ];
-    if !headers.keys().any(|k| identity.contains(k)) {
+    if !headers.keys().any(|k| IDENTITY_NAMES.contains(k)) {
         return;
     }
-    for name in identity {
+    for name in &IDENTITY_NAMES {
         headers.remove(name);
     }
 }
@@ -247,8 +244,7 @@ impl Forwarded {
     ) -> Forwarded {
         let mut for_value = None;
         // One look over the (few) names first: most requests carry none of these.
-        let forwarded = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
-        if headers.keys().any(|k| forwarded.contains(k)) {
+        if headers.keys().any(|k| FORWARDED_NAMES.contains(k)) {
             if keep_prior && headers.contains_key(&X_FORWARDED_FOR) {
                 let mut xff = String::new();
                 for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -260,7 +256,7 @@ impl Forwarded {
                 xff.push_str(&client.to_string());
                 for_value = HeaderValue::from_str(&xff).ok();
             }
-            for name in forwarded {
+            for name in &FORWARDED_NAMES {
                 headers.remove(name);
             }
         }

@@ -87,7 +87,7 @@ use crate::health::Outcome;
 use crate::observability::MeteredBody;
 use crate::observability::access_log::{AccessLog, Record};
 use crate::observability::metrics::{METRICS, RouteMetrics};
-use crate::plugins::request_id::{X_REQUEST_ID, client_or_new_request_id};
+use crate::plugins::request_id::client_or_new_request_id;
 use crate::plugins::{PluginResponse, RequestCtx};
 use crate::router::vars::RequestVars;
 use crate::state::DpState;
@@ -788,13 +788,14 @@ impl Proxy {
             // Without a body, an owned call goes by the gateway's own client, which writes the
             // gateway's headers into the head itself; every other call carries them in the map.
             let direct = owned && this_body.as_ref().is_none_or(|b| b.is_end_stream());
+            let added = h1_client::Added {
+                host: &host_header,
+                forwarded: &forwarded,
+                identity: &identity,
+                request_id: request_id.as_ref(),
+            };
             if !direct {
-                req.headers_mut().insert(header::HOST, host_header.clone());
-                forwarded.insert_into(req.headers_mut());
-                identity.insert_into(req.headers_mut());
-                if let Some(id) = &request_id {
-                    req.headers_mut().insert(&X_REQUEST_ID, id.clone());
-                }
+                added.insert_into(req.headers_mut());
             }
             let body_too_large = this_body.as_ref().and_then(|b| b.tripped());
             let started = tokio::time::Instant::now();
@@ -815,17 +816,11 @@ impl Proxy {
             let client = upstream.pool.as_ref().map_or(shared, |p| &p.0);
             exchange.upstream = Some(node.authority.clone());
             let result = if owned {
-                let added = direct.then_some(h1_client::Added {
-                    host: &host_header,
-                    forwarded: &forwarded,
-                    identity: &identity,
-                    request_id: request_id.as_ref(),
-                });
                 self.send_owned(
                     &exchange.conns,
                     &node.authority,
                     req,
-                    added,
+                    direct.then_some(added),
                     &timeouts,
                     progress,
                     body_too_large,
