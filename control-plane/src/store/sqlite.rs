@@ -74,6 +74,9 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // No ping before each use: a connection is a file handle in this process that
+            // nothing closes between uses, and the ping is a round trip to its thread.
+            .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
@@ -309,12 +312,11 @@ async fn put_in(
         .await
         .map_err(db_err)?;
     }
-    replace_refs(conn, kind, &id, &references).await?;
-    replace_claims(conn, kind, &id, &claims).await?;
-
     let before = current.as_ref().map(|c| encode(&c.value)).transpose()?;
-    append_history(
+    record_write(
         conn,
+        &references,
+        &claims,
         HistoryRow {
             revision: db_revision,
             seq,
@@ -399,11 +401,11 @@ async fn delete_in(
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-    replace_refs(conn, kind, &id, &[]).await?;
-    replace_claims(conn, kind, &id, &[]).await?;
     let before = encode(&current.value)?;
-    append_history(
+    record_write(
         conn,
+        &[],
+        &[],
         HistoryRow {
             revision: to_db(revision)?,
             seq,
@@ -437,18 +439,20 @@ async fn take_revision(
     }
 }
 
-/// Increments the global revision inside the caller's write transaction and returns the new one.
+/// Increments the global revision inside the caller's write transaction and returns the new one
+/// (one statement: each is a round trip to the connection's thread).
 async fn bump_revision(conn: &mut SqliteConnection) -> StoreResult<u64> {
-    let next = read_revision(conn)
-        .await?
-        .checked_add(1)
-        .ok_or_else(|| StoreError::Corrupt("revision overflow".to_string()))?;
-    sqlx::query("UPDATE meta SET revision = ? WHERE id = 1")
-        .bind(to_db(next)?)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    Ok(next)
+    let row = sqlx::query(
+        "UPDATE meta SET revision = revision + 1 WHERE id = 1 AND revision < ? RETURNING revision",
+    )
+    .bind(i64::MAX)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?
+    .ok_or_else(|| {
+        StoreError::Corrupt("the meta row is missing or its revision overflows".into())
+    })?;
+    from_db(column(&row, "revision")?, "meta.revision")
 }
 
 async fn read_store_id(conn: &mut SqliteConnection) -> StoreResult<String> {
@@ -528,52 +532,46 @@ async fn check_claims(
     Ok(())
 }
 
-/// Makes the `credentials` rows of `kind/id` exactly `claims` (none for a delete).
-async fn replace_claims(
+/// What every write of `kind/id` records besides the resource row: its history entry, and its
+/// `refs` and `credentials` rows made exactly `references` and `claims` (none for a delete).
+/// The history insert and the removal of the old rows go as one query: each query is a round
+/// trip to the connection's thread (two context switches), which costs more than the statements.
+async fn record_write(
     conn: &mut SqliteConnection,
-    kind: ResourceKind,
-    id: &str,
-    claims: &[OwnedClaim],
-) -> StoreResult<()> {
-    sqlx::query("DELETE FROM credentials WHERE kind = ? AND id = ?")
-        .bind(kind.as_str())
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    for c in claims {
-        sqlx::query("INSERT INTO credentials (plugin, digest, kind, id) VALUES (?, ?, ?, ?)")
-            .bind(c.plugin)
-            .bind(&c.digest)
-            .bind(kind.as_str())
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-    }
-    Ok(())
-}
-
-/// Makes the `refs` rows of `kind/id` exactly `references` (none for a delete).
-async fn replace_refs(
-    conn: &mut SqliteConnection,
-    kind: ResourceKind,
-    id: &str,
     references: &[OwnedReference],
+    claims: &[OwnedClaim],
+    h: HistoryRow<'_>,
 ) -> StoreResult<()> {
-    sqlx::query("DELETE FROM refs WHERE from_kind = ? AND from_id = ?")
-        .bind(kind.as_str())
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
+    let (kind, id) = (h.kind.as_str(), h.id);
+    sqlx::query(
+        "DELETE FROM refs WHERE from_kind = ? AND from_id = ?; \
+         DELETE FROM credentials WHERE kind = ? AND id = ?; \
+         INSERT INTO history (revision, seq, at, kind, id, op, before, after, actor) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(kind)
+    .bind(id)
+    .bind(kind)
+    .bind(id)
+    .bind(h.revision)
+    .bind(h.seq)
+    .bind(h.at)
+    .bind(kind)
+    .bind(id)
+    .bind(op_text(h.op))
+    .bind(h.before)
+    .bind(h.after)
+    .bind(h.actor)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
     for r in references {
         // The same reference listed twice is one row.
         sqlx::query(
             "INSERT INTO refs (from_kind, from_id, from_field, to_kind, to_id) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
-        .bind(kind.as_str())
+        .bind(kind)
         .bind(id)
         .bind(r.field)
         .bind(r.kind.as_str())
@@ -582,27 +580,16 @@ async fn replace_refs(
         .await
         .map_err(db_err)?;
     }
-    Ok(())
-}
-
-async fn append_history(conn: &mut SqliteConnection, h: HistoryRow<'_>) -> StoreResult<()> {
-    let op = op_text(h.op);
-    sqlx::query(
-        "INSERT INTO history (revision, seq, at, kind, id, op, before, after, actor) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(h.revision)
-    .bind(h.seq)
-    .bind(h.at)
-    .bind(h.kind.as_str())
-    .bind(h.id)
-    .bind(op)
-    .bind(h.before)
-    .bind(h.after)
-    .bind(h.actor)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    for c in claims {
+        sqlx::query("INSERT INTO credentials (plugin, digest, kind, id) VALUES (?, ?, ?, ?)")
+            .bind(c.plugin)
+            .bind(&c.digest)
+            .bind(kind)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    }
     Ok(())
 }
 
@@ -663,14 +650,23 @@ fn db_err(e: sqlx::Error) -> StoreError {
 
 impl SqliteStore {
     /// A transaction in which every statement reads the same database state (WAL mode), with
-    /// the revision and store id it sees: how `snapshot` and `changes_since` begin.
+    /// the revision, store id and number of resources it sees, read in one statement (each is a
+    /// round trip to the connection's thread): how `snapshot` and `changes_since` begin.
     async fn begin_consistent_read(
         &self,
-    ) -> StoreResult<(sqlx::Transaction<'static, Sqlite>, u64, String)> {
+    ) -> StoreResult<(sqlx::Transaction<'static, Sqlite>, u64, String, i64)> {
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
-        let revision = read_revision(&mut tx).await?;
-        let store_id = read_store_id(&mut tx).await?;
-        Ok((tx, revision, store_id))
+        let row = sqlx::query(
+            "SELECT revision, store_id, (SELECT COUNT(*) FROM resources) AS resources \
+             FROM meta WHERE id = 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+        let revision = from_db(column(&row, "revision")?, "meta.revision")?;
+        let resources = column(&row, "resources")?;
+        Ok((tx, revision, column(&row, "store_id")?, resources))
     }
 }
 
@@ -706,7 +702,7 @@ impl ConfigStore for SqliteStore {
     }
 
     async fn snapshot(&self) -> StoreResult<StoreSnapshot> {
-        let (mut tx, revision, store_id) = self.begin_consistent_read().await?;
+        let (mut tx, revision, store_id, _) = self.begin_consistent_read().await?;
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY kind, id");
         let rows = sqlx::query(&sql)
             .fetch_all(&mut *tx)
@@ -731,7 +727,7 @@ impl ConfigStore for SqliteStore {
         };
         // One read transaction, as in `snapshot`. Rows changed since carry a newer
         // `mod_revision` (indexed); deletions are only in the history.
-        let (mut tx, revision, store_id) = self.begin_consistent_read().await?;
+        let (mut tx, revision, store_id, count) = self.begin_consistent_read().await?;
         let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE mod_revision > ?");
         let changed = sqlx::query(&sql)
             .bind(after)
@@ -745,10 +741,6 @@ impl ConfigStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resources")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         decode_changes(store_id, revision, &changed, &deleted, count).map(Some)
     }
