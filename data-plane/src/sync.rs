@@ -211,26 +211,30 @@ impl SyncClient {
         let started = Instant::now();
         let previous = self.state.current();
         let input = snapshot.clone();
+        let state = self.state.clone();
         // Compiling thousands of routes is CPU work: keep it off the proxy's async threads. The
-        // result is handed over before the thread returns the compile's garbage to the OS
-        // (`mi_collect`, a few ms at 10,000 routes), which the swap and the ACK need not wait for.
+        // same thread swaps the result in and answers, then frees the old config (thousands of
+        // routes) and returns the garbage to the OS (`mi_collect`, a few ms at 10,000 routes),
+        // which the ACK need not wait for. One hop to a blocking thread per change: under config
+        // churn each hop (and each collect, whose unmapping interrupts every thread of the
+        // process, proxy workers too) is a cost paid per Admin API write.
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(compile(&input, previous.as_deref()));
+            let (answer, old) = match compile(&input, previous.as_deref()) {
+                Ok(config) => {
+                    let routes = config.routes.len();
+                    (Ok(routes), state.apply(config))
+                }
+                Err(e) => (Err(e), None),
+            };
+            let _ = tx.send(answer);
+            // `previous` is the served config too: both go before the collect, or it frees
+            // nothing.
+            drop((old, previous));
             crate::memory::release_free_memory();
         });
         match rx.await {
-            Ok(Ok(config)) => {
-                let routes = config.routes.len();
-                let old = self.state.apply(config);
-                // Freeing the old config (thousands of routes) is work for a blocking thread,
-                // not for the sync task, and not part of the time to apply.
-                if let Some(old) = old {
-                    tokio::task::spawn_blocking(move || {
-                        drop(old);
-                        crate::memory::release_free_memory();
-                    });
-                }
+            Ok(Ok(routes)) => {
                 if let Some(cache) = &self.cache {
                     cache.send_replace(Some(snapshot));
                 }
