@@ -53,8 +53,16 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     bindir = sys.argv[1]
-    updates = int(sys.argv[2]) if len(sys.argv) > 2 else 500
-    routes = int(os.environ.get("ROUTES", "10"))
+    try:
+        updates = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+        routes = int(os.environ.get("ROUTES", "10"))
+    except ValueError as e:
+        sys.exit(f"UPDATES and ROUTES are whole numbers: {e}")
+    if updates < 1 or routes < 0:
+        sys.exit("UPDATES must be at least 1 and ROUTES not negative")
+    for binary in ("control-plane", "data-plane"):
+        if not os.access(f"{bindir}/{binary}", os.X_OK):
+            sys.exit(f"no executable {bindir}/{binary} (build with cargo build --release)")
     tmp = tempfile.mkdtemp(prefix="postern-churn-")
     admin, sync, proxy, status, upstream = (free_port() for _ in range(5))
     key = os.urandom(16).hex()

@@ -221,6 +221,9 @@ impl SyncClient {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let (answer, old) = match compile(&input, previous.as_deref()) {
+                // The sync task stopped waiting (the DP is shutting down): swap in nothing that
+                // will not be acknowledged or cached, as when the swap was the sync task's.
+                Ok(_) if tx.is_closed() => (Ok(0), None),
                 Ok(config) => {
                     let routes = config.routes.len();
                     (Ok(routes), state.apply(config))
