@@ -17,6 +17,22 @@ async fn text(url: String) -> (u16, String) {
     (resp.status().as_u16(), resp.text().await.expect("body"))
 }
 
+/// The DP's metrics once every series (`name{labels}`) of `counts` holds its count: a request
+/// is counted when its response body is dropped, which may be just after the client has read
+/// the response.
+async fn metrics_counting(status: SocketAddr, counts: &[(&str, f64)]) -> String {
+    wait_for(
+        &format!("the metrics to count {counts:?}"),
+        Duration::from_secs(5),
+        || async {
+            let (code, m) = text(format!("http://{status}/metrics")).await;
+            let counted = counts.iter().all(|(s, n)| sample(&m, s) == Some(*n));
+            (code == 200 && counted).then_some(m)
+        },
+    )
+    .await
+}
+
 /// The value of the series `line_prefix` (`name{labels}`) in a Prometheus text exposition.
 fn sample(metrics: &str, line_prefix: &str) -> Option<f64> {
     metrics
@@ -51,8 +67,20 @@ async fn data_plane_and_control_plane_metrics() {
     assert_eq!(get_via(dp.proxy, "/gone", None).await.unwrap().0, 410);
     assert_eq!(get_via(dp.proxy, "/nowhere", None).await.unwrap().0, 404);
 
-    let (code, m) = text(format!("http://{}/metrics", dp.status)).await;
-    assert_eq!(code, 200);
+    let m = metrics_counting(
+        dp.status,
+        &[
+            (
+                r#"postern_http_requests_total{code="200",route="orders",service=""}"#,
+                5.0,
+            ),
+            (
+                r#"postern_http_requests_total{code="404",route="",service=""}"#,
+                1.0,
+            ),
+        ],
+    )
+    .await;
     let requests = |labels: &str| sample(&m, &format!("postern_http_requests_total{{{labels}}}"));
     assert_eq!(
         requests(r#"code="200",route="orders",service="""#),
@@ -252,7 +280,20 @@ async fn guide_prometheus_global_rule_labels_routes_by_name() {
     wait_applied(status, rev).await;
     assert_eq!(get_via(proxy, "/named", None).await.unwrap().0, 200);
     assert_eq!(get_via(proxy, "/plain", None).await.unwrap().0, 200);
-    let (_, m) = text(format!("http://{status}/metrics")).await;
+    let m = metrics_counting(
+        status,
+        &[
+            (
+                r#"postern_http_requests_total{code="200",route="web-bff-route",service=""}"#,
+                1.0,
+            ),
+            (
+                r#"postern_http_requests_total{code="200",route="r-plain",service=""}"#,
+                1.0,
+            ),
+        ],
+    )
+    .await;
     let requests = |labels: &str| sample(&m, &format!("postern_http_requests_total{{{labels}}}"));
     assert_eq!(
         requests(r#"code="200",route="web-bff-route",service="""#),
