@@ -50,6 +50,10 @@ type MatchedRoute = Arc<CompiledRoute>;
 
 /// What the metrics and the access log learn about a request while it is handled.
 struct Exchange {
+    /// The access log is on: only then are `route` and `upstream` recorded (each a clone of
+    /// an `Arc` in the route's or node's own allocation: a cold cache line per request when
+    /// requests spread over thousands of routes).
+    logged: bool,
     /// The matched route's id, once a route matched.
     route: Option<Arc<str>>,
     /// The matched route's series (the unmatched series until a route matched).
@@ -419,6 +423,7 @@ impl Proxy {
             })
         });
         let mut exchange = Exchange {
+            logged: record.is_some(),
             route: None,
             metrics: RouteMetrics::unmatched(),
             upstream: None,
@@ -487,8 +492,10 @@ impl Proxy {
             Err(e) => return e.into_response().map(Either::Right),
         };
         exchange.metrics = route.metrics.clone();
-        exchange.route = Some(route.id.clone());
-        if route.plugins.is_empty() {
+        if exchange.logged {
+            exchange.route = Some(route.id.clone());
+        }
+        if !route.has_plugins {
             let (id, in_map) = client_or_new_request_id(&mut parts.headers);
             (exchange.request_id, exchange.request_id_in_map) = (Some(id), in_map);
             return self
@@ -814,7 +821,9 @@ impl Proxy {
             });
             let shared = if grpc { &self.h2c_client } else { &self.client };
             let client = upstream.pool.as_ref().map_or(shared, |p| &p.0);
-            exchange.upstream = Some(node.authority.clone());
+            if exchange.logged {
+                exchange.upstream = Some(node.authority.clone());
+            }
             let result = if owned {
                 self.send_owned(
                     &exchange.conns,
@@ -848,9 +857,7 @@ impl Proxy {
                     load.observe(upstream_time);
                     route.metrics.upstream_responded(upstream_time);
                     exchange.upstream_time = Some(upstream_time);
-                    upstream
-                        .health
-                        .report_passive(idx, Outcome::Status(response.status().as_u16()));
+                    upstream.report_passive(idx, Outcome::Status(response.status().as_u16()));
                     let mut response = response;
                     let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                     let tunnel = match (switched, client_upgrade.take()) {
@@ -887,7 +894,7 @@ impl Proxy {
                         _ => None,
                     };
                     if let Some(o) = outcome {
-                        upstream.health.report_passive(idx, o);
+                        upstream.report_passive(idx, o);
                     }
                     let not_sent = matches!(
                         e,
