@@ -927,6 +927,7 @@ fn a_patched_router_finds_what_a_built_one_finds() {
         out
     };
     let mut compared = 0;
+    let mut soles = 0;
     for seed in 0..300 {
         let mut rng = fastrand::Rng::with_seed(seed);
         // Up to 120 routes on 12 paths: some buckets get a host index (more than 16 entries).
@@ -956,6 +957,19 @@ fn a_patched_router_finds_what_a_built_one_finds() {
                 .expect("plain paths patch")
                 .expect("valid routes");
             let built = Router::build(&specs).expect("builds");
+            // An exact path answered from the table alone in one is so in the other.
+            for (key, at) in &built.exact {
+                let patched = router
+                    .exact
+                    .get(key)
+                    .map(|a| a.sole.map(|r| specs[r as usize].id.clone()));
+                assert_eq!(
+                    patched,
+                    Some(at.sole.map(|r| specs[r as usize].id.clone())),
+                    "seed {seed}"
+                );
+                soles += usize::from(at.sole.is_some());
+            }
             for (m, h, p) in &requests {
                 assert_eq!(
                     router.find(m, *h, p),
@@ -967,6 +981,7 @@ fn a_patched_router_finds_what_a_built_one_finds() {
         }
     }
     assert!(compared > 100_000);
+    assert!(soles > 20, "exact paths with a sole route: {soles}");
 }
 
 /// A change that involves a parameterised or regex path is not patched (those indexes are
