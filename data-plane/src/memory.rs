@@ -84,6 +84,28 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
     }
 }
 
+/// Asks the CPU to start loading the cache lines of `value`'s `Arc` allocation (its counts and
+/// the value) without waiting for them. With requests spread over thousands of routes, a
+/// route's series and upstream are cold: each first read stalls on memory (and, behind a
+/// hypervisor, on a two-level page walk). Asked for together as soon as the route is known,
+/// their misses overlap instead of following one another. A hint: never faults, changes nothing.
+pub fn prefetch_arc<T>(value: &std::sync::Arc<T>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // The counts (two words) sit just before the value in the allocation.
+        let start = (std::sync::Arc::as_ptr(value) as *const i8).wrapping_sub(16);
+        let len = (16 + std::mem::size_of::<T>()).min(1024);
+        for offset in (0..len).step_by(64) {
+            // SAFETY: a prefetch reads nothing the program sees and never faults, whatever
+            // the address; SSE is part of x86_64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 #[cfg(test)]
 mod tests {
     use super::Allocator;

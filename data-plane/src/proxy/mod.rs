@@ -606,7 +606,13 @@ impl Proxy {
             config.router.find(&parts.method, host, parts.uri.path())
         }
         .ok_or(ProxyError::NoRoute)?;
-        Ok(config.routes[idx].clone())
+        let route = config.routes[idx].clone();
+        // Both are read later in the request; their cache misses overlap this way.
+        crate::memory::prefetch_arc(&route.metrics);
+        if let Some(upstream) = &route.upstream {
+            crate::memory::prefetch_arc(upstream);
+        }
+        Ok(route)
     }
 
     /// The upstream call: the request as it is, or transcoded to gRPC (`grpc-transcode`).
