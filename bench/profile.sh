@@ -6,7 +6,13 @@
 # (`/r/0` … `/r/9999`) and spreads the requests over them (a wrk Lua script); scenario e is a
 # while 50 Admin API route updates a second run (config churn).
 #
-#   bench/profile.sh [a|b|c|d|e|all]  (default a and b; PROFILE_SECONDS, default 8; BENCH_SKIP_BUILD=1 to use
+# `spread` measures instead of profiling: with the same 10,000 routes loaded, runs alternating
+# between requests spread over all 10,000 and over 6 of them (`/r/0` … `/r/5`) — the same config
+# and wrk script, so the difference is what per-route state outside the CPU's caches (and TLB)
+# costs a request; prints req/s and DP CPU µs/request per run (no perf attached) and the ratios
+# per round (PROFILE_ROUNDS, default 3; PROFILE_SECONDS per run).
+#
+#   bench/profile.sh [a|b|c|d|e|all|spread]  (default a and b; PROFILE_SECONDS, default 8; BENCH_SKIP_BUILD=1 to use
 #                                    built release binaries; PROFILE_CALLGRAPH=1 for call
 #                                    graphs by DWARF unwinding, much larger perf.data)
 #
@@ -69,7 +75,7 @@ PIDS+=("$DP_PID")
 for _ in $(seq 150); do curl -sf "http://127.0.0.1:$ADMIN/admin/routes" -H "X-API-KEY: $KEY" >/dev/null && break; sleep 0.1; done
 SECRET=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 EXTRA=0
-[[ $WHICH == d || $WHICH == all ]] && EXTRA=10000
+[[ $WHICH == d || $WHICH == all || $WHICH == spread ]] && EXTRA=10000
 python3 - "$UP" "$SECRET" "$EXTRA" >"$TMP/config.json" <<'PY'
 import json, sys
 up, secret, extra = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -93,7 +99,9 @@ for _ in $(seq 300); do
 done
 cat >"$TMP/spread.lua" <<'LUA'
 math.randomseed(os.time())
-request = function() return wrk.format(nil, "/r/" .. math.random(0, 9999)) end
+local n = 10000
+init = function(args) if args[1] then n = tonumber(args[1]) end end
+request = function() return wrk.format(nil, "/r/" .. math.random(0, n - 1)) end
 LUA
 [[ $(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP/b") == ok ]] || die "the DP does not proxy /b"
 
@@ -140,6 +148,26 @@ profile() {
   perf report -i "$OUT/$name.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
     grep -v '^#' | grep -v '^$' | head -"${PROFILE_TOP:-45}"
 }
+# Rounds of: requests spread over 10,000 routes, then over 6; CPU per request from /proc.
+spread_rounds() {
+  log "spread: warm-up over 10,000 routes, then ${PROFILE_ROUNDS:-3} rounds of ${SECS}s runs"
+  taskset -c 1 wrk -t1 -c50 -d3s -s "$TMP/spread.lua" "http://127.0.0.1:$DP/" -- 10000 >/dev/null
+  local r n t0 t1 out reqs
+  for r in $(seq "${PROFILE_ROUNDS:-3}"); do
+    local -A rps=() cpu=()
+    for n in 10000 6; do
+      t0=$(ticks "$DP_PID")
+      out=$(taskset -c 1 wrk -t1 -c50 -d"${SECS}s" -s "$TMP/spread.lua" "http://127.0.0.1:$DP/" -- "$n")
+      t1=$(ticks "$DP_PID")
+      reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+      rps[$n]=$(python3 -c "print(f'{$reqs / $SECS:.0f}')")
+      cpu[$n]=$(python3 -c "print(f'{($t1 - $t0) / $TCK * 1e6 / $reqs:.2f}')")
+      echo "round $r, requests spread over $n routes: ${rps[$n]} req/s, ${cpu[$n]} CPU µs/request"
+    done
+    python3 -c "print(f'round $r, 10,000 ÷ 6 routes: req/s {${rps[10000]} / ${rps[6]}:.3f}×, CPU/request {${cpu[10000]} / ${cpu[6]}:.3f}×')"
+  done
+  echo "DP $(grep VmRSS "/proc/$DP_PID/status" | tr -s ' \t' ' ')"
+}
 case $WHICH in
   a) profile a /a ;;
   b) profile b /b ;;
@@ -148,5 +176,6 @@ case $WHICH in
   e) churn; profile e /a; kill "$CHURN_PID" ;;
   ab) profile a /a; profile b /b ;;
   all) profile a /a; profile b /b; profile d /r/0 ;;
-  *) die "usage: bench/profile.sh [a|b|d|all]" ;;
+  spread) spread_rounds ;;
+  *) die "usage: bench/profile.sh [a|b|c|d|e|all|spread]" ;;
 esac
