@@ -1097,6 +1097,39 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_to_one_node_share_its_address_bytes() {
+        let node = |c: &CompiledConfig, id: &str, i: usize| {
+            let u = route(c, id).upstream.clone().unwrap();
+            let a = u.nodes[i].authority.as_str();
+            (a.to_string(), a.as_ptr() as usize)
+        };
+        let c = compile(
+            &snapshot(
+                1,
+                &[
+                    ("routes", "r1", json!({"uri": "/a", "upstream": {"nodes": {"127.0.0.1:3": 1}}})),
+                    ("routes", "r2", json!({"uri": "/b", "upstream": {"nodes": {"127.0.0.1:3": 1, "127.0.0.1:4": 1}}})),
+                    ("routes", "r3", json!({"uri": "/c", "upstream": {"nodes": {"127.0.0.1:4": 1}}})),
+                ],
+            ),
+            None,
+        )
+        .unwrap();
+        let (r1, r2, r3) = (node(&c, "r1", 0), node(&c, "r2", 0), node(&c, "r3", 0));
+        assert_eq!(r1.0, "127.0.0.1:3");
+        assert_eq!(r1, r2, "one allocation for 127.0.0.1:3");
+        assert_eq!(r3, node(&c, "r2", 1), "one allocation for 127.0.0.1:4");
+        assert_ne!(r1.1, r3.1);
+        // Requests still go to each upstream's own nodes, without health checks.
+        let picked = |id: &str| {
+            let u = route(&c, id).upstream.clone().unwrap();
+            u.pick().unwrap().authority.to_string()
+        };
+        assert_eq!(picked("r1"), "127.0.0.1:3");
+        assert_eq!(picked("r3"), "127.0.0.1:4");
+    }
+
+    #[test]
     fn routes_are_ordered_by_id_and_a_repeated_id_keeps_the_last() {
         assert_eq!(
             by_id_order(vec![("b", 1), ("a", 2), ("b", 3), ("c", 4), ("a", 5)]),
