@@ -50,11 +50,9 @@ type MatchedRoute = Arc<CompiledRoute>;
 
 /// What the metrics and the access log learn about a request while it is handled.
 struct Exchange {
-    /// The access log is on: only then are `route` and `upstream` recorded (each a clone of
-    /// an `Arc` in the route's or node's own allocation: a cold cache line per request when
-    /// requests spread over thousands of routes).
-    logged: bool,
-    /// The matched route's id, once a route matched.
+    /// The matched route's id, once a route matched. Recorded, like `upstream`, only when the
+    /// access log is on: each is a clone of an `Arc` in the route's or node's own allocation,
+    /// a cold cache line per request when requests spread over thousands of routes.
     route: Option<Arc<str>>,
     /// The matched route's series (the unmatched series until a route matched).
     metrics: Arc<RouteMetrics>,
@@ -423,7 +421,6 @@ impl Proxy {
             })
         });
         let mut exchange = Exchange {
-            logged: record.is_some(),
             route: None,
             metrics: RouteMetrics::unmatched(),
             upstream: None,
@@ -492,7 +489,7 @@ impl Proxy {
             Err(e) => return e.into_response().map(Either::Right),
         };
         exchange.metrics = route.metrics.clone();
-        if exchange.logged {
+        if self.access_log.is_some() {
             exchange.route = Some(route.id.clone());
         }
         if !route.has_plugins {
@@ -827,7 +824,7 @@ impl Proxy {
             });
             let shared = if grpc { &self.h2c_client } else { &self.client };
             let client = upstream.pool.as_ref().map_or(shared, |p| &p.0);
-            if exchange.logged {
+            if self.access_log.is_some() {
                 exchange.upstream = Some(node.authority.clone());
             }
             let result = if owned {

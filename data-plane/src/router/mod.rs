@@ -419,11 +419,11 @@ impl Router {
             buckets.push(Bucket::new(entries, &data, routes));
             (buckets.len() - 1) as u32
         };
-        let exact: HashMap<PathKey, u32> = exact
+        // Each path's bucket now; whether it has a sole route once every bucket is built.
+        let exact: Vec<(PathKey, u32)> = exact
             .into_iter()
             .map(|(p, entries)| (PathKey::from_slice(p.as_bytes()), add(entries)))
             .collect();
-
         let mut nodes = vec![Node::new(b"", None)];
         for (p, entries) in prefix {
             insert(&mut nodes, p.as_bytes(), add(entries));
