@@ -146,19 +146,33 @@ impl Proxy {
         // upstream enforces the rest (`grpc-timeout`).
         let answer = match t.deadline {
             None => call.await?,
-            Some(deadline) => match tokio::time::timeout(deadline, call).await {
-                Ok(r) => r?,
-                Err(_) => PluginResponse::json(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    serde_json::json!({
-                        "code": 4,
-                        "message": format!("deadline of {} ms exceeded", deadline.as_millis()),
-                    })
-                    .to_string()
-                    .into(),
-                )
-                .into(),
-            },
+            Some(deadline) => {
+                let started = std::time::Instant::now();
+                let exceeded = || {
+                    PluginResponse::json(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        serde_json::json!({
+                            "code": 4,
+                            "message": format!("deadline of {} ms exceeded", deadline.as_millis()),
+                        })
+                        .to_string()
+                        .into(),
+                    )
+                    .into()
+                };
+                match tokio::time::timeout(deadline, call).await {
+                    // The upstream was given the same deadline (`grpc-timeout`) and may end the
+                    // call first: tonic answers CANCELLED ("Timeout expired"), mapped to 499.
+                    // Past the deadline that is the deadline, whichever timer fired first.
+                    Ok(Ok(Answer::Whole(r)))
+                        if r.status.as_u16() == 499 && started.elapsed() >= deadline =>
+                    {
+                        exceeded()
+                    }
+                    Ok(r) => r?,
+                    Err(_) => exceeded(),
+                }
+            }
         };
         Ok(match answer {
             Answer::Whole(r) => plugin_response(r),
