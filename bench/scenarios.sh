@@ -193,6 +193,8 @@ PY
 
 ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*) }; read -r -a f <<<"$s"; echo $((f[11] + f[12])); }
 ngx_ticks() { local t=0 p; for p in "$NGX_PID" $(pgrep -P "$NGX_PID"); do t=$((t + $(ticks "$p"))); done; echo "$t"; }
+# Redis' CPU in (c): its share of the load generator's core.
+redis_ticks() { local t=0 p; for p in $(pgrep -x redis-server); do t=$((t + $(ticks "$p"))); done; echo "$t"; }
 RAW="$TMP/runs.tsv"
 printf 'target\tround\trequests\trps\tp50_us\tp99_us\tcpu_ticks\terrors\textra\n' >"$RAW"
 
@@ -210,10 +212,13 @@ run() {
   esac
   taskset -c 1 wrk -t1 -c50 -d"${WARMUP}s" "${args[@]}" "$url" "${script[@]}" >/dev/null
   [[ $target != e ]] || churn
-  local t0 t1 out="$TMP/$target-$round.txt"
+  local t0 t1 r0 r1 out="$TMP/$target-$round.txt"
   if [[ $target == nginx* ]]; then t0=$(ngx_ticks); else t0=$(ticks "$pid"); fi
+  r0=$(redis_ticks)
   taskset -c 1 wrk -t1 -c50 -d"${SECS}s" --latency "${args[@]}" "$url" "${script[@]}" >"$out"
   if [[ $target == nginx* ]]; then t1=$(ngx_ticks); else t1=$(ticks "$pid"); fi
+  r1=$(redis_ticks)
+  [[ $target != c ]] || extra="redis_ticks=$((r1 - r0))"
   if [[ $target == e ]]; then
     kill -TERM "$CHURN_PID" 2>/dev/null || die "the Admin API writer died: $(cat "$TMP/churn.out")"
     wait "$CHURN_PID" || true
@@ -259,6 +264,8 @@ for r in rows:
     s["err"] += int(r["errors"])
     if r["extra"]: s["extra"].append(r["extra"])
 med = {t: {k: st.median(v) for k, v in s.items() if k in ("rps", "cpu", "p50", "p99")} for t, s in S.items()}
+redis_cpu = st.median(int(r["extra"].split("=")[1]) * 1e6 / int(tck) / max(int(r["requests"]), 1)
+                      for r in rows if r["target"] == "c")
 # The nginx runs of both phases: one baseline.
 ng = {k: st.median(S["nginx"][k]) for k in ("rps", "cpu", "p99")}
 names = {"nginx": "nginx plain proxy", "a": "(a) Postern plain", "b": "(b) jwt-auth + limit-count local + prometheus",
@@ -280,6 +287,7 @@ for t in ("nginx", "a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
 L += ["", "| check | value | issue #11 target |", "| --- | ---: | --- |",
       f"| (b) CPU/request ÷ nginx plain | {med['b']['cpu']/ng['cpu']:.2f}× | ≤ 1.25× |",
       f"| (c) req/s ÷ (b) | {med['c']['rps']/med['b']['rps']:.2f}× | ≥ 0.7× |",
+      f"| (c) Redis CPU µs/request (on the load generator's core) | {redis_cpu:.1f} | |",
       f"| (d) req/s ÷ (d10): 10,000 vs 10 routes, the same wrk script | {med['d']['rps']/med['d10']['rps']:.2f}× | ≥ 0.95× |",
       f"| (d) CPU/request ÷ (d10) | {med['d']['cpu']/med['d10']['cpu']:.2f}× | |",
       f"| (d) req/s ÷ (a) (no script; earlier runs' figure) | {med['d']['rps']/med['a']['rps']:.2f}× | |",
