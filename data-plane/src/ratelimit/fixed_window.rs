@@ -69,14 +69,20 @@ pub fn summarise(allowed: bool, retry_after_ms: u64, quotas: Vec<WindowQuota>) -
 }
 
 /// KEYS[1]: a hash with `w<i>` (window start) and `n<i>` (count) per window.
-/// ARGV: `limit_1, window_ms_1, limit_2, window_ms_2, …`.
-/// Returns `{allowed, retry_after_ms, delay_ms, remaining_1, reset_ms_1, …}`.
+/// ARGV: `limit_1, window_ms_1, limit_2, window_ms_2, …`, then optionally `n`: how many
+/// requests this call decides at once (`coalesce`; 1 when absent).
+/// Returns `{admitted, retry_after_ms, delay_ms, remaining_1, reset_ms_1, …}`: the first
+/// `admitted` of the `n` requests pass (as many as every window has room for), remaining is
+/// counted after them, and `retry_after_ms` is for the ones refused. With `n` = 1, `admitted`
+/// is the one request's `allowed`.
 pub const LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #ARGV / 2
+local n = math.floor(#ARGV / 2)
+local want = 1
+if #ARGV % 2 == 1 then want = tonumber(ARGV[#ARGV]) end
 local starts, counts = {}, {}
-local allowed = 1
+local admitted = want
 for i = 1, n do
   local limit, win = tonumber(ARGV[2*i-1]), tonumber(ARGV[2*i])
   local start = now - (now % win)
@@ -84,17 +90,18 @@ for i = 1, n do
   local c = 0
   if tonumber(v[1]) == start then c = tonumber(v[2]) end
   starts[i], counts[i] = start, c
-  if c >= limit then allowed = 0 end
+  if limit - c < admitted then admitted = limit - c end
 end
-local out = {allowed, 0, 0}
+if admitted < 0 then admitted = 0 end
+local out = {admitted, 0, 0}
 local retry, ttl = 0, 0
 for i = 1, n do
   local limit, win = tonumber(ARGV[2*i-1]), tonumber(ARGV[2*i])
-  local c, reset = counts[i], starts[i] + win - now
-  if allowed == 1 then
-    c = c + 1
+  local c, reset = counts[i] + admitted, starts[i] + win - now
+  if admitted > 0 then
     redis.call('HSET', KEYS[1], 'w'..i, starts[i], 'n'..i, c)
-  elseif c >= limit and reset > retry then
+  end
+  if admitted < want and c >= limit and reset > retry then
     retry = reset
   end
   if reset > ttl then ttl = reset end
@@ -104,7 +111,7 @@ for i = 1, n do
   out[#out+1] = reset
 end
 out[2] = retry
-if allowed == 1 then redis.call('PEXPIRE', KEYS[1], ttl) end
+if admitted > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return out
 "#;
 

@@ -1,13 +1,14 @@
 //! The limiter core shared by the rate-limiting plugins: five algorithms, each with a local
 //! backend (sharded maps in this process, [`local`]) and a Redis backend (one atomic Lua script
-//! per algorithm, one round trip per decision, [`redis`]) so a limit can hold across every data
-//! plane.
+//! per algorithm, one round trip per decision — per batch of decisions for one fixed-window key,
+//! [`coalesce`] — [`redis`]) so a limit can hold across every data plane.
 //!
 //! An algorithm is a pure function `(rule, state, now) → (decision, new state)`. The local
 //! backend runs it under a shard lock; the Redis scripts are the same function written in Lua,
 //! run with Redis' own clock (`TIME`) so every data plane shares one clock. Time comes from a
 //! [`Clock`], so tests drive it by hand and assert exact numbers.
 
+pub mod coalesce;
 pub mod fixed_window;
 pub mod key;
 pub mod leaky_bucket;

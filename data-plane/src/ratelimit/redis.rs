@@ -23,10 +23,9 @@ use postern_proto::model::plugins::limits::RedisSettings;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo, Script};
 
-use super::resp;
 use super::{
-    Clock, Decision, Rule, SystemClock, WindowQuota, fixed_window, leaky_bucket,
-    sliding_window_counter, sliding_window_log, token_bucket,
+    Clock, Decision, Rule, SystemClock, Window, WindowQuota, coalesce, fixed_window, leaky_bucket,
+    resp, sliding_window_counter, sliding_window_log, token_bucket,
 };
 
 /// Decisions taken without Redis (allowed by `fault_tolerant`/`allow_degradation`, or answered
@@ -63,6 +62,9 @@ pub enum RedisFailure {
     BadReply(Vec<i64>),
     #[error("the limiter script did not reply with a list of integers")]
     BadShape,
+    /// The failure of a call several decisions shared (`coalesce`).
+    #[error("{0}")]
+    Shared(Arc<RedisFailure>),
 }
 
 /// One Redis server (or cluster) as limits use it.
@@ -198,62 +200,101 @@ impl RedisBackend {
     }
 
     async fn call(&self, key: &str, rule: &Rule) -> Result<Decision, RedisFailure> {
-        let (script, args) = script_and_args(rule);
-        let reply = match &self.single {
-            Some(target) => self.call_single(target, script, key, &args).await?,
-            None => {
-                let mut c = self.cluster().await?;
-                let mut inv = script.script.key(key);
-                for a in &args {
-                    inv.arg(a.as_str());
-                }
-                inv.invoke_async(&mut c).await?
+        let conn = self.conn().await?;
+        let reply = match rule {
+            // Decisions for one key ready together share one call.
+            Rule::FixedWindow(windows) => {
+                coalesce::fixed_window(self.id, key, windows, |key, windows, n| async move {
+                    let mut args = fixed_window_args(&windows);
+                    if n > 1 {
+                        args.push(n.to_string());
+                    }
+                    conn.run(&FIXED_WINDOW, &key, &args).await
+                })
+                .await?
+            }
+            _ => {
+                let (script, args) = script_and_args(rule);
+                conn.run(script, key, &args).await?
             }
         };
         decision_from(rule, reply)
     }
 
-    /// One script call on this thread's pipeline to the server (`resp`): `EVALSHA`, and `EVAL`
-    /// once if Redis no longer has the script (restarted, or `SCRIPT FLUSH`).
-    async fn call_single(
-        &self,
-        target: &resp::Target,
+    /// What this thread calls the server (or cluster) through.
+    async fn conn(&self) -> Result<Conn, RedisFailure> {
+        Ok(match &self.single {
+            Some(target) => Conn::Single(resp::pipeline(self.id, target, self.timeout)),
+            None => Conn::Cluster(self.cluster().await?),
+        })
+    }
+}
+
+/// A handle on the way to Redis that a call can own (a batch's call outlives its first member).
+enum Conn {
+    /// This thread's pipeline to the server (`resp`).
+    Single(Arc<resp::Pipeline>),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Runs `script` on `key` with `args`: its reply, a list of integers.
+    async fn run(
+        self,
         script: &LimiterScript,
         key: &str,
         args: &[String],
     ) -> Result<Vec<i64>, RedisFailure> {
-        let pipeline = resp::pipeline(self.id, target, self.timeout);
-        let mut command: Vec<&[u8]> = Vec::with_capacity(4 + args.len());
-        command.extend([
-            &b"EVALSHA"[..],
-            script.script.get_hash().as_bytes(),
-            b"1",
-            key.as_bytes(),
-        ]);
-        command.extend(args.iter().map(|a| a.as_bytes()));
-        let mut reply = pipeline.call(&command).await;
-        if reply.as_ref().is_err_and(resp::RespError::is_closed) {
-            // Redis closed the connection after it was last used (a restart, or its
-            // `timeout`): once more on a new one. At worst one request is counted twice.
-            reply = pipeline.call(&command).await;
+        match self {
+            Conn::Single(pipeline) => call_single(&pipeline, script, key, args).await,
+            Conn::Cluster(mut c) => {
+                let mut inv = script.script.key(key);
+                for a in args {
+                    inv.arg(a.as_str());
+                }
+                Ok(inv.invoke_async(&mut c).await?)
+            }
         }
-        if matches!(&reply, Ok(resp::Reply::Error(e)) if e.starts_with("NOSCRIPT")) {
-            command[0] = b"EVAL";
-            command[1] = script.code.as_bytes();
-            reply = pipeline.call(&command).await;
-        }
-        let reply = reply?;
-        match reply {
-            resp::Reply::Array(Some(items)) => items
-                .iter()
-                .map(|i| match i {
-                    resp::Reply::Int(v) => Ok(*v),
-                    _ => Err(RedisFailure::BadShape),
-                })
-                .collect(),
-            resp::Reply::Error(e) => Err(RedisFailure::Resp(resp::RespError::Server(e))),
-            _ => Err(RedisFailure::BadShape),
-        }
+    }
+}
+
+/// One script call on this thread's pipeline to the server (`resp`): `EVALSHA`, and `EVAL` once
+/// if Redis no longer has the script (restarted, or `SCRIPT FLUSH`).
+async fn call_single(
+    pipeline: &Arc<resp::Pipeline>,
+    script: &LimiterScript,
+    key: &str,
+    args: &[String],
+) -> Result<Vec<i64>, RedisFailure> {
+    let mut command: Vec<&[u8]> = Vec::with_capacity(4 + args.len());
+    command.extend([
+        &b"EVALSHA"[..],
+        script.script.get_hash().as_bytes(),
+        b"1",
+        key.as_bytes(),
+    ]);
+    command.extend(args.iter().map(|a| a.as_bytes()));
+    let mut reply = pipeline.call(&command).await;
+    if reply.as_ref().is_err_and(resp::RespError::is_closed) {
+        // Redis closed the connection after it was last used (a restart, or its `timeout`):
+        // once more on a new one. At worst one call (one batch of decisions) counts twice.
+        reply = pipeline.call(&command).await;
+    }
+    if matches!(&reply, Ok(resp::Reply::Error(e)) if e.starts_with("NOSCRIPT")) {
+        command[0] = b"EVAL";
+        command[1] = script.code.as_bytes();
+        reply = pipeline.call(&command).await;
+    }
+    match reply? {
+        resp::Reply::Array(Some(items)) => items
+            .iter()
+            .map(|i| match i {
+                resp::Reply::Int(v) => Ok(*v),
+                _ => Err(RedisFailure::BadShape),
+            })
+            .collect(),
+        resp::Reply::Error(e) => Err(RedisFailure::Resp(resp::RespError::Server(e))),
+        _ => Err(RedisFailure::BadShape),
     }
 }
 
@@ -276,13 +317,7 @@ impl LimiterScript {
 /// The script deciding `rule`, and its arguments after the key.
 fn script_and_args(rule: &Rule) -> (&'static LimiterScript, Vec<String>) {
     match rule {
-        Rule::FixedWindow(windows) => (
-            &*FIXED_WINDOW,
-            windows
-                .iter()
-                .flat_map(|w| [w.limit.to_string(), w.window_ms.to_string()])
-                .collect(),
-        ),
+        Rule::FixedWindow(windows) => (&*FIXED_WINDOW, fixed_window_args(windows)),
         // A unique member per request: two requests in one millisecond both count.
         Rule::SlidingWindowLog(w) => (
             &*SLIDING_LOG,
@@ -312,6 +347,14 @@ fn script_and_args(rule: &Rule) -> (&'static LimiterScript, Vec<String>) {
             ],
         ),
     }
+}
+
+/// The fixed-window script's arguments: `limit, window_ms` per window.
+fn fixed_window_args(windows: &[Window]) -> Vec<String> {
+    windows
+        .iter()
+        .flat_map(|w| [w.limit.to_string(), w.window_ms.to_string()])
+        .collect()
 }
 
 /// `host:port` (IPv6 in brackets; 6379 when no port is given).
@@ -378,7 +421,6 @@ mod tests {
     //! Against the Redis on 127.0.0.1:6379 (`redis-server` must run; the tests say so if not).
     //! Every test uses keys of its own, so they run in parallel.
 
-    use super::super::Window;
     use super::*;
 
     fn settings(port: u16, timeout_ms: u64) -> RedisSettings {
@@ -483,6 +525,82 @@ mod tests {
                 "{name}: ttl {ttl:?}"
             );
         }
+    }
+
+    /// `n` decisions for `key` started together on this thread (polled in order).
+    async fn together(b: &RedisBackend, key: &str, rule: &Rule, n: usize) -> Vec<Decision> {
+        futures_util::future::join_all((0..n).map(|_| b.decide(key, rule)))
+            .await
+            .into_iter()
+            .map(|d| d.expect("redis decision"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn fixed_window_decisions_ready_together_share_one_call_and_keep_their_order() {
+        let b = backend().await;
+        let hour = |limit| Window {
+            limit,
+            window_ms: 3_600_000,
+        };
+        let k = key("together");
+        let opened = super::coalesce::tests::batches_opened();
+        let ds = together(&b, &k, &Rule::FixedWindow(vec![hour(5)]), 20).await;
+        assert_eq!(super::coalesce::tests::batches_opened() - opened, 1);
+        let seen: Vec<(bool, u64)> = ds.iter().map(|d| (d.allowed, d.remaining)).collect();
+        let mut expected = vec![(true, 4), (true, 3), (true, 2), (true, 1), (true, 0)];
+        expected.resize(20, (false, 0));
+        assert_eq!(seen, expected);
+        assert!(ds[..5].iter().all(|d| d.retry_after_ms == 0));
+        assert!(ds[5..].iter().all(|d| d.retry_after_ms > 0), "{:?}", ds[5]);
+        // Redis counted the five admitted, as twenty calls in a row would have.
+        let count = direct(&b)
+            .await
+            .call(&[b"HGET", k.as_bytes(), b"n1"])
+            .await
+            .unwrap();
+        assert_eq!(count, resp::Reply::Bulk(Some(b"5".to_vec())));
+        // The next batch finds the window full.
+        let ds = together(&b, &k, &Rule::FixedWindow(vec![hour(5)]), 3).await;
+        assert!(ds.iter().all(|d| !d.allowed));
+
+        // Two windows: the tighter one decides, and each keeps its own count.
+        let k = key("together2");
+        let rule = Rule::FixedWindow(vec![hour(3), hour(5)]);
+        let ds = together(&b, &k, &rule, 4).await;
+        let windows: Vec<Vec<u64>> = ds
+            .iter()
+            .map(|d| d.windows.iter().map(|w| w.remaining).collect())
+            .collect();
+        assert_eq!(windows, [vec![2, 4], vec![1, 3], vec![0, 2], vec![0, 2]]);
+        assert_eq!(
+            ds.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_first_member_goes_away_still_answers_the_others() {
+        let b = backend().await;
+        let rule = Rule::FixedWindow(vec![Window {
+            limit: 10,
+            window_ms: 3_600_000,
+        }]);
+        let k = key("leader-gone");
+        let opened = super::coalesce::tests::batches_opened();
+        let mut first = Box::pin(b.decide(&k, &rule));
+        let mut second = Box::pin(b.decide(&k, &rule));
+        assert!(futures_util::poll!(&mut first).is_pending());
+        assert!(futures_util::poll!(&mut second).is_pending());
+        drop(first);
+        let d = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the second member must not be stranded")
+            .expect("redis decision");
+        // Both were counted: the first joined before it went away.
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 8);
+        assert_eq!(super::coalesce::tests::batches_opened() - opened, 1);
     }
 
     #[tokio::test]
