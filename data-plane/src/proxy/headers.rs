@@ -289,7 +289,8 @@ impl Forwarded {
 
 /// `client` as a header value. The last address formatted on this thread is kept: a client
 /// connection's requests all come from one, and a clone is a reference count, not a format.
-fn address_value(client: IpAddr) -> HeaderValue {
+/// (`X-Forwarded-For`, and a limit keyed by `remote_addr`.)
+pub(crate) fn address_value(client: IpAddr) -> HeaderValue {
     use std::cell::RefCell;
     thread_local! {
         static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };

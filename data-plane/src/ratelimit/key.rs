@@ -8,6 +8,7 @@ use postern_proto::model::ValidationError;
 use postern_proto::model::plugins::limits::{KeyPart, KeyVar, LimitKey};
 
 use crate::plugins::RequestCtx;
+use crate::proxy::headers::address_value;
 use crate::router::vars::{RequestVars, VarSource};
 
 /// A key variable resolved for fast lookup (header names parsed once).
@@ -85,7 +86,17 @@ impl KeyResolver {
 }
 
 pub fn remote_addr(ctx: &RequestCtx) -> String {
-    ctx.client_addr.ip().to_canonical().to_string()
+    let mut out = String::new();
+    push_remote_addr(&mut out, ctx);
+    out
+}
+
+/// Appends the client's address: formatted once per address on this thread, as
+/// `X-Forwarded-For` has it, not per request (`Ipv4Addr`'s `Display` was a third of a local
+/// limit's instructions).
+fn push_remote_addr(out: &mut String, ctx: &RequestCtx) {
+    let address = address_value(ctx.client_addr.ip().to_canonical());
+    out.push_str(std::str::from_utf8(address.as_bytes()).unwrap_or_default());
 }
 
 /// Appends the variable's value; false when the request has none.
@@ -96,6 +107,10 @@ pub(crate) fn push_var(
     ctx: &RequestCtx,
 ) -> bool {
     let value: Option<&str> = match var {
+        Var::Request(VarSource::RemoteAddr) => {
+            push_remote_addr(out, ctx);
+            return true;
+        }
         Var::Request(source) => {
             let req = RequestVars {
                 parts,
@@ -165,5 +180,22 @@ mod tests {
         ctx.consumer_name = Some("alice".into());
         let r = KeyResolver::new(LimitKey::parse(KeyType::Var, "consumer_name").unwrap()).unwrap();
         assert_eq!(r.resolve(&parts, &ctx), "alice");
+    }
+
+    #[test]
+    fn the_address_key_follows_each_client_and_unmaps_ipv4_in_ipv6() {
+        let (parts, _) = http::Request::builder().body(()).unwrap().into_parts();
+        let r = KeyResolver::new(LimitKey::parse(KeyType::Var, "remote_addr").unwrap()).unwrap();
+        // One thread, clients one after another: each gets its own address, not the last kept.
+        for (peer, want) in [
+            ("10.0.0.7:1", "10.0.0.7"),
+            ("[::ffff:10.0.0.8]:2", "10.0.0.8"),
+            ("10.0.0.7:3", "10.0.0.7"),
+            ("[2001:db8::1]:4", "2001:db8::1"),
+        ] {
+            let ctx = RequestCtx::new(peer.parse().unwrap(), "r1".into());
+            assert_eq!(r.resolve(&parts, &ctx), want, "{peer}");
+            assert_eq!(remote_addr(&ctx), want, "{peer}");
+        }
     }
 }
