@@ -63,6 +63,9 @@ pub struct CompiledConfig {
     pub version: u64,
     /// The config store the snapshot came from; with `version`, names the config exactly.
     pub store_id: String,
+    /// Routes this compile built anew rather than took over from the previous config: how much
+    /// the change was (all of them for a first or whole-context compile; 0 for a relabel).
+    pub rebuilt_routes: usize,
     compiled: Arc<Compiled>,
 }
 
@@ -118,6 +121,7 @@ impl CompiledConfig {
         CompiledConfig {
             version,
             store_id: self.store_id.clone(),
+            rebuilt_routes: 0,
             compiled: self.compiled.clone(),
         }
     }
@@ -699,6 +703,10 @@ pub fn compile(
         inputs.push((&r.id, reused.unwrap_or(RouteInput::Source(r))));
     }
     let inputs = by_id_order(inputs);
+    let rebuilt_routes = inputs
+        .iter()
+        .filter(|(_, input)| matches!(input, RouteInput::Source(_)))
+        .count();
     let mut builder = UpstreamBuilder {
         previous,
         built: HashMap::default(),
@@ -898,6 +906,7 @@ pub fn compile(
     Ok(CompiledConfig {
         version: snapshot.version,
         store_id: snapshot.store_id.clone(),
+        rebuilt_routes,
         compiled: Arc::new(Compiled {
             tls,
             router,
@@ -1034,6 +1043,9 @@ mod tests {
                 .clone()
                 .unwrap()
         };
+        // What each compile built anew: everything, then only the added route.
+        assert_eq!((first.rebuilt_routes, second.rebuilt_routes), (2, 1));
+        assert_eq!(second.relabel(9).rebuilt_routes, 0);
         assert!(Arc::ptr_eq(&by_id(&first, "r1"), &by_id(&second, "r1")));
         assert!(Arc::ptr_eq(&by_id(&first, "r2"), &by_id(&second, "r2")));
         assert!(
@@ -1054,6 +1066,8 @@ mod tests {
         .unwrap();
         assert!(!Arc::ptr_eq(&by_id(&second, "r1"), &by_id(&third, "r1")));
         assert_eq!(third.upstreams.len(), 1, "no stale upstream carried over");
+        // Another context (an upstream changed): every route is built anew.
+        assert_eq!(third.rebuilt_routes, 1);
     }
 
     #[test]

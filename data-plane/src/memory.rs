@@ -4,12 +4,49 @@
 //! the data plane's resident memory stays at the compile's peak (measured in
 //! bench/control_plane.sh: about 15 MiB more at 10,000 routes).
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 /// Returns the calling thread's free mimalloc pages to the OS. Call it off the request path,
 /// after a compile or after freeing a config. Does nothing useful (and no harm) where mimalloc
 /// is not the global allocator (tests).
 pub fn release_free_memory() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
     unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// A change that built at least this many routes anew always returns its garbage.
+const BIG_CHANGE_ROUTES: usize = 64;
+/// Smaller changes return it at most this often.
+const SMALL_CHANGE_COLLECT_MS: u64 = 1_000;
+
+/// [`release_free_memory`] after a config change that built `rebuilt_routes` routes anew (or
+/// failed: `usize::MAX`), on the thread that compiled it. A forced collect unmaps pages that the
+/// proxy's workers then fault back in: after a big change it returns megabytes, after a
+/// one-route change almost nothing, and at 50 Admin API writes a second collecting after each
+/// cost the proxy ≈ 3 % more CPU per request (bench/results/2026-12-01-session13.md). So big
+/// changes collect always, small ones at most once a second; what a skipped collect leaves is
+/// one small change's garbage, reused by the next compile.
+pub fn release_after_change(rebuilt_routes: usize) {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = since_start_ms();
+    if should_collect(rebuilt_routes, now, LAST_MS.load(Ordering::Relaxed)) {
+        LAST_MS.store(now, Ordering::Relaxed);
+        release_free_memory();
+    }
+}
+
+fn should_collect(rebuilt_routes: usize, now_ms: u64, last_ms: u64) -> bool {
+    rebuilt_routes >= BIG_CHANGE_ROUTES
+        || last_ms == 0
+        || now_ms.saturating_sub(last_ms) >= SMALL_CHANGE_COLLECT_MS
+}
+
+/// Milliseconds since the first call (never 0, so 0 can mean "never").
+fn since_start_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Opts this process out of transparent huge pages. mimalloc reserves its arena (1 GiB of
@@ -108,8 +145,21 @@ pub fn prefetch_arc<T>(value: &std::sync::Arc<T>) {
 
 #[cfg(test)]
 mod tests {
-    use super::Allocator;
+    use super::{Allocator, should_collect};
     use std::alloc::{GlobalAlloc, Layout};
+
+    #[test]
+    fn big_changes_collect_always_small_ones_once_a_second() {
+        // The first change collects whatever its size.
+        assert!(should_collect(1, 5, 0));
+        // Small changes within a second of the last collect do not…
+        assert!(!should_collect(1, 1_500, 1_000));
+        assert!(!should_collect(63, 1_999, 1_000));
+        // …a big one does, and a small one a second on.
+        assert!(should_collect(64, 1_001, 1_000));
+        assert!(should_collect(usize::MAX, 1_001, 1_000));
+        assert!(should_collect(1, 2_000, 1_000));
+    }
 
     #[test]
     fn blocks_have_the_alignment_and_size_asked_for() {

@@ -214,27 +214,29 @@ impl SyncClient {
         let state = self.state.clone();
         // Compiling thousands of routes is CPU work: keep it off the proxy's async threads. The
         // same thread swaps the result in and answers, then frees the old config (thousands of
-        // routes) and returns the garbage to the OS (`mi_collect`, a few ms at 10,000 routes),
-        // which the ACK need not wait for. One hop to a blocking thread per change: under config
+        // routes) and returns the garbage to the OS (`mi_collect`, a few ms at 10,000 routes;
+        // after a small change at most once a second, `memory::release_after_change`), which
+        // the ACK need not wait for. One hop to a blocking thread per change: under config
         // churn each hop (and each collect, whose unmapping interrupts every thread of the
         // process, proxy workers too) is a cost paid per Admin API write.
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let (answer, old) = match compile(&input, previous.as_deref()) {
+            // A failed compile may leave as much garbage as a whole one: counted as big.
+            let (answer, old, rebuilt) = match compile(&input, previous.as_deref()) {
                 // The sync task stopped waiting (the DP is shutting down): swap in nothing that
                 // will not be acknowledged or cached, as when the swap was the sync task's.
-                Ok(_) if tx.is_closed() => (Ok(0), None),
+                Ok(_) if tx.is_closed() => (Ok(0), None, usize::MAX),
                 Ok(config) => {
-                    let routes = config.routes.len();
-                    (Ok(routes), state.apply(config))
+                    let (routes, rebuilt) = (config.routes.len(), config.rebuilt_routes);
+                    (Ok(routes), state.apply(config), rebuilt)
                 }
-                Err(e) => (Err(e), None),
+                Err(e) => (Err(e), None, usize::MAX),
             };
             let _ = tx.send(answer);
             // `previous` is the served config too: both go before the collect, or it frees
             // nothing.
             drop((old, previous));
-            crate::memory::release_free_memory();
+            crate::memory::release_after_change(rebuilt);
         });
         match rx.await {
             Ok(Ok(routes)) => {
