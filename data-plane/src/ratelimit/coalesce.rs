@@ -11,16 +11,16 @@
 //!
 //! The batch's call is a shared future polled by whichever member is polled, so a member that
 //! goes away (its client left) does not strand the others; it waits for the batch to close,
-//! which the first member does after its yield or as it goes away. Only the fixed window is batched:
-//! its state is one counter per window, so `n` requests at once are exactly `n` requests in a
-//! row; the other algorithms keep one call per request.
+//! which the first member does after its yield or as it goes away. Only the fixed window is
+//! batched: its state is one counter per window, so `n` requests at once are exactly `n`
+//! requests in a row; the other algorithms keep one call per request.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt as _;
@@ -42,14 +42,15 @@ const MAX_MEMBERS: u32 = 1 << 16;
 /// Past this many open batches on one thread, those whose members all went away are swept.
 const SWEEP_AT: usize = 1024;
 
-/// A batch's membership, and the gate its call waits behind until the batch is closed.
+/// A batch: what it decides, its membership, and the gate its call waits behind until the
+/// batch is closed.
 struct Batch {
     backend: u64,
     key: Box<str>,
+    windows: Vec<Window>,
     /// Members so far, and `CLOSED` once closed.
     members: AtomicU32,
-    closed: AtomicBool,
-    /// The call's task, waiting for `closed`.
+    /// The call's task, waiting for `CLOSED`.
     call_waker: AtomicWaker,
 }
 
@@ -57,10 +58,9 @@ impl Batch {
     /// Closes the batch to newcomers and lets its call go out, counting its members. Done by
     /// the first member after its yield, or as it goes away (so the others are not stranded).
     fn close(&self) {
-        if self.closed.load(Ordering::Acquire) {
+        if self.members.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED != 0 {
             return;
         }
-        self.members.fetch_or(CLOSED, Ordering::AcqRel);
         // `try_with`: a member dropped while its thread exits finds no map to leave.
         let _ = OPEN.try_with(|open| {
             let mut open = open.borrow_mut();
@@ -72,8 +72,11 @@ impl Batch {
                 batches.remove(&self.key);
             }
         });
-        self.closed.store(true, Ordering::Release);
         self.call_waker.wake();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.members.load(Ordering::Acquire) & CLOSED != 0
     }
 
     fn count(&self) -> u32 {
@@ -89,11 +92,11 @@ impl Future for Closed<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.closed.load(Ordering::Acquire) {
+        if self.0.is_closed() {
             return Poll::Ready(());
         }
         self.0.call_waker.register(cx.waker());
-        if self.0.closed.load(Ordering::Acquire) {
+        if self.0.is_closed() {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -111,7 +114,6 @@ impl Drop for Leading {
 }
 
 struct OpenBatch {
-    windows: Vec<Window>,
     batch: Arc<Batch>,
     call: WeakShared<Pin<Box<dyn Future<Output = BatchReply> + Send>>>,
 }
@@ -158,7 +160,7 @@ fn join(backend: u64, key: &str, windows: &[Window]) -> Option<(BatchCall, Arc<B
     OPEN.with(|open| {
         let open = open.borrow();
         let open = open.get(&backend)?.get(key)?;
-        if open.windows != windows {
+        if open.batch.windows != windows {
             return None;
         }
         let call = open.call.upgrade()?;
@@ -185,16 +187,15 @@ where
     let batch = Arc::new(Batch {
         backend,
         key: key.into(),
+        windows: windows.to_vec(),
         members: AtomicU32::new(1),
-        closed: AtomicBool::new(false),
         call_waker: AtomicWaker::new(),
     });
     let call = {
         let batch = batch.clone();
-        let windows = windows.to_vec();
         let call: Pin<Box<dyn Future<Output = BatchReply> + Send>> = Box::pin(async move {
             Closed(&batch).await;
-            send(batch.key.clone(), windows, batch.count())
+            send(batch.key.clone(), batch.windows.clone(), batch.count())
                 .await
                 .map(Arc::from)
                 .map_err(Arc::new)
@@ -211,7 +212,6 @@ where
         batches.insert(
             key.into(),
             OpenBatch {
-                windows: windows.to_vec(),
                 batch: batch.clone(),
                 call: call.downgrade().expect("a shared future not yet polled"),
             },
