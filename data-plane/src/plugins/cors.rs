@@ -26,7 +26,7 @@ use postern_proto::model::plugins::parse;
 use regex::RegexSet;
 use serde_json::Value;
 
-use super::{Flow, Plugin, PluginResponse, RequestCtx};
+use super::{Flow, Plugin, PluginResponse, RequestCtx, StagedHeaders};
 
 /// What `allow_methods: "**"` stands for, as in APISIX.
 const ALL_METHODS: &str = "GET,POST,PUT,DELETE,PATCH,HEAD,OPTIONS,CONNECT,TRACE";
@@ -121,7 +121,7 @@ impl Cors {
         &self,
         allow_origin: HeaderValue,
         req: &http::request::Parts,
-        out: &mut HeaderMap,
+        out: &mut StagedHeaders,
     ) {
         out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
         out.insert(ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone());
@@ -222,11 +222,7 @@ mod tests {
             .unwrap()
             .into_parts();
         p.response(&mut head, &mut ctx);
-        for (name, value) in ctx.response_headers.drain() {
-            if let Some(name) = name {
-                head.headers.insert(name, value);
-            }
-        }
+        ctx.response_headers.apply_to(&mut head.headers);
         (status, head.headers)
     }
 

@@ -34,6 +34,7 @@ mod redirect;
 pub mod request_id;
 mod request_termination;
 mod response_rewrite;
+mod staged_headers;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -43,9 +44,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use postern_proto::model::plugins::find_plugin;
 use serde_json::Value;
+pub use staged_headers::StagedHeaders;
 
 /// Per-request state shared by the plugins of one request.
 pub struct RequestCtx {
@@ -55,7 +57,7 @@ pub struct RequestCtx {
     /// The server span being recorded, when `opentelemetry` sampled this request.
     pub span: Option<Box<opentelemetry::SpanDraft>>,
     /// Headers to add to the response to the client, whatever produced it (upstream or plugin).
-    pub response_headers: HeaderMap,
+    pub response_headers: StagedHeaders,
     /// Set by a `response` phase to replace the upstream's body.
     pub replace_body: Option<Bytes>,
     /// This request's id, once `request-id` gave it one (for later plugins and logs).
@@ -99,7 +101,7 @@ impl RequestCtx {
             client_addr,
             route_id,
             span: None,
-            response_headers: HeaderMap::new(),
+            response_headers: StagedHeaders::default(),
             replace_body: None,
             request_id: None,
             upstream_host: None,
@@ -423,13 +425,7 @@ impl PluginChain {
         for p in &self.plugins {
             p.response(resp, ctx);
         }
-        for (name, value) in ctx
-            .response_headers
-            .drain()
-            .filter_map(|(n, v)| n.map(|n| (n, v)))
-        {
-            resp.headers.insert::<HeaderName>(name, value);
-        }
+        ctx.response_headers.apply_to(&mut resp.headers);
     }
 
     pub fn log(&self, ctx: &RequestCtx, status: StatusCode) {

@@ -171,7 +171,9 @@ mod tests {
             Flow::Continue => None,
             Flow::Respond(r) => Some(r.status.as_u16()),
         };
-        (s, ctx.response_headers)
+        let mut headers = http::HeaderMap::new();
+        ctx.response_headers.apply_to(&mut headers);
+        (s, headers)
     }
 
     #[tokio::test]
