@@ -1,9 +1,11 @@
-//! The local backend: every key's state in this process, in shards of `Mutex<HashMap>` picked by
-//! the key's hash, so concurrent requests for different keys rarely meet on a lock and a
+//! The local backend: every key's state in this process, in shards of `Mutex<HashTable>` picked
+//! by the key's hash, so concurrent requests for different keys rarely meet on a lock and a
 //! decision holds a lock for a few hundred nanoseconds. Idle keys are dropped: every
-//! `SWEEP_EVERY` decisions, the next shard in turn drops its expired entries.
+//! `SWEEP_EVERY` decisions on a thread, the next shard in turn drops its expired entries.
+//!
+//! A key is hashed once per decision (SipHash, keyed per process: keys come from clients), and
+//! that hash both picks the shard and finds the key in it.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -14,20 +16,27 @@ const SHARDS: usize = 64;
 const SWEEP_EVERY: usize = 1024;
 
 struct Entry {
+    key: Box<str>,
     state: Option<State>,
     expires_ms: u64,
 }
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<str>, Entry>,
+    table: hashbrown::HashTable<Entry>,
 }
 
 pub struct LocalStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     clock: Arc<dyn Clock>,
-    decisions: AtomicUsize,
+    /// Sweeps made: the next one sweeps shard `sweeps % SHARDS`.
+    sweeps: AtomicUsize,
+}
+
+thread_local! {
+    /// Decisions made on this thread: every `SWEEP_EVERY`th sweeps a shard.
+    static DECISIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl LocalStore {
@@ -36,7 +45,7 @@ impl LocalStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             clock,
-            decisions: AtomicUsize::new(0),
+            sweeps: AtomicUsize::new(0),
         }
     }
 
@@ -56,20 +65,32 @@ impl LocalStore {
 
     pub fn decide(&self, key: &str, rule: &Rule) -> Decision {
         let now = self.clock.now_ms();
-        let n = self.decisions.fetch_add(1, Ordering::Relaxed);
-        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            let turn = (n / SWEEP_EVERY) % self.shards.len();
-            self.lock(turn).map.retain(|_, e| e.expires_ms > now);
+        // Counted per thread: a shared counter would be one cache line every worker writes.
+        let n = DECISIONS.get().wrapping_add(1);
+        DECISIONS.set(n);
+        if n.is_multiple_of(SWEEP_EVERY) {
+            let turn = self.sweeps.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+            self.lock(turn).table.retain(|e| e.expires_ms > now);
         }
-        let idx = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        let hash = self.hasher.hash_one(key);
+        // Bits 32 and up pick the shard: the table places keys by the low bits and tags them
+        // with the top seven.
+        let idx = (hash >> 32) as usize % self.shards.len();
         let mut shard = self.lock(idx);
-        let entry = match shard.map.get_mut(key) {
-            Some(e) => e,
-            None => shard.map.entry(key.into()).or_insert(Entry {
-                state: None,
-                expires_ms: 0,
-            }),
-        };
+        let entry =
+            match shard
+                .table
+                .entry(hash, |e| *e.key == *key, |e| self.hasher.hash_one(&*e.key))
+            {
+                hashbrown::hash_table::Entry::Occupied(e) => e.into_mut(),
+                hashbrown::hash_table::Entry::Vacant(e) => e
+                    .insert(Entry {
+                        key: key.into(),
+                        state: None,
+                        expires_ms: 0,
+                    })
+                    .into_mut(),
+            };
         let (decision, expires_ms) = rule.decide(&mut entry.state, now);
         entry.expires_ms = expires_ms;
         decision
@@ -79,7 +100,7 @@ impl LocalStore {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map_or(0, |s| s.map.len()))
+            .map(|s| s.lock().map_or(0, |s| s.table.len()))
             .sum()
     }
 
