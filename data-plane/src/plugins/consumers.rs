@@ -71,7 +71,10 @@ pub struct Consumers {
     /// Revoked values by type, each with its expiry (`None`: until deleted).
     revoked: HashMap<(RevocationType, String), Option<u64>>,
     /// jwt-auth tokens verified with a static key, by their text (see [`VerifiedJwt`]).
-    verified_jwts: Mutex<HashMap<Box<str>, VerifiedJwt>>,
+    /// Hashed with foldhash (seeded per process) rather than SipHash: a token is a few hundred
+    /// bytes hashed on every request, only tokens whose signature checked out are kept, and
+    /// the map is emptied when full, so a flood of crafted keys cannot build up in it.
+    verified_jwts: Mutex<HashMap<Box<str>, VerifiedJwt, foldhash::fast::RandomState>>,
 }
 
 /// Most verified JWTs remembered (the map is emptied when full), and the longest remembered.
