@@ -251,7 +251,7 @@ async fn put_in(
         precondition,
         actor,
     } = req;
-    let current = fetch_resource(conn, kind, &id).await?;
+    let (current, stamp) = fetch_for_write(conn, kind, &id, rev).await?;
     match (precondition, &current) {
         (Precondition::None, _) | (Precondition::MustNotExist, None) => {}
         (Precondition::MustNotExist, Some(_)) => {
@@ -271,7 +271,12 @@ async fn put_in(
         }
     }
     check_claims(conn, kind, &id, &claims).await?;
-    let (revision, now, seq) = take_revision(conn, rev).await?;
+    let Stamp {
+        revision,
+        at: now,
+        seq,
+        bump,
+    } = stamp;
 
     if let Value::Object(map) = &mut value {
         map.insert("id".to_string(), Value::String(id.clone()));
@@ -290,6 +295,7 @@ async fn put_in(
     };
     record_write(
         conn,
+        bump,
         row,
         &references,
         &claims,
@@ -333,7 +339,7 @@ async fn delete_in(
         precondition,
         actor,
     } = req;
-    let current = fetch_resource(conn, kind, &id).await?;
+    let (current, stamp) = fetch_for_write(conn, kind, &id, rev).await?;
     if let Precondition::ModRevision(expected) = precondition {
         check_mod_revision(kind, &id, expected, &current)?;
     }
@@ -370,10 +376,16 @@ async fn delete_in(
         return Err(StoreError::InUse { kind, id, used_by });
     }
 
-    let (revision, now, seq) = take_revision(conn, rev).await?;
+    let Stamp {
+        revision,
+        at: now,
+        seq,
+        bump,
+    } = stamp;
     let before = encode(&current.value)?;
     record_write(
         conn,
+        bump,
         RowChange::Delete,
         &[],
         &[],
@@ -398,16 +410,64 @@ async fn delete_in(
     })
 }
 
-/// The revision, time and history row number a write records: a single write moves the global
-/// revision; a replace's writes share the one it moved to.
-async fn take_revision(
+/// The revision, time and history row number a write records.
+struct Stamp {
+    revision: u64,
+    at: i64,
+    seq: i64,
+    /// The write moves the global revision to `revision` itself (a single write); false when it
+    /// shares the one a replace moved to.
+    bump: bool,
+}
+
+/// The current row of `kind/id`, and the revision the write records. A single write takes the
+/// store's revision + 1, read in the same query as the row; `record_write` stores it with the
+/// write's other statements (under `BEGIN IMMEDIATE` no other writer can move it in between).
+/// A replace's writes share the revision it moved to.
+async fn fetch_for_write(
     conn: &mut SqliteConnection,
+    kind: ResourceKind,
+    id: &str,
     rev: WriteRevision,
-) -> StoreResult<(u64, i64, i64)> {
-    match rev {
-        WriteRevision::Next => Ok((bump_revision(conn).await?, unix_now(), 0)),
-        WriteRevision::Shared { revision, at, seq } => Ok((revision, at, i64::from(seq))),
+) -> StoreResult<(Option<StoredResource>, Stamp)> {
+    if let WriteRevision::Shared { revision, at, seq } = rev {
+        let current = fetch_resource(conn, kind, id).await?;
+        let stamp = Stamp {
+            revision,
+            at,
+            seq: i64::from(seq),
+            bump: false,
+        };
+        return Ok((current, stamp));
     }
+    let sql = format!(
+        "SELECT m.revision AS store_revision, r.{} FROM meta m \
+         LEFT JOIN resources r ON r.kind = ? AND r.id = ? WHERE m.id = 1",
+        RESOURCE_COLUMNS.replace(", ", ", r.")
+    );
+    let row = sqlx::query(&sql)
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    let store_revision: i64 = column(&row, "store_revision")?;
+    let next = store_revision
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt("the store's revision overflows".to_string()))?;
+    let found: Option<String> = column(&row, "kind")?;
+    let current = match found {
+        Some(_) => Some(decode_resource(&row)?),
+        None => None,
+    };
+    let stamp = Stamp {
+        revision: from_db(next, "meta.revision")?,
+        at: unix_now(),
+        seq: 0,
+        bump: true,
+    };
+    Ok((current, stamp))
 }
 
 /// Increments the global revision inside the caller's write transaction and returns the new one
@@ -512,19 +572,25 @@ enum RowChange {
     Delete,
 }
 
-/// Everything a write of `kind/id` changes once its checks passed, as one query: the resource
-/// row, its history entry, and its `refs` and `credentials` rows made exactly `references` and
-/// `claims` (none for a delete). Each query is a round trip to the connection's thread (two
+/// Everything a write of `kind/id` changes once its checks passed, as one query: the store's
+/// revision (when `move_revision`: set to the history row's), the resource row, its history
+/// entry, and its `refs` and `credentials` rows made exactly `references` and `claims` (none
+/// for a delete). Each query is a round trip to the connection's thread (two
 /// context switches), which costs more than the statements themselves.
 async fn record_write(
     conn: &mut SqliteConnection,
+    move_revision: bool,
     row: RowChange,
     references: &[OwnedReference],
     claims: &[OwnedClaim],
     h: HistoryRow<'_>,
 ) -> StoreResult<()> {
     let (kind, id) = (h.kind.as_str(), h.id);
-    let mut sql = String::from(match row {
+    let mut sql = String::with_capacity(1024);
+    if move_revision {
+        sql.push_str("UPDATE meta SET revision = ? WHERE id = 1; ");
+    }
+    sql.push_str(match row {
         RowChange::Insert => {
             "INSERT INTO resources \
              (kind, id, body, create_revision, mod_revision, created_at, updated_at) \
@@ -553,6 +619,9 @@ async fn record_write(
         sql.push_str(" INSERT INTO credentials (plugin, digest, kind, id) VALUES (?, ?, ?, ?);");
     }
     let mut query = sqlx::query(&sql);
+    if move_revision {
+        query = query.bind(h.revision);
+    }
     query = match row {
         RowChange::Insert => query
             .bind(kind)
