@@ -25,7 +25,10 @@ pub fn decide(windows: &[Window], counters: &mut [Counter], now: u64) -> (Decisi
             allowed = false;
         }
     }
-    let mut quotas = Vec::with_capacity(windows.len());
+    // Every window's quota is kept only for a several-window rule (Kong's per-period headers):
+    // a single window's decision allocates nothing.
+    let mut quotas = Vec::new();
+    let mut tightest = None;
     let mut retry_after_ms = 0;
     let mut expires = now;
     for (w, c) in windows.iter().zip(counters.iter_mut()) {
@@ -36,35 +39,51 @@ pub fn decide(windows: &[Window], counters: &mut [Counter], now: u64) -> (Decisi
             retry_after_ms = retry_after_ms.max(reset_ms);
         }
         expires = expires.max(c.start + w.window_ms);
-        quotas.push(WindowQuota {
+        let q = WindowQuota {
             limit: w.limit,
             remaining: w.limit.saturating_sub(c.count),
             reset_ms,
-        });
+        };
+        tightest = Some(tightest.map_or(q, |t| tighter(t, q)));
+        if windows.len() > 1 {
+            quotas.push(q);
+        }
     }
-    (summarise(allowed, retry_after_ms, quotas), expires)
+    (decision(allowed, retry_after_ms, tightest, quotas), expires)
 }
 
 /// The decision of a several-window rule: its headline quota is the window with the fewest
 /// requests left (the shortest such window on a tie).
 pub fn summarise(allowed: bool, retry_after_ms: u64, quotas: Vec<WindowQuota>) -> Decision {
-    let tightest = quotas
-        .iter()
-        .min_by_key(|q| q.remaining)
-        .copied()
-        .unwrap_or(WindowQuota {
-            limit: 0,
-            remaining: 0,
-            reset_ms: 0,
-        });
+    let tightest = quotas.iter().copied().reduce(tighter);
+    let quotas = if quotas.len() > 1 { quotas } else { Vec::new() };
+    decision(allowed, retry_after_ms, tightest, quotas)
+}
+
+/// The window with fewer requests left; the earlier (shorter) one on a tie.
+fn tighter(a: WindowQuota, b: WindowQuota) -> WindowQuota {
+    if b.remaining < a.remaining { b } else { a }
+}
+
+fn decision(
+    allowed: bool,
+    retry_after_ms: u64,
+    tightest: Option<WindowQuota>,
+    windows: Vec<WindowQuota>,
+) -> Decision {
+    let t = tightest.unwrap_or(WindowQuota {
+        limit: 0,
+        remaining: 0,
+        reset_ms: 0,
+    });
     Decision {
         allowed,
-        limit: tightest.limit,
-        remaining: tightest.remaining,
-        reset_ms: tightest.reset_ms,
+        limit: t.limit,
+        remaining: t.remaining,
+        reset_ms: t.reset_ms,
         retry_after_ms,
         delay_ms: 0,
-        windows: if quotas.len() > 1 { quotas } else { Vec::new() },
+        windows,
     }
 }
 
