@@ -275,7 +275,7 @@ async fn put_in(
         revision,
         at: now,
         seq,
-        bump,
+        moves_revision,
     } = stamp;
 
     if let Value::Object(map) = &mut value {
@@ -295,7 +295,7 @@ async fn put_in(
     };
     record_write(
         conn,
-        bump,
+        moves_revision,
         row,
         &references,
         &claims,
@@ -380,12 +380,12 @@ async fn delete_in(
         revision,
         at: now,
         seq,
-        bump,
+        moves_revision,
     } = stamp;
     let before = encode(&current.value)?;
     record_write(
         conn,
-        bump,
+        moves_revision,
         RowChange::Delete,
         &[],
         &[],
@@ -417,7 +417,7 @@ struct Stamp {
     seq: i64,
     /// The write moves the global revision to `revision` itself (a single write); false when it
     /// shares the one a replace moved to.
-    bump: bool,
+    moves_revision: bool,
 }
 
 /// The current row of `kind/id`, and the revision the write records. A single write takes the
@@ -436,22 +436,21 @@ async fn fetch_for_write(
             revision,
             at,
             seq: i64::from(seq),
-            bump: false,
+            moves_revision: false,
         };
         return Ok((current, stamp));
     }
-    let sql = format!(
-        "SELECT m.revision AS store_revision, r.{} FROM meta m \
-         LEFT JOIN resources r ON r.kind = ? AND r.id = ? WHERE m.id = 1",
-        RESOURCE_COLUMNS.replace(", ", ", r.")
-    );
-    let row = sqlx::query(&sql)
-        .bind(kind.as_str())
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?
-        .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
+    let row = sqlx::query(
+        "SELECT m.revision AS store_revision, r.kind, r.id, r.body, r.create_revision, \
+                r.mod_revision, r.created_at, r.updated_at \
+         FROM meta m LEFT JOIN resources r ON r.kind = ? AND r.id = ? WHERE m.id = 1",
+    )
+    .bind(kind.as_str())
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?
+    .ok_or_else(|| StoreError::Corrupt("the meta row is missing".to_string()))?;
     let store_revision: i64 = column(&row, "store_revision")?;
     let next = store_revision
         .checked_add(1)
@@ -465,7 +464,7 @@ async fn fetch_for_write(
         revision: from_db(next, "meta.revision")?,
         at: unix_now(),
         seq: 0,
-        bump: true,
+        moves_revision: true,
     };
     Ok((current, stamp))
 }
