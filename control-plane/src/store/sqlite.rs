@@ -271,12 +271,7 @@ async fn put_in(
         }
     }
     check_claims(conn, kind, &id, &claims).await?;
-    let Stamp {
-        revision,
-        at: now,
-        seq,
-        moves_revision,
-    } = stamp;
+    let (revision, now) = (stamp.revision, stamp.at);
 
     if let Value::Object(map) = &mut value {
         map.insert("id".to_string(), Value::String(id.clone()));
@@ -295,13 +290,13 @@ async fn put_in(
     };
     record_write(
         conn,
-        moves_revision,
+        stamp.moves_revision,
         row,
         &references,
         &claims,
         HistoryRow {
             revision: db_revision,
-            seq,
+            seq: stamp.seq,
             at: now,
             kind,
             id: &id,
@@ -376,22 +371,17 @@ async fn delete_in(
         return Err(StoreError::InUse { kind, id, used_by });
     }
 
-    let Stamp {
-        revision,
-        at: now,
-        seq,
-        moves_revision,
-    } = stamp;
+    let (revision, now) = (stamp.revision, stamp.at);
     let before = encode(&current.value)?;
     record_write(
         conn,
-        moves_revision,
+        stamp.moves_revision,
         RowChange::Delete,
         &[],
         &[],
         HistoryRow {
             revision: to_db(revision)?,
-            seq,
+            seq: stamp.seq,
             at: now,
             kind,
             id: &id,
