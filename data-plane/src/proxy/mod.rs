@@ -84,6 +84,34 @@ fn plugin_response(answer: PluginResponse) -> Response<ProxyBody> {
     resp
 }
 
+/// The plugins' turn at the response (headers, a replaced body, a body tap) and their log
+/// phase; the request id and what plugins hold until the response ends go to the exchange.
+fn after_plugins(
+    response: Response<ProxyBody>,
+    route: &CompiledRoute,
+    mut ctx: RequestCtx,
+    exchange: &mut Exchange,
+) -> Response<ProxyBody> {
+    let (mut head, body) = response.into_parts();
+    route.plugins.response(&mut head, &mut ctx);
+    let mut body = match ctx.replace_body.take() {
+        Some(replacement) => {
+            head.headers.remove(header::TRANSFER_ENCODING);
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(replacement.len()));
+            Either::Right(Full::new(replacement))
+        }
+        None => body,
+    };
+    if let (Some(tap), Either::Left(upstream_body)) = (ctx.body_tap.take(), &mut body) {
+        upstream_body.tap(tap);
+    }
+    route.plugins.log(&ctx, head.status);
+    exchange.request_id = ctx.request_id.take();
+    exchange.held = std::mem::take(&mut ctx.held);
+    Response::from_parts(head, body)
+}
+
 use crate::compile::{CompiledRoute, Timeouts};
 use crate::health::Outcome;
 use crate::observability::MeteredBody;
@@ -434,9 +462,73 @@ impl Proxy {
             held: Vec::new(),
         };
         let http1 = req.version() < Version::HTTP_2;
-        let mut response = self
-            .route_and_forward(peer, client_addr, req, &mut exchange)
-            .await;
+        // Routing, the plugins and the upstream call are awaited here rather than in async fns
+        // of their own: each async fn's future is built, then moved into its caller's state by
+        // value, a copy of its whole state (kilobytes on this path) for every request.
+        let mut response: Response<ProxyBody> = 'handled: {
+            let (mut parts, body, route) = match self.route(client_addr, req, &mut exchange) {
+                Ok(routed) => routed,
+                Err(e) => break 'handled e.into_response().map(Either::Right),
+            };
+            let mut ctx = route
+                .has_plugins
+                .then(|| RequestCtx::new(client_addr, route.id.clone()));
+            let answer = match &mut ctx {
+                Some(ctx) => route.plugins.request(&mut parts, ctx).await,
+                None => None,
+            };
+            // After the plugins, so `request-id`'s own header and algorithm win when configured.
+            let (id, in_map) = client_or_new_request_id(&mut parts.headers);
+            exchange.request_id_in_map = in_map;
+            let (max_body_size, upstream_host) = match &mut ctx {
+                None => {
+                    exchange.request_id = Some(id);
+                    (None, None)
+                }
+                Some(ctx) => {
+                    exchange.request_id = Some(id.clone());
+                    ctx.request_id.get_or_insert(id);
+                    if answer.is_none() {
+                        exchange.identity = headers::Identity::new(
+                            ctx.consumer_name.as_deref(),
+                            ctx.consumer_group.as_deref(),
+                            ctx.credential_id.as_deref(),
+                        );
+                        exchange.consumer = ctx.consumer_name.clone();
+                        ctx.upstream_called = true;
+                    }
+                    (ctx.max_body_size, ctx.upstream_host.take())
+                }
+            };
+            let result = match (answer, &route.transcode) {
+                (Some(answer), _) => Ok(plugin_response(answer)),
+                // Boxed: its state is larger than `forward`'s, and every request's future would
+                // otherwise be sized for it.
+                (None, Some(t)) => {
+                    Box::pin(self.forward_transcoded(
+                        peer,
+                        parts,
+                        body,
+                        max_body_size,
+                        &route,
+                        t,
+                        upstream_host,
+                        &mut exchange,
+                    ))
+                    .await
+                }
+                (None, None) => {
+                    let body = LimitedBody::new(body, max_body_size).metered(route.metrics.clone());
+                    self.forward(peer, parts, body, &route, upstream_host, &mut exchange)
+                        .await
+                }
+            };
+            let response = result.unwrap_or_else(|e| e.into_response().map(Either::Right));
+            match ctx {
+                None => response,
+                Some(ctx) => after_plugins(response, &route, ctx, &mut exchange),
+            }
+        };
         // (HTTP/2 has no Connection header; its connections are drained with GOAWAY.)
         if http1 && self.state.is_draining() {
             // Shutting down: move keepalive clients to other DPs now, while this one still
@@ -462,93 +554,29 @@ impl Proxy {
             .map(|body| MeteredBody::new(body, exchange.metrics, start, status, log).holding(held))
     }
 
-    async fn route_and_forward(
+    /// What comes before the plugins: the request's path and host made normal, the client's
+    /// hop-by-hop and identity headers removed, and the route matched.
+    fn route(
         &self,
-        peer: SocketAddr,
         client_addr: SocketAddr,
         req: Request<RequestBody>,
         exchange: &mut Exchange,
-    ) -> Response<ProxyBody> {
+    ) -> Result<(http::request::Parts, RequestBody, MatchedRoute), ProxyError> {
         let (mut parts, body) = req.into_parts();
         if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES {
-            return ProxyError::UriTooLong.into_response().map(Either::Right);
+            return Err(ProxyError::UriTooLong);
         }
-        if let Err(e) = self.normalize(&mut parts) {
-            return e.into_response().map(Either::Right);
-        }
-        if let Err(why) = headers::settle_host(&mut parts) {
-            return ProxyError::BadRequest(why)
-                .into_response()
-                .map(Either::Right);
-        }
+        self.normalize(&mut parts)?;
+        headers::settle_host(&mut parts).map_err(ProxyError::BadRequest)?;
         // The client's own hop-by-hop and identity headers go before any plugin runs.
         headers::strip_connection_named(&mut parts.headers);
         headers::strip_identity(&mut parts.headers);
-        let route = match self.match_route(client_addr, &parts) {
-            Ok(r) => r,
-            Err(e) => return e.into_response().map(Either::Right),
-        };
+        let route = self.match_route(client_addr, &parts)?;
         exchange.metrics = route.metrics.clone();
         if self.access_log.is_some() {
             exchange.route = Some(route.id.clone());
         }
-        if !route.has_plugins {
-            let (id, in_map) = client_or_new_request_id(&mut parts.headers);
-            (exchange.request_id, exchange.request_id_in_map) = (Some(id), in_map);
-            return self
-                .call_upstream(peer, parts, body, None, &route, None, exchange)
-                .await
-                .unwrap_or_else(|e| e.into_response().map(Either::Right));
-        }
-        let mut ctx = RequestCtx::new(client_addr, route.id.clone());
-        let answer = route.plugins.request(&mut parts, &mut ctx).await;
-        // After the plugins, so `request-id`'s own header and algorithm win when configured.
-        let (id, in_map) = client_or_new_request_id(&mut parts.headers);
-        (exchange.request_id, exchange.request_id_in_map) = (Some(id.clone()), in_map);
-        ctx.request_id.get_or_insert(id);
-        let result = match answer {
-            Some(answer) => Ok(plugin_response(answer)),
-            None => {
-                exchange.identity = headers::Identity::new(
-                    ctx.consumer_name.as_deref(),
-                    ctx.consumer_group.as_deref(),
-                    ctx.credential_id.as_deref(),
-                );
-                let upstream_host = ctx.upstream_host.take();
-                exchange.consumer = ctx.consumer_name.clone();
-                ctx.upstream_called = true;
-                self.call_upstream(
-                    peer,
-                    parts,
-                    body,
-                    ctx.max_body_size,
-                    &route,
-                    upstream_host,
-                    exchange,
-                )
-                .await
-            }
-        };
-        let (mut head, body) = result
-            .unwrap_or_else(|e| e.into_response().map(Either::Right))
-            .into_parts();
-        route.plugins.response(&mut head, &mut ctx);
-        let mut body = match ctx.replace_body.take() {
-            Some(replacement) => {
-                head.headers.remove(header::TRANSFER_ENCODING);
-                head.headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(replacement.len()));
-                Either::Right(Full::new(replacement))
-            }
-            None => body,
-        };
-        if let (Some(tap), Either::Left(upstream_body)) = (ctx.body_tap.take(), &mut body) {
-            upstream_body.tap(tap);
-        }
-        route.plugins.log(&ctx, head.status);
-        exchange.request_id = ctx.request_id.take();
-        exchange.held = std::mem::take(&mut ctx.held);
-        Response::from_parts(head, body)
+        Ok((parts, body, route))
     }
 
     /// Replaces the request path with its normal form (see `normalize`), once, before routing:
@@ -610,38 +638,6 @@ impl Proxy {
             crate::memory::prefetch_arc(upstream);
         }
         Ok(route)
-    }
-
-    /// The upstream call: the request as it is, or transcoded to gRPC (`grpc-transcode`).
-    #[allow(clippy::too_many_arguments)]
-    async fn call_upstream(
-        &self,
-        client_addr: SocketAddr,
-        parts: http::request::Parts,
-        body: RequestBody,
-        max_body_size: Option<u64>,
-        route: &MatchedRoute,
-        upstream_host: Option<HeaderValue>,
-        exchange: &mut Exchange,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        if let Some(t) = &route.transcode {
-            // Boxed: its state is larger than `forward`'s, and every request's future (created
-            // and moved by value, so copied) would otherwise be sized for it.
-            return Box::pin(self.forward_transcoded(
-                client_addr,
-                parts,
-                body,
-                max_body_size,
-                route,
-                t,
-                upstream_host,
-                exchange,
-            ))
-            .await;
-        }
-        let body = LimitedBody::new(body, max_body_size).metered(route.metrics.clone());
-        self.forward(client_addr, parts, body, route, upstream_host, exchange)
-            .await
     }
 
     async fn forward(
