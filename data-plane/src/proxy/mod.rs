@@ -823,16 +823,34 @@ impl Proxy {
             if self.access_log.is_some() {
                 exchange.upstream = Some(node.authority.clone());
             }
-            let result = if owned {
-                self.send_owned(
+            let result = if direct {
+                // No body to stream: the gateway's own client, in this task (`h1_client`).
+                // Awaited here, not in an async fn of its own (see `handle`).
+                let call = owned_conns::call_h1(
+                    &exchange.conns,
+                    &self.connector,
+                    &node.authority,
+                    &req,
+                    &added,
+                    timeouts.connect,
+                    progress.clone(),
+                );
+                match Self::timed(call, &timeouts, &progress, &exchange.conns).await {
+                    Ok(Ok(response)) => Ok((response.map(UpstreamInner::from), None)),
+                    Ok(Err(e)) => Err(Self::owned_call_error(e, &progress, &body_too_large)),
+                    Err(e) => Err(e),
+                }
+            } else if owned {
+                // A body to stream: hyper's client. Boxed: twice the state of the call above,
+                // carried by every request's future if inline.
+                Box::pin(self.send_owned(
                     &exchange.conns,
                     &node.authority,
                     req,
-                    direct.then_some(added),
                     &timeouts,
                     progress,
                     body_too_large,
-                )
+                ))
                 .await
             } else {
                 Self::send(
@@ -941,51 +959,39 @@ impl Proxy {
         })
     }
 
-    /// One try on a connection of the client connection's own (`owned_conns`), under the same
-    /// timeouts as [`Proxy::send`]. With `added` (no body to stream), by the gateway's own
-    /// client, which writes those headers into the head; else by hyper's.
-    #[allow(clippy::too_many_arguments)]
+    /// One try with a body to stream, on a connection of the client connection's own
+    /// (`owned_conns`) by hyper's client, under the same timeouts as [`Proxy::send`].
     async fn send_owned(
         &self,
         conns: &Arc<OwnedConns>,
         node: &Authority,
         req: Request<SendBody>,
-        added: Option<h1_client::Added<'_>>,
         timeouts: &Timeouts,
         progress: Arc<Progress>,
         body_too_large: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<(Response<UpstreamInner>, Option<Lease>), ProxyError> {
-        let result = if let Some(added) = &added {
-            // No body to stream: the gateway's own client, in this task (`h1_client`).
-            let call = owned_conns::call_h1(
-                conns,
-                &self.connector,
-                node,
-                &req,
-                added,
-                timeouts.connect,
-                progress.clone(),
-            );
-            Self::timed(call, timeouts, &progress, conns)
-                .await?
-                .map(|response| (response.map(UpstreamInner::from), None))
-        } else {
-            // A body to stream: hyper's client. Boxed, as in `call_upstream`: twice the state
-            // of the common call above, carried by every request's future if inline.
-            let call = owned_conns::call(
-                conns,
-                &self.connector,
-                node,
-                req,
-                timeouts.connect,
-                progress.clone(),
-            );
-            Box::pin(Self::timed(call, timeouts, &progress, conns))
-                .await?
-                .map(|(response, lease)| (response.map(UpstreamInner::from), Some(lease)))
-        };
-        result.map_err(|e| match e {
-            _ if Self::tripped(&body_too_large) => ProxyError::BodyTooLarge,
+        let call = owned_conns::call(
+            conns,
+            &self.connector,
+            node,
+            req,
+            timeouts.connect,
+            progress.clone(),
+        );
+        Self::timed(call, timeouts, &progress, conns)
+            .await?
+            .map(|(response, lease)| (response.map(UpstreamInner::from), Some(lease)))
+            .map_err(|e| Self::owned_call_error(e, &progress, &body_too_large))
+    }
+
+    /// What a failed call on an owned connection answers.
+    fn owned_call_error(
+        e: owned_conns::CallError,
+        progress: &Progress,
+        body_too_large: &Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> ProxyError {
+        match e {
+            _ if Self::tripped(body_too_large) => ProxyError::BodyTooLarge,
             _ if progress.body_failed() => ProxyError::client_body_failed(),
             owned_conns::CallError::Connect(e) => {
                 if upstream_call::caused_by::<upstream_call::ConnectTimedOut>(&*e) {
@@ -995,7 +1001,7 @@ impl Proxy {
                 }
             }
             owned_conns::CallError::Failed(e) => ProxyError::UpstreamFailed(e),
-        })
+        }
     }
 
     /// A body cut off at client-control's limit fails the upstream request before it answered:
