@@ -96,10 +96,15 @@ impl OwnedConns {
     }
 
     /// An idle connection of the kind `h1` says to `node`, that is still open and not idle
-    /// for too long.
-    fn checkout(&self, node: &Authority, max_idle_time: Duration, h1: bool) -> Option<Conn> {
+    /// for too long at `now` (the try's start: a clock read fewer per request).
+    fn checkout(
+        &self,
+        node: &Authority,
+        max_idle_time: Duration,
+        h1: bool,
+        now: Instant,
+    ) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         // Closed or stale ones go (dropping a sender lets its connection task end).
         idle.retain(|c| !c.conn.is_closed() && now.duration_since(c.since) < max_idle_time);
         let i = idle
@@ -132,7 +137,7 @@ impl OwnedConns {
     /// A kept connection of the gateway's own client to `node` (tests).
     #[cfg(test)]
     pub fn take_h1(&self, node: &Authority) -> Option<Box<H1Conn>> {
-        match self.checkout(node, Duration::from_secs(60), true)? {
+        match self.checkout(node, Duration::from_secs(60), true, Instant::now())? {
             Conn::H1(c) => Some(c),
             Conn::Hyper(_) => None,
         }
@@ -176,7 +181,8 @@ pub async fn call(
     };
     // A kept connection the upstream closed meanwhile hands the request back unsent: then
     // the next one is tried, and at last a new connection.
-    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, false) {
+    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, false, progress.started())
+    {
         let Conn::Hyper(mut sender) = conn else {
             continue;
         };
@@ -235,7 +241,8 @@ pub async fn call_h1(
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let home = || (owner.clone(), node.clone());
     let send = |conn: Box<H1Conn>| conn.send(req.method(), target, req.headers(), added, home());
-    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, true) {
+    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, true, progress.started())
+    {
         let Conn::H1(conn) = conn else {
             continue;
         };

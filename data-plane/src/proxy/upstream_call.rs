@@ -82,6 +82,11 @@ impl Progress {
         })
     }
 
+    /// When this try started.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Whether reading the client's request body failed.
     pub fn body_failed(&self) -> bool {
         self.body_failed.load(Ordering::Relaxed)
