@@ -6,6 +6,7 @@
 //! and are never shared between routes. On Redis the key is wrapped in a hash tag
 //! (`postern:rl:{…}`) so a cluster keeps it on one slot.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,28 @@ impl Backend {
             Some(s) => Backend::Redis(RedisBackend::shared(s)),
         }
     }
+}
+
+/// A number as a header value, from a small per-thread cache of recent ones. A limit's
+/// `X-RateLimit-Limit` is the same on every request and its `-Reset` for a second at a time,
+/// while `HeaderValue::from(u64)` formats into a new allocation each time; a cached value is
+/// shared (a reference count). `-Remaining` changes with every request and is not cached.
+fn recent_number(n: u64) -> HeaderValue {
+    const SLOTS: usize = 16;
+    thread_local! {
+        static RECENT: RefCell<[Option<(u64, HeaderValue)>; SLOTS]> =
+            const { RefCell::new([const { None }; SLOTS]) };
+    }
+    RECENT
+        .try_with(|recent| {
+            let mut recent = recent.borrow_mut();
+            let slot = &mut recent[(n % SLOTS as u64) as usize];
+            match slot {
+                Some((m, value)) if *m == n => value.clone(),
+                _ => slot.insert((n, HeaderValue::from(n))).1.clone(),
+            }
+        })
+        .unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// Which rate-limit headers a limit sends.
@@ -212,14 +235,14 @@ impl Limit {
     fn apply(&self, d: &Decision, ctx: &mut RequestCtx) -> (Flow, Option<Duration>) {
         let h = &mut ctx.response_headers;
         if self.headers != Headers::None {
-            h.insert(X_LIMIT.clone(), HeaderValue::from(d.limit));
+            h.insert(X_LIMIT.clone(), recent_number(d.limit));
             h.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
-            h.insert(X_RESET.clone(), HeaderValue::from(d.reset_secs()));
+            h.insert(X_RESET.clone(), recent_number(d.reset_secs()));
         }
         if let Headers::Kong(periods) = &self.headers {
-            h.insert(LIMIT.clone(), HeaderValue::from(d.limit));
+            h.insert(LIMIT.clone(), recent_number(d.limit));
             h.insert(REMAINING.clone(), HeaderValue::from(d.remaining));
-            h.insert(RESET.clone(), HeaderValue::from(d.reset_secs()));
+            h.insert(RESET.clone(), recent_number(d.reset_secs()));
             let quotas = if d.windows.is_empty() {
                 vec![crate::ratelimit::WindowQuota {
                     limit: d.limit,
@@ -230,7 +253,7 @@ impl Limit {
                 d.windows.clone()
             };
             for (names, q) in periods.iter().zip(quotas) {
-                h.insert(names.limit.clone(), HeaderValue::from(q.limit));
+                h.insert(names.limit.clone(), recent_number(q.limit));
                 h.insert(names.remaining.clone(), HeaderValue::from(q.remaining));
             }
         }
@@ -248,5 +271,18 @@ impl Limit {
             HeaderValue::from(d.retry_after_secs()),
         );
         (Flow::Respond(answer), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_numbers_are_the_numbers_asked_for() {
+        // Repeats, and numbers that share a slot (16 apart), in turn.
+        for n in [0, 7, 7, 23, 7, 39, 1_000_000_000, 23, u64::MAX, 0] {
+            assert_eq!(recent_number(n), HeaderValue::from(n), "{n}");
+        }
     }
 }
