@@ -57,8 +57,7 @@ impl Plugin for LimitReq {
         req: &'a mut http::request::Parts,
         ctx: &'a mut RequestCtx,
     ) -> Step<'a> {
-        let caller = self.key.resolve(req, ctx);
-        self.limit.check(&caller, ctx)
+        self.limit.check_caller(&self.key, req, ctx)
     }
 }
 

@@ -15,6 +15,7 @@ use postern_proto::model::plugins::limits::{Degrade, RedisSettings};
 
 use super::{Flow, PluginResponse, RequestCtx, Step};
 use crate::observability::metrics::METRICS;
+use crate::ratelimit::key::KeyResolver;
 use crate::ratelimit::local::LocalStore;
 use crate::ratelimit::redis::{RedisBackend, RedisFailure};
 use crate::ratelimit::{Decision, Rule, stable_hash};
@@ -146,17 +147,24 @@ impl Limit {
 
     /// The counter key for a caller on this request's route.
     pub fn counter_key(&self, ctx: &RequestCtx, caller: &str) -> String {
+        self.counter_key_with(ctx, |key| key.push_str(caller))
+    }
+
+    /// The counter key, the caller's part written by `push_caller` into the key itself (no
+    /// string of its own per request).
+    fn counter_key_with(&self, ctx: &RequestCtx, push_caller: impl FnOnce(&mut String)) -> String {
         let mut key = String::with_capacity(self.scope.len() + ctx.route_id.len() + 40);
         key.push_str(&self.scope);
         key.push(':');
         key.push_str(&ctx.route_id);
         key.push(':');
-        if caller.len() > MAX_RAW_KEY {
+        let at = key.len();
+        push_caller(&mut key);
+        if key.len() - at > MAX_RAW_KEY {
+            let caller = key.split_off(at);
             let a = stable_hash(caller.as_bytes());
             let b = stable_hash(&[caller.as_bytes(), b"\x01"].concat());
             key.push_str(&format!("#{a:016x}{b:016x}"));
-        } else {
-            key.push_str(caller);
         }
         key
     }
@@ -164,6 +172,21 @@ impl Limit {
     /// The access step for `caller`: decides, sets the headers, holds or answers.
     pub fn check<'a>(&'a self, caller: &str, ctx: &'a mut RequestCtx) -> Step<'a> {
         let key = self.counter_key(ctx, caller);
+        self.check_counter(key, ctx)
+    }
+
+    /// As [`Limit::check`], for the caller `resolver` reads from the request.
+    pub fn check_caller<'a>(
+        &'a self,
+        resolver: &KeyResolver,
+        parts: &http::request::Parts,
+        ctx: &'a mut RequestCtx,
+    ) -> Step<'a> {
+        let key = self.counter_key_with(ctx, |key| resolver.resolve_into(key, parts, ctx));
+        self.check_counter(key, ctx)
+    }
+
+    fn check_counter<'a>(&'a self, key: String, ctx: &'a mut RequestCtx) -> Step<'a> {
         match &self.backend {
             Backend::Local(store) => {
                 let d = store.decide(&key, &self.rule);

@@ -67,21 +67,31 @@ impl KeyResolver {
 
     pub fn resolve(&self, parts: &http::request::Parts, ctx: &RequestCtx) -> String {
         let mut out = String::new();
+        self.resolve_into(&mut out, parts, ctx);
+        out
+    }
+
+    /// Appends the key to `out`.
+    pub fn resolve_into(&self, out: &mut String, parts: &http::request::Parts, ctx: &RequestCtx) {
+        let start = out.len();
         let found = match &self.0 {
-            Key::Constant => return out,
-            Key::Var(v) => push_var(&mut out, v, parts, ctx),
+            Key::Constant => return,
+            Key::Var(v) => push_var(out, v, parts, ctx),
             Key::Combination(pieces) => {
                 let mut any = false;
                 for p in pieces {
                     match p {
                         Part::Text(t) => out.push_str(t),
-                        Part::Var(v) => any |= push_var(&mut out, v, parts, ctx),
+                        Part::Var(v) => any |= push_var(out, v, parts, ctx),
                     }
                 }
                 any
             }
         };
-        if found { out } else { remote_addr(ctx) }
+        if !found {
+            out.truncate(start);
+            push_remote_addr(out, ctx);
+        }
     }
 }
 
