@@ -48,7 +48,9 @@ pub enum CallError {
 struct Idle {
     node: Authority,
     conn: Conn,
-    since: Instant,
+    /// When it has been idle for too long (`POOL_IDLE_TIMEOUT`): set once when it goes idle,
+    /// so a checkout compares instants instead of subtracting them.
+    stale_at: Instant,
 }
 
 enum Conn {
@@ -97,16 +99,10 @@ impl OwnedConns {
 
     /// An idle connection of the kind `h1` says to `node`, that is still open and not idle
     /// for too long at `now` (the try's start: a clock read fewer per request).
-    fn checkout(
-        &self,
-        node: &Authority,
-        max_idle_time: Duration,
-        h1: bool,
-        now: Instant,
-    ) -> Option<Conn> {
+    fn checkout(&self, node: &Authority, h1: bool, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Closed or stale ones go (dropping a sender lets its connection task end).
-        idle.retain(|c| !c.conn.is_closed() && now.duration_since(c.since) < max_idle_time);
+        idle.retain(|c| !c.conn.is_closed() && now < c.stale_at);
         let i = idle
             .iter()
             .rposition(|c| &c.node == node && matches!(c.conn, Conn::H1(_)) == h1)?;
@@ -124,7 +120,7 @@ impl OwnedConns {
         idle.push(Idle {
             node,
             conn,
-            since: Instant::now(),
+            stale_at: Instant::now() + super::POOL_IDLE_TIMEOUT,
         });
     }
 
@@ -137,7 +133,7 @@ impl OwnedConns {
     /// A kept connection of the gateway's own client to `node` (tests).
     #[cfg(test)]
     pub fn take_h1(&self, node: &Authority) -> Option<Box<H1Conn>> {
-        match self.checkout(node, Duration::from_secs(60), true, Instant::now())? {
+        match self.checkout(node, true, Instant::now())? {
             Conn::H1(c) => Some(c),
             Conn::Hyper(_) => None,
         }
@@ -181,8 +177,7 @@ pub async fn call(
     };
     // A kept connection the upstream closed meanwhile hands the request back unsent: then
     // the next one is tried, and at last a new connection.
-    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, false, progress.started())
-    {
+    while let Some(conn) = owner.checkout(node, false, progress.started()) {
         let Conn::Hyper(mut sender) = conn else {
             continue;
         };
@@ -241,8 +236,7 @@ pub async fn call_h1(
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let home = || (owner.clone(), node.clone());
     let send = |conn: Box<H1Conn>| conn.send(req.method(), target, req.headers(), added, home());
-    while let Some(conn) = owner.checkout(node, super::POOL_IDLE_TIMEOUT, true, progress.started())
-    {
+    while let Some(conn) = owner.checkout(node, true, progress.started()) {
         let Conn::H1(conn) = conn else {
             continue;
         };
