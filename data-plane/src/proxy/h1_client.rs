@@ -239,8 +239,9 @@ impl H1Conn {
                 if facts.note(&name, &head[v0..v1])? == Keep::No {
                     return Ok(());
                 }
-                let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-                    .map_err(|_| protocol("invalid upstream header value"))?;
+                // SAFETY: httparse took the value's bytes only if each is one `HeaderValue`
+                // accepts (HTAB, SP, visible ASCII, obs-text), as in the server's parse.
+                let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(v0..v1)) };
                 headers.append(name, value);
                 Ok::<_, BoxError>(())
             });

@@ -295,10 +295,11 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<(usize, usize, usize, usize)>) -> P
         let Ok(name) = HeaderName::from_bytes(&frozen[n0..n1]) else {
             return rewind_other(buf, frozen);
         };
-        // httparse has checked the value's bytes.
-        let Ok(value) = HeaderValue::from_maybe_shared(frozen.slice(v0..v1)) else {
-            return rewind_other(buf, frozen);
-        };
+        // SAFETY: httparse took this value's bytes only if each is HTAB, SP, a visible ASCII
+        // character or obs-text (0x80–0xFF), the set `HeaderValue` accepts; checking them again
+        // was a loop over every byte (a token in `Authorization` is hundreds). hyper builds its
+        // header values from httparse's the same way.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(frozen.slice(v0..v1)) };
         headers.append(name, value);
     }
     let mut parts = Request::new(()).into_parts().0;
@@ -699,6 +700,49 @@ mod tests {
             );
             assert_eq!(&rest[..], case, "the buffer was changed");
         }
+    }
+
+    /// The parses here and in `h1_client` build header values without checking their bytes
+    /// again, on the ground that httparse takes only bytes `HeaderValue` accepts. Every byte,
+    /// in a request head and in a response head: whatever value httparse hands back is one
+    /// `HeaderValue` takes, and a byte `HeaderValue` refuses makes the head unparsable.
+    #[test]
+    fn httparse_takes_only_header_value_bytes_the_http_crate_accepts() {
+        let mut taken = 0;
+        for b in 0..=255u8 {
+            let value = [b'a', b, b'a'];
+            let request = [b"GET / HTTP/1.1\r\nx: ".as_slice(), &value, b"\r\n\r\n"].concat();
+            let response = [b"HTTP/1.1 200 OK\r\nx: ".as_slice(), &value, b"\r\n\r\n"].concat();
+            let mut slots = [httparse::EMPTY_HEADER; 4];
+            let mut req = httparse::Request::new(&mut slots);
+            let req_done = matches!(req.parse(&request), Ok(httparse::Status::Complete(_)));
+            let req_values: Vec<Vec<u8>> = req.headers.iter().map(|h| h.value.to_vec()).collect();
+            let mut slots = [httparse::EMPTY_HEADER; 4];
+            let mut resp = httparse::Response::new(&mut slots);
+            let resp_done = matches!(resp.parse(&response), Ok(httparse::Status::Complete(_)));
+            let resp_values: Vec<Vec<u8>> = resp.headers.iter().map(|h| h.value.to_vec()).collect();
+            for (done, values) in [(req_done, req_values), (resp_done, resp_values)] {
+                if !done {
+                    continue;
+                }
+                for v in values {
+                    assert!(
+                        HeaderValue::from_bytes(&v).is_ok(),
+                        "httparse took {v:?}, which HeaderValue refuses"
+                    );
+                }
+            }
+            if HeaderValue::from_bytes(&value).is_err() {
+                assert!(
+                    !req_done && !resp_done,
+                    "byte {b:#04x} was taken by httparse"
+                );
+            } else if req_done && resp_done {
+                taken += 1;
+            }
+        }
+        // HTAB, SP, visible ASCII and obs-text: the check above ran on real values.
+        assert_eq!(taken, 1 + 1 + 94 + 128);
     }
 
     fn response(
