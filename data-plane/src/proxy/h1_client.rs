@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::framing::{chunk_size, ends_with_chunked, line_end, parse_length, tokens};
+use super::header_names::NameMemo;
 use super::headers::{Forwarded, Identity, hop_by_hop_index};
 use super::owned_conns::OwnedConns;
 use crate::plugins::request_id::X_REQUEST_ID;
@@ -95,6 +96,8 @@ pub struct H1Conn {
     reused: bool,
     /// Where each header name and value lies in a parsed head (kept to save an allocation).
     spans: Vec<(usize, usize, usize, usize)>,
+    /// The last response's header names (an upstream sends the same ones each time).
+    names: NameMemo,
 }
 
 impl H1Conn {
@@ -105,6 +108,7 @@ impl H1Conn {
             head: Vec::with_capacity(512),
             reused: false,
             spans: Vec::new(),
+            names: NameMemo::default(),
         })
     }
 
@@ -233,18 +237,24 @@ impl H1Conn {
             // Room for what plugins add (rate-limit and CORS headers, say) without regrowing.
             let mut headers = HeaderMap::with_capacity(spans.len() + 8);
             let mut facts = HeadFacts::default();
-            let parsed = spans.iter().try_for_each(|&(n0, n1, v0, v1)| {
-                let name = HeaderName::from_bytes(&head[n0..n1])
-                    .map_err(|_| protocol("invalid upstream header name"))?;
-                if facts.note(&name, &head[v0..v1])? == Keep::No {
-                    return Ok(());
-                }
-                // SAFETY: httparse took the value's bytes only if each is one `HeaderValue`
-                // accepts (HTAB, SP, visible ASCII, obs-text), as in the server's parse.
-                let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(v0..v1)) };
-                headers.append(name, value);
-                Ok::<_, BoxError>(())
-            });
+            let names = &mut self.names;
+            let parsed = spans
+                .iter()
+                .enumerate()
+                .try_for_each(|(at, &(n0, n1, v0, v1))| {
+                    let name = names
+                        .name(at, &head[n0..n1])
+                        .map_err(|_| protocol("invalid upstream header name"))?;
+                    if facts.note(&name, &head[v0..v1])? == Keep::No {
+                        return Ok(());
+                    }
+                    // SAFETY: httparse took the value's bytes only if each is one `HeaderValue`
+                    // accepts (HTAB, SP, visible ASCII, obs-text), as in the server's parse.
+                    let value =
+                        unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(v0..v1)) };
+                    headers.append(name, value);
+                    Ok::<_, BoxError>(())
+                });
             self.spans = spans;
             parsed?;
             let body = if *method == Method::HEAD

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -40,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::framing::{ends_with_chunked, has_token, parse_length};
+use super::header_names::NameMemo;
 use super::upstream_call::RequestBody;
 use super::{ClientBody, MAX_REQUEST_HEAD_BYTES, MAX_REQUEST_HEADERS};
 
@@ -94,13 +95,14 @@ where
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut spans = Vec::new();
+    let mut names = NameMemo::default();
     let mut shutdown_wait = pin!(shutdown.clone().cancelled_owned());
     let mut timer = pin!(tokio::time::sleep(header_timeout));
     loop {
         // The head's deadline: the timer is moved only if it fires before it (`read_head_bytes`).
         let deadline = Instant::now() + header_timeout;
         let (parts, keep_alive) = loop {
-            match parse(&mut buf, &mut spans) {
+            match parse(&mut buf, &mut spans, &mut names) {
                 Parsed::Fast(parts, keep_alive) => break (parts, keep_alive),
                 Parsed::Other => return Ended::HandOver(io, buf.freeze()),
                 Parsed::Partial if buf.len() >= MAX_REQUEST_HEAD_BYTES => {
@@ -228,7 +230,11 @@ where
 
 /// Parses the request head at the front of `buf` and, for a request this loop serves, takes
 /// it off the buffer.
-fn parse(buf: &mut BytesMut, spans: &mut Vec<(usize, usize, usize, usize)>) -> Parsed {
+fn parse(
+    buf: &mut BytesMut,
+    spans: &mut Vec<(usize, usize, usize, usize)>,
+    names: &mut NameMemo,
+) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }
@@ -291,8 +297,8 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<(usize, usize, usize, usize)>) -> P
     };
     // Room for what the gateway adds (X-Forwarded-*, X-Request-Id, ...) without regrowing.
     let mut headers = HeaderMap::with_capacity(spans.len() + 8);
-    for &(n0, n1, v0, v1) in spans.iter() {
-        let Ok(name) = HeaderName::from_bytes(&frozen[n0..n1]) else {
+    for (at, &(n0, n1, v0, v1)) in spans.iter().enumerate() {
+        let Ok(name) = names.name(at, &frozen[n0..n1]) else {
             return rewind_other(buf, frozen);
         };
         // SAFETY: httparse took this value's bytes only if each is HTAB, SP, a visible ASCII
@@ -644,7 +650,7 @@ mod tests {
 
     fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        let p = parse(&mut buf, &mut Vec::new());
+        let p = parse(&mut buf, &mut Vec::new(), &mut NameMemo::default());
         (p, buf)
     }
 
@@ -763,7 +769,7 @@ mod tests {
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         for (n, v) in headers {
             r.headers_mut().append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
         }

@@ -9,6 +9,7 @@ mod error;
 mod framing;
 mod h1_client;
 mod h1_server;
+mod header_names;
 pub mod headers;
 mod limited_body;
 pub mod normalize;
