@@ -12,12 +12,24 @@
 # it up, the counters are zeroed (`callgrind_control -z`), wrk runs INSTR_SECONDS (default 10)
 # more, the counters are dumped, and the instructions counted are divided by the requests wrk
 # completed. INSTR_PLUGINS: the route's `plugins` object (JSON), as COMPARE_PLUGINS in
-# compare.sh; INSTR_JWT=1 adds jwt-auth with a consumer and a token. INSTR_KEEP=DIR keeps each callgrind dump there (`callgrind_annotate FILE` reads
-# one). Kernel work (the syscalls) is not counted: strace counts those.
+# compare.sh; INSTR_JWT=1 adds jwt-auth with a consumer and a token. INSTR_KEEP=DIR keeps each
+# callgrind dump there (`callgrind_annotate FILE` reads one). INSTR_ROUTES=N loads N more routes
+# /r/0 … /r/N-1 (each with its own upstream block, as scenario d of scenarios.sh) and spreads the
+# requests over them at random (a wrk script), to compare 10 routes with 10,000.
+# INSTR_CACHE_SIM=1 has callgrind simulate the caches too and prints first-level and last-level
+# data-cache misses per request (D1mr+D1mw, DLmr+DLmw; a model of a generic cache, not this
+# CPU's, and several times slower). Kernel work (the syscalls) is not counted: strace counts
+# those.
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 DIR..." >&2; exit 2; }
 SECS=${INSTR_SECONDS:-10}
 PLUGINS=${INSTR_PLUGINS:-"{}"}
+ROUTES=${INSTR_ROUTES:-0}
+SIM=(--cache-sim=no)
+[[ ${INSTR_CACHE_SIM:-0} == 1 ]] && SIM=(--cache-sim=yes)
+# INSTR_CACHE_LL=SIZE,ASSOC,LINE: the simulated last level (callgrind models two levels and takes
+# the machine's largest; `2097152,16,64` models a per-core 2 MiB L2 as the last level instead).
+[[ -n ${INSTR_CACHE_LL:-} ]] && SIM+=(--LL="$INSTR_CACHE_LL")
 for t in valgrind callgrind_control nginx wrk curl python3; do
   command -v "$t" >/dev/null 2>&1 || [[ $t == nginx && -x /usr/sbin/nginx ]] ||
     { echo "$t is required (apt-get install valgrind nginx wrk)" >&2; exit 1; }
@@ -38,12 +50,26 @@ if [[ ${INSTR_JWT:-0} == 1 ]]; then
   PLUGINS=$(python3 -c 'import json,sys; p=json.loads(sys.argv[1]); p["jwt-auth"]={}; print(json.dumps(p))' "$PLUGINS")
 fi
 
+# INSTR_ROUTES: every request to one of /r/0 … /r/N-1, at random (the script of scenarios.sh).
+SPREAD=()
+if [[ $ROUTES -gt 0 ]]; then
+  cat >"$TMP/spread.lua" <<'LUA'
+math.randomseed(os.time())
+local n = 1
+init = function(args) n = tonumber(args[1]) end
+request = function()
+  return wrk.format(nil, "/r/" .. math.random(0, n - 1))
+end
+LUA
+  SPREAD=(-s "$TMP/spread.lua" -- "$ROUTES")
+fi
+
 # count_under PID URL: zero, load, dump; prints requests and instructions.
 count_under() {
-  wrk -t1 -c10 -d3s "${AUTH[@]}" "$2" >/dev/null
+  wrk -t1 -c10 -d3s "${AUTH[@]}" "$2" "${SPREAD[@]}" >/dev/null
   callgrind_control -z "$1" >/dev/null 2>&1
   local out
-  out=$(wrk -t1 -c10 -d"${SECS}s" "${AUTH[@]}" "$2")
+  out=$(wrk -t1 -c10 -d"${SECS}s" "${AUTH[@]}" "$2" "${SPREAD[@]}")
   callgrind_control -d "$1" >/dev/null 2>&1
   sleep 0.5
   local req dump ir
@@ -51,6 +77,12 @@ count_under() {
   dump=$(ls -t "$run"/callgrind.out* | head -n 1)
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
   python3 -c "print(f'$3\t$req\t$ir\t{$ir / $req:,.0f}')"
+  if [[ ${INSTR_CACHE_SIM:-0} == 1 ]]; then
+    # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+    awk -v req="$req" '/^(summary|totals):/ {
+      printf "\tD1 misses/request %.1f, LL data misses/request %.2f, I1 misses/request %.1f\n",
+        ($6 + $7) / req, ($9 + $10) / req, $5 / req; exit }' "$dump"
+  fi
   if [[ -n ${INSTR_KEEP:-} ]]; then
     mkdir -p "$INSTR_KEEP"
     cp "$dump" "$INSTR_KEEP/$(basename "$(dirname "$3/.")")-$RANDOM.callgrind"
@@ -84,7 +116,7 @@ NGX
     NGINX=$(command -v nginx || echo /usr/sbin/nginx)
     "$NGINX" -p "$run/up" -e "$run/up/error.log" -c "$run/up/nginx.conf" >/dev/null 2>&1 &
     PIDS+=($!)
-    valgrind --tool=callgrind --cache-sim=no --branch-sim=no --dump-line=no \
+    valgrind --tool=callgrind "${SIM[@]}" --branch-sim=no --dump-line=no \
       --callgrind-out-file="$run/callgrind.out" \
       "$NGINX" -p "$run/px" -e "$run/px/error.log" -c "$run/px/nginx.conf" >"$run/nginx.log" 2>&1 &
     NGX=$!
@@ -112,7 +144,7 @@ NGX
   "$dir/control-plane" --data-dir "$run/cp" --admin-listen "127.0.0.1:$ADMIN" \
     --sync-listen "127.0.0.1:$SYNC" --admin-key "$KEY" >"$run/cp.log" 2>&1 &
   PIDS+=($!)
-  valgrind --tool=callgrind --cache-sim=no --branch-sim=no --dump-line=no \
+  valgrind --tool=callgrind "${SIM[@]}" --branch-sim=no --dump-line=no \
     --callgrind-out-file="$run/callgrind.out" \
     "$dir/data-plane" --workers 1 --control-plane "http://127.0.0.1:$SYNC" \
     --proxy-listen "127.0.0.1:$PROXY" --status-listen "127.0.0.1:$(port)" \
@@ -120,14 +152,26 @@ NGX
   DP=$!
   PIDS+=("$DP")
   for _ in $(seq 150); do curl -sf "http://127.0.0.1:$ADMIN/admin/routes" -H "X-API-KEY: $KEY" >/dev/null && break; sleep 0.1; done
-  if [[ ${INSTR_JWT:-0} == 1 ]]; then
-    curl -sf -X PUT "http://127.0.0.1:$ADMIN/admin/consumers/bench" -H "X-API-KEY: $KEY" \
-      -d "{\"username\": \"bench\", \"plugins\": {\"jwt-auth\": {\"key\": \"bench-key\", \"secret\": \"$JWT_SECRET\"}}}" >/dev/null
-  fi
-  curl -sf -X PUT "http://127.0.0.1:$ADMIN/admin/routes/p" -H "X-API-KEY: $KEY" \
-    -d "{\"uri\": \"/*\", \"plugins\": $PLUGINS, \"upstream\": {\"nodes\": {\"127.0.0.1:$UP\": 1}}}" >/dev/null
-  for _ in $(seq 600); do [[ $(curl -s "${AUTH[@]}" "http://127.0.0.1:$PROXY/" || true) == ok ]] && break; sleep 0.1; done
-  [[ $(curl -s "${AUTH[@]}" "http://127.0.0.1:$PROXY/") == ok ]] || { echo "$dir: the DP does not proxy" >&2; cat "$run/dp.log" >&2; exit 1; }
+  # The whole config in one PUT /admin/config: the route `/*` (with INSTR_PLUGINS), the
+  # INSTR_ROUTES routes /r/i, and the jwt-auth consumer (INSTR_JWT).
+  python3 - "$UP" "$PLUGINS" "$ROUTES" "${JWT_SECRET:-}" >"$run/config.json" <<'PY'
+import json, sys
+up, plugins, spread, secret = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ups = {"nodes": {f"127.0.0.1:{up}": 1}}
+routes = [{"id": "p", "uri": "/*", "plugins": plugins, "upstream": ups}]
+routes += [{"id": f"r{i}", "uri": f"/r/{i}", "upstream": ups} for i in range(spread)]
+consumers = []
+if secret:
+    consumers = [{"id": "bench", "username": "bench",
+                  "plugins": {"jwt-auth": {"key": "bench-key", "secret": secret}}}]
+print(json.dumps({"resources": {"routes": routes, "consumers": consumers}}))
+PY
+  curl -sf -X PUT "http://127.0.0.1:$ADMIN/admin/config" -H "X-API-KEY: $KEY" \
+    -H 'Content-Type: application/json' --data-binary @"$run/config.json" >/dev/null
+  probe="http://127.0.0.1:$PROXY/"
+  [[ $ROUTES -gt 0 ]] && probe="http://127.0.0.1:$PROXY/r/$((ROUTES - 1))"
+  for _ in $(seq 600); do [[ $(curl -s "${AUTH[@]}" "$probe" || true) == ok ]] && break; sleep 0.1; done
+  [[ $(curl -s "${AUTH[@]}" "$probe") == ok ]] || { echo "$dir: the DP does not proxy" >&2; cat "$run/dp.log" >&2; exit 1; }
   count_under "$DP" "http://127.0.0.1:$PROXY/" "$dir"
   stop_all
 done
