@@ -340,7 +340,7 @@ pub struct Conflicting;
 /// ones, so the request is refused rather than guessed at.
 pub fn single<'a>(
     found: impl IntoIterator<Item = std::borrow::Cow<'a, str>>,
-) -> Result<Option<String>, Conflicting> {
+) -> Result<Option<std::borrow::Cow<'a, str>>, Conflicting> {
     let mut one: Option<std::borrow::Cow<'a, str>> = None;
     for v in found {
         match &one {
@@ -349,7 +349,7 @@ pub fn single<'a>(
             Some(_) => return Err(Conflicting),
         }
     }
-    Ok(one.map(|c| c.into_owned()))
+    Ok(one)
 }
 
 #[cfg(test)]
