@@ -50,18 +50,10 @@ if [[ ${INSTR_JWT:-0} == 1 ]]; then
   PLUGINS=$(python3 -c 'import json,sys; p=json.loads(sys.argv[1]); p["jwt-auth"]={}; print(json.dumps(p))' "$PLUGINS")
 fi
 
-# INSTR_ROUTES: every request to one of /r/0 … /r/N-1, at random (the script of scenarios.sh).
+# INSTR_ROUTES: every request to one of /r/0 … /r/N-1, at random (bench/spread.lua).
 SPREAD=()
 if [[ $ROUTES -gt 0 ]]; then
-  cat >"$TMP/spread.lua" <<'LUA'
-math.randomseed(os.time())
-local n = 1
-init = function(args) n = tonumber(args[1]) end
-request = function()
-  return wrk.format(nil, "/r/" .. math.random(0, n - 1))
-end
-LUA
-  SPREAD=(-s "$TMP/spread.lua" -- "$ROUTES")
+  SPREAD=(-s "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/spread.lua" -- "$ROUTES")
 fi
 
 # count_under PID URL: zero, load, dump; prints requests and instructions.

@@ -97,12 +97,7 @@ for _ in $(seq 300); do
   [[ $(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP/b") == ok ]] && break
   sleep 0.1
 done
-cat >"$TMP/spread.lua" <<'LUA'
-math.randomseed(os.time())
-local n = 10000
-init = function(args) if args[1] then n = tonumber(args[1]) end end
-request = function() return wrk.format(nil, "/r/" .. math.random(0, n - 1)) end
-LUA
+SPREAD_LUA="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/spread.lua"
 [[ $(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP/b") == ok ]] || die "the DP does not proxy /b"
 
 ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*) }; read -r -a f <<<"$s"; echo $((f[11] + f[12])); }
@@ -130,7 +125,7 @@ PY
 
 profile() {
   local name=$1 path=$2 script=()
-  [[ $name == d ]] && script=(-s "$TMP/spread.lua")
+  [[ $name == d ]] && script=(-s "$SPREAD_LUA")
   log "scenario $name: warm-up, then $SECS s under perf"
   taskset -c 1 wrk -t1 -c50 -d2s "${script[@]}" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DP$path" >/dev/null
   local t0 out
@@ -151,13 +146,13 @@ profile() {
 # Rounds of: requests spread over 10,000 routes, then over 6; CPU per request from /proc.
 spread_rounds() {
   log "spread: warm-up over 10,000 routes, then ${PROFILE_ROUNDS:-3} rounds of ${SECS}s runs"
-  taskset -c 1 wrk -t1 -c50 -d3s -s "$TMP/spread.lua" "http://127.0.0.1:$DP/" -- 10000 >/dev/null
+  taskset -c 1 wrk -t1 -c50 -d3s -s "$SPREAD_LUA" "http://127.0.0.1:$DP/" -- 10000 >/dev/null
   local r n t0 t1 out reqs
   for r in $(seq "${PROFILE_ROUNDS:-3}"); do
     local -A rps=() cpu=()
     for n in 10000 6; do
       t0=$(ticks "$DP_PID")
-      out=$(taskset -c 1 wrk -t1 -c50 -d"${SECS}s" -s "$TMP/spread.lua" "http://127.0.0.1:$DP/" -- "$n")
+      out=$(taskset -c 1 wrk -t1 -c50 -d"${SECS}s" -s "$SPREAD_LUA" "http://127.0.0.1:$DP/" -- "$n")
       t1=$(ticks "$DP_PID")
       reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
       rps[$n]=$(python3 -c "print(f'{$reqs / $SECS:.0f}')")

@@ -150,16 +150,8 @@ done
 [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$DP1/b") == 401 ]] || die "/b without a token is not refused"
 curl -sf -D - -o /dev/null -H "$AUTH" "http://127.0.0.1:$DP1/c" | grep -qi '^x-ratelimit-limit' || die "no limit on /c"
 
-cat >"$TMP/spread.lua" <<'LUA'
--- Scenarios d and d10: every request to one of the routes /r/0 ... /r/N-1 (N the script's
--- argument), at random.
-math.randomseed(os.time())
-local n = 1
-init = function(args) n = tonumber(args[1]) end
-request = function()
-  return wrk.format(nil, "/r/" .. math.random(0, n - 1))
-end
-LUA
+# Scenarios d and d10: requests spread over /r/0 … /r/N-1 by bench/spread.lua.
+SPREAD_LUA="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/spread.lua"
 
 # The Admin API writer of scenario e: 50 route updates a second on one keepalive connection,
 # until killed; counts failed writes in $TMP/churn.out.
@@ -203,11 +195,11 @@ run() {
   local target=$1 round=$2 url pid=$DP1_PID args=() script=() extra=""
   case $target in
     nginx) url="http://127.0.0.1:$NGX/" ;;
-    nginx-s) url="http://127.0.0.1:$NGX/"; args=(-s "$TMP/spread.lua"); script=(-- 10000) ;;
+    nginx-s) url="http://127.0.0.1:$NGX/"; args=(-s "$SPREAD_LUA"); script=(-- 10000) ;;
     a|a10k|e) url="http://127.0.0.1:$DP1/a" ;;
     b|c) url="http://127.0.0.1:$DP1/$target"; args=(-H "$AUTH") ;;
-    d) url="http://127.0.0.1:$DP1/"; args=(-s "$TMP/spread.lua"); script=(-- 10000) ;;
-    d10) url="http://127.0.0.1:$DP1/"; args=(-s "$TMP/spread.lua"); script=(-- 6) ;;
+    d) url="http://127.0.0.1:$DP1/"; args=(-s "$SPREAD_LUA"); script=(-- 10000) ;;
+    d10) url="http://127.0.0.1:$DP1/"; args=(-s "$SPREAD_LUA"); script=(-- 6) ;;
     f) url="http://127.0.0.1:$DP2/a"; pid=$DP2_PID ;;
   esac
   taskset -c 1 wrk -t1 -c50 -d"${WARMUP}s" "${args[@]}" "$url" "${script[@]}" >/dev/null
