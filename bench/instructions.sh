@@ -16,15 +16,16 @@
 # callgrind dump there (`callgrind_annotate FILE` reads one). INSTR_ROUTES=N loads N more routes
 # /r/0 … /r/N-1 (each with its own upstream block, as scenario d of scenarios.sh) and spreads the
 # requests over them at random (a wrk script), to compare 10 routes with 10,000.
-# INSTR_CACHE_SIM=1 has callgrind simulate the caches too and prints first-level and last-level
-# data-cache misses per request (D1mr+D1mw, DLmr+DLmw; a model of a generic cache, not this
-# CPU's, and several times slower). Kernel work (the syscalls) is not counted: strace counts
+# INSTR_CACHE_SIM=1 has callgrind simulate the caches too and prints first-level instruction and
+# data misses and last-level data misses per request (I1mr, D1mr+D1mw, DLmr+DLmw; callgrind's
+# model, with this machine's cache sizes but no prefetching, and several times slower). Kernel work (the syscalls) is not counted: strace counts
 # those.
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 DIR..." >&2; exit 2; }
 SECS=${INSTR_SECONDS:-10}
 PLUGINS=${INSTR_PLUGINS:-"{}"}
 ROUTES=${INSTR_ROUTES:-0}
+[[ $ROUTES =~ ^[0-9]+$ ]] || { echo "INSTR_ROUTES must be a number of routes, not '$ROUTES'" >&2; exit 2; }
 SIM=(--cache-sim=no)
 [[ ${INSTR_CACHE_SIM:-0} == 1 ]] && SIM=(--cache-sim=yes)
 # INSTR_CACHE_LL=SIZE,ASSOC,LINE: the simulated last level (callgrind models two levels and takes
@@ -66,6 +67,10 @@ count_under() {
   sleep 0.5
   local req dump ir
   req=$(awk '/requests in/ {print $1}' <<<"$out")
+  # Error answers are cheaper than proxied ones: a count over them would flatter the build.
+  if grep -q 'Non-2xx' <<<"$out"; then
+    echo "$3: not every request was answered 2xx:" >&2; echo "$out" >&2; exit 1
+  fi
   dump=$(ls -t "$run"/callgrind.out* | head -n 1)
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
   python3 -c "print(f'$3\t$req\t$ir\t{$ir / $req:,.0f}')"
