@@ -3,7 +3,8 @@
 # reverse proxy, in one run (issue #11's scenarios (a)-(f)). Not a test: a measurement.
 #
 #   bench/scenarios.sh     (BENCH_SECONDS per run, default 10; BENCH_ROUNDS, default 3;
-#                           BENCH_WARMUP, default 2; BENCH_SKIP_BUILD=1 to use built binaries)
+#                           BENCH_WARMUP, default 2; BENCH_SKIP_BUILD=1 to use built binaries;
+#                           BENCH_OUT, the results file, default below)
 #
 # Layout as bench/run.sh: the proxy under test on cpu 0, wrk (1 thread, 50 connections), the
 # upstream (nginx `return 200 "ok"`), the control plane, the Admin API writer and Redis (its
@@ -243,7 +244,7 @@ log "phase 2 (10,004 routes): $ROUNDS rounds of nginx a10k d nginx-s"
 for r in $(seq "$ROUNDS"); do for t in nginx a10k d nginx-s; do run "$t" "$r"; done; done
 RSS1=$(awk '/VmRSS/ {print $2}' "/proc/$DP1_PID/status")
 
-OUT="$REPO/bench/results/$(date -u +%F-%H%M)-scenarios.md"
+OUT=${BENCH_OUT:-"$REPO/bench/results/$(date -u +%F-%H%M)-scenarios.md"}
 python3 - "$RAW" "$OUT" "$(getconf CLK_TCK)" "$COMMIT" "$LOAD" "$RSS1" "$SECS" "$ROUNDS" <<'PY'
 import csv, statistics as st, sys, datetime, platform
 raw, out, tck, commit, load, rss, secs, rounds = sys.argv[1:]
