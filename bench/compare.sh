@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two data-plane builds side by side (before/after a change): interleaved wrk runs against each,
-# CPU µs per request and req/s per run, medians at the end. Not a test: a measurement.
+# CPU µs per request and req/s per run, medians at the end, and the median of each round's
+# new/old ratio. Not a test: a measurement.
 #
 #   bench/compare.sh OLD_DIR NEW_DIR     (each holding data-plane and control-plane binaries)
 #
@@ -83,4 +84,14 @@ m = {w: (st.median(float(r["req/s"]) for r in rows if r["which"] == w),
 for w, (rps, cpu) in m.items():
     print(f"{w}: median {rps:,.0f} req/s, {cpu:.1f} µs CPU/request")
 print(f"new/old: req/s {m['new'][0] / m['old'][0]:.2f}x, CPU/request {m['new'][1] / m['old'][1]:.2f}x")
+# Each round's new run beside its own old run: on a VM whose speed drifts within a run, the
+# ratios of neighbours move less than the ratio of the two medians.
+by = {(r["which"], r["round"]): r for r in rows}
+pairs = [(by["new", k]["req/s"], by["old", k]["req/s"], by["new", k]["CPU us/req"], by["old", k]["CPU us/req"])
+         for w, k in by if w == "old" and ("new", k) in by]
+rps = [float(a) / float(b) for a, b, _, _ in pairs]
+cpu = [float(a) / float(b) for _, _, a, b in pairs]
+print(f"new/old, round by round: req/s median {st.median(rps):.2f}x ({min(rps):.2f}-{max(rps):.2f}), "
+      f"CPU/request median {st.median(cpu):.2f}x ({min(cpu):.2f}-{max(cpu):.2f}), "
+      f"new cheaper in {sum(c < 1 for c in cpu)} of {len(cpu)} rounds")
 PY
