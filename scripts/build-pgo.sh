@@ -65,6 +65,11 @@ BENCH_SKIP_BUILD=1 CARGO_TARGET_DIR="$PGO_DIR/generate/$HOST" BENCH_ROUNDS=1 BEN
   BENCH_SECONDS="${PGO_TRAIN_SECONDS:-3}" BENCH_OUT="$PGO_DIR/training.md" \
   "$REPO/bench/scenarios.sh" >/dev/null
 compgen -G "$RAW/*.profraw" >/dev/null || die "the training wrote no profile to $RAW"
+# A training whose requests failed would teach the optimiser the error paths.
+read -r failed rows < <(awk -F'|' '/^\| (nginx|\()/ && NF == 10 { gsub(/ /, "", $9); s += $9; n++ }
+  END { print s + 0, n + 0 }' "$PGO_DIR/training.md")
+[[ $rows -gt 0 && $failed -eq 0 ]] ||
+  die "the training had $failed failed requests in $rows runs: see $PGO_DIR/training.md"
 
 log "3/4 merging $(ls "$RAW" | wc -l) raw profiles with $PROFDATA"
 "$PROFDATA" merge -o "$PGO_DIR/profiles/postern.profdata" "$RAW"
