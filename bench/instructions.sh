@@ -18,8 +18,8 @@
 # requests over them at random (a wrk script), to compare 10 routes with 10,000.
 # INSTR_CACHE_SIM=1 has callgrind simulate the caches too and prints first-level instruction and
 # data misses and last-level data misses per request (I1mr, D1mr+D1mw, DLmr+DLmw; callgrind's
-# model, with this machine's cache sizes but no prefetching, and several times slower). Kernel work (the syscalls) is not counted: strace counts
-# those.
+# model, with this machine's cache sizes but no prefetching, and several times slower). Kernel
+# work (the syscalls) is not counted: strace counts those.
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 DIR..." >&2; exit 2; }
 SECS=${INSTR_SECONDS:-10}
