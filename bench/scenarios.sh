@@ -189,7 +189,7 @@ ngx_ticks() { local t=0 p; for p in "$NGX_PID" $(pgrep -P "$NGX_PID"); do t=$((t
 # Redis' CPU in (c): its share of the load generator's core.
 redis_ticks() { local t=0 p; for p in $(pgrep -x redis-server); do t=$((t + $(ticks "$p"))); done; echo "$t"; }
 RAW="$TMP/runs.tsv"
-printf 'target\tround\trequests\trps\tp50_us\tp99_us\tcpu_ticks\terrors\textra\n' >"$RAW"
+printf 'phase\ttarget\tround\trequests\trps\tp50_us\tp99_us\tcpu_ticks\terrors\textra\n' >"$RAW"
 
 # run TARGET ROUND: warm-up, then one measured wrk run against TARGET.
 run() {
@@ -218,9 +218,9 @@ run() {
     CHURN_PID=""
     extra=$(tail -n 1 "$TMP/churn.out")
   fi
-  python3 - "$target" "$round" "$((t1 - t0))" "$out" "$extra" >>"$RAW" <<'PY'
+  python3 - "$PHASE" "$target" "$round" "$((t1 - t0))" "$out" "$extra" >>"$RAW" <<'PY'
 import re, sys
-target, rnd, ticks, path, extra = sys.argv[1:]
+phase, target, rnd, ticks, path, extra = sys.argv[1:]
 text = open(path).read()
 def us(v, u): return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
 req = int(re.search(r"(\d+) requests in", text).group(1))
@@ -230,16 +230,18 @@ m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errs = int(m.group(1)) if m else 0
 m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 errs += sum(map(int, m.groups())) if m else 0
-print("\t".join(map(str, (target, rnd, req, rps, lat["50"], lat["99"], ticks, errs, extra))))
+print("\t".join(map(str, (phase, target, rnd, req, rps, lat["50"], lat["99"], ticks, errs, extra))))
 PY
   tail -n 1 "$RAW" | awk -F'\t' -v tck="$(getconf CLK_TCK)" \
-    '{ printf "[scenarios] %-5s round %s: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/req  errors %d %s\n", $1, $2, $4, $6, $7*1e6/tck/$3, $8, $9 }' >&2
+    '{ printf "[scenarios] %-5s round %s: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/req  errors %d %s\n", $2, $3, $5, $7, $8*1e6/tck/$4, $9, $10 }' >&2
 }
 
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+PHASE=1
 log "phase 1 (10 routes): $ROUNDS rounds of nginx a b c e f d10, ${SECS}s each"
 for r in $(seq "$ROUNDS"); do for t in nginx a b c e f d10; do run "$t" "$r"; done; done
 put_config 10000
+PHASE=2
 log "phase 2 (10,004 routes): $ROUNDS rounds of nginx a10k d nginx-s"
 for r in $(seq "$ROUNDS"); do for t in nginx a10k d nginx-s; do run "$t" "$r"; done; done
 RSS1=$(awk '/VmRSS/ {print $2}' "/proc/$DP1_PID/status")
@@ -261,6 +263,17 @@ redis_cpu = st.median(int(r["extra"].split("=")[1]) * 1e6 / int(tck) / max(int(r
                       for r in rows if r["target"] == "c")
 # The nginx runs of both phases: one baseline.
 ng = {k: st.median(S["nginx"][k]) for k in ("rps", "cpu", "p99")}
+# Round-paired ratios: each run against a neighbour of the same round and phase, so drift of the
+# machine between rounds (±20 % on some VMs) cancels; reported as median (min–max) over rounds.
+R = {(r["phase"], r["target"], r["round"]): {
+    "rps": float(r["rps"]), "cpu": int(r["cpu_ticks"]) / max(int(r["requests"]), 1)} for r in rows}
+def paired(f):
+    v = []
+    for rnd in sorted({r["round"] for r in rows}, key=int):
+        try: v.append(f(lambda t, k, ph="1": R[(ph, t, rnd)][k]))
+        except KeyError: pass
+    return f"{st.median(v):.2f}× ({min(v):.2f}–{max(v):.2f})" if v else "n/a"
+phase_of = {"a10k": "2", "d": "2", "nginx-s": "2"}
 names = {"nginx": "nginx plain proxy", "a": "(a) Postern plain", "b": "(b) jwt-auth + limit-count local + prometheus",
          "c": "(c) as (b), limit-count redis", "e": "(e) as (a), 50 Admin API updates/s",
          "f": "(f) as (a), --workers 2 unpinned", "d10": "(d10) 6 of 10 routes, requests spread (wrk script)",
@@ -277,18 +290,27 @@ for t in ("nginx", "a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
     m, s = med[t], S[t]
     L.append(f"| {names[t]} | {m['rps']:,.0f} ({min(s['rps']):,.0f}–{max(s['rps']):,.0f}) | {m['cpu']:.1f} | "
              f"{m['p50']:.0f} µs | {m['p99']:.0f} µs | {m['rps']/ng['rps']:.2f}× | {m['cpu']/ng['cpu']:.2f}× | {s['err']} |")
-L += ["", "| check | value | issue #11 target |", "| --- | ---: | --- |",
-      f"| (b) CPU/request ÷ nginx plain | {med['b']['cpu']/ng['cpu']:.2f}× | ≤ 1.25× |",
-      f"| (c) req/s ÷ (b) | {med['c']['rps']/med['b']['rps']:.2f}× | ≥ 0.7× |",
-      f"| (c) Redis CPU µs/request (on the load generator's core) | {redis_cpu:.1f} | |",
-      f"| (d) req/s ÷ (d10): 10,000 vs 10 routes, the same wrk script | {med['d']['rps']/med['d10']['rps']:.2f}× | ≥ 0.95× |",
-      f"| (d) CPU/request ÷ (d10) | {med['d']['cpu']/med['d10']['cpu']:.2f}× | |",
-      f"| (d) req/s ÷ (a) (no script; earlier runs' figure) | {med['d']['rps']/med['a']['rps']:.2f}× | |",
-      f"| (d) req/s ÷ nginx under the same script | {med['d']['rps']/med['nginx-s']['rps']:.2f}× | |",
-      f"| (e) failed requests; req/s ÷ (a) | {S['e']['err']}; {med['e']['rps']/med['a']['rps']:.2f}× | 0; ≥ 0.9× |",
-      f"| (e) Admin API writes per run | {'; '.join(S['e']['extra'])} | 50/s |",
-      f"| (f) req/s ÷ (a) | {med['f']['rps']/med['a']['rps']:.2f}× | (scaling) |",
-      f"| DP1 resident memory with 10,004 routes | {int(rss)/1024:.0f} MiB | ≤ 64 MiB |",
+L += ["", "Each run ÷ the nginx run of the same round and phase (round-paired), median (min–max) over rounds:", "",
+      "| target | CPU ÷ nginx | req/s ÷ nginx |", "| --- | ---: | ---: |"]
+for t in ("a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
+    if t not in S: continue
+    ph = phase_of.get(t, "1")
+    L.append(f"| {names[t]} | {paired(lambda g: g(t, 'cpu', ph) / g('nginx', 'cpu', ph))} | "
+             f"{paired(lambda g: g(t, 'rps', ph) / g('nginx', 'rps', ph))} |")
+# (d) against (d10) across phases: each against its own phase's nginx of the round.
+d_pair = paired(lambda g: (g("d", "rps", "2") / g("nginx", "rps", "2")) / (g("d10", "rps") / g("nginx", "rps")))
+L += ["", "| check | medians | round-paired | issue #11 target |", "| --- | ---: | ---: | --- |",
+      f"| (b) CPU/request ÷ nginx plain | {med['b']['cpu']/ng['cpu']:.2f}× | {paired(lambda g: g('b', 'cpu') / g('nginx', 'cpu'))} | ≤ 1.25× |",
+      f"| (c) req/s ÷ (b) | {med['c']['rps']/med['b']['rps']:.2f}× | {paired(lambda g: g('c', 'rps') / g('b', 'rps'))} | ≥ 0.7× |",
+      f"| (c) Redis CPU µs/request (on the load generator's core) | {redis_cpu:.1f} | | |",
+      f"| (d) req/s ÷ (d10): 10,000 vs 10 routes, the same wrk script | {med['d']['rps']/med['d10']['rps']:.2f}× | {d_pair} (each ÷ its phase's nginx) | ≥ 0.95× |",
+      f"| (d) CPU/request ÷ (d10) | {med['d']['cpu']/med['d10']['cpu']:.2f}× | | |",
+      f"| (d) req/s ÷ (a) (no script; earlier runs' figure) | {med['d']['rps']/med['a']['rps']:.2f}× | | |",
+      f"| (d) req/s ÷ nginx under the same script | {med['d']['rps']/med['nginx-s']['rps']:.2f}× | {paired(lambda g: g('d', 'rps', '2') / g('nginx-s', 'rps', '2'))} | |",
+      f"| (e) failed requests; req/s ÷ (a) | {S['e']['err']}; {med['e']['rps']/med['a']['rps']:.2f}× | {paired(lambda g: g('e', 'rps') / g('a', 'rps'))} | 0; ≥ 0.9× |",
+      f"| (e) Admin API writes per run | {'; '.join(S['e']['extra'])} | | 50/s |",
+      f"| (f) req/s ÷ (a) | {med['f']['rps']/med['a']['rps']:.2f}× | {paired(lambda g: g('f', 'rps') / g('a', 'rps'))} | (scaling) |",
+      f"| DP1 resident memory with 10,004 routes | {int(rss)/1024:.0f} MiB | | ≤ 64 MiB |",
       "", "CPU µs/request: the process's utime+stime (all threads; nginx: master + workers) over the "
       "measured run ÷ requests completed. DP1 (`--workers 1`) and nginx on cpu 0; wrk, the upstream, the "
       "control plane, the Admin API writer and Redis on cpu 1; DP2 (`--workers 2`) not pinned.", ""]
