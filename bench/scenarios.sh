@@ -4,7 +4,8 @@
 #
 #   bench/scenarios.sh     (BENCH_SECONDS per run, default 10; BENCH_ROUNDS, default 3;
 #                           BENCH_WARMUP, default 2; BENCH_SKIP_BUILD=1 to use built binaries;
-#                           BENCH_OUT, the results file, default below)
+#                           BENCH_OUT, the results file, default below; BENCH_KEEP_TMP=1
+#                           keeps the run's temp dir: logs, each wrk output, runs.tsv)
 #
 # Layout as bench/run.sh: the proxy under test on cpu 0, wrk (1 thread, 50 connections), the
 # upstream (nginx `return 200 "ok"`), the control plane, the Admin API writer and Redis (its
@@ -90,7 +91,8 @@ NGX_PID=$!
 PIDS+=("$NGX_PID")
 taskset -c 1 "$BIN/control-plane" --data-dir "$TMP/cp" --admin-listen "127.0.0.1:$ADMIN" \
   --sync-listen "127.0.0.1:$SYNC" --admin-key "$KEY" >"$TMP/cp.log" 2>&1 &
-PIDS+=($!)
+CP_PID=$!
+PIDS+=("$CP_PID")
 taskset -c 0 "$BIN/data-plane" --workers 1 --control-plane "http://127.0.0.1:$SYNC" \
   --proxy-listen "127.0.0.1:$DP1" --status-listen "127.0.0.1:$ST1" --node-id bench-dp1 \
   --cache-dir "$TMP/dp1-cache" >"$TMP/dp1.log" 2>&1 &
@@ -154,33 +156,25 @@ curl -sf -D - -o /dev/null -H "$AUTH" "http://127.0.0.1:$DP1/c" | grep -qi '^x-r
 # Scenarios d and d10: requests spread over /r/0 … /r/N-1 by bench/spread.lua.
 SPREAD_LUA="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/spread.lua"
 
-# The Admin API writer of scenario e: 50 route updates a second on one keepalive connection,
-# until killed; counts failed writes in $TMP/churn.out.
-churn() {
-  taskset -c 1 python3 - "127.0.0.1:$ADMIN" "$KEY" "$UP" >"$TMP/churn.out" 2>&1 <<'PY' &
-import http.client, json, signal, sys, time
-admin, key, up = sys.argv[1:]
-host, port = admin.split(":")
-conn = http.client.HTTPConnection(host, int(port), timeout=5)
-done = failed = 0
-def report(*_):
-    print(f"updates {done} failed {failed}", flush=True)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, report)
-start = time.monotonic()
-while True:
-    body = json.dumps({"uri": "/churn", "desc": str(done),
-                       "upstream": {"nodes": {f"127.0.0.1:{up}": 1 + done % 2}}})
-    try:
-        conn.request("PUT", "/admin/routes/churn", body, {"X-API-KEY": key, "Content-Type": "application/json"})
-        r = conn.getresponse(); r.read()
-        failed += r.status >= 300
-    except Exception:
-        failed += 1
-        conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    done += 1
-    time.sleep(max(0.0, start + done / 50 - time.monotonic()))
+# The Admin API writer of scenario e: 50 route updates a second for the measured run, one curl
+# on one keepalive connection (`--rate`), each body new (its `desc` and node weight change, so
+# no write is a no-op). curl rather than a Python loop: the writer shares the load generator's
+# core, and Python's HTTP client cost that core 5-7.5 % (session 18), curl about a tenth of it.
+# Prints each write's status, one a line, to $TMP/churn.out.
+churn() { # churn ROUND
+  python3 - "http://127.0.0.1:$ADMIN/admin/routes/churn" "$KEY" "$UP" "$1" "$((SECS * 50))" \
+    >"$TMP/churn.curl" <<'PY'
+import json, sys
+url, key, up, rnd, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+def block(i):
+    body = json.dumps({"uri": "/churn", "desc": str(i), "upstream": {"nodes": {f"127.0.0.1:{up}": 1 + i % 2}}})
+    return (f'url = "{url}"\nrequest = "PUT"\nheader = "X-API-KEY: {key}"\n'
+            'header = "Content-Type: application/json"\noutput = "/dev/null"\n'
+            'write-out = "%{http_code} new connections %{num_connects}\\n"\n'
+            f"data-binary = {json.dumps(body)}\n")
+print("next\n".join(block(i) for i in range(rnd * n, rnd * n + n)))
 PY
+  taskset -c 1 curl -sS --rate 50/s -K "$TMP/churn.curl" >"$TMP/churn.out" 2>&1 &
   CHURN_PID=$!
 }
 
@@ -204,19 +198,25 @@ run() {
     f) url="http://127.0.0.1:$DP2/a"; pid=$DP2_PID ;;
   esac
   taskset -c 1 wrk -t1 -c50 -d"${WARMUP}s" "${args[@]}" "$url" "${script[@]}" >/dev/null
-  [[ $target != e ]] || churn
-  local t0 t1 r0 r1 out="$TMP/$target-$round.txt"
+  [[ $target != e ]] || churn "$round"
+  local t0 t1 r0 r1 c0 w0 out="$TMP/$target-$round.txt"
   if [[ $target == nginx* ]]; then t0=$(ngx_ticks); else t0=$(ticks "$pid"); fi
   r0=$(redis_ticks)
+  if [[ $target == e ]]; then c0=$(ticks "$CP_PID"); w0=$(ticks "$CHURN_PID"); fi
   taskset -c 1 wrk -t1 -c50 -d"${SECS}s" --latency "${args[@]}" "$url" "${script[@]}" >"$out"
   if [[ $target == nginx* ]]; then t1=$(ngx_ticks); else t1=$(ticks "$pid"); fi
   r1=$(redis_ticks)
   [[ $target != c ]] || extra="redis_ticks=$((r1 - r0))"
   if [[ $target == e ]]; then
-    kill -TERM "$CHURN_PID" 2>/dev/null || die "the Admin API writer died: $(cat "$TMP/churn.out")"
-    wait "$CHURN_PID" || true
+    # What the churn itself takes from the load generator's core: the CP's and the writer's CPU.
+    local c1 w1
+    c1=$(ticks "$CP_PID")
+    w1=$(ticks "$CHURN_PID") || die "the Admin API writer died: $(cat "$TMP/churn.out")"
+    # Its writes end about when the measured run does (50 a second for SECS seconds).
+    wait "$CHURN_PID" || die "the Admin API writer failed: $(tail -n 3 "$TMP/churn.out")"
     CHURN_PID=""
-    extra=$(tail -n 1 "$TMP/churn.out")
+    extra="updates $(grep -c . "$TMP/churn.out") failed $(grep -vc '^2' "$TMP/churn.out" || true)"
+    extra+=" cp_ticks $((c1 - c0)) writer_ticks $((w1 - w0))"
   fi
   python3 - "$PHASE" "$target" "$round" "$((t1 - t0))" "$out" "$extra" >>"$RAW" <<'PY'
 import re, sys
@@ -266,7 +266,8 @@ ng = {k: st.median(S["nginx"][k]) for k in ("rps", "cpu", "p99")}
 # Round-paired ratios: each run against a neighbour of the same round and phase, so drift of the
 # machine between rounds (±20 % on some VMs) cancels; reported as median (min–max) over rounds.
 R = {(r["phase"], r["target"], r["round"]): {
-    "rps": float(r["rps"]), "cpu": int(r["cpu_ticks"]) / max(int(r["requests"]), 1)} for r in rows}
+    "rps": float(r["rps"]), "p99": float(r["p99_us"]),
+    "cpu": int(r["cpu_ticks"]) / max(int(r["requests"]), 1)} for r in rows}
 def paired(f):
     v = []
     for rnd in sorted({r["round"] for r in rows}, key=int):
@@ -291,15 +292,22 @@ for t in ("nginx", "a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
     L.append(f"| {names[t]} | {m['rps']:,.0f} ({min(s['rps']):,.0f}–{max(s['rps']):,.0f}) | {m['cpu']:.1f} | "
              f"{m['p50']:.0f} µs | {m['p99']:.0f} µs | {m['rps']/ng['rps']:.2f}× | {m['cpu']/ng['cpu']:.2f}× | {s['err']} |")
 L += ["", "Each run ÷ the nginx run of the same round and phase (round-paired), median (min–max) over rounds:", "",
-      "| target | CPU ÷ nginx | req/s ÷ nginx |", "| --- | ---: | ---: |"]
+      "| target | CPU ÷ nginx | req/s ÷ nginx | p99 ÷ nginx |", "| --- | ---: | ---: | ---: |"]
 for t in ("a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
     if t not in S: continue
     ph = phase_of.get(t, "1")
     L.append(f"| {names[t]} | {paired(lambda g: g(t, 'cpu', ph) / g('nginx', 'cpu', ph))} | "
-             f"{paired(lambda g: g(t, 'rps', ph) / g('nginx', 'rps', ph))} |")
+             f"{paired(lambda g: g(t, 'rps', ph) / g('nginx', 'rps', ph))} | "
+             f"{paired(lambda g: g(t, 'p99', ph) / g('nginx', 'p99', ph))} |")
 # (d) against (d10) across phases: each against its own phase's nginx of the round.
 d_pair = paired(lambda g: (g("d", "rps", "2") / g("nginx", "rps", "2")) / (g("d10", "rps") / g("nginx", "rps")))
+# The churn's own CPU on the load generator's core, as a share of that core over the (e) runs.
+churn = [dict(zip(e.split()[::2], map(int, e.split()[1::2]))) for e in S["e"]["extra"]]
+churn_share = {k: st.median(c[k] / int(tck) / int(secs) for c in churn) for k in ("cp_ticks", "writer_ticks")}
 L += ["", "| check | medians | round-paired | issue #11 target |", "| --- | ---: | ---: | --- |",
+      f"| (a) CPU/request ÷ nginx | {med['a']['cpu']/ng['cpu']:.2f}× | {paired(lambda g: g('a', 'cpu') / g('nginx', 'cpu'))} | ≤ 1.05× |",
+      f"| (a) req/s ÷ nginx | {med['a']['rps']/ng['rps']:.2f}× | {paired(lambda g: g('a', 'rps') / g('nginx', 'rps'))} | ≥ 0.95× |",
+      f"| (a) p99 ÷ nginx | {med['a']['p99']/ng['p99']:.2f}× | {paired(lambda g: g('a', 'p99') / g('nginx', 'p99'))} | ≤ 1× |",
       f"| (b) CPU/request ÷ nginx plain | {med['b']['cpu']/ng['cpu']:.2f}× | {paired(lambda g: g('b', 'cpu') / g('nginx', 'cpu'))} | ≤ 1.25× |",
       f"| (c) req/s ÷ (b) | {med['c']['rps']/med['b']['rps']:.2f}× | {paired(lambda g: g('c', 'rps') / g('b', 'rps'))} | ≥ 0.7× |",
       f"| (c) Redis CPU µs/request (on the load generator's core) | {redis_cpu:.1f} | | |",
@@ -308,7 +316,9 @@ L += ["", "| check | medians | round-paired | issue #11 target |", "| --- | ---:
       f"| (d) req/s ÷ (a) (no script; earlier runs' figure) | {med['d']['rps']/med['a']['rps']:.2f}× | | |",
       f"| (d) req/s ÷ nginx under the same script | {med['d']['rps']/med['nginx-s']['rps']:.2f}× | {paired(lambda g: g('d', 'rps', '2') / g('nginx-s', 'rps', '2'))} | |",
       f"| (e) failed requests; req/s ÷ (a) | {S['e']['err']}; {med['e']['rps']/med['a']['rps']:.2f}× | {paired(lambda g: g('e', 'rps') / g('a', 'rps'))} | 0; ≥ 0.9× |",
-      f"| (e) Admin API writes per run | {'; '.join(S['e']['extra'])} | | 50/s |",
+      f"| (e) Admin API writes per run | {'; '.join(' '.join(e.split()[:4]) for e in S['e']['extra'])} | | 50/s |",
+      f"| (e) the churn's CPU on the load generator's core: control plane; Admin API writer | "
+      f"{churn_share['cp_ticks']:.1%}; {churn_share['writer_ticks']:.1%} | | |",
       f"| (f) req/s ÷ (a) | {med['f']['rps']/med['a']['rps']:.2f}× | {paired(lambda g: g('f', 'rps') / g('a', 'rps'))} | (scaling) |",
       f"| DP1 resident memory with 10,004 routes | {int(rss)/1024:.0f} MiB | | ≤ 64 MiB |",
       "", "CPU µs/request: the process's utime+stime (all threads; nginx: master + workers) over the "
