@@ -159,7 +159,7 @@ SPREAD_LUA="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/spread.lua"
 # The Admin API writer of scenario e: 50 route updates a second for the measured run, one curl
 # on one keepalive connection (`--rate`), each body new (its `desc` and node weight change, so
 # no write is a no-op). curl rather than a Python loop: the writer shares the load generator's
-# core, and Python's HTTP client cost that core 5-7.5 % (session 18), curl about a tenth of it.
+# core, where a Python http.client loop took about 4 % (0.7-0.8 ms a write), curl 1.5-1.7 %.
 # Prints each write's status, one a line, to $TMP/churn.out.
 churn() { # churn ROUND
   python3 - "http://127.0.0.1:$ADMIN/admin/routes/churn" "$KEY" "$UP" "$1" "$((SECS * 50))" \
