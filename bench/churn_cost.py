@@ -7,7 +7,8 @@ Starts a CP (SQLite store in a temporary directory) and one DP (--workers 1), lo
 (environment, default 10) routes, then makes UPDATES (default 500) writes of one route at 50 a
 second, as scenario (e) of bench/scenarios.sh does, and prints per write: CPU milliseconds of the
 CP, of the DP and of this client (utime + stime from /proc), and the context switches of each
-process (by CP thread name too). In scenario (e) the CP and the client share the load generator's
+process (by CP thread name too); and the Admin API's answer time (request sent to response read,
+this client's own time included), median and 90th percentile. In scenario (e) the CP and the client share the load generator's
 core, so their CPU per write is what the churn takes from the measured requests/s.
 """
 import collections
@@ -104,12 +105,15 @@ def main():
 
         before = ticks(cp.pid), ticks(dp.pid), os.times(), switches(cp.pid), switches(dp.pid)
         start = time.monotonic()
+        answered = []
         for done in range(updates):
             body = json.dumps({"uri": "/churn", "desc": str(done),
                                "upstream": {"nodes": {f"127.0.0.1:{upstream}": 1 + done % 2}}})
+            sent = time.monotonic()
             conn.request("PUT", "/admin/routes/churn", body, headers)
             response = conn.getresponse()
             response.read()
+            answered.append(time.monotonic() - sent)
             if response.status >= 300:
                 sys.exit(f"PUT /admin/routes/churn answered {response.status}")
             time.sleep(max(0.0, start + (done + 1) / 50 - time.monotonic()))
@@ -126,6 +130,9 @@ def main():
         print(f"  context switches: control plane {sum(cp_switches.values()):.1f} ("
               + ", ".join(f"{name} {n:.1f}" for name, n in sorted(cp_switches.items()) if n)
               + f"), data plane {dp_switches / updates:.1f}")
+        answered.sort()
+        print(f"  answer time: median {answered[len(answered) // 2] * 1e3:.2f} ms, "
+              f"90th percentile {answered[len(answered) * 9 // 10] * 1e3:.2f} ms")
     finally:
         for process in (cp, dp):
             process.terminate()

@@ -1,8 +1,9 @@
 //! The embedded SQLite config store: one file, WAL journal, `synchronous=FULL`.
 //!
-//! Writers are serialised by a mutex in the store (SQLite has a single writer anyway) and each
-//! runs in one `BEGIN IMMEDIATE` transaction, so the revision read at its start cannot move
-//! under it. Readers use the pool's other connections and, thanks to WAL, never wait on writers.
+//! Writers are serialised by a mutex in the store (SQLite has a single writer anyway) around
+//! one connection of their own, and each runs in one `BEGIN IMMEDIATE` transaction, so the
+//! revision read at its start cannot move under it. Readers use the pool's connections and,
+//! thanks to WAL, never wait on writers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
 use super::sql::{
@@ -36,7 +37,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// How long a statement waits on a lock held by another connection (or process) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// One writer plus a few concurrent readers (snapshots, Admin API reads).
+/// Concurrent readers (snapshots, Admin API reads); writes have a connection of their own.
 const MAX_CONNECTIONS: u32 = 4;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many referrers an `InUse` error names.
@@ -53,8 +54,67 @@ pub struct SqliteStore {
 struct Inner {
     pool: SqlitePool,
     /// Serialises writers so they queue here instead of spinning on `SQLITE_BUSY`.
-    write_lock: Mutex<()>,
+    writer: Mutex<Writer>,
     revision_tx: watch::Sender<u64>,
+}
+
+/// The connection every write goes through, and what the last write left on it.
+///
+/// A single write begins its transaction in its first statement and commits it in its last
+/// (`fetch_for_write`, `record_write`), rather than by sqlx's `begin` and `commit`: each
+/// statement is a round trip to the connection's thread, and sqlx's `BEGIN` and `COMMIT` wait
+/// for an acknowledgement on top, so the two cost more than the write's own statements (about
+/// a quarter of the control plane's CPU per Admin API write). Without sqlx's `Transaction` to
+/// roll back on drop, this struct keeps the connection out of an open transaction instead.
+struct Writer {
+    options: SqliteConnectOptions,
+    /// `None` before the first write, after `close`, or after a failed write whose transaction
+    /// could not be rolled back (a fresh connection is cheaper than a wedged writer).
+    conn: Option<SqliteConnection>,
+    closed: bool,
+    /// A write began and has not ended (it panicked): its transaction may still be open.
+    in_doubt: bool,
+}
+
+impl Writer {
+    /// The connection, for one write, with no transaction left open by an earlier one.
+    async fn begin_write(&mut self) -> StoreResult<&mut SqliteConnection> {
+        if self.closed {
+            return Err(StoreError::Unavailable(
+                "the config store is closed".to_string(),
+            ));
+        }
+        if self.in_doubt {
+            self.roll_back().await;
+        }
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.options.connect().await.map_err(db_err)?,
+        };
+        self.in_doubt = true;
+        Ok(self.conn.insert(conn))
+    }
+
+    /// The write committed (or never began a transaction).
+    fn end_write(&mut self) {
+        self.in_doubt = false;
+    }
+
+    /// The write failed after `begin_write`: rolls back whatever it left open. Explicitly, so
+    /// the write lock is released only once SQLite's own lock is, and the next writer does not
+    /// hit `SQLITE_BUSY`.
+    async fn roll_back(&mut self) {
+        self.in_doubt = false;
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            // Usually nothing was open (the write failed at its `BEGIN`); but a connection in a
+            // state we cannot tell is replaced rather than trusted.
+            tracing::debug!(error = %e, "config store rollback failed; reconnecting the writer");
+            self.conn = None;
+        }
+    }
 }
 
 impl SqliteStore {
@@ -78,7 +138,7 @@ impl SqliteStore {
             // nothing closes between uses, and the ping is a round trip to its thread.
             .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         MIGRATOR.run(&pool).await.map_err(|e| {
@@ -92,7 +152,12 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 pool,
-                write_lock: Mutex::new(()),
+                writer: Mutex::new(Writer {
+                    options,
+                    conn: None,
+                    closed: false,
+                    in_doubt: false,
+                }),
                 revision_tx,
             }),
         })
@@ -100,6 +165,16 @@ impl SqliteStore {
 
     /// Closes the connections (checkpointing the WAL); later calls fail with `Unavailable`.
     pub async fn close(&self) {
+        let writer = {
+            let mut writer = self.inner.writer.lock().await;
+            writer.closed = true;
+            writer.conn.take()
+        };
+        if let Some(conn) = writer
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "closing the config store's writer failed");
+        }
         self.inner.pool.close().await;
     }
 
@@ -120,57 +195,64 @@ impl SqliteStore {
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.inner.pool
     }
+
+    /// Runs `sql` on the writers' connection as a write that then dies without ending (as a
+    /// panic mid-write would leave it).
+    #[cfg(test)]
+    pub(super) async fn abandon_write(&self, sql: &str) {
+        let mut writer = self.inner.writer.lock().await;
+        let conn = writer.begin_write().await.expect("the writer's connection");
+        sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .expect("the abandoned write's statements");
+    }
 }
 
 impl Inner {
-    /// One write in one transaction; announced after commit.
+    /// One write in one transaction (begun and committed by its own statements, see
+    /// [`Writer`]); announced after commit.
     async fn write(&self, write: Write) -> StoreResult<WriteOutcome> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut writer = self.writer.lock().await;
+        let conn = writer.begin_write().await?;
         let result = match write {
-            Write::Put(req) => put_in(&mut tx, req, WriteRevision::Next).await,
-            Write::Delete(req) => delete_in(&mut tx, req, WriteRevision::Next).await,
+            Write::Put(req) => put_in(conn, req, WriteRevision::Next).await,
+            Write::Delete(req) => delete_in(conn, req, WriteRevision::Next).await,
         };
         match result {
             Ok(outcome) => {
-                tx.commit().await.map_err(db_err)?;
+                writer.end_write();
                 // Still under the write lock, so announcements are in revision order.
                 self.revision_tx.send_replace(outcome.revision);
                 Ok(outcome)
             }
             Err(e) => {
-                rollback(tx).await;
+                writer.roll_back().await;
                 Err(e)
             }
         }
     }
-}
 
-impl Inner {
     /// A whole-config replace: every write of the plan in one transaction, announced once.
     async fn replace(&self, req: ReplaceRequest) -> StoreResult<ReplaceOutcome> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
-        let result = replace_in(&mut tx, &req).await;
-        match result {
-            Ok(outcome) => {
-                tx.commit().await.map_err(db_err)?;
-                self.revision_tx.send_replace(outcome.revision);
-                Ok(outcome)
-            }
-            Err(e) => {
-                rollback(tx).await;
-                Err(e)
-            }
-        }
+        let mut writer = self.writer.lock().await;
+        let conn = writer.begin_write().await?;
+        let result = match conn.begin_with("BEGIN IMMEDIATE").await {
+            Ok(mut tx) => match replace_in(&mut tx, &req).await {
+                Ok(outcome) => tx.commit().await.map(|()| outcome).map_err(db_err),
+                Err(e) => {
+                    rollback(tx).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(db_err(e)),
+        };
+        // sqlx's `Transaction` ended what it began (a failed commit or rollback is rolled back
+        // when it drops, before the connection's next statement).
+        writer.end_write();
+        let outcome = result?;
+        self.revision_tx.send_replace(outcome.revision);
+        Ok(outcome)
     }
 }
 
@@ -229,7 +311,7 @@ async fn replace_in(
 
 /// Rolls back explicitly (rather than on drop) so the write lock is released only once SQLite's
 /// own lock is, and the next writer does not hit `SQLITE_BUSY`.
-async fn rollback(tx: sqlx::Transaction<'static, Sqlite>) {
+async fn rollback(tx: sqlx::Transaction<'_, Sqlite>) {
     if let Err(e) = tx.rollback().await {
         // The connection rolls back when it is dropped or reused anyway; the caller's error is
         // the one that matters.
@@ -405,14 +487,16 @@ struct Stamp {
     revision: u64,
     at: i64,
     seq: i64,
-    /// The write moves the global revision to `revision` itself (a single write); false when it
-    /// shares the one a replace moved to.
+    /// The write moves the global revision to `revision` itself (a single write, which also
+    /// began its transaction in `fetch_for_write` and commits it in `record_write`); false when
+    /// it shares the one a replace moved to, inside the replace's transaction.
     moves_revision: bool,
 }
 
-/// The current row of `kind/id`, and the revision the write records. A single write takes the
-/// store's revision + 1, read in the same query as the row; `record_write` stores it with the
-/// write's other statements (under `BEGIN IMMEDIATE` no other writer can move it in between).
+/// The current row of `kind/id`, and the revision the write records. A single write begins its
+/// transaction here and takes the store's revision + 1, read in the same query as the row;
+/// `record_write` stores it with the write's other statements and commits (under
+/// `BEGIN IMMEDIATE` no other writer can move it in between).
 /// A replace's writes share the revision it moved to.
 async fn fetch_for_write(
     conn: &mut SqliteConnection,
@@ -430,8 +514,10 @@ async fn fetch_for_write(
         };
         return Ok((current, stamp));
     }
+    // A single write's first statement: it also begins the write's transaction (`Writer`).
     let row = sqlx::query(
-        "SELECT m.revision AS store_revision, r.kind, r.id, r.body, r.create_revision, \
+        "BEGIN IMMEDIATE; \
+         SELECT m.revision AS store_revision, r.kind, r.id, r.body, r.create_revision, \
                 r.mod_revision, r.created_at, r.updated_at \
          FROM meta m LEFT JOIN resources r ON r.kind = ? AND r.id = ? WHERE m.id = 1",
     )
@@ -562,10 +648,11 @@ enum RowChange {
 }
 
 /// Everything a write of `kind/id` changes once its checks passed, as one query: the store's
-/// revision (when `move_revision`: set to the history row's), the resource row, its history
-/// entry, and its `refs` and `credentials` rows made exactly `references` and `claims` (none
-/// for a delete). Each query is a round trip to the connection's thread (two
-/// context switches), which costs more than the statements themselves.
+/// revision (when `move_revision`, a single write: set to the history row's, and the write's
+/// transaction committed), the resource row, its history entry, and its `refs` and
+/// `credentials` rows made exactly `references` and `claims` (none for a delete). Each query
+/// is a round trip to the connection's thread (two context switches), which costs more than
+/// the statements themselves.
 async fn record_write(
     conn: &mut SqliteConnection,
     move_revision: bool,
@@ -606,6 +693,11 @@ async fn record_write(
     }
     for _ in claims {
         sql.push_str(" INSERT INTO credentials (plugin, digest, kind, id) VALUES (?, ?, ?, ?);");
+    }
+    if move_revision {
+        // A single write's last statement (`Writer`); on an error before it, the caller rolls
+        // back.
+        sql.push_str(" COMMIT;");
     }
     let mut query = sqlx::query(&sql);
     if move_revision {

@@ -1258,6 +1258,73 @@ mod sqlite {
         assert_eq!(store.history(2, 100).await.expect("history").len(), 2);
     }
 
+    /// A single write begins and commits its transaction in its own statements: one that fails
+    /// between the two (here its history row is refused, after its resource row was written)
+    /// changes nothing, and the next write goes through.
+    #[tokio::test]
+    async fn a_write_failing_mid_way_changes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("config.db"))
+            .await
+            .expect("open");
+        put_ok(&store, put_req(UP, "u1", json!({}))).await;
+        sqlx::query(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON history WHEN NEW.id = 'boom' \
+             BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+        )
+        .execute(store.pool())
+        .await
+        .expect("trigger");
+        let before = observe(&store).await;
+
+        let err = put_err(&store, put_req(UP, "boom", json!({}))).await;
+        assert!(err.to_string().contains("boom refused"), "{err:?}");
+        assert_eq!(
+            observe(&store).await,
+            before,
+            "a failed write changed the store"
+        );
+        assert!(store.get(UP, "boom").await.expect("get").is_none());
+
+        let outcome = put_ok(&store, put_req(UP, "u2", json!({}))).await;
+        assert_eq!(outcome.revision, before.0 + 1);
+    }
+
+    /// A write that died inside its transaction (a panic) leaves it open on the writers'
+    /// connection: the next write rolls it back first, and one that left none open is no
+    /// obstacle either.
+    #[tokio::test]
+    async fn a_write_left_open_is_rolled_back_by_the_next() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("config.db"))
+            .await
+            .expect("open");
+        put_ok(&store, put_req(UP, "u1", json!({}))).await;
+        let before = observe(&store).await;
+
+        store
+            .abandon_write(
+                "BEGIN IMMEDIATE; UPDATE meta SET revision = revision + 100; \
+                 INSERT INTO resources \
+                 (kind, id, body, create_revision, mod_revision, created_at, updated_at) \
+                 VALUES ('upstreams', 'ghost', '{}', 101, 101, 0, 0)",
+            )
+            .await;
+        assert_eq!(
+            observe(&store).await,
+            before,
+            "readers see an uncommitted write"
+        );
+        let outcome = put_ok(&store, put_req(UP, "u2", json!({}))).await;
+        assert_eq!(outcome.revision, before.0 + 1);
+        assert!(store.get(UP, "ghost").await.expect("get").is_none());
+
+        store.abandon_write("SELECT 1").await;
+        let outcome = delete_ok(&store, del_req(UP, "u2")).await;
+        assert_eq!(outcome.revision, before.0 + 2);
+        assert_eq!(revision(&store).await, before.0 + 2);
+    }
+
     #[tokio::test]
     async fn each_store_has_its_own_id() {
         let (_a, a) = fresh().await;
