@@ -62,10 +62,11 @@ struct Inner {
 ///
 /// A single write begins its transaction in its first statement and commits it in its last
 /// (`fetch_for_write`, `record_write`), rather than by sqlx's `begin` and `commit`: each
-/// statement is a round trip to the connection's thread, and sqlx's `BEGIN` and `COMMIT` wait
-/// for an acknowledgement on top, so the two cost more than the write's own statements (about
-/// a quarter of the control plane's CPU per Admin API write). Without sqlx's `Transaction` to
-/// roll back on drop, this struct keeps the connection out of an open transaction instead.
+/// query is a round trip to the connection's thread, and sqlx's `BEGIN` and `COMMIT` each wait
+/// for an acknowledgement on top. Folding them in saved about a tenth of the control plane's
+/// CPU per Admin API write (bench/results/2026-12-01-session19.md). Without sqlx's
+/// `Transaction` to roll back on drop, this struct keeps the connection out of an open
+/// transaction instead.
 struct Writer {
     options: SqliteConnectOptions,
     /// `None` before the first write, after `close`, or after a failed write whose transaction
