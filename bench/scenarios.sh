@@ -183,7 +183,7 @@ ngx_ticks() { local t=0 p; for p in "$NGX_PID" $(pgrep -P "$NGX_PID"); do t=$((t
 # Redis' CPU in (c): its share of the load generator's core.
 redis_ticks() { local t=0 p; for p in $(pgrep -x redis-server); do t=$((t + $(ticks "$p"))); done; echo "$t"; }
 RAW="$TMP/runs.tsv"
-printf 'phase\ttarget\tround\trequests\trps\tp50_us\tp99_us\tcpu_ticks\terrors\textra\n' >"$RAW"
+printf 'phase\ttarget\tround\trequests\trps\tp50_us\tp99_us\tcpu_ticks\terrors\textra\tp90_us\n' >"$RAW"
 
 # run TARGET ROUND: warm-up, then one measured wrk run against TARGET.
 run() {
@@ -225,12 +225,12 @@ text = open(path).read()
 def us(v, u): return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
 req = int(re.search(r"(\d+) requests in", text).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-lat = {p: us(*re.search(p + r"%\s+([\d.]+)(us|ms|s)\b", text).groups()) for p in ("50", "99")}
+lat = {p: us(*re.search(p + r"%\s+([\d.]+)(us|ms|s)\b", text).groups()) for p in ("50", "90", "99")}
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 errs = int(m.group(1)) if m else 0
 m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 errs += sum(map(int, m.groups())) if m else 0
-print("\t".join(map(str, (phase, target, rnd, req, rps, lat["50"], lat["99"], ticks, errs, extra))))
+print("\t".join(map(str, (phase, target, rnd, req, rps, lat["50"], lat["99"], ticks, errs, extra, lat["90"]))))
 PY
   tail -n 1 "$RAW" | awk -F'\t' -v tck="$(getconf CLK_TCK)" \
     '{ printf "[scenarios] %-5s round %s: %8.0f req/s  p99 %6.0f us  %5.1f us CPU/req  errors %d %s\n", $2, $3, $5, $7, $8*1e6/tck/$4, $9, $10 }' >&2
@@ -266,7 +266,7 @@ ng = {k: st.median(S["nginx"][k]) for k in ("rps", "cpu", "p99")}
 # Round-paired ratios: each run against a neighbour of the same round and phase, so drift of the
 # machine between rounds (±20 % on some VMs) cancels; reported as median (min–max) over rounds.
 R = {(r["phase"], r["target"], r["round"]): {
-    "rps": float(r["rps"]), "p99": float(r["p99_us"]),
+    "rps": float(r["rps"]), "p99": float(r["p99_us"]), "p90": float(r["p90_us"]),
     "cpu": int(r["cpu_ticks"]) / max(int(r["requests"]), 1)} for r in rows}
 def paired(f):
     v = []
@@ -292,12 +292,13 @@ for t in ("nginx", "a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
     L.append(f"| {names[t]} | {m['rps']:,.0f} ({min(s['rps']):,.0f}–{max(s['rps']):,.0f}) | {m['cpu']:.1f} | "
              f"{m['p50']:.0f} µs | {m['p99']:.0f} µs | {m['rps']/ng['rps']:.2f}× | {m['cpu']/ng['cpu']:.2f}× | {s['err']} |")
 L += ["", "Each run ÷ the nginx run of the same round and phase (round-paired), median (min–max) over rounds:", "",
-      "| target | CPU ÷ nginx | req/s ÷ nginx | p99 ÷ nginx |", "| --- | ---: | ---: | ---: |"]
+      "| target | CPU ÷ nginx | req/s ÷ nginx | p90 ÷ nginx | p99 ÷ nginx |", "| --- | ---: | ---: | ---: | ---: |"]
 for t in ("a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
     if t not in S: continue
     ph = phase_of.get(t, "1")
     L.append(f"| {names[t]} | {paired(lambda g: g(t, 'cpu', ph) / g('nginx', 'cpu', ph))} | "
              f"{paired(lambda g: g(t, 'rps', ph) / g('nginx', 'rps', ph))} | "
+             f"{paired(lambda g: g(t, 'p90', ph) / g('nginx', 'p90', ph))} | "
              f"{paired(lambda g: g(t, 'p99', ph) / g('nginx', 'p99', ph))} |")
 # (d) against (d10) across phases: each against its own phase's nginx of the round.
 d_pair = paired(lambda g: (g("d", "rps", "2") / g("nginx", "rps", "2")) / (g("d10", "rps") / g("nginx", "rps")))
@@ -308,6 +309,7 @@ L += ["", "| check | medians | round-paired | issue #11 target |", "| --- | ---:
       f"| (a) CPU/request ÷ nginx | {med['a']['cpu']/ng['cpu']:.2f}× | {paired(lambda g: g('a', 'cpu') / g('nginx', 'cpu'))} | ≤ 1.05× |",
       f"| (a) req/s ÷ nginx | {med['a']['rps']/ng['rps']:.2f}× | {paired(lambda g: g('a', 'rps') / g('nginx', 'rps'))} | ≥ 0.95× |",
       f"| (a) p99 ÷ nginx | {med['a']['p99']/ng['p99']:.2f}× | {paired(lambda g: g('a', 'p99') / g('nginx', 'p99'))} | ≤ 1× |",
+      f"| (a) p90 ÷ nginx: the tail short of the VM's stalls (no target) | | {paired(lambda g: g('a', 'p90') / g('nginx', 'p90'))} | |",
       f"| (b) CPU/request ÷ nginx plain | {med['b']['cpu']/ng['cpu']:.2f}× | {paired(lambda g: g('b', 'cpu') / g('nginx', 'cpu'))} | ≤ 1.25× |",
       f"| (c) req/s ÷ (b) | {med['c']['rps']/med['b']['rps']:.2f}× | {paired(lambda g: g('c', 'rps') / g('b', 'rps'))} | ≥ 0.7× |",
       f"| (c) Redis CPU µs/request (on the load generator's core) | {redis_cpu:.1f} | | |",
