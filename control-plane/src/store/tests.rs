@@ -1156,11 +1156,16 @@ mod sqlite {
     use super::*;
     use crate::store::SqliteStore;
 
-    async fn fresh() -> (tempfile::TempDir, Arc<dyn ConfigStore>) {
+    async fn fresh_sqlite() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("config.db"))
             .await
             .expect("open");
+        (dir, store)
+    }
+
+    async fn fresh() -> (tempfile::TempDir, Arc<dyn ConfigStore>) {
+        let (dir, store) = fresh_sqlite().await;
         (dir, Arc::new(store))
     }
 
@@ -1263,10 +1268,7 @@ mod sqlite {
     /// changes nothing, and the next write goes through.
     #[tokio::test]
     async fn a_write_failing_mid_way_changes_nothing() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("config.db"))
-            .await
-            .expect("open");
+        let (_dir, store) = fresh_sqlite().await;
         put_ok(&store, put_req(UP, "u1", json!({}))).await;
         sqlx::query(
             "CREATE TRIGGER refuse_boom BEFORE INSERT ON history WHEN NEW.id = 'boom' \
@@ -1295,10 +1297,7 @@ mod sqlite {
     /// obstacle either.
     #[tokio::test]
     async fn a_write_left_open_is_rolled_back_by_the_next() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("config.db"))
-            .await
-            .expect("open");
+        let (_dir, store) = fresh_sqlite().await;
         put_ok(&store, put_req(UP, "u1", json!({}))).await;
         let before = observe(&store).await;
 
@@ -1362,10 +1361,7 @@ mod sqlite {
 
     #[tokio::test]
     async fn undecodable_rows_are_corrupt() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("config.db"))
-            .await
-            .expect("open");
+        let (_dir, store) = fresh_sqlite().await;
         let insert = |kind: &'static str, id: &'static str, body: &'static str| {
             sqlx::query(
                 "INSERT INTO resources \
