@@ -8,8 +8,9 @@ Starts a CP (SQLite store in a temporary directory) and one DP (--workers 1), lo
 second, as scenario (e) of bench/scenarios.sh does, and prints per write: CPU milliseconds of the
 CP, of the DP and of this client (utime + stime from /proc), and the context switches of each
 process (by CP thread name too); and the Admin API's answer time (request sent to response read,
-this client's own time included), median and 90th percentile. In scenario (e) the CP and the client share the load generator's
-core, so their CPU per write is what the churn takes from the measured requests/s.
+this client's own time included), median and 90th percentile. In scenario (e) the CP and the
+client share the load generator's core, so their CPU per write is what the churn takes from the
+measured requests/s.
 """
 import collections
 import glob

@@ -108,11 +108,13 @@ for _ in $(seq 150); do curl -sf "http://127.0.0.1:$ADMIN/admin/routes" -H "X-AP
 # be taken in between (by any outgoing connection's local port, from the same range); in
 # session 19 the proxy then failed to bind, and every nginx run counted refused connections as
 # requests.
+nginx_code=""
 for _ in $(seq 50); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/") == 200 ]] && break
+  nginx_code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/") || true
+  [[ $nginx_code == 200 ]] && break
   sleep 0.1
 done
-[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/") == 200 ]] \
+[[ $nginx_code == 200 ]] \
   || die "the nginx proxy on port $NGX does not answer 200: $(tail -n 3 "$TMP/proxy/error.log" "$TMP/up/error.log" 2>&1)"
 
 # The whole config in one PUT /admin/config: /a, /b, /c, /churn and N routes /r/0 … /r/N-1.
