@@ -7,9 +7,10 @@
 #                           BENCH_OUT, the results file, default below; BENCH_KEEP_TMP=1
 #                           keeps the run's temp dir: logs, each wrk output, runs.tsv)
 #
-# Layout as bench/run.sh: the proxy under test on cpu 0, wrk (1 thread, 50 connections), the
-# upstream (nginx `return 200 "ok"`), the control plane, the Admin API writer and Redis (its
-# threads pinned for the run, bench/redis_affinity.sh) on cpu 1.
+# Layout as bench/run.sh, as issue #11 sets it: the proxies on cpu 0 (nginx; Postern's control
+# plane and DP1), wrk (1 thread, 50 connections), the upstream (nginx `return 200 "ok"`), the
+# Admin API writer and Redis (its threads pinned for the run, bench/redis_affinity.sh) on cpu 1.
+# Until session 19 the control plane ran on cpu 1; scenario e1 still runs it there (below).
 # Two data planes follow one control plane: DP1 `--workers 1` pinned to cpu 0, DP2
 # `--workers 2` not pinned (scenario f). Redis must run on 127.0.0.1:6379 (scenario c).
 #
@@ -17,6 +18,8 @@
 #   nginx  plain nginx proxy                 a  Postern plain route
 #   b      jwt-auth + limit-count (local, never reached) + prometheus
 #   c      as b, limit-count policy redis    e  as a, while 50 Admin API route updates/s run
+#   e1     as e with the control plane moved to cpu 1 for the run: the churn's CPU then comes
+#          out of the load generator's core (the layout of sessions 1-19; reported, no target)
 #   f      as a on DP2 (--workers 2, unpinned)
 #   d10    requests spread over the 6 routes /r/0 … /r/5 by the wrk Lua script of d
 # Phase 2, 10,004 routes (/r/6 … /r/9999 added by one PUT /admin/config); interleaved rounds of:
@@ -89,7 +92,7 @@ PIDS+=($!)
 taskset -c 0 "$NGINX" -p "$TMP/proxy" -e "$TMP/proxy/error.log" -c "$TMP/proxy/nginx.conf" >/dev/null 2>&1 &
 NGX_PID=$!
 PIDS+=("$NGX_PID")
-taskset -c 1 "$BIN/control-plane" --data-dir "$TMP/cp" --admin-listen "127.0.0.1:$ADMIN" \
+taskset -c 0 "$BIN/control-plane" --data-dir "$TMP/cp" --admin-listen "127.0.0.1:$ADMIN" \
   --sync-listen "127.0.0.1:$SYNC" --admin-key "$KEY" >"$TMP/cp.log" 2>&1 &
 CP_PID=$!
 PIDS+=("$CP_PID")
@@ -203,24 +206,27 @@ run() {
   case $target in
     nginx) url="http://127.0.0.1:$NGX/" ;;
     nginx-s) url="http://127.0.0.1:$NGX/"; args=(-s "$SPREAD_LUA"); script=(-- 10000) ;;
-    a|a10k|e) url="http://127.0.0.1:$DP1/a" ;;
+    a|a10k|e|e1) url="http://127.0.0.1:$DP1/a" ;;
     b|c) url="http://127.0.0.1:$DP1/$target"; args=(-H "$AUTH") ;;
     d) url="http://127.0.0.1:$DP1/"; args=(-s "$SPREAD_LUA"); script=(-- 10000) ;;
     d10) url="http://127.0.0.1:$DP1/"; args=(-s "$SPREAD_LUA"); script=(-- 6) ;;
     f) url="http://127.0.0.1:$DP2/a"; pid=$DP2_PID ;;
   esac
+  # e1: the control plane (all its threads) beside wrk for this run, back beside DP1 after it.
+  [[ $target != e1 ]] || taskset -a -p -c 1 "$CP_PID" >/dev/null
   taskset -c 1 wrk -t1 -c50 -d"${WARMUP}s" "${args[@]}" "$url" "${script[@]}" >/dev/null
-  [[ $target != e ]] || churn "$round"
+  [[ $target != e* ]] || churn "$round"
   local t0 t1 r0 r1 c0 w0 out="$TMP/$target-$round.txt"
   if [[ $target == nginx* ]]; then t0=$(ngx_ticks); else t0=$(ticks "$pid"); fi
   r0=$(redis_ticks)
-  if [[ $target == e ]]; then c0=$(ticks "$CP_PID"); w0=$(ticks "$CHURN_PID"); fi
+  if [[ $target == e* ]]; then c0=$(ticks "$CP_PID"); w0=$(ticks "$CHURN_PID"); fi
   taskset -c 1 wrk -t1 -c50 -d"${SECS}s" --latency "${args[@]}" "$url" "${script[@]}" >"$out"
   if [[ $target == nginx* ]]; then t1=$(ngx_ticks); else t1=$(ticks "$pid"); fi
   r1=$(redis_ticks)
   [[ $target != c ]] || extra="redis_ticks=$((r1 - r0))"
-  if [[ $target == e ]]; then
-    # What the churn itself takes from the load generator's core: the CP's and the writer's CPU.
+  if [[ $target == e* ]]; then
+    # What the churn itself costs: the CP's CPU (on cpu 0 in e, on wrk's cpu 1 in e1) and the
+    # writer's (on cpu 1).
     local c1 w1
     c1=$(ticks "$CP_PID")
     w1=$(ticks "$CHURN_PID") || die "the Admin API writer died: $(cat "$TMP/churn.out")"
@@ -230,6 +236,7 @@ run() {
     extra="updates $(grep -c . "$TMP/churn.out") failed $(grep -vc '^2' "$TMP/churn.out" || true)"
     extra+=" cp_ticks $((c1 - c0)) writer_ticks $((w1 - w0))"
   fi
+  [[ $target != e1 ]] || taskset -a -p -c 0 "$CP_PID" >/dev/null
   python3 - "$PHASE" "$target" "$round" "$((t1 - t0))" "$out" "$extra" >>"$RAW" <<'PY'
 import re, sys
 phase, target, rnd, ticks, path, extra = sys.argv[1:]
@@ -250,8 +257,8 @@ PY
 
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 PHASE=1
-log "phase 1 (10 routes): $ROUNDS rounds of nginx a b c e f d10, ${SECS}s each"
-for r in $(seq "$ROUNDS"); do for t in nginx a b c e f d10; do run "$t" "$r"; done; done
+log "phase 1 (10 routes): $ROUNDS rounds of nginx a b c e e1 f d10, ${SECS}s each"
+for r in $(seq "$ROUNDS"); do for t in nginx a b c e e1 f d10; do run "$t" "$r"; done; done
 put_config 10000
 PHASE=2
 log "phase 2 (10,004 routes): $ROUNDS rounds of nginx a10k d nginx-s"
@@ -289,6 +296,7 @@ def paired(f):
 phase_of = {"a10k": "2", "d": "2", "nginx-s": "2"}
 names = {"nginx": "nginx plain proxy", "a": "(a) Postern plain", "b": "(b) jwt-auth + limit-count local + prometheus",
          "c": "(c) as (b), limit-count redis", "e": "(e) as (a), 50 Admin API updates/s",
+         "e1": "(e1) as (e), the control plane on wrk's core",
          "f": "(f) as (a), --workers 2 unpinned", "d10": "(d10) 6 of 10 routes, requests spread (wrk script)",
          "a10k": "(a) with 10,004 routes loaded", "d": "(d) 10,000 routes, requests spread (wrk script)",
          "nginx-s": "nginx plain proxy, the wrk script of (d)"}
@@ -298,14 +306,14 @@ L = [f"# Postern scenarios vs nginx — {datetime.datetime.utcnow():%Y-%m-%d %H:
      "(the machine is shared with other agents building code: numbers are noisy).", "",
      "| target | req/s median (min–max) | CPU µs/request | p50 | p99 | req/s ÷ nginx | CPU ÷ nginx | failed requests |",
      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-for t in ("nginx", "a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
+for t in ("nginx", "a", "b", "c", "e", "e1", "f", "d10", "a10k", "d", "nginx-s"):
     if t not in S: continue
     m, s = med[t], S[t]
     L.append(f"| {names[t]} | {m['rps']:,.0f} ({min(s['rps']):,.0f}–{max(s['rps']):,.0f}) | {m['cpu']:.1f} | "
              f"{m['p50']:.0f} µs | {m['p99']:.0f} µs | {m['rps']/ng['rps']:.2f}× | {m['cpu']/ng['cpu']:.2f}× | {s['err']} |")
 L += ["", "Each run ÷ the nginx run of the same round and phase (round-paired), median (min–max) over rounds:", "",
       "| target | CPU ÷ nginx | req/s ÷ nginx | p90 ÷ nginx | p99 ÷ nginx |", "| --- | ---: | ---: | ---: | ---: |"]
-for t in ("a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
+for t in ("a", "b", "c", "e", "e1", "f", "d10", "a10k", "d", "nginx-s"):
     if t not in S: continue
     ph = phase_of.get(t, "1")
     L.append(f"| {names[t]} | {paired(lambda g: g(t, 'cpu', ph) / g('nginx', 'cpu', ph))} | "
@@ -314,9 +322,11 @@ for t in ("a", "b", "c", "e", "f", "d10", "a10k", "d", "nginx-s"):
              f"{paired(lambda g: g(t, 'p99', ph) / g('nginx', 'p99', ph))} |")
 # (d) against (d10) across phases: each against its own phase's nginx of the round.
 d_pair = paired(lambda g: (g("d", "rps", "2") / g("nginx", "rps", "2")) / (g("d10", "rps") / g("nginx", "rps")))
-# The churn's own CPU on the load generator's core, as a share of that core over the (e) runs.
-churn = [dict(zip(e.split()[::2], map(int, e.split()[1::2]))) for e in S["e"]["extra"]]
-churn_share = {k: st.median(c[k] / int(tck) / int(secs) for c in churn) for k in ("cp_ticks", "writer_ticks")}
+# The churn's own CPU, as a share of one core over the (e) and (e1) runs.
+def churn_share(t):
+    churn = [dict(zip(e.split()[::2], map(int, e.split()[1::2]))) for e in S[t]["extra"]]
+    return {k: st.median(c[k] / int(tck) / int(secs) for c in churn) for k in ("cp_ticks", "writer_ticks")}
+share = {t: churn_share(t) for t in ("e", "e1")}
 L += ["", "| check | medians | round-paired | issue #11 target |", "| --- | ---: | ---: | --- |",
       f"| (a) CPU/request ÷ nginx | {med['a']['cpu']/ng['cpu']:.2f}× | {paired(lambda g: g('a', 'cpu') / g('nginx', 'cpu'))} | ≤ 1.05× |",
       f"| (a) req/s ÷ nginx | {med['a']['rps']/ng['rps']:.2f}× | {paired(lambda g: g('a', 'rps') / g('nginx', 'rps'))} | ≥ 0.95× |",
@@ -331,13 +341,16 @@ L += ["", "| check | medians | round-paired | issue #11 target |", "| --- | ---:
       f"| (d) req/s ÷ nginx under the same script | {med['d']['rps']/med['nginx-s']['rps']:.2f}× | {paired(lambda g: g('d', 'rps', '2') / g('nginx-s', 'rps', '2'))} | |",
       f"| (e) failed requests; req/s ÷ (a) | {S['e']['err']}; {med['e']['rps']/med['a']['rps']:.2f}× | {paired(lambda g: g('e', 'rps') / g('a', 'rps'))} | 0; ≥ 0.9× |",
       f"| (e) Admin API writes per run | {'; '.join(' '.join(e.split()[:4]) for e in S['e']['extra'])} | | 50/s |",
-      f"| (e) the churn's CPU on the load generator's core: control plane; Admin API writer | "
-      f"{churn_share['cp_ticks']:.1%}; {churn_share['writer_ticks']:.1%} | | |",
+      f"| (e) the churn's CPU: control plane (cpu 0, beside DP1); Admin API writer (cpu 1) | "
+      f"{share['e']['cp_ticks']:.1%}; {share['e']['writer_ticks']:.1%} of a core | | |",
+      f"| (e1) failed requests; req/s ÷ (a): the control plane on wrk's core (no target) | {S['e1']['err']}; {med['e1']['rps']/med['a']['rps']:.2f}× | {paired(lambda g: g('e1', 'rps') / g('a', 'rps'))} | |",
+      f"| (e1) the churn's CPU on wrk's core: control plane; Admin API writer | "
+      f"{share['e1']['cp_ticks']:.1%}; {share['e1']['writer_ticks']:.1%} | | |",
       f"| (f) req/s ÷ (a) | {med['f']['rps']/med['a']['rps']:.2f}× | {paired(lambda g: g('f', 'rps') / g('a', 'rps'))} | (scaling) |",
       f"| DP1 resident memory with 10,004 routes | {int(rss)/1024:.0f} MiB | | ≤ 64 MiB |",
       "", "CPU µs/request: the process's utime+stime (all threads; nginx: master + workers) over the "
-      "measured run ÷ requests completed. DP1 (`--workers 1`) and nginx on cpu 0; wrk, the upstream, the "
-      "control plane, the Admin API writer and Redis on cpu 1; DP2 (`--workers 2`) not pinned.", ""]
+      "measured run ÷ requests completed. DP1 (`--workers 1`), the control plane (but in e1) and nginx on "
+      "cpu 0; wrk, the upstream, the Admin API writer and Redis on cpu 1; DP2 (`--workers 2`) not pinned.", ""]
 open(out, "w").write("\n".join(L))
 print("\n".join(L))
 print(f"written: {out}", file=sys.stderr)
