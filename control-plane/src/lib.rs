@@ -9,3 +9,8 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod sync;
+
+/// A poisoned lock only means a panic elsewhere mid-update of plain data; keep going.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::lock;
 use crate::store::{ConfigStore, StoreResult, StoreSnapshot, StoredResource};
 
 /// The builder's maps are keyed by every resource of the config, once per change: foldhash,
@@ -362,11 +363,6 @@ impl SnapshotHub {
             detected_at: unix_now(),
         })
     }
-}
-
-/// A poisoned lock only means a panic elsewhere mid-update of plain data; keep going.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs until `shutdown`: rebuilds the snapshot whenever the store's revision moves. Store errors

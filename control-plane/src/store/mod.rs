@@ -418,7 +418,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// What changed after revision `after`, read in one consistent transaction like
     /// [`ConfigStore::snapshot`]: for a reader that holds the store at `after` and wants it at
     /// the current revision without reading every resource. `None` when this store cannot tell
-    /// (the default; etcd when its history does not reach back to `after`).
+    /// (the default; etcd when its history does not reach back to `after`). SQLite answers the
+    /// revision after its own last write's from what that write recorded, without reading:
+    /// current unless another process wrote to the file since, which the builder's periodic
+    /// re-read then picks up, as it would a write just after the read.
     async fn changes_since(&self, after: u64) -> StoreResult<Option<StoreChanges>> {
         let _ = after;
         Ok(None)

@@ -20,6 +20,8 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
+use crate::lock;
+
 use super::sql::{
     HistoryRow, RowAccess, check_mod_revision, decode_changes, decode_history, decode_resource,
     encode, from_db, op_text, to_db,
@@ -56,6 +58,19 @@ struct Inner {
     /// Serialises writers so they queue here instead of spinning on `SQLITE_BUSY`.
     writer: Mutex<Writer>,
     revision_tx: watch::Sender<u64>,
+    /// What the last single write committed, for `changes_since` (see [`LastWrite`]).
+    last_write: std::sync::Mutex<Option<LastWrite>>,
+}
+
+/// The changes one committed single write made, as `changes_since(base)` would read them back:
+/// the snapshot builder asks exactly that after every write, and answering it from here saves
+/// a read on a pool connection (a round trip to that connection's thread, its locks and page
+/// reads) per Admin API write. Revisions only move forward and each is one transaction, so this
+/// stays true of revision `base + 1` whatever is written after it; a later write replaces it,
+/// and any other `after` reads the database.
+struct LastWrite {
+    base: u64,
+    changes: StoreChanges,
 }
 
 /// The connection every write goes through, and what the last write left on it.
@@ -160,6 +175,7 @@ impl SqliteStore {
                     in_doubt: false,
                 }),
                 revision_tx,
+                last_write: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -179,6 +195,55 @@ impl SqliteStore {
         self.inner.pool.close().await;
     }
 
+    /// `changes_since` read from the database.
+    pub(super) async fn read_changes_since(&self, after: u64) -> StoreResult<Option<StoreChanges>> {
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(None);
+        };
+        // One statement reads one consistent state without a transaction, in one round trip to
+        // the connection's thread (a transaction of three reads took five, on every config
+        // change). Its rows, told apart by `part`: 0 the meta row, 1 the resources changed since
+        // (they carry a newer, indexed `mod_revision`), 2 the deletions since (only in the
+        // history).
+        let rows = sqlx::query(
+            "SELECT 0 AS part, NULL AS kind, NULL AS id, NULL AS body, \
+                    NULL AS create_revision, NULL AS mod_revision, NULL AS created_at, \
+                    NULL AS updated_at, store_id, revision, \
+                    (SELECT COUNT(*) FROM resources) AS resources \
+             FROM meta WHERE id = 1 \
+             UNION ALL \
+             SELECT 1, kind, id, body, create_revision, mod_revision, created_at, updated_at, \
+                    NULL, NULL, NULL \
+             FROM resources WHERE mod_revision > ?1 \
+             UNION ALL \
+             SELECT DISTINCT 2, kind, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+             FROM history WHERE revision > ?1 AND op = 'delete'",
+        )
+        .bind(after)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(db_err)?;
+        let (mut meta, mut changed, mut deleted) = (None, Vec::new(), Vec::new());
+        for row in rows {
+            match column::<i64>(&row, "part")? {
+                0 => meta = Some(row),
+                1 => changed.push(row),
+                _ => deleted.push(row),
+            }
+        }
+        let meta = meta.ok_or_else(|| StoreError::Corrupt("the meta row is missing".into()))?;
+        let revision = from_db(column(&meta, "revision")?, "meta.revision")?;
+        let count = column(&meta, "resources")?;
+        decode_changes(
+            column(&meta, "store_id")?,
+            revision,
+            &changed,
+            &deleted,
+            count,
+        )
+        .map(Some)
+    }
+
     /// The migrations up to and including `version`, to build a store as an older Postern left it.
     #[cfg(test)]
     pub(super) fn migrator_upto(version: i64) -> Migrator {
@@ -190,6 +255,12 @@ impl SqliteStore {
             .cloned()
             .collect();
         migrator
+    }
+
+    /// The changes after `after` as the last single write recorded them, if it began there.
+    #[cfg(test)]
+    pub(super) fn recorded_changes(&self, after: u64) -> Option<StoreChanges> {
+        self.inner.recorded_changes(after)
     }
 
     #[cfg(test)]
@@ -216,14 +287,19 @@ impl Inner {
     async fn write(&self, write: Write) -> StoreResult<WriteOutcome> {
         let mut writer = self.writer.lock().await;
         let conn = writer.begin_write().await?;
+        let is_delete = matches!(write, Write::Delete(_));
         let result = match write {
             Write::Put(req) => put_in(conn, req, WriteRevision::Next).await,
             Write::Delete(req) => delete_in(conn, req, WriteRevision::Next).await,
         };
         match result {
-            Ok(outcome) => {
+            Ok((outcome, found)) => {
                 writer.end_write();
-                // Still under the write lock, so announcements are in revision order.
+                if let Some(found) = found {
+                    self.record_last_write(&outcome, found, is_delete);
+                }
+                // Still under the write lock, so announcements are in revision order (and come
+                // after the write's record).
                 self.revision_tx.send_replace(outcome.revision);
                 Ok(outcome)
             }
@@ -232,6 +308,36 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    fn record_last_write(&self, outcome: &WriteOutcome, found: StoreFound, is_delete: bool) {
+        let r = &outcome.resource;
+        let (changed, deleted, count) = if is_delete {
+            // A delete's outcome is the resource as it was.
+            (Vec::new(), vec![(r.kind, r.id.clone())], found.count - 1)
+        } else {
+            let count = found.count + u64::from(outcome.created);
+            (vec![r.clone()], Vec::new(), count)
+        };
+        let record = LastWrite {
+            base: outcome.revision - 1,
+            changes: StoreChanges {
+                store_id: found.store_id,
+                revision: outcome.revision,
+                changed,
+                deleted,
+                count,
+            },
+        };
+        *lock(&self.last_write) = Some(record);
+    }
+
+    /// The changes after `after` when they are the last single write's (see [`LastWrite`]).
+    fn recorded_changes(&self, after: u64) -> Option<StoreChanges> {
+        lock(&self.last_write)
+            .as_ref()
+            .filter(|w| w.base == after)
+            .map(|w| w.changes.clone())
     }
 
     /// A whole-config replace: every write of the plan in one transaction, announced once.
@@ -324,7 +430,7 @@ async fn put_in(
     conn: &mut SqliteConnection,
     req: PutRequest,
     rev: WriteRevision,
-) -> StoreResult<WriteOutcome> {
+) -> StoreResult<(WriteOutcome, Option<StoreFound>)> {
     let PutRequest {
         kind,
         id,
@@ -391,7 +497,7 @@ async fn put_in(
     )
     .await?;
 
-    Ok(WriteOutcome {
+    let outcome = WriteOutcome {
         revision,
         created: current.is_none(),
         resource: StoredResource {
@@ -403,14 +509,15 @@ async fn put_in(
             created_at,
             updated_at: now,
         },
-    })
+    };
+    Ok((outcome, stamp.found))
 }
 
 async fn delete_in(
     conn: &mut SqliteConnection,
     req: DeleteRequest,
     rev: WriteRevision,
-) -> StoreResult<WriteOutcome> {
+) -> StoreResult<(WriteOutcome, Option<StoreFound>)> {
     let DeleteRequest {
         kind,
         id,
@@ -476,11 +583,12 @@ async fn delete_in(
     )
     .await?;
 
-    Ok(WriteOutcome {
+    let outcome = WriteOutcome {
         revision,
         resource: current,
         created: false,
-    })
+    };
+    Ok((outcome, stamp.found))
 }
 
 /// The revision, time and history row number a write records.
@@ -492,6 +600,14 @@ struct Stamp {
     /// began its transaction in `fetch_for_write` and commits it in `record_write`); false when
     /// it shares the one a replace moved to, inside the replace's transaction.
     moves_revision: bool,
+    /// The store as a single write found it (`None` in a replace).
+    found: Option<StoreFound>,
+}
+
+/// The store's id and resource count before a single write, read in its first statement.
+struct StoreFound {
+    store_id: String,
+    count: u64,
 }
 
 /// The current row of `kind/id`, and the revision the write records. A single write begins its
@@ -512,14 +628,16 @@ async fn fetch_for_write(
             at,
             seq: i64::from(seq),
             moves_revision: false,
+            found: None,
         };
         return Ok((current, stamp));
     }
     // A single write's first statement: it also begins the write's transaction (`Writer`).
     let row = sqlx::query(
         "BEGIN IMMEDIATE; \
-         SELECT m.revision AS store_revision, r.kind, r.id, r.body, r.create_revision, \
-                r.mod_revision, r.created_at, r.updated_at \
+         SELECT m.revision AS store_revision, m.store_id, \
+                (SELECT COUNT(*) FROM resources) AS resource_count, r.kind, r.id, r.body, \
+                r.create_revision, r.mod_revision, r.created_at, r.updated_at \
          FROM meta m LEFT JOIN resources r ON r.kind = ? AND r.id = ? WHERE m.id = 1",
     )
     .bind(kind.as_str())
@@ -542,6 +660,10 @@ async fn fetch_for_write(
         at: unix_now(),
         seq: 0,
         moves_revision: true,
+        found: Some(StoreFound {
+            store_id: column(&row, "store_id")?,
+            count: from_db(column(&row, "resource_count")?, "resource count")?,
+        }),
     };
     Ok((current, stamp))
 }
@@ -879,51 +1001,10 @@ impl ConfigStore for SqliteStore {
     }
 
     async fn changes_since(&self, after: u64) -> StoreResult<Option<StoreChanges>> {
-        let Ok(after) = i64::try_from(after) else {
-            return Ok(None);
-        };
-        // One statement reads one consistent state without a transaction, in one round trip to
-        // the connection's thread (a transaction of three reads took five, on every config
-        // change). Its rows, told apart by `part`: 0 the meta row, 1 the resources changed since
-        // (they carry a newer, indexed `mod_revision`), 2 the deletions since (only in the
-        // history).
-        let rows = sqlx::query(
-            "SELECT 0 AS part, NULL AS kind, NULL AS id, NULL AS body, \
-                    NULL AS create_revision, NULL AS mod_revision, NULL AS created_at, \
-                    NULL AS updated_at, store_id, revision, \
-                    (SELECT COUNT(*) FROM resources) AS resources \
-             FROM meta WHERE id = 1 \
-             UNION ALL \
-             SELECT 1, kind, id, body, create_revision, mod_revision, created_at, updated_at, \
-                    NULL, NULL, NULL \
-             FROM resources WHERE mod_revision > ?1 \
-             UNION ALL \
-             SELECT DISTINCT 2, kind, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
-             FROM history WHERE revision > ?1 AND op = 'delete'",
-        )
-        .bind(after)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(db_err)?;
-        let (mut meta, mut changed, mut deleted) = (None, Vec::new(), Vec::new());
-        for row in rows {
-            match column::<i64>(&row, "part")? {
-                0 => meta = Some(row),
-                1 => changed.push(row),
-                _ => deleted.push(row),
-            }
+        if let Some(changes) = self.inner.recorded_changes(after) {
+            return Ok(Some(changes));
         }
-        let meta = meta.ok_or_else(|| StoreError::Corrupt("the meta row is missing".into()))?;
-        let revision = from_db(column(&meta, "revision")?, "meta.revision")?;
-        let count = column(&meta, "resources")?;
-        decode_changes(
-            column(&meta, "store_id")?,
-            revision,
-            &changed,
-            &deleted,
-            count,
-        )
-        .map(Some)
+        self.read_changes_since(after).await
     }
 
     async fn put(&self, req: PutRequest) -> StoreResult<WriteOutcome> {

@@ -1324,6 +1324,72 @@ mod sqlite {
         assert_eq!(revision(&store).await, before.0 + 2);
     }
 
+    /// After each single write the snapshot builder asks for the changes since the revision
+    /// before it; the store answers from what the write recorded, and that answer must be the
+    /// database's, for a create, an update, a delete and a write that failed.
+    #[tokio::test]
+    async fn the_last_writes_recorded_changes_are_the_databases() {
+        let (_dir, store) = fresh_sqlite().await;
+        async fn recorded_is_read(store: &SqliteStore, revision: u64) {
+            let recorded = store
+                .recorded_changes(revision - 1)
+                .expect("the write's changes recorded");
+            let read = store
+                .read_changes_since(revision - 1)
+                .await
+                .expect("read")
+                .expect("changes");
+            assert_eq!(recorded, read, "after revision {}", revision - 1);
+            let answered = store.changes_since(revision - 1).await.expect("changes");
+            assert_eq!(answered, Some(read));
+            // Only the last write's base is answered from memory.
+            if let Some(older) = revision.checked_sub(2) {
+                assert!(store.recorded_changes(older).is_none());
+            }
+        }
+        let body = json!({"nodes": {"127.0.0.1:1980": 1}, "ratio": 0.1, "big": u64::MAX});
+        let created = put_ok(&store, put_req(UP, "u1", body)).await;
+        recorded_is_read(&store, created.revision).await;
+        let updated = put_ok(
+            &store,
+            put_req(UP, "u1", json!({"nodes": {}, "t": [1.5e300]})),
+        )
+        .await;
+        recorded_is_read(&store, updated.revision).await;
+        let mut route = put_req(ROUTE, "r1", json!({"uri": "/r1", "upstream_id": "u1"}));
+        route.references = vec![reference("upstream_id", UP, "u1")];
+        let route = put_ok(&store, route).await;
+        recorded_is_read(&store, route.revision).await;
+
+        // Refused (the route uses u1): nothing new is recorded.
+        delete_err(&store, del_req(UP, "u1")).await;
+        recorded_is_read(&store, route.revision).await;
+
+        let deleted = delete_ok(&store, del_req(ROUTE, "r1")).await;
+        recorded_is_read(&store, deleted.revision).await;
+        let read = store.read_changes_since(deleted.revision - 1).await;
+        let read = read.expect("read").expect("changes");
+        assert_eq!(
+            (read.changed.len(), read.deleted.len(), read.count),
+            (0, 1, 1)
+        );
+
+        // A replace records nothing: the changes since the revision before it are read.
+        let replaced = store
+            .replace_all(ReplaceRequest {
+                resources: vec![item(UP, "u2", json!({}), vec![])],
+                ..Default::default()
+            })
+            .await
+            .expect("replace");
+        assert!(store.recorded_changes(replaced.revision - 1).is_none());
+        let changes = store
+            .changes_since(replaced.revision - 1)
+            .await
+            .expect("changes");
+        assert_eq!(changes.map(|c| c.count), Some(1));
+    }
+
     #[tokio::test]
     async fn each_store_has_its_own_id() {
         let (_a, a) = fresh().await;
