@@ -38,6 +38,9 @@ find_profdata() {
     "/usr/lib/llvm-$LLVM_MAJOR/bin/llvm-profdata" "$(command -v "llvm-profdata-$LLVM_MAJOR" || true)"; do
     [[ -n $p && -x $p ]] && { echo "$p"; return; }
   done
+  # None found: print nothing and succeed, so `set -e` does not end the script before it
+  # installs one (it did, silently, on a machine without llvm-N).
+  return 0
 }
 PROFDATA=$(find_profdata)
 if [[ -z $PROFDATA ]]; then
