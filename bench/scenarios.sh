@@ -7,10 +7,11 @@
 #                           BENCH_OUT, the results file, default below; BENCH_KEEP_TMP=1
 #                           keeps the run's temp dir: logs, each wrk output, runs.tsv)
 #
-# Layout as bench/run.sh, as issue #11 sets it: the proxies on cpu 0 (nginx; Postern's control
-# plane and DP1), wrk (1 thread, 50 connections), the upstream (nginx `return 200 "ok"`), the
-# Admin API writer and Redis (its threads pinned for the run, bench/redis_affinity.sh) on cpu 1.
-# Until session 19 the control plane ran on cpu 1; scenario e1 still runs it there (below).
+# Layout as issue #11 sets it: the proxies on cpu 0 (nginx; Postern's control plane and DP1),
+# wrk (1 thread, 50 connections), the upstream (nginx `return 200 "ok"`), the Admin API writer
+# and Redis (its threads pinned for the run, bench/redis_affinity.sh) on cpu 1. bench/run.sh,
+# where the control plane idles, keeps it on cpu 1, as this script did until session 19;
+# scenario e1 still runs it there (below).
 # Two data planes follow one control plane: DP1 `--workers 1` pinned to cpu 0, DP2
 # `--workers 2` not pinned (scenario f). Redis must run on 127.0.0.1:6379 (scenario c).
 #
