@@ -66,8 +66,9 @@ struct Inner {
 /// the snapshot builder asks exactly that after every write, and answering it from here saves
 /// a read on a pool connection (a round trip to that connection's thread, its locks and page
 /// reads) per Admin API write. Revisions only move forward and each is one transaction, so this
-/// stays true of revision `base + 1` whatever is written after it; a later write replaces it,
-/// and any other `after` reads the database.
+/// stays true of revision `base + 1` whatever is written after it; but it answers only while
+/// it is the latest revision announced (a later write replaces it; after a replace, which
+/// records nothing, the database answers), and any other `after` reads the database.
 struct LastWrite {
     base: u64,
     changes: StoreChanges,
@@ -332,11 +333,14 @@ impl Inner {
         *lock(&self.last_write) = Some(record);
     }
 
-    /// The changes after `after` when they are the last single write's (see [`LastWrite`]).
+    /// The changes after `after` when they are the last single write's (see [`LastWrite`]) and
+    /// nothing was announced after it: a reader that already saw a later revision (a replace
+    /// records nothing) must get that one, or it would wait for the next re-read.
     fn recorded_changes(&self, after: u64) -> Option<StoreChanges> {
+        let announced = *self.revision_tx.borrow();
         lock(&self.last_write)
             .as_ref()
-            .filter(|w| w.base == after)
+            .filter(|w| w.base == after && w.changes.revision == announced)
             .map(|w| w.changes.clone())
     }
 

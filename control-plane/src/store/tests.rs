@@ -1383,6 +1383,13 @@ mod sqlite {
             .await
             .expect("replace");
         assert!(store.recorded_changes(replaced.revision - 1).is_none());
+        // A reader still at the delete's base, which saw the replace announced, gets the
+        // replace too, not the delete's record alone.
+        let caught_up = store
+            .changes_since(deleted.revision - 1)
+            .await
+            .expect("changes");
+        assert_eq!(caught_up.map(|c| c.revision), Some(replaced.revision));
         let changes = store
             .changes_since(replaced.revision - 1)
             .await
