@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Resource bodies are shared by every DP stream: `Bytes` makes each copy a refcount.
         .bytes(".postern.sync.v1.Resource.body")
+        // One packing of a whole snapshot goes to every DP stream, as a refcount too.
+        .bytes(".postern.sync.v1.PackedSnapshot.zstd")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -12,7 +12,6 @@ use postern_proto::sync::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ClientTls;
@@ -102,12 +101,12 @@ impl SyncClient {
             .tcp_nodelay(true)
             .connect()
             .await?;
-        // Snapshots may come zstd-compressed; what the DP sends (acks, health) goes as it is, so
-        // a DP also works against a CP that does not take compressed messages.
+        // No gRPC compression either way: the DP says `unpacks_snapshots`, and the CP packs the
+        // snapshots big enough to gain (`postern_proto::packing`). A CP of an older build then
+        // sends every snapshot uncompressed, which works, in more bytes.
         let mut client = ConfigSyncClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            .accept_compressed(CompressionEncoding::Zstd);
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(4);
         tx.send(message(data_plane_message::Message::Hello(Hello {
             node_id: self.state.node_id.clone(),
@@ -115,6 +114,7 @@ impl SyncClient {
             build_version: env!("CARGO_PKG_VERSION").to_string(),
             applied_version: self.state.applied_version().unwrap_or(0),
             proxy_address: self.proxy_address.clone(),
+            unpacks_snapshots: true,
         })))
         .await?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
@@ -133,28 +133,37 @@ impl SyncClient {
                 tokio::select! {
                     msg = inbound.message() => {
                         let Some(msg) = msg? else { break };
-                        match msg.message {
-                            Some(control_plane_message::Message::Snapshot(snapshot)) => {
-                                // A delta that does not follow on is a broken stream: a new one
-                                // starts with a whole snapshot.
-                                let unchanged = snapshot.delta
-                                    && snapshot.resources.is_empty()
-                                    && snapshot.removed.is_empty();
-                                let whole = Arc::new(assemble(received.as_deref(), snapshot)?);
-                                let base = received.replace(whole.clone()).map(|b| b.version);
-                                let relabelled = base
-                                    .filter(|_| unchanged)
-                                    .and_then(|base| self.relabel(base, &whole));
-                                let answer = match relabelled {
-                                    Some(answer) => answer,
-                                    None => self.apply(whole).await,
-                                };
-                                tx.send(message(answer)).await?;
-                            }
+                        let snapshot = match msg.message {
+                            Some(control_plane_message::Message::Snapshot(snapshot)) => Some(snapshot),
+                            // Packed snapshots are the big ones: unpacked off the async threads.
+                            Some(control_plane_message::Message::PackedSnapshot(packed)) => Some(
+                                tokio::task::spawn_blocking(move || {
+                                    postern_proto::packing::unpack(packed, MAX_MESSAGE_BYTES)
+                                })
+                                .await??,
+                            ),
                             Some(control_plane_message::Message::Cluster(c)) => {
                                 crate::ratelimit::set_live_data_planes(c.data_planes);
+                                None
                             }
-                            None => {}
+                            None => None,
+                        };
+                        if let Some(snapshot) = snapshot {
+                            // A delta that does not follow on is a broken stream: a new one
+                            // starts with a whole snapshot.
+                            let unchanged = snapshot.delta
+                                && snapshot.resources.is_empty()
+                                && snapshot.removed.is_empty();
+                            let whole = Arc::new(assemble(received.as_deref(), snapshot)?);
+                            let base = received.replace(whole.clone()).map(|b| b.version);
+                            let relabelled = base
+                                .filter(|_| unchanged)
+                                .and_then(|base| self.relabel(base, &whole));
+                            let answer = match relabelled {
+                                Some(answer) => answer,
+                                None => self.apply(whole).await,
+                            };
+                            tx.send(message(answer)).await?;
                         }
                     }
                     _ = health_tick.tick() => {

@@ -6,6 +6,7 @@
 
 pub mod delta;
 pub mod model;
+pub mod packing;
 
 /// Generated gRPC types and service stubs for `postern.sync.v1`.
 pub mod sync {

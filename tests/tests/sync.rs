@@ -27,28 +27,39 @@ async fn scripted_data_plane(
     mpsc::Sender<DataPlaneMessage>,
     tonic::Streaming<ControlPlaneMessage>,
 ) {
-    let (tx, response) = open_stream(cp.sync_url(), node_id, false).await;
+    let (tx, response) = open_stream(cp.sync_url(), node_id, Compression::None).await;
     (tx, response.into_inner())
 }
 
-/// Opens a sync stream to `url` and says Hello as `node_id`, accepting zstd-compressed messages
-/// or not; the response carries the CP's headers.
+/// What a scripted DP says it takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Compression {
+    None,
+    /// gRPC's per-message zstd (`grpc-accept-encoding`), as DPs before session 21 asked.
+    GrpcZstd,
+    /// Packed snapshots (`Hello.unpacks_snapshots`), as Postern's DP says.
+    Unpacks,
+}
+
+/// Opens a sync stream to `url` and says Hello as `node_id`, taking `compression`; the response
+/// carries the CP's headers.
 async fn open_stream(
     url: String,
     node_id: &str,
-    accept_zstd: bool,
+    compression: Compression,
 ) -> (
     mpsc::Sender<DataPlaneMessage>,
     tonic::Response<tonic::Streaming<ControlPlaneMessage>>,
 ) {
     let mut client = ConfigSyncClient::connect(url).await.unwrap();
-    if accept_zstd {
+    if compression == Compression::GrpcZstd {
         client = client.accept_compressed(tonic::codec::CompressionEncoding::Zstd);
     }
     let (tx, rx) = mpsc::channel(4);
     tx.send(DataPlaneMessage {
         message: Some(data_plane_message::Message::Hello(Hello {
             node_id: node_id.into(),
+            unpacks_snapshots: compression == Compression::Unpacks,
             ..Default::default()
         })),
     })
@@ -58,18 +69,12 @@ async fn open_stream(
     (tx, response)
 }
 
-/// The next snapshot on a stream (other messages skipped), within 10 s.
+/// The next snapshot on a stream of a DP that does not unpack snapshots (other messages
+/// skipped), within 10 s.
 async fn next_snapshot(inbound: &mut tonic::Streaming<ControlPlaneMessage>) -> Snapshot {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .expect("the stream stays open");
-        if let Some(control_plane_message::Message::Snapshot(s)) = msg.message {
-            return s;
-        }
-    }
+    let (snapshot, packed) = next_snapshot_unpacked(inbound).await;
+    assert_eq!(packed, None, "packed for a DP that does not unpack");
+    snapshot
 }
 
 #[tokio::test]
@@ -117,6 +122,53 @@ async fn two_data_planes_ack_the_same_version() {
         assert_eq!(d["last_ack"]["version"], rev);
         assert!(d["last_nack"].is_null());
     }
+}
+
+/// Routes `/service-{i}/*` (`route-0` … `route-99`) to `backend`, as operators describe theirs:
+/// a config of about 25 KB, big enough to go packed. The revision of the last.
+async fn put_hundred_routes(admin: &AdminClient, backend: &str) -> u64 {
+    let mut rev = 0;
+    for i in 0..100 {
+        let route = json!({
+            "uri": format!("/service-{i}/*"),
+            "desc": format!("route {i} of a hundred, as operators describe theirs"),
+            "upstream": {"type": "roundrobin", "nodes": {backend: 1}},
+            "plugins": {"limit-count": {"count": 100, "time_window": 60, "key": "remote_addr"}},
+        });
+        rev = admin
+            .put_ok(&format!("/admin/routes/route-{i}"), route)
+            .await;
+    }
+    rev
+}
+
+/// A DP given a config big enough to come packed (100 routes, about 25 KB) unpacks it and
+/// serves it, then applies a one-route delta after it.
+#[tokio::test]
+async fn a_data_plane_serves_a_packed_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = upstream("ok").await;
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.client();
+    let rev = put_hundred_routes(&admin, &backend.to_string()).await;
+    let dp = DataPlane::start(dir.path(), "dp-packed", &cp.sync_url()).await;
+    wait_applied(dp.status, rev).await;
+    assert_eq!(
+        get_via(dp.proxy, "/service-57/x", None).await.unwrap(),
+        (200, "ok".to_string())
+    );
+    let rev = admin
+        .put_ok(
+            "/admin/routes/route-57",
+            json!({"uri": "/moved/*", "upstream": {"nodes": {backend.to_string(): 1}}}),
+        )
+        .await;
+    wait_applied(dp.status, rev).await;
+    assert_eq!(
+        get_via(dp.proxy, "/service-57/x", None).await.unwrap().0,
+        404
+    );
+    assert_eq!(get_via(dp.proxy, "/moved/x", None).await.unwrap().0, 200);
 }
 
 #[tokio::test]
@@ -339,6 +391,9 @@ async fn control_plane_shows_a_nack() {
                 assert_eq!(c.data_planes, 1, "this scripted DP is the only one");
                 continue;
             }
+            Some(control_plane_message::Message::PackedSnapshot(_)) => {
+                panic!("a packed snapshot for a DP that did not say it unpacks them")
+            }
             None => panic!("an empty message"),
         };
         assert!(
@@ -559,28 +614,43 @@ async fn counting_relay(
     (addr, received)
 }
 
-/// A DP that accepts zstd gets its snapshots compressed (and decodes them to the same
-/// resources); one that does not, say a DP of an older build, gets them as they are.
+/// The next snapshot on a stream, unpacked if it came packed (other messages skipped), within
+/// 10 s; and whether it came packed, with its packed bytes.
+async fn next_snapshot_unpacked(
+    inbound: &mut tonic::Streaming<ControlPlaneMessage>,
+) -> (Snapshot, Option<bytes::Bytes>) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        match msg.message {
+            Some(control_plane_message::Message::Snapshot(s)) => return (s, None),
+            Some(control_plane_message::Message::PackedSnapshot(p)) => {
+                let zstd = p.zstd.clone();
+                let s = postern_proto::packing::unpack(p, 1 << 30).expect("a packed snapshot");
+                return (s, Some(zstd));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Big snapshots go compressed to a DP that takes it: packed to one that says
+/// `unpacks_snapshots` (one packing shared by every such DP at that version, and a one-route
+/// delta after it not packed at all), zstd-compressed by gRPC to one that asks for that (a DP
+/// of an older build); one that takes neither gets them as they are. All three decode to the
+/// same resources.
 #[tokio::test]
-async fn snapshots_are_compressed_for_a_data_plane_that_accepts_zstd() {
+async fn snapshots_are_compressed_for_a_data_plane_that_takes_it() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path()).await;
     let admin = cp.client();
-    let mut rev = 0;
-    for i in 0..100 {
-        let route = json!({
-            "uri": format!("/service-{i}/*"),
-            "desc": format!("route {i} of the compression test, as operators describe theirs"),
-            "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:9": 1}},
-            "plugins": {"limit-count": {"count": 100, "time_window": 60, "key": "remote_addr"}},
-        });
-        rev = admin
-            .put_ok(&format!("/admin/routes/route-{i}"), route)
-            .await;
-    }
+    let rev = put_hundred_routes(&admin, "127.0.0.1:9").await;
     // The CP's snapshot holds every route before a DP connects, so its first message (whole)
-    // is the same for both.
+    // is the same for all.
     wait_for(
         "the snapshot to hold every route",
         Duration::from_secs(10),
@@ -588,41 +658,88 @@ async fn snapshots_are_compressed_for_a_data_plane_that_accepts_zstd() {
     )
     .await;
     let mut results = Vec::new();
-    for compressed in [false, true] {
+    let mut streams = Vec::new();
+    for (i, compression) in [
+        Compression::None,
+        Compression::GrpcZstd,
+        Compression::Unpacks,
+        Compression::Unpacks,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (relay, received) = counting_relay(cp.sync).await;
-        let (tx, response) = open_stream(
-            format!("http://{relay}"),
-            &format!("zstd-{compressed}"),
-            compressed,
-        )
-        .await;
+        let (tx, response) =
+            open_stream(format!("http://{relay}"), &format!("dp-{i}"), compression).await;
         let encoding = response
             .metadata()
             .get("grpc-encoding")
             .map(|v| v.to_str().unwrap().to_string());
-        let snapshot = next_snapshot(&mut response.into_inner()).await;
+        let mut inbound = response.into_inner();
+        let (snapshot, packed) = next_snapshot_unpacked(&mut inbound).await;
         let bytes = received.load(Ordering::Relaxed);
         let body_bytes: usize = snapshot.resources.iter().map(|r| r.body.len()).sum();
         println!(
-            "compressed {compressed}: {bytes} bytes on the wire for {} routes ({body_bytes} bytes \
-             of JSON)",
+            "{compression:?}: {bytes} bytes on the wire for {} routes ({body_bytes} bytes of JSON)",
             snapshot.resources.len()
         );
         assert_eq!((snapshot.delta, snapshot.version), (false, rev));
         assert_eq!(snapshot.resources.len(), 100);
-        results.push((encoding, bytes, snapshot.resources));
-        drop(tx);
+        assert!(
+            !snapshot.nonce.is_empty(),
+            "{compression:?}: a nonce to echo"
+        );
+        assert_eq!(
+            packed.is_some(),
+            compression == Compression::Unpacks,
+            "{compression:?}: packed or not"
+        );
+        results.push((encoding, bytes, snapshot.resources, packed));
+        streams.push((tx, inbound, received));
     }
-    let (plain_encoding, plain_bytes, plain_resources) = &results[0];
-    let (zstd_encoding, zstd_bytes, zstd_resources) = &results[1];
+    let (plain_encoding, plain_bytes, plain_resources, _) = &results[0];
+    let (zstd_encoding, zstd_bytes, zstd_resources, _) = &results[1];
+    let (packed_encoding, packed_bytes, packed_resources, packing) = &results[2];
     assert_eq!(plain_encoding.as_deref(), None);
     assert_eq!(zstd_encoding.as_deref(), Some("zstd"));
+    assert_eq!(packed_encoding.as_deref(), None, "no gRPC compression");
     assert_eq!(
         plain_resources, zstd_resources,
         "the same snapshot either way"
     );
-    assert!(
-        zstd_bytes * 3 < *plain_bytes,
-        "compressed {zstd_bytes} bytes vs {plain_bytes}"
+    assert_eq!(
+        plain_resources, packed_resources,
+        "the same snapshot either way"
+    );
+    for compressed in [zstd_bytes, packed_bytes] {
+        assert!(
+            compressed * 3 < *plain_bytes,
+            "compressed {compressed} bytes vs {plain_bytes}"
+        );
+    }
+    assert_eq!(packing, &results[3].3, "one packing for both DPs");
+
+    // A one-route change: a small delta, sent as it is to a DP that unpacks.
+    let (_, inbound, received) = &mut streams[2];
+    let before = received.load(Ordering::Relaxed);
+    let rev = admin
+        .put_ok(
+            "/admin/routes/route-7",
+            json!({"uri": "/changed", "upstream": {"nodes": {"127.0.0.1:9": 1}}}),
+        )
+        .await;
+    let (delta, packed) = next_snapshot_unpacked(inbound).await;
+    assert_eq!((delta.delta, delta.version), (true, rev));
+    assert_eq!(delta.resources.len(), 1);
+    assert_eq!(packed, None, "a one-route delta is not packed");
+    wait_for(
+        "the delta's bytes to be counted",
+        Duration::from_secs(5),
+        || async { (received.load(Ordering::Relaxed) > before).then_some(()) },
+    )
+    .await;
+    println!(
+        "one-route delta: {} bytes on the wire",
+        received.load(Ordering::Relaxed) - before
     );
 }

@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::Stream;
+use postern_proto::packing;
 use postern_proto::sync::config_sync_server::{ConfigSync, ConfigSyncServer};
 use postern_proto::sync::{
-    ClusterInfo, ControlPlaneMessage, DataPlaneMessage, Hello, Snapshot as WireSnapshot,
-    control_plane_message, data_plane_message,
+    ClusterInfo, ControlPlaneMessage, DataPlaneMessage, Hello, PackedSnapshot,
+    Snapshot as WireSnapshot, control_plane_message, data_plane_message,
 };
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -52,10 +54,12 @@ impl SyncService {
         }
     }
 
-    /// Snapshots go out zstd-compressed to a DP that says it accepts zstd (`grpc-accept-encoding`,
-    /// as every Postern DP does); to one that does not, uncompressed. Routes' JSON bodies repeat
-    /// each other: generated ones shrank about 60× (bench/results/2026-11-30-session8.md), real
-    /// configs less; a delta is small either way.
+    /// A DP that says `unpacks_snapshots` (every Postern DP since session 21) gets big snapshots
+    /// packed by the CP and small ones, such as a one-route delta, as they are
+    /// (`postern_proto::packing`); it does not ask for gRPC compression. A DP of an older build
+    /// asks for it (`grpc-accept-encoding: zstd`) and gets every message zstd-compressed by
+    /// tonic, as before. Routes' JSON bodies repeat each other: generated ones shrank about 60×
+    /// (bench/results/2026-11-30-session8.md), real configs less.
     pub fn into_server(self) -> ConfigSyncServer<SyncService> {
         ConfigSyncServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -151,10 +155,12 @@ impl Session {
                 latest.filter(|s| sent.as_ref().map(|p| p.version) != Some(s.version))
             {
                 nonce += 1;
-                let mut wire = wire_snapshot(sent.as_deref(), &snap);
-                wire.nonce = format!("{}-{nonce}", self.id);
+                let wire = wire_snapshot(sent.as_deref(), &snap);
+                let nonce = format!("{}-{nonce}", self.id);
                 let msg = ControlPlaneMessage {
-                    message: Some(control_plane_message::Message::Snapshot(wire)),
+                    message: Some(
+                        snapshot_message(&snap, wire, nonce, hello.unpacks_snapshots).await,
+                    ),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return "stream closed";
@@ -214,18 +220,46 @@ impl Session {
     }
 }
 
+/// The message that carries `wire` (`snap` whole, or a delta to it) with `nonce`: packed for a
+/// DP that unpacks snapshots when it is big enough to gain, else as it is.
+async fn snapshot_message(
+    snap: &Arc<crate::snapshot::Snapshot>,
+    mut wire: WireSnapshot,
+    nonce: String,
+    unpacks: bool,
+) -> control_plane_message::Message {
+    let packed = match unpacks {
+        false => None,
+        true if !wire.delta => snap.packed_whole().await,
+        // A delta is packed for its stream alone (streams at another base need another), on a
+        // blocking thread when it is big; the common one-route delta is not packed at all.
+        true if wire.encoded_len() < packing::PACK_MIN_BYTES => None,
+        true => {
+            let delta = wire.clone();
+            tokio::task::spawn_blocking(move || packing::pack(&delta))
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    match packed {
+        Some(zstd) => {
+            control_plane_message::Message::PackedSnapshot(PackedSnapshot { zstd, nonce })
+        }
+        None => {
+            wire.nonce = nonce;
+            control_plane_message::Message::Snapshot(wire)
+        }
+    }
+}
+
 /// What to send for `next` after `sent` went out on the same stream: a delta when there is a
 /// base of the same store and it is smaller than the whole, else the whole snapshot.
 fn wire_snapshot(
     sent: Option<&crate::snapshot::Snapshot>,
     next: &crate::snapshot::Snapshot,
 ) -> WireSnapshot {
-    let whole = || WireSnapshot {
-        version: next.version,
-        resources: next.resources.clone(),
-        store_id: next.store_id.clone(),
-        ..WireSnapshot::default()
-    };
+    let whole = || next.wire_whole();
     let Some(base) = sent.filter(|b| b.store_id == next.store_id) else {
         return whole();
     };
