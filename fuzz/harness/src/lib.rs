@@ -67,8 +67,15 @@ pub fn admin_body(data: &[u8]) {
 }
 
 /// A snapshot as a data plane receives it: protobuf decode, then the data plane's compile (the
-/// same as a NACK-or-apply on a real DP); what compiles routes every route's own path.
+/// same as a NACK-or-apply on a real DP); what compiles routes every route's own path. The same
+/// bytes are tried as a packed snapshot's frame too: refused or unpacked, never a panic (a
+/// frame that claims more than the limit is refused before anything is allocated).
 pub fn snapshot_decode(data: &[u8]) {
+    let packed = postern_proto::sync::PackedSnapshot {
+        zstd: data.to_vec().into(),
+        nonce: String::new(),
+    };
+    let _ = postern_proto::packing::unpack(packed, 1 << 20);
     let Ok(snapshot) = postern_proto::sync::Snapshot::decode(data) else {
         return;
     };
