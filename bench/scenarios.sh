@@ -190,8 +190,22 @@ def block(i):
             f"data-binary = {json.dumps(body)}\n")
 print("next\n".join(block(i) for i in range(rnd * n, rnd * n + n)))
 PY
-  taskset -c 1 curl -sS --rate 50/s -K "$TMP/churn.curl" >"$TMP/churn.out" 2>&1 &
+  # The writer's CPU comes from `times` in its own subshell: at the end of a run curl may have
+  # exited before /proc could be read (its 150 writes take the run's 3 s, and wrk starts after).
+  (
+    taskset -c 1 curl -sS --rate 50/s -K "$TMP/churn.curl" >"$TMP/churn.out" 2>&1
+    rc=$?
+    times >"$TMP/churn.times"
+    exit $rc
+  ) &
   CHURN_PID=$!
+}
+
+# Clock ticks of CPU (user + system) the churn writer took, from its subshell's `times` (the
+# second line: its children's, e.g. `0m0.080s 0m0.030s`).
+writer_ticks() {
+  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+                 printf "%d\n", t * 100 + 0.5 }' "$TMP/churn.times"
 }
 
 ticks() { local s; s=$(<"/proc/$1/stat"); s=${s##*) }; read -r -a f <<<"$s"; echo $((f[11] + f[12])); }
@@ -217,10 +231,10 @@ run() {
   [[ $target != e1 ]] || taskset -a -p -c 1 "$CP_PID" >/dev/null
   taskset -c 1 wrk -t1 -c50 -d"${WARMUP}s" "${args[@]}" "$url" "${script[@]}" >/dev/null
   [[ $target != e* ]] || churn "$round"
-  local t0 t1 r0 r1 c0 w0 out="$TMP/$target-$round.txt"
+  local t0 t1 r0 r1 c0 out="$TMP/$target-$round.txt"
   if [[ $target == nginx* ]]; then t0=$(ngx_ticks); else t0=$(ticks "$pid"); fi
   r0=$(redis_ticks)
-  if [[ $target == e* ]]; then c0=$(ticks "$CP_PID"); w0=$(ticks "$CHURN_PID"); fi
+  [[ $target != e* ]] || c0=$(ticks "$CP_PID")
   taskset -c 1 wrk -t1 -c50 -d"${SECS}s" --latency "${args[@]}" "$url" "${script[@]}" >"$out"
   if [[ $target == nginx* ]]; then t1=$(ngx_ticks); else t1=$(ticks "$pid"); fi
   r1=$(redis_ticks)
@@ -228,14 +242,13 @@ run() {
   if [[ $target == e* ]]; then
     # What the churn itself costs: the CP's CPU (on cpu 0 in e, on wrk's cpu 1 in e1) and the
     # writer's (on cpu 1).
-    local c1 w1
+    local c1
     c1=$(ticks "$CP_PID")
-    w1=$(ticks "$CHURN_PID") || die "the Admin API writer died: $(cat "$TMP/churn.out")"
     # Its writes end about when the measured run does (50 a second for SECS seconds).
     wait "$CHURN_PID" || die "the Admin API writer failed: $(tail -n 3 "$TMP/churn.out")"
     CHURN_PID=""
     extra="updates $(grep -c . "$TMP/churn.out") failed $(grep -vc '^2' "$TMP/churn.out" || true)"
-    extra+=" cp_ticks $((c1 - c0)) writer_ticks $((w1 - w0))"
+    extra+=" cp_ticks $((c1 - c0)) writer_ticks $(writer_ticks)"
   fi
   [[ $target != e1 ]] || taskset -a -p -c 0 "$CP_PID" >/dev/null
   python3 - "$PHASE" "$target" "$round" "$((t1 - t0))" "$out" "$extra" >>"$RAW" <<'PY'
