@@ -27,6 +27,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// interval + timeout (20 s) and the DP reconnects.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A delta of at most this many resources, to a config of at most this many routes, is
+/// compiled on the sync task's own thread (`SyncClient::apply`); anything bigger on a blocking
+/// thread, off the async threads (which also serve the TLS listener and the status endpoint).
+const INLINE_MAX_CHANGES: usize = 4;
+const INLINE_MAX_ROUTES: usize = 1_000;
 /// Largest snapshot accepted.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How often the DP looks whether its upstreams' node health changed (and reports it if so).
@@ -154,6 +159,8 @@ impl SyncClient {
                             let unchanged = snapshot.delta
                                 && snapshot.resources.is_empty()
                                 && snapshot.removed.is_empty();
+                            let changes = snapshot.resources.len() + snapshot.removed.len();
+                            let small = snapshot.delta && changes <= INLINE_MAX_CHANGES;
                             let whole = Arc::new(assemble(received.as_deref(), snapshot)?);
                             let base = received.replace(whole.clone()).map(|b| b.version);
                             let relabelled = base
@@ -161,7 +168,7 @@ impl SyncClient {
                                 .and_then(|base| self.relabel(base, &whole));
                             let answer = match relabelled {
                                 Some(answer) => answer,
-                                None => self.apply(whole).await,
+                                None => self.apply(whole, small).await,
                             };
                             tx.send(message(answer)).await?;
                         }
@@ -208,8 +215,9 @@ impl SyncClient {
         }))
     }
 
-    /// Compiles and swaps in one snapshot; the answer to send back.
-    async fn apply(&self, snapshot: Arc<Snapshot>) -> data_plane_message::Message {
+    /// Compiles and swaps in one snapshot; the answer to send back. `small`: it came as a delta
+    /// of a few resources.
+    async fn apply(&self, snapshot: Arc<Snapshot>, small: bool) -> data_plane_message::Message {
         let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
         let serving = self.state.current();
         if serving.is_some_and(|c| c.version == version && c.store_id == snapshot.store_id) {
@@ -221,15 +229,21 @@ impl SyncClient {
         let previous = self.state.current();
         let input = snapshot.clone();
         let state = self.state.clone();
-        // Compiling thousands of routes is CPU work: keep it off the proxy's async threads. The
-        // same thread swaps the result in and answers, then frees the old config (thousands of
-        // routes) and returns the garbage to the OS (`mi_collect`, a few ms at 10,000 routes;
-        // after a small change at most once a second, `memory::release_after_change`), which
-        // the ACK need not wait for. One hop to a blocking thread per change: under config
-        // churn each hop (and each collect, whose unmapping interrupts every thread of the
-        // process, proxy workers too) is a cost paid per Admin API write.
+        // Compiling thousands of routes is CPU work: keep it off the async threads (the proxy
+        // workers have their own, but these serve the TLS listener and the status endpoint).
+        // The same thread swaps the result in and answers, then frees the old config
+        // (thousands of routes) and returns the garbage to the OS (`mi_collect`, a few ms at
+        // 10,000 routes; after a small change at most once a second,
+        // `memory::release_after_change`), which the ACK need not wait for. Each collect's
+        // unmapping interrupts every thread of the process, proxy workers too: under churn a
+        // cost paid per Admin API write. A small change to a small config compiles in well under
+        // a millisecond: on this thread, sparing the hop's two thread switches.
+        let inline = small
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.routes.len() <= INLINE_MAX_ROUTES);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::task::spawn_blocking(move || {
+        let work = move || {
             // A failed compile may leave as much garbage as a whole one: counted as big.
             let (answer, old, rebuilt) = match compile(&input, previous.as_deref()) {
                 // The sync task stopped waiting (the DP is shutting down): swap in nothing that
@@ -246,7 +260,13 @@ impl SyncClient {
             // nothing.
             drop((old, previous));
             crate::memory::release_after_change(rebuilt);
-        });
+        };
+        if inline {
+            // A panic drops the sender and is answered as the blocking thread's would be.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        } else {
+            tokio::task::spawn_blocking(work);
+        }
         match rx.await {
             Ok(Ok(routes)) => {
                 if let Some(cache) = &self.cache {

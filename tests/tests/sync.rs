@@ -365,6 +365,55 @@ async fn data_plane_nacks_a_bad_snapshot_and_keeps_serving() {
         );
         assert_eq!(readyz(dp.status).await.unwrap().1["version"], 1);
     }
+
+    // Deltas (a small change to a small config, compiled on the sync task's thread rather than
+    // a blocking one): a bad one is refused the same way, a good one after it is served. A
+    // delta's base is the last snapshot the stream sent, refused or not (version 5).
+    let delta = |version: u64, resources, removed: &[(&str, &str)]| Snapshot {
+        delta: true,
+        base_version: version - 1,
+        removed: removed
+            .iter()
+            .map(|(kind, id)| postern_proto::sync::ResourceKey {
+                kind: kind.to_string(),
+                id: id.to_string(),
+            })
+            .collect(),
+        ..snapshot(version, resources)
+    };
+    snap_tx
+        .send(delta(
+            6,
+            vec![("routes", "r1", b"{not json".to_vec())],
+            &[("widgets", "w1")],
+        ))
+        .await
+        .unwrap();
+    let answer = ans_rx.recv().await.expect("answer");
+    assert!(
+        matches!(answer.message, Some(data_plane_message::Message::Nack(ref n)) if n.version == 6 && n.error.contains("not valid JSON")),
+        "{answer:?}"
+    );
+    assert_eq!(
+        get_via(dp.proxy, "/x", None).await.unwrap(),
+        (200, "still here".to_string())
+    );
+    let moved = json!({"id": "r1", "uri": "/y", "upstream": {"nodes": {backend.to_string(): 1}}});
+    snap_tx
+        .send(delta(
+            7,
+            vec![("routes", "r1", moved.to_string().into_bytes())],
+            &[],
+        ))
+        .await
+        .unwrap();
+    let answer = ans_rx.recv().await.expect("answer");
+    assert!(
+        matches!(answer.message, Some(data_plane_message::Message::Ack(ref a)) if a.version == 7 && a.nonce == "n7"),
+        "{answer:?}"
+    );
+    assert_eq!(get_via(dp.proxy, "/y", None).await.unwrap().0, 200);
+    assert_eq!(get_via(dp.proxy, "/x", None).await.unwrap().0, 404);
 }
 
 #[tokio::test]
