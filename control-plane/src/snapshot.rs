@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postern_proto::model::{ConfigSet, Resource, ResourceKind, ValidationError};
 use postern_proto::{packing, sync};
-use prost::Message as _;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -90,7 +89,7 @@ impl Snapshot {
         self.packed_whole
             .get_or_init(|| async {
                 let wire = self.wire_whole();
-                if wire.encoded_len() < packing::PACK_MIN_BYTES {
+                if !packing::worth_packing(&wire) {
                     return None;
                 }
                 // A panic in the compressor leaves the snapshot to go unpacked.

@@ -21,10 +21,16 @@ pub const PACK_MIN_BYTES: usize = 8 * 1024;
 /// The zstd level: gRPC's zstd default, the size/speed balance the stream had before.
 const LEVEL: i32 = 3;
 
+/// Whether `snapshot` is big enough to gain from packing (a cheap walk, no encoding): callers
+/// ask before handing `pack` to another thread.
+pub fn worth_packing(snapshot: &Snapshot) -> bool {
+    snapshot.encoded_len() >= PACK_MIN_BYTES
+}
+
 /// `snapshot` encoded and compressed, or `None` when it is small enough to send as it is.
 /// Its nonce is left out: the caller puts the stream's own in the `PackedSnapshot`.
 pub fn pack(snapshot: &Snapshot) -> Option<Bytes> {
-    if snapshot.encoded_len() < PACK_MIN_BYTES {
+    if !worth_packing(snapshot) {
         return None;
     }
     let encoded = if snapshot.nonce.is_empty() {

@@ -18,7 +18,6 @@ use postern_proto::sync::{
     ClusterInfo, ControlPlaneMessage, DataPlaneMessage, Hello, PackedSnapshot,
     Snapshot as WireSnapshot, control_plane_message, data_plane_message,
 };
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -233,7 +232,7 @@ async fn snapshot_message(
         true if !wire.delta => snap.packed_whole().await,
         // A delta is packed for its stream alone (streams at another base need another), on a
         // blocking thread when it is big; the common one-route delta is not packed at all.
-        true if wire.encoded_len() < packing::PACK_MIN_BYTES => None,
+        true if !packing::worth_packing(&wire) => None,
         true => {
             let delta = wire.clone();
             tokio::task::spawn_blocking(move || packing::pack(&delta))
